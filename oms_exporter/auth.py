@@ -1,0 +1,231 @@
+"""Authentication to OMS behind one small interface: static token, AK/SK signing, IAM password.
+
+Every request the client sends goes through `Auth.headers()`; a 401 goes through
+`Auth.unauthorized()`, which says whether one retry with fresh credentials makes sense.
+The SDK-HMAC-SHA256 canonical form lives here too, so that the OMS stand-in verifies
+signatures with the very code that makes them (and the tests check both against the
+official SDK's signer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from typing import Iterable, Mapping
+from urllib.parse import quote, unquote
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from oms_exporter.settings import Target
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "SDK-HMAC-SHA256"
+DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class AuthError(Exception):
+    """Credentials were refused or no token could be obtained; the message holds no secret."""
+
+
+class Auth(ABC):
+    """How a request to OMS proves who sends it."""
+
+    @abstractmethod
+    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
+        """Headers to add to a request for `url` (which already carries its query)."""
+
+    async def unauthorized(self, sent: Mapping[str, str]) -> bool:
+        """OMS answered 401 to a request sent with `sent` headers: retry once with new ones?"""
+        return False
+
+
+class TokenAuth(Auth):
+    """A static IAM token, sent as X-Auth-Token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
+        return {"X-Auth-Token": self._token}
+
+
+# --- AK/SK -------------------------------------------------------------------------------
+
+def _enc(s: str) -> str:
+    return quote(s, safe="~")
+
+
+def canonical_uri(path: str) -> str:
+    uri = "/".join(_enc(seg) for seg in unquote(path).split("/"))
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
+    return "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(pairs))
+
+
+def string_to_sign(
+    method: str,
+    path: str,
+    query: Iterable[tuple[str, str]],
+    headers: Mapping[str, str],
+    signed: list[str],
+    body: bytes,
+    sdk_date: str,
+) -> str:
+    """The SDK-HMAC-SHA256 string to sign; `headers` keys must be lower-case."""
+    canonical_headers = "".join(f"{h}:{headers[h].strip()}\n" for h in signed)
+    payload_hash = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+    canonical = "\n".join([
+        method.upper(), canonical_uri(path), canonical_query(query),
+        canonical_headers, ";".join(signed), payload_hash,
+    ])
+    return f"{ALGORITHM}\n{sdk_date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+def signature(sk: str, to_sign: str) -> str:
+    return hmac.new(sk.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def host_header(url: URL) -> str:
+    return url.host if url.is_default_port() else f"{url.host}:{url.port}"  # type: ignore[return-value]
+
+
+class AkSkAuth(Auth):
+    """Signs each request with an access key pair (optionally temporary, with a security token)."""
+
+    def __init__(self, ak: str, sk: str, project_id: str, security_token: str | None = None,
+                 clock: callable = time.time) -> None:  # type: ignore[valid-type]
+        self._ak, self._sk, self._project_id = ak, sk, project_id
+        self._security_token = security_token
+        self._clock = clock
+
+    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
+        return self.sign(method, url, body)
+
+    def sign(self, method: str, url: URL, body: bytes = b"", extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        sdk_date = datetime.fromtimestamp(self._clock(), timezone.utc).strftime(DATE_FORMAT)
+        headers = {
+            "Content-Type": "application/json",
+            "Host": host_header(url),
+            "X-Project-Id": self._project_id,
+            "X-Sdk-Date": sdk_date,
+            **(extra or {}),
+        }
+        if self._security_token:
+            headers["X-Security-Token"] = self._security_token
+        lower = {k.lower(): v for k, v in headers.items()}
+        signed = sorted(k for k in lower if "_" not in k)
+        to_sign = string_to_sign(method, url.raw_path, url.query.items(), lower, signed, body, sdk_date)
+        headers["Authorization"] = (
+            f"{ALGORITHM} Access={self._ak}, SignedHeaders={';'.join(signed)}, "
+            f"Signature={signature(self._sk, to_sign)}"
+        )
+        return headers
+
+
+# --- IAM password token ------------------------------------------------------------------
+
+class IamPasswordAuth(Auth):
+    """Obtains a project-scoped token from IAM with a user's password and renews it in time."""
+
+    # Renew this long before expiry (or at half the lifetime for short-lived tokens).
+    RENEW_MARGIN = 3600.0
+
+    def __init__(self, session: aiohttp.ClientSession, target: Target, ssl: object = None,
+                 clock: callable = time.time) -> None:  # type: ignore[valid-type]
+        self._session = session
+        self._target = target
+        self._ssl = ssl
+        self._clock = clock
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
+        return {"X-Auth-Token": await self._current()}
+
+    async def unauthorized(self, sent: Mapping[str, str]) -> bool:
+        async with self._lock:
+            if self._token is not None and sent.get("X-Auth-Token") == self._token:
+                log.info("IAM token refused by OMS, renewing", extra={"target": self._target.name})
+                self._token = None
+        return True
+
+    async def _current(self) -> str:
+        token = self._token
+        if token is not None and self._clock() < self._renew_at:
+            return token
+        async with self._lock:  # one renewal in flight; the others wait for its token
+            if self._token is None or self._clock() >= self._renew_at:
+                await self._renew()
+            assert self._token is not None
+            return self._token
+
+    async def _renew(self) -> None:
+        t = self._target
+        assert t.iam_password is not None
+        body = {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "domain": {"name": t.iam_domain}, "name": t.iam_username,
+                "password": t.iam_password.get_secret_value()}}},
+            "scope": {"project": {"id": t.project_id}},
+        }}
+        url = URL(t.iam_url + "/v3/auth/tokens").with_query(nocatalog="true")
+        try:
+            async with self._session.post(url, data=orjson.dumps(body), ssl=self._ssl,
+                                          headers={"Content-Type": "application/json;charset=utf8"},
+                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                raw = await resp.read()
+                if resp.status != 201:
+                    raise AuthError(f"IAM refused the password login for user {t.iam_username!r}: "
+                                    f"HTTP {resp.status} {_error_code(raw)}".rstrip())
+                token = resp.headers.get("X-Subject-Token")
+                expires = _expires_at(raw)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise AuthError(f"cannot reach IAM at {t.iam_url}: {type(exc).__name__}") from None
+        if not token or expires is None:
+            raise AuthError("IAM answered without X-Subject-Token or token.expires_at")
+        now = self._clock()
+        lifetime = max(expires - now, 0.0)
+        self._token = token
+        self._renew_at = now + max(min(lifetime - self.RENEW_MARGIN, lifetime / 2), 0.0)
+        log.info("IAM token obtained", extra={"target": t.name, "expires_in_seconds": round(lifetime)})
+
+
+def _error_code(raw: bytes) -> str:
+    try:
+        doc = orjson.loads(raw)
+        code = doc.get("error_code") or (doc.get("error") or {}).get("code")
+        return str(code) if code else ""
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+
+
+def _expires_at(raw: bytes) -> float | None:
+    try:
+        text = orjson.loads(raw)["token"]["expires_at"]
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def make_auth(target: Target, session: aiohttp.ClientSession, ssl: object = None) -> Auth:
+    mode = target.auth_mode
+    if mode == "token":
+        assert target.auth_token is not None
+        return TokenAuth(target.auth_token.get_secret_value())
+    if mode == "aksk":
+        assert target.ak is not None and target.sk is not None
+        return AkSkAuth(target.ak.get_secret_value(), target.sk.get_secret_value(), target.project_id,
+                        target.security_token.get_secret_value() if target.security_token else None)
+    return IamPasswordAuth(session, target, ssl=ssl)

@@ -1,0 +1,230 @@
+"""OMS HTTP client: one ListTasks page per call, typed errors, bounded retries within a deadline.
+
+Every failure becomes one `OmsError` subclass whose `reason` is a label value of
+`oms_scrape_errors_total`. Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from oms_exporter.auth import Auth, AuthError
+from oms_exporter.metrics import SelfMetrics
+from oms_exporter.model import MalformedTask, Task, parse_task
+from oms_exporter.settings import Target
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "oms-exporter"
+
+
+class OmsError(Exception):
+    reason = "network"
+
+
+class Timeout(OmsError):
+    reason = "timeout"
+
+
+class Throttled(OmsError):
+    reason = "throttled"
+
+
+class AuthFailed(OmsError):
+    reason = "auth"
+
+
+class ServerError(OmsError):
+    reason = "http_5xx"
+
+
+class RequestRejected(OmsError):
+    reason = "http_4xx"
+
+
+class BadPayload(OmsError):
+    reason = "bad_payload"
+
+
+class NetworkError(OmsError):
+    reason = "network"
+
+
+class Incomplete(OmsError):
+    reason = "incomplete"
+
+
+class InternalError(OmsError):
+    reason = "internal"
+
+
+@dataclass(slots=True)
+class Page:
+    tasks: list[Task]
+    count: int
+    malformed: int
+
+
+def parse_page(raw: bytes) -> Page:
+    """Parse a ListTasks answer; a broken page raises BadPayload, a broken task is counted."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadPayload("answer is not valid JSON") from None
+    if type(doc) is not dict:
+        raise BadPayload("answer is not a JSON object")
+    tasks, count = doc.get("tasks"), doc.get("count")
+    if type(tasks) is not list:
+        raise BadPayload("answer has no 'tasks' array")
+    if type(count) is not int or count < 0:
+        raise BadPayload("answer has no integer 'count'")
+    parsed: list[Task] = []
+    malformed = 0
+    for item in tasks:
+        try:
+            parsed.append(parse_task(item))
+        except MalformedTask:
+            malformed += 1
+    return Page(parsed, count, malformed)
+
+
+def _answer(status: int, raw: bytes) -> str:
+    """`HTTP 401 APIGW.0301`: the status and OMS error code of an error answer, if it has one."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    code = doc.get("error_code") if type(doc) is dict else None
+    if type(code) is str and 0 < len(code) <= 32 and code.replace(".", "").isalnum():
+        return f"HTTP {status} {code}"
+    return f"HTTP {status}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+class OmsClient:
+    """Lists task pages of one target's project."""
+
+    RETRIES = 2  # extra attempts after a 5xx, 429 or network error, deadline permitting
+    BACKOFF = 0.2  # first backoff; doubles per attempt, with full jitter
+    # After an authentication failure, wait this long (doubling, capped) before trying
+    # again: an AK/SK is locked after more than 5 consecutive failures.
+    AUTH_BACKOFF = 30.0
+    AUTH_BACKOFF_MAX = 900.0
+
+    def __init__(self, session: aiohttp.ClientSession, target: Target, auth: Auth,
+                 stats: SelfMetrics, ssl: object = None) -> None:
+        self._session = session
+        self._target = target
+        self._auth = auth
+        self._stats = stats
+        self._ssl = ssl
+        self._url = URL(f"{target.oms_endpoint}/v2/{target.project_id}/tasks")
+        self._auth_failures = 0
+        self._auth_blocked_until = 0.0
+
+    async def list_tasks(self, *, offset: int, limit: int, deadline: float,
+                         status: int | None = None, group_id: str | None = None) -> Page:
+        query = {"limit": str(limit), "offset": str(offset)}
+        if status is not None:
+            query["status"] = str(status)
+        if group_id is not None:
+            query["group_id"] = group_id
+        url = self._url.with_query(query)
+        return parse_page(await self._get(url, deadline))
+
+    async def _get(self, url: URL, deadline: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if now < self._auth_blocked_until:
+            raise AuthFailed(f"authentication failed recently; next attempt in "
+                             f"{self._auth_blocked_until - now:.0f}s")
+        attempt = 0
+        renewed = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Timeout("scrape deadline reached before OMS answered")
+            try:
+                headers = await self._auth.headers("GET", url)
+            except AuthError as exc:
+                self._auth_failed()
+                raise AuthFailed(str(exc)) from None
+            headers["User-Agent"] = USER_AGENT
+            status, raw, retry_after, err = await self._send(url, headers, remaining)
+            if err is None and status == 200:
+                self._auth_failures = 0
+                return raw
+            # Decide whether one more attempt is worth it.
+            wait: float | None = None
+            if err is not None:
+                exc: OmsError = err
+                if not isinstance(err, Timeout):
+                    wait = self._backoff(attempt)
+            elif status == 401:
+                if not renewed and await self._auth.unauthorized(headers):
+                    renewed = True
+                    continue
+                self._auth_failed()
+                raise AuthFailed(f"OMS refused the credentials ({_answer(status, raw)})")
+            elif status == 429:
+                exc = Throttled(f"OMS throttled the request ({_answer(status, raw)})")
+                wait = retry_after if retry_after is not None else self._backoff(attempt)
+            elif status >= 500:
+                exc = ServerError(f"OMS failed ({_answer(status, raw)})")
+                wait = self._backoff(attempt)
+            else:
+                raise RequestRejected(f"OMS rejected the request ({_answer(status, raw)})")
+            if wait is None or attempt >= self.RETRIES or loop.time() + wait >= deadline:
+                raise exc
+            attempt += 1
+            await asyncio.sleep(wait)
+
+    async def _send(self, url: URL, headers: dict[str, str], remaining: float
+                    ) -> tuple[int, bytes, float | None, OmsError | None]:
+        pid = self._target.project_id
+        started = time.perf_counter()
+        try:
+            async with self._session.get(url, headers=headers, ssl=self._ssl,
+                                         timeout=aiohttp.ClientTimeout(total=remaining)) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            self._stats.api_requests.labels(pid, "timeout").inc()
+            return 0, b"", None, Timeout("OMS did not answer before the scrape deadline")
+        except aiohttp.ClientPayloadError:
+            self._stats.api_requests.labels(pid, "network").inc()
+            return 0, b"", None, BadPayload("OMS answer was cut short")
+        except (aiohttp.ClientError, OSError) as exc:
+            self._stats.api_requests.labels(pid, "network").inc()
+            return 0, b"", None, NetworkError(f"cannot reach OMS at {url.host}: {type(exc).__name__}")
+        self._stats.api_request_duration.labels(pid).observe(time.perf_counter() - started)
+        self._stats.api_requests.labels(pid, str(status)).inc()
+        return status, raw, retry_after, None
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, self.BACKOFF * (2 ** attempt))
+
+    def _auth_failed(self) -> None:
+        self._auth_failures += 1
+        pause = min(self.AUTH_BACKOFF * 2 ** (self._auth_failures - 1), self.AUTH_BACKOFF_MAX)
+        self._auth_blocked_until = time.monotonic() + pause
+        log.warning("authentication failed; pausing attempts",
+                    extra={"target": self._target.name, "consecutive_failures": self._auth_failures,
+                           "pause_seconds": pause})

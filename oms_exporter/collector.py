@@ -1,0 +1,125 @@
+"""Snapshot -> metric families. Pure: no I/O, no clock, no state between scrapes.
+
+Built fresh for every scrape, so a task that vanished upstream vanishes from /metrics.
+For one project `p` with one migrating task 7 named "a", it yields lines such as:
+
+    oms_up{project_id="p"} 1.0
+    oms_tasks{project_id="p",status="migrating"} 1.0
+    oms_task_info{project_id="p",task_id="7",name="a",...} 1.0
+    oms_task_status{project_id="p",task_id="7",status="migrating"} 1.0
+    oms_task_progress_ratio{project_id="p",task_id="7"} 0.52
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from oms_exporter import metrics as m
+from oms_exporter.lister import Listing
+from oms_exporter.model import STATUS_NAMES, Task
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPolicy:
+    """Which tasks get per-task series (all of them still count in oms_tasks)."""
+
+    per_task_series: bool = True
+    finished_task_max_age: float = 7 * 86400.0  # seconds; 0 keeps every finished task
+
+    def exported(self, listing: Listing) -> list[Task]:
+        if not self.per_task_series or not listing.up:
+            return []
+        if not self.finished_task_max_age:
+            return listing.tasks
+        oldest_ms = (listing.taken_at - self.finished_task_max_age) * 1000
+        out = []
+        for t in listing.tasks:
+            ended = t.finished_at_ms()
+            if ended is None or ended >= oldest_ms:
+                out.append(t)
+        return out
+
+
+def _g(name: str, help_text: str, labels: Sequence[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, labels=list(labels))
+
+
+class SnapshotCollector(Collector):
+    """Yields the OMS metric families of a list of project listings."""
+
+    def __init__(self, listings: Sequence[Listing], policy: SeriesPolicy) -> None:
+        self._listings = listings
+        self._policy = policy
+
+    def collect(self) -> Iterator[Metric]:
+        up = _g(m.UP, m.UP_HELP, m.PROJECT_LABELS)
+        duration = _g(m.SCRAPE_DURATION, m.SCRAPE_DURATION_HELP, m.PROJECT_LABELS)
+        counts = _g(m.TASKS, m.TASKS_HELP, ("project_id", "status"))
+        malformed = _g(m.MALFORMED_TASKS, m.MALFORMED_TASKS_HELP, m.PROJECT_LABELS)
+        for listing in self._listings:
+            pid = listing.target.project_id
+            up.add_metric([pid], 1 if listing.up else 0)
+            duration.add_metric([pid], listing.duration)
+            if listing.up:
+                for code, n in listing.status_counts().items():
+                    counts.add_metric([pid, STATUS_NAMES[code]], n)
+                malformed.add_metric([pid], listing.malformed)
+        yield from (up, duration, counts, malformed)
+
+        exported = [(lst.target.project_id, self._policy.exported(lst)) for lst in self._listings]
+        yield self._info(exported)
+        yield from self._status(exported)
+        for gauge in m.TASK_GAUGES:
+            fam = _g(gauge.name, gauge.help, m.TASK_LABELS)
+            for pid, tasks in exported:
+                for t in tasks:
+                    v = getattr(t, gauge.attr)
+                    if v is not None:
+                        fam.add_metric([pid, str(t.id)], v * gauge.scale if gauge.scale != 1 else v)
+            yield fam
+        yield from self._bandwidth_and_errors(exported)
+
+    @staticmethod
+    def _info(exported: list[tuple[str, list[Task]]]) -> Metric:
+        fam = _g(m.TASK_INFO, m.TASK_INFO_HELP, m.TASK_LABELS + tuple(n for n, _ in m.TASK_INFO_LABELS))
+        for pid, tasks in exported:
+            for t in tasks:
+                fam.add_metric([pid, str(t.id)] + [getattr(t, a) for _, a in m.TASK_INFO_LABELS], 1)
+        return fam
+
+    @staticmethod
+    def _status(exported: list[tuple[str, list[Task]]]) -> Iterator[Metric]:
+        status = _g(m.TASK_STATUS, m.TASK_STATUS_HELP, ("project_id", "task_id", "status"))
+        code = _g(m.TASK_STATUS_CODE, m.TASK_STATUS_CODE_HELP, m.TASK_LABELS)
+        for pid, tasks in exported:
+            for t in tasks:
+                if t.status is None:
+                    continue
+                tid = str(t.id)
+                for c, name in STATUS_NAMES.items():
+                    status.add_metric([pid, tid, name], 1 if c == t.status else 0)
+                code.add_metric([pid, tid], t.status)
+        yield status
+        yield code
+
+    @staticmethod
+    def _bandwidth_and_errors(exported: list[tuple[str, list[Task]]]) -> Iterator[Metric]:
+        bw = _g(m.TASK_BANDWIDTH, m.TASK_BANDWIDTH_HELP, m.TASK_BANDWIDTH_LABELS)
+        err = _g(m.TASK_ERROR_INFO, m.TASK_ERROR_INFO_HELP, m.TASK_ERROR_INFO_LABELS)
+        for pid, tasks in exported:
+            for t in tasks:
+                tid = str(t.id)
+                seen: set[tuple[str, str]] = set()
+                for w in t.bandwidth:
+                    # Two windows with the same start/end would be one series twice.
+                    if w.max_bandwidth is not None and (w.start, w.end) not in seen:
+                        seen.add((w.start, w.end))
+                        bw.add_metric([pid, tid, w.start, w.end], w.max_bandwidth)
+                if t.error_code or t.error_msg:
+                    err.add_metric([pid, tid, t.error_code, t.error_msg], 1)
+        yield bw
+        yield err

@@ -1,0 +1,165 @@
+"""Pages through every task of one project, concurrently, de-duplicated by task id.
+
+The first page's `count` says how many pages follow; they are fetched with at most
+`max_concurrency` requests in flight. The previous listing's count lets the next one
+start every page at once instead of waiting for the first. Offset paging shifts while
+tasks are created, so tasks are keyed by id and pages that the growing `count` adds are
+fetched before the listing is called complete. When `count` is beyond what `offset` can
+reach (one API edition caps it at 10,000), the query is split per status; if even that
+cannot reach every task, the listing fails as `incomplete` instead of dropping tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from oms_exporter.client import Incomplete, OmsClient, OmsError, Page, Timeout
+from oms_exporter.model import STATUS_NAMES, Task
+from oms_exporter.settings import Target
+
+log = logging.getLogger(__name__)
+
+Query = tuple[int | None, str | None]  # (status filter, group_id filter)
+
+
+@dataclass(slots=True)
+class Listing:
+    """Outcome of listing one project: every task, or the error that stopped the listing."""
+
+    target: Target
+    tasks: list[Task] = field(default_factory=list)
+    malformed: int = 0
+    error: OmsError | None = None
+    duration: float = 0.0
+    requests: int = 0
+    taken_at: float = field(default_factory=time.time)  # wall clock, for task ages
+
+    @property
+    def up(self) -> bool:
+        return self.error is None
+
+    def status_counts(self) -> dict[int, int]:
+        counts = dict.fromkeys(STATUS_NAMES, 0)
+        for t in self.tasks:
+            if t.status in counts:
+                counts[t.status] += 1
+        return counts
+
+
+class _Unreachable(Exception):
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
+class Lister:
+    """Lists one target; keeps the last count per query to start the next listing sooner."""
+
+    MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that tasks created mid-listing push out
+
+    def __init__(self, client: OmsClient, target: Target, *, page_limit: int, max_concurrency: int) -> None:
+        self._client = client
+        self.target = target
+        self._limit = page_limit
+        self._max_concurrency = max_concurrency
+        self._last_count: dict[Query, int] = {}
+
+    async def list(self, deadline: float) -> Listing:
+        """List every task before `deadline` (event-loop time); never raises an OmsError."""
+        listing = Listing(self.target)
+        started = time.perf_counter()
+        self._sem = asyncio.Semaphore(self._max_concurrency)
+        self._requests = 0
+        tasks: dict[int, Task] = {}
+        try:
+            async with asyncio.timeout_at(deadline):
+                await _all(self._list_query(q, tasks, listing, deadline, split=True) for q in self._queries())
+        except TimeoutError:
+            listing.error = Timeout("listing did not finish before the scrape deadline")
+        except OmsError as exc:
+            listing.error = exc
+        listing.duration = time.perf_counter() - started
+        listing.requests = self._requests
+        listing.tasks = list(tasks.values()) if listing.error is None else []
+        return listing
+
+    def _queries(self) -> list[Query]:
+        statuses: list[int | None] = list(self.target.statuses or [None])
+        groups: list[str | None] = list(self.target.group_ids or [None])
+        return list(itertools.product(statuses, groups))
+
+    def _reach(self) -> int:
+        """Number of tasks that offset paging (offsets are multiples of the limit) can reach."""
+        return (self.target.max_offset // self._limit + 1) * self._limit
+
+    async def _page(self, query: Query, offset: int, deadline: float) -> Page:
+        async with self._sem:
+            self._requests += 1
+            return await self._client.list_tasks(
+                offset=offset, limit=self._limit, deadline=deadline, status=query[0], group_id=query[1])
+
+    async def _list_query(self, query: Query, tasks: dict[int, Task], listing: Listing,
+                          deadline: float, split: bool) -> None:
+        try:
+            await self._page_through(query, tasks, listing, deadline)
+        except _Unreachable as exc:
+            if not split or query[0] is not None:
+                raise Incomplete(
+                    f"{exc.count} tasks match status={query[0]} group_id={query[1]}, but offset paging "
+                    f"reaches only {self._reach()} (max_offset {self.target.max_offset}); raise "
+                    f"max_offset if your API edition allows it") from None
+            log.info("task count beyond offset reach, listing per status",
+                     extra={"target": self.target.name, "count": exc.count, "reach": self._reach()})
+            await _all(self._list_query((s, query[1]), tasks, listing, deadline, split=False)
+                       for s in STATUS_NAMES)
+
+    async def _page_through(self, query: Query, tasks: dict[int, Task], listing: Listing,
+                            deadline: float) -> None:
+        limit, reach = self._limit, self._reach()
+        fetched: set[int] = set()
+        max_count = 0
+
+        async def fetch(offset: int) -> None:
+            nonlocal max_count
+            page = await self._page(query, offset, deadline)
+            max_count = max(max_count, page.count)
+            listing.malformed += page.malformed
+            for t in page.tasks:
+                tasks.setdefault(t.id, t)
+
+        def offsets_upto(count: int) -> list[int]:
+            return [o for o in range(0, min(count, reach), limit) if o not in fetched]
+
+        # Start the pages the previous listing had together with the first one.
+        guess = self._last_count.get(query, 0)
+        first = offsets_upto(max(guess, 1))
+        fetched.update(first)
+        await _all(fetch(o) for o in first)
+        for _ in range(1 + self.MAX_GROWTH_ROUNDS):
+            if max_count > reach:
+                raise _Unreachable(max_count)
+            missing = offsets_upto(max_count)
+            if not missing:
+                break
+            fetched.update(missing)
+            await _all(fetch(o) for o in missing)
+        self._last_count[query] = max_count
+
+
+
+async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; the first failure cancels the rest and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for c in coros:
+                tg.create_task(c)
+    except BaseExceptionGroup as eg:
+        first: BaseException = eg
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None

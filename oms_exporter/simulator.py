@@ -1,0 +1,400 @@
+"""The OMS stand-in: an aiohttp app speaking the documented ListTasks wire format.
+
+Used by the tests and by `oms-exporter --demo`. It checks credentials the way the API
+gateway does (X-Auth-Token, SDK-HMAC-SHA256 signatures with the 15-minute date window,
+IAM password tokens from `POST /v3/auth/tokens`), validates query parameters like OMS
+(400 `OMS.0064`), filters by `status` and `group_id`, orders tasks newest first, and can
+add latency or inject faults. Control it in-process through `Simulator`, or over HTTP
+under `/_sim/` (see `_admin_routes`) when it runs in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import copy
+import hmac
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+from aiohttp import web
+
+from oms_exporter.auth import ALGORITHM, DATE_FORMAT, signature, string_to_sign
+
+MAX_SKEW = 15 * 60
+
+
+def _error(status: int, code: str, msg: str, **extra: str) -> web.Response:
+    body = {"error_code": code, "error_msg": msg, **extra}
+    if code.startswith("APIGW"):
+        body["request_id"] = secrets.token_hex(16)
+    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def _bad_param(msg: str = "Invalid request parameters.") -> web.Response:
+    return _error(400, "OMS.0064", msg)
+
+
+def _unauthorized(msg: str) -> web.Response:
+    return _error(401, "APIGW.0301", msg)
+
+
+@dataclass
+class Fault:
+    """An injected answer to the next `times` ListTasks requests that `match`."""
+
+    status: int = 500
+    body: bytes = b"<html><body>502 Bad Gateway</body></html>"
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/html"})
+    times: int = 1
+    delay: float = 0.0  # seconds to wait before answering (a hanging API: make it large)
+    truncate: bool = False  # announce a longer body than sent, then close the connection
+    match: Callable[[web.Request], bool] | None = None
+
+
+@dataclass
+class Credential:
+    sk: str
+    security_token: str | None = None
+
+
+class Simulator:
+    """State of the stand-in: projects with their tasks, accepted credentials, faults."""
+
+    def __init__(self, *, tokens: set[str] | None = None, credentials: dict[str, Credential] | None = None,
+                 iam_users: dict[tuple[str, str], str] | None = None, token_lifetime: float = 86400.0,
+                 latency: float = 0.0, max_offset: int = 2147483647,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.projects: dict[str, dict[int, dict[str, Any]]] = {}
+        self._order: dict[str, list[int]] = {}  # task ids ascending (the newest is last)
+        self.tokens: dict[str, float] = {t: float("inf") for t in (tokens or ())}  # token -> expiry
+        self.credentials = credentials or {}
+        self.iam_users = iam_users or {}  # (domain, user) -> password
+        self.token_lifetime = token_lifetime
+        self.latency = latency
+        self.max_offset = max_offset
+        self.clock = clock
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str]] = []  # (path, query string) of each ListTasks call
+        self.auth_failures = 0
+        self.iam_logins = 0
+
+    # --- state ---------------------------------------------------------------------------
+    def add_project(self, project_id: str, tasks: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+        self.projects.setdefault(project_id, {})
+        self._order.setdefault(project_id, [])
+        for t in tasks:
+            self.put_task(project_id, t)
+
+    def put_task(self, project_id: str, task: dict[str, Any]) -> None:
+        tasks = self.projects[project_id]
+        tid = task["id"]
+        if tid not in tasks:
+            bisect.insort(self._order[project_id], tid)
+        tasks[tid] = task
+
+    def patch_task(self, project_id: str, task_id: int, **fields: Any) -> dict[str, Any]:
+        task = self.projects[project_id][task_id]
+        task.update(fields)
+        return task
+
+    def remove_task(self, project_id: str, task_id: int) -> None:
+        del self.projects[project_id][task_id]
+        self._order[project_id].remove(task_id)
+
+    def inject(self, fault: Fault | None = None, **kwargs: Any) -> Fault:
+        fault = fault or Fault(**kwargs)
+        self.faults.append(fault)
+        return fault
+
+    # --- HTTP ----------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v2/{project_id}/tasks", self._list_tasks)
+        app.router.add_post("/v3/auth/tokens", self._iam_tokens)
+        self._admin_routes(app)
+        return app
+
+    async def _list_tasks(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path, request.query_string))
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        for fault in self.faults:
+            if fault.times > 0 and (fault.match is None or fault.match(request)):
+                fault.times -= 1
+                return await self._fault(request, fault)
+        pid = request.match_info["project_id"]
+        denied = await self._authenticate(request, pid)
+        if denied is not None:
+            self.auth_failures += 1
+            return denied
+        if pid not in self.projects:
+            return _error(403, "OMS.0206", "Insufficient permissions.")
+        q = request.query
+        try:
+            limit = int(q.get("limit", "10"))
+            offset = int(q.get("offset", "0"))
+            status = int(q["status"]) if "status" in q else None
+        except ValueError:
+            return _bad_param()
+        group_id = q.get("group_id")
+        if not 1 <= limit <= 100 or not 0 <= offset <= self.max_offset:
+            return _bad_param()
+        if status is not None and not 1 <= status <= 7:
+            return _bad_param()
+        if group_id is not None and not 1 <= len(group_id) <= 100:
+            return _bad_param()
+        tasks = self.projects[pid]
+        ids = self._order[pid]
+        if status is None and group_id is None:
+            count = len(ids)
+            page_ids = ids[::-1][offset:offset + limit] if offset < count else []
+        else:
+            matching = [i for i in reversed(ids)
+                        if (status is None or tasks[i].get("status") == status)
+                        and (group_id is None or tasks[i].get("group_id") == group_id)]
+            count = len(matching)
+            page_ids = matching[offset:offset + limit]
+        body = orjson.dumps({"tasks": [tasks[i] for i in page_ids], "count": count})
+        return web.Response(body=body, content_type="application/json")
+
+    async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.truncate:
+            resp = web.StreamResponse(status=fault.status, headers=fault.headers)
+            resp.content_length = len(fault.body) + 1000
+            await resp.prepare(request)
+            await resp.write(fault.body)
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
+
+    async def _authenticate(self, request: web.Request, project_id: str) -> web.Response | None:
+        token = request.headers.get("X-Auth-Token")
+        if token is not None:
+            expiry = self.tokens.get(token)
+            if expiry is None or self.clock() >= expiry:
+                return _unauthorized("Incorrect IAM authentication information: token is invalid or expired")
+            return None
+        auth = request.headers.get("Authorization")
+        if auth is None:
+            return _unauthorized("Incorrect IAM authentication information: no credentials")
+        return await self._verify_signature(request, auth, project_id)
+
+    async def _verify_signature(self, request: web.Request, auth: str, project_id: str) -> web.Response | None:
+        algo, _, rest = auth.partition(" ")
+        parts = dict(p.strip().partition("=")[::2] for p in rest.split(","))
+        ak, signed, sig = parts.get("Access"), parts.get("SignedHeaders"), parts.get("Signature")
+        if algo != ALGORITHM or not ak or not signed or not sig:
+            return _unauthorized("Incorrect IAM authentication information: bad Authorization header")
+        cred = self.credentials.get(ak)
+        if cred is None:
+            return _unauthorized("Incorrect IAM authentication information: unknown access key")
+        date = request.headers.get("X-Sdk-Date", "")
+        try:
+            when = datetime.strptime(date, DATE_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return _unauthorized("Incorrect IAM authentication information: bad X-Sdk-Date")
+        if abs(self.clock() - when) > MAX_SKEW:
+            return _unauthorized("Incorrect IAM authentication information: request expired")
+        names = signed.split(";")
+        if "host" not in names or "x-sdk-date" not in names or any(n not in request.headers for n in names):
+            return _unauthorized("Incorrect IAM authentication information: headers not signed")
+        if cred.security_token is not None and request.headers.get("X-Security-Token") != cred.security_token:
+            return _unauthorized("Incorrect IAM authentication information: bad security token")
+        if request.headers.get("X-Project-Id", project_id) != project_id:
+            return _unauthorized("Incorrect IAM authentication information: project mismatch")
+        headers = {n: request.headers[n] for n in names}
+        body = await request.read()
+        to_sign = string_to_sign(request.method, request.raw_path.split("?")[0], request.query.items(),
+                                 headers, names, body, date)
+        if not hmac.compare_digest(signature(cred.sk, to_sign), sig):
+            return _unauthorized("Incorrect IAM authentication information: verify aksk signature fail")
+        return None
+
+    async def _iam_tokens(self, request: web.Request) -> web.Response:
+        try:
+            doc = orjson.loads(await request.read())
+            ident = doc["auth"]["identity"]
+            user = ident["password"]["user"]
+            key = (user["domain"]["name"], user["name"])
+            password = user["password"]
+            project = doc["auth"]["scope"]["project"]
+            if ident["methods"] != ["password"] or not isinstance(password, str):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return web.json_response({"error": {"code": 400, "message": "The request body is invalid.",
+                                                "title": "Bad Request"}}, status=400)
+        expected = self.iam_users.get(key)
+        if expected is None or not hmac.compare_digest(expected, password):
+            self.auth_failures += 1
+            return web.json_response({"error_msg": "The username or password is wrong.",
+                                      "error_code": "IAM.0101"}, status=401)
+        self.iam_logins += 1
+        token = "MII" + secrets.token_urlsafe(96)
+        expires = self.clock() + self.token_lifetime
+        self.tokens[token] = expires
+        expires_at = datetime.fromtimestamp(expires, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {"token": {"expires_at": expires_at, "methods": ["password"],
+                          "issued_at": datetime.fromtimestamp(self.clock(), timezone.utc).isoformat(),
+                          "project": {"id": project.get("id", ""), "name": project.get("name", "")},
+                          "user": {"name": key[1], "domain": {"name": key[0]}}}}
+        return web.json_response(body, status=201, headers={"X-Subject-Token": token})
+
+    # --- control over HTTP (for a stand-in running in another process) -----------------
+    def _admin_routes(self, app: web.Application) -> None:
+        async def patch(request: web.Request) -> web.Response:
+            pid, tid = request.match_info["project_id"], int(request.match_info["task_id"])
+            if tid not in self.projects.get(pid, {}):
+                return web.json_response({"error": "no such task"}, status=404)
+            fields = orjson.loads(await request.read())
+            return web.json_response(self.patch_task(pid, tid, **fields))
+
+        async def get(request: web.Request) -> web.Response:
+            pid, tid = request.match_info["project_id"], int(request.match_info["task_id"])
+            task = self.projects.get(pid, {}).get(tid)
+            return web.json_response(task) if task else web.json_response({"error": "no such task"}, status=404)
+
+        async def fault(request: web.Request) -> web.Response:
+            doc = orjson.loads(await request.read())
+            body = doc.pop("body", "")
+            self.inject(body=body.encode(), **doc)
+            return web.json_response({"ok": True})
+
+        app.router.add_get("/_sim/v2/{project_id}/tasks/{task_id}", get)
+        app.router.add_patch("/_sim/v2/{project_id}/tasks/{task_id}", patch)
+        app.router.add_post("/_sim/faults", fault)
+
+
+# --- realistic task data -------------------------------------------------------------------
+
+_CLOUDS = [("AWS", ["us-east-1", "eu-west-1", "ap-southeast-1"]), ("Aliyun", ["cn-hangzhou", "cn-beijing"]),
+           ("Tencent", ["ap-guangzhou", "ap-shanghai"]), ("Azure", ["westeurope", "eastus"]),
+           ("Google", ["europe-west4"]), ("Qiniu", ["cn-east-1"]), ("HuaweiCloud", ["cn-north-1"])]
+_DST_REGIONS = ["cn-north-4", "cn-east-3", "cn-south-1", "ap-southeast-3"]
+_WORDS = ["logs", "media", "backup", "archive", "images", "datalake", "assets", "reports", "video", "ml-data"]
+_ODD_NAMES = ['迁移任务-日志', 'quote "q" and \\slash', "line\nbreak", "emoji 🚚📦", "tab\there"]
+_ERRORS = [("OMS.1201", "Failed to list source objects: access denied."),
+           ("OMS.1105", "The destination bucket does not exist."),
+           ("OMS.1301", "Network between source and destination is unstable.")]
+GIB = 1024 ** 3
+
+
+def make_task(rng: random.Random, task_id: int, now_ms: int, *, status: int | None = None,
+              group_id: str = "") -> dict[str, Any]:
+    """One TaskResp as OMS returns it, with numbers consistent with its status."""
+    cloud, regions = rng.choice(_CLOUDS)
+    word = rng.choice(_WORDS)
+    name = rng.choice(_ODD_NAMES) if rng.random() < 0.02 else f"{cloud.lower()}-{word}-{task_id}"
+    if status is None:
+        status = rng.choices([1, 2, 3, 4, 5, 6, 7], weights=[8, 20, 3, 6, 60, 2, 1])[0]
+    total_num = rng.randint(1, 2_000_000)
+    total_size = rng.randint(1, 5000) * GIB // rng.choice([1, 10, 100])
+    progress = {1: 0.0, 5: 1.0}.get(status, round(rng.uniform(0.01, 0.99), 4))
+    done = int(total_num * progress)
+    failed = rng.randint(1, max(1, done // 100)) if status == 4 else (rng.randint(0, 20) if rng.random() < 0.2 else 0)
+    skipped = rng.randint(0, done // 10) if done else 0
+    succeeded = max(done - failed - skipped, 0)
+    complete_size = int(total_size * progress)
+    speed = rng.randint(5, 200) * 1024 * 1024 if status in (2, 6) else 0
+    elapsed_ms = 0 if status == 1 else rng.randint(60, 86400 * 3) * 1000
+    left_ms = int((total_size - complete_size) / speed * 1000) if speed else 0
+    task: dict[str, Any] = {
+        "id": task_id, "name": name, "description": "",
+        "status": status, "progress": progress,
+        "task_type": rng.choice(["object", "prefix", "list", "url_list"]),
+        "group_type": "GROUP_TASK" if group_id else "NORMAL_TASK", "group_id": group_id,
+        "task_priority": rng.choice(["HIGH", "MEDIUM", "MEDIUM", "LOW"]),
+        "src_node": {"cloud_type": cloud, "region": rng.choice(regions), "bucket": f"src-{word}-{task_id % 97}",
+                     "object_key": [f"{word}/"]},
+        "dst_node": {"region": rng.choice(_DST_REGIONS), "bucket": f"obs-{word}", "save_prefix": ""},
+        "total_num": total_num, "successful_num": succeeded, "failed_num": failed, "skipped_num": skipped,
+        "total_size": total_size, "complete_size": complete_size, "real_size": int(complete_size * 0.95),
+        "migrate_speed": speed, "start_time": 0 if status == 1 else now_ms - elapsed_ms,
+        "total_time": elapsed_ms, "left_time": left_ms, "migrate_since": 0,
+        "is_query_over": status != 1, "enable_kms": False, "enable_restore": False,
+        "enable_failed_object_recording": True, "enable_metadata_migration": False,
+        "enable_requester_pays": False, "object_overwrite_mode": "SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE",
+        "dst_storage_policy": "STANDARD", "consistency_check": "size_last_modified",
+        "error_reason": {"error_code": "", "error_msg": ""},
+        "failed_object_record": {"result": True, "list_file_key": "", "error_code": ""},
+        "smn_info": {"notify_result": True, "notify_error_message": "", "topic_name": ""},
+        "success_record_error_reason": "", "skip_record_error_reason": "",
+        "bandwidth_policy": [],
+    }
+    if status == 4:
+        code, msg = rng.choice(_ERRORS)
+        task["error_reason"] = {"error_code": code, "error_msg": msg}
+    if rng.random() < 0.3:
+        task["bandwidth_policy"] = [
+            {"start": "00:00", "end": "08:00", "max_bandwidth": 200 * 1024 * 1024},
+            {"start": "08:00", "end": "23:59", "max_bandwidth": rng.choice([20, 50, 100]) * 1024 * 1024}]
+    return task
+
+
+def make_tasks(n: int, *, seed: int = 1, now_ms: int | None = None, first_id: int = 1) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    groups = [f"{rng.getrandbits(128):032x}"[:32] for _ in range(max(1, n // 50))]
+    out = []
+    for i in range(n):
+        group = rng.choice(groups) if rng.random() < 0.3 else ""
+        # Older tasks (lower ids) are more likely to be finished.
+        out.append(make_task(rng, first_id + i, now_ms - (n - i) * 60_000, group_id=group))
+    return out
+
+
+class Evolution:
+    """Moves a project's tasks forward in time, for the demo: progress, failures, new tasks."""
+
+    def __init__(self, sim: Simulator, project_id: str, seed: int = 7) -> None:
+        self._sim = sim
+        self._pid = project_id
+        self._rng = random.Random(seed)
+
+    def advance(self, seconds: float) -> None:
+        rng, tasks = self._rng, self._sim.projects[self._pid]
+        now_ms = int(self._sim.clock() * 1000)
+        for task in list(tasks.values()):
+            status = task["status"]
+            if status == 1 and rng.random() < 0.02 * seconds:
+                task.update(status=2, start_time=now_ms, migrate_speed=rng.randint(5, 200) * 1024 * 1024)
+            elif status in (2, 6):
+                self._migrate(task, seconds, now_ms)
+            elif status == 7:
+                task.update(status=3, migrate_speed=0)
+        if rng.random() < 0.05 * seconds:
+            new_id = max(tasks, default=0) + 1
+            self._sim.put_task(self._pid, make_task(rng, new_id, now_ms, status=1))
+
+    def _migrate(self, task: dict[str, Any], seconds: float, now_ms: int) -> None:
+        rng = self._rng
+        if rng.random() < 0.002 * seconds:
+            code, msg = rng.choice(_ERRORS)
+            task.update(status=4, migrate_speed=0, left_time=0, error_reason={"error_code": code, "error_msg": msg})
+            return
+        speed = max(int(task["migrate_speed"] * rng.uniform(0.8, 1.2)), 1024 * 1024)
+        total, done = task["total_size"], task["complete_size"]
+        done = min(total, done + int(speed * seconds))
+        progress = done / total if total else 1.0
+        objects = int(task["total_num"] * progress)
+        if rng.random() < 0.05 * seconds:
+            task["failed_num"] += rng.randint(1, 5)
+        task.update(
+            complete_size=done, real_size=int(done * 0.95), progress=round(progress, 4),
+            successful_num=max(objects - task["failed_num"] - task["skipped_num"], 0),
+            migrate_speed=speed, total_time=task["total_time"] + int(seconds * 1000),
+            left_time=int((total - done) / speed * 1000))
+        if done >= total:
+            task.update(status=5, progress=1, migrate_speed=0, left_time=0)
+
+
+def clone(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return copy.deepcopy(tasks)

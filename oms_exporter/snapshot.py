@@ -1,0 +1,71 @@
+"""Takes listings of the configured projects, shared by every scrape that asks at the same time.
+
+One listing per project is in flight at any moment: concurrent scrapes (an HA Prometheus
+pair, a dashboard refresh storm) wait for the same one. With `min_interval`, a listing
+younger than that is served again instead of asking OMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from oms_exporter.client import InternalError, Timeout
+from oms_exporter.lister import Lister, Listing
+from oms_exporter.metrics import SelfMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Snapshots:
+    def __init__(self, listers: dict[str, Lister], stats: SelfMetrics, min_interval: float = 0.0) -> None:
+        self._listers = listers
+        self._stats = stats
+        self._min_interval = min_interval
+        self._inflight: dict[str, asyncio.Future[Listing]] = {}
+        self._last: dict[str, tuple[float, Listing]] = {}
+        self.listings_started = 0  # for tests and the benchmark: upstream listings begun
+
+    async def get(self, names: Sequence[str], deadline: float) -> list[Listing]:
+        """Listings of the named targets, each finished or failed by `deadline` (loop time)."""
+        return list(await asyncio.gather(*(self._one(n, deadline) for n in names)))
+
+    async def _one(self, name: str, deadline: float) -> Listing:
+        loop = asyncio.get_running_loop()
+        last = self._last.get(name)
+        if self._min_interval and last and loop.time() - last[0] < self._min_interval:
+            return last[1]
+        fut = self._inflight.get(name)
+        if fut is None:
+            fut = loop.create_task(self._list(name, deadline))
+            self._inflight[name] = fut
+        try:
+            # shield: a scrape that gives up must not cancel the listing others wait for.
+            return await asyncio.wait_for(asyncio.shield(fut), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            lister = self._listers[name]
+            return Listing(lister.target, error=Timeout("listing still running at this scrape's deadline"),
+                           duration=0.0)
+
+    async def _list(self, name: str, deadline: float) -> Listing:
+        loop = asyncio.get_running_loop()
+        lister = self._listers[name]
+        self.listings_started += 1
+        try:
+            listing = await lister.list(deadline)
+        except Exception:  # a bug must cost one scrape's data, not the exporter
+            log.exception("listing failed unexpectedly", extra={"target": name})
+            listing = Listing(lister.target, error=InternalError("internal error, see the exporter's log"))
+        finally:
+            self._inflight.pop(name, None)
+        if listing.error is not None:
+            self._stats.scrape_errors.labels(lister.target.project_id, listing.error.reason).inc()
+            log.warning("listing failed", extra={
+                "target": name, "reason": listing.error.reason, "error": str(listing.error),
+                "requests": listing.requests, "duration_seconds": round(listing.duration, 3)})
+        elif listing.malformed:
+            log.warning("skipped malformed task records", extra={"target": name, "count": listing.malformed})
+        self._last[name] = (loop.time(), listing)
+        return listing

@@ -1,0 +1,157 @@
+"""The aiohttp app: /metrics, /probe?target=NAME, /healthz and a landing page.
+
+A scrape first awaits the listings (shared between concurrent scrapes by `Snapshots`),
+then builds a per-scrape registry from them and encodes it in a worker thread, so the
+event loop keeps serving while ~10 MB of text is produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import html
+import logging
+import ssl
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from oms_exporter import __version__
+from oms_exporter.auth import make_auth
+from oms_exporter.client import OmsClient
+from oms_exporter.collector import SeriesPolicy, SnapshotCollector
+from oms_exporter.lister import Lister, Listing
+from oms_exporter.metrics import SelfMetrics
+from oms_exporter.settings import Settings
+from oms_exporter.snapshot import Snapshots
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STATS = web.AppKey("stats", SelfMetrics)
+SNAPSHOTS = web.AppKey("snapshots", Snapshots)
+POLICY = web.AppKey("policy", SeriesPolicy)
+
+TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+MAX_QUERY_LENGTH = 256
+
+
+def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
+    opts = settings.options
+    if opts.insecure_skip_verify:
+        log.warning("TLS VERIFICATION OF OMS AND IAM IS TURNED OFF (--oms.insecure-skip-verify): "
+                    "credentials can be intercepted; use --oms.ca-file instead")
+        return False
+    if opts.ca_file is not None:
+        return ssl.create_default_context(cafile=str(opts.ca_file))
+    return True
+
+
+def make_app(settings: Settings, *, stats: SelfMetrics | None = None) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[STATS] = stats or SelfMetrics()
+    app[POLICY] = SeriesPolicy(settings.options.per_task_series, settings.options.finished_task_max_age)
+    app.cleanup_ctx.append(_oms_clients)
+    path = settings.options.telemetry_path
+    app.router.add_get(path, metrics_handler)
+    app.router.add_get("/probe", probe_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    if path != "/":
+        app.router.add_get("/", landing_handler)
+    return app
+
+
+async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession for the app's life, one client + lister per target."""
+    settings, stats = app[SETTINGS], app[STATS]
+    opts = settings.options
+    tls = outbound_ssl(settings)
+    connector = aiohttp.TCPConnector(limit=opts.max_concurrency * len(settings.targets) + 4,
+                                     ttl_dns_cache=300, ssl=tls)
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+        listers = {}
+        for t in settings.targets:
+            client = OmsClient(session, t, make_auth(t, session, ssl=tls), stats, ssl=tls)
+            listers[t.name] = Lister(client, t, page_limit=opts.page_limit, max_concurrency=opts.max_concurrency)
+        app[SNAPSHOTS] = Snapshots(listers, stats, min_interval=opts.min_interval)
+        yield
+
+
+def _deadline(request: web.Request) -> float:
+    opts = request.app[SETTINGS].options
+    budget = opts.scrape_timeout
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header:
+        try:
+            budget = float(header)
+        except ValueError:
+            pass
+    return asyncio.get_running_loop().time() + max(budget - opts.timeout_offset, 0.1)
+
+
+def _render(listings: Sequence[Listing], policy: SeriesPolicy, stats: SelfMetrics | None,
+            accept: str, gzip_ok: bool) -> tuple[bytes, str, bool]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(listings, policy))
+    if stats is not None:
+        registry.register(stats.registry)
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(registry)
+    if gzip_ok:
+        body = gzip.compress(body, compresslevel=1)
+    return body, content_type, gzip_ok
+
+
+async def _respond(request: web.Request, names: Sequence[str], with_self: bool) -> web.Response:
+    app = request.app
+    listings = await app[SNAPSHOTS].get(names, _deadline(request))
+    gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "")
+    body, content_type, zipped = await asyncio.get_running_loop().run_in_executor(
+        None, _render, listings, app[POLICY], app[STATS] if with_self else None,
+        request.headers.get("Accept", ""), gzip_ok)
+    resp = web.Response(body=body, headers={"Content-Type": content_type})
+    if zipped:
+        resp.headers["Content-Encoding"] = "gzip"
+    return resp
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return await _respond(request, [t.name for t in request.app[SETTINGS].targets], with_self=True)
+
+
+async def probe_handler(request: web.Request) -> web.Response:
+    if len(request.query_string) > MAX_QUERY_LENGTH:
+        raise web.HTTPBadRequest(text="query string too long\n")
+    name = request.query.get("target", "")
+    settings = request.app[SETTINGS]
+    if settings.target(name) is None:
+        # Never a request to a host the configuration does not name.
+        known = ", ".join(t.name for t in settings.targets)
+        raise web.HTTPBadRequest(text=f"unknown target {name[:64]!r}; configured targets: {known}\n")
+    return await _respond(request, [name], with_self=False)
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def landing_handler(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    path = settings.options.telemetry_path
+    probes = "".join(
+        f'<li><a href="/probe?target={html.escape(t.name)}">/probe?target={html.escape(t.name)}</a> '
+        f"(project {html.escape(t.project_id)}, {html.escape(t.region)})</li>" for t in settings.targets)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>OMS exporter</title></head>
+<body><h1>OMS exporter {html.escape(__version__)}</h1>
+<p>Prometheus exporter for Huawei Cloud OMS migration tasks.</p>
+<ul><li><a href="{html.escape(path)}">{html.escape(path)}</a> (every configured project and the exporter's own metrics)</li>
+{probes}
+<li><a href="/healthz">/healthz</a></li></ul>
+</body></html>
+"""
+    return web.Response(text=page, content_type="text/html")
