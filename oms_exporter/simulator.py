@@ -16,6 +16,8 @@ import copy
 import hmac
 import random
 import secrets
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +56,7 @@ class Fault:
     times: int = 1
     delay: float = 0.0  # seconds to wait before answering (a hanging API: make it large)
     truncate: bool = False  # announce a longer body than sent, then close the connection
+    reset: bool = False  # close the connection without answering: the client sees a reset
     match: Callable[[web.Request], bool] | None = None
 
 
@@ -83,6 +86,11 @@ class Simulator:
         self.requests: list[tuple[str, str]] = []  # (path, query string) of each ListTasks call
         self.auth_failures = 0
         self.iam_logins = 0
+        # Called with each authenticated ListTasks request before it is answered: lets a test
+        # change the task list between pages, as users do by creating tasks mid-listing.
+        self.on_list: Callable[[web.Request], None] | None = None
+        self.in_flight = 0  # ListTasks requests being answered now, and the most at once
+        self.peak_in_flight = 0
 
     # --- state ---------------------------------------------------------------------------
     def add_project(self, project_id: str, tasks: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
@@ -122,6 +130,14 @@ class Simulator:
 
     async def _list_tasks(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.path, request.query_string))
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer_list_tasks(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_list_tasks(self, request: web.Request) -> web.StreamResponse:
         if self.latency:
             await asyncio.sleep(self.latency)
         for fault in self.faults:
@@ -135,6 +151,8 @@ class Simulator:
             return denied
         if pid not in self.projects:
             return _error(403, "OMS.0206", "Insufficient permissions.")
+        if self.on_list is not None:
+            self.on_list(request)
         q = request.query
         try:
             limit = int(q.get("limit", "10"))
@@ -166,6 +184,13 @@ class Simulator:
     async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault.reset:
+            assert request.transport is not None
+            sock = request.transport.get_extra_info("socket")
+            if sock is not None:  # SO_LINGER 0: close with RST instead of FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
+            return web.Response(status=fault.status)
         if fault.truncate:
             resp = web.StreamResponse(status=fault.status, headers=fault.headers)
             resp.content_length = len(fault.body) + 1000

@@ -1,0 +1,84 @@
+"""Shared fixtures: the OMS stand-in on a real loopback port, and the exporter app in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from oms_exporter.metrics import SelfMetrics
+from oms_exporter.settings import Options, Settings, Target
+from oms_exporter.simulator import Credential, Simulator, make_tasks
+from oms_exporter.web import make_app
+
+PROJECT = "p0000000000000000000000000000001"
+TOKEN = "test-token-7d1f0c"
+AK, SK = "TESTAK0000000001", "test-secret-key-93kd0"
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """A stand-in with one project of 250 tasks; accepts TOKEN and the AK/SK pair."""
+    s = Simulator(tokens={TOKEN}, credentials={AK: Credential(SK)})
+    s.add_project(PROJECT, make_tasks(250, seed=3))
+    return s
+
+
+@pytest.fixture
+async def oms(sim: Simulator, aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    return await aiohttp_server(sim.app())
+
+
+def target_for(server: TestServer, *, name: str = "main", project_id: str = PROJECT, **extra: Any) -> Target:
+    creds = {} if {"auth_token", "ak", "iam_username"} & set(extra) else {"auth_token": TOKEN}
+    return Target(name=name, project_id=project_id, region="cn-north-4",
+                  endpoint=str(server.make_url("")).rstrip("/"), **{**creds, **extra})
+
+
+Exporter = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def exporter(oms: TestServer, aiohttp_client: Callable[..., Awaitable[TestClient]]) -> Exporter:
+    """`await exporter(targets=None, **options)` -> test client of an exporter app."""
+
+    async def make(targets: list[Target] | None = None, **options: Any) -> TestClient:
+        settings = Settings(options=Options(**options), targets=targets or [target_for(oms)])
+        return await aiohttp_client(make_app(settings, stats=SelfMetrics()))
+
+    return make
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Parse exposition text with prometheus_client's parser: {(name, labels): value}."""
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"duplicate series {key}"
+            out[key] = s.value
+    return out
+
+
+def values(samples: Samples, name: str, **labels: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The series of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return {lab: v for (n, lab), v in samples.items() if n == name and want <= lab}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    found = values(samples, name, **labels)
+    assert len(found) == 1, f"{name}{labels}: expected one series, found {len(found)}"
+    return next(iter(found.values()))
+
+
+async def scrape(client: TestClient, path: str = "/metrics", **headers: str) -> Samples:
+    resp = await client.get(path, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return parse_metrics(await resp.text())

@@ -1,0 +1,187 @@
+"""The metrics contract of issue 2, checked end to end: stand-in -> HTTP -> exporter -> parsed /metrics."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from oms_exporter import __version__
+from oms_exporter.metrics import ALL_METRIC_NAMES, TASK_GAUGES
+from oms_exporter.simulator import make_task
+from tests.conftest import PROJECT, parse_metrics, scrape, target_for, value, values
+
+NOW_MS = 1_790_000_000_000
+FULL = {
+    "id": 9001, "name": "aws-logs", "status": 2, "progress": 0.522, "task_type": "prefix",
+    "group_type": "GROUP_TASK", "group_id": "g-1", "task_priority": "HIGH",
+    "src_node": {"cloud_type": "AWS", "region": "us-east-1", "bucket": "src-b"},
+    "dst_node": {"region": "cn-north-4", "bucket": "dst-b"},
+    "migrate_speed": 1048576, "total_num": 1000, "successful_num": 900, "failed_num": 7, "skipped_num": 3,
+    "total_size": 2**40, "complete_size": 2**39, "real_size": 2**38,
+    "start_time": NOW_MS, "total_time": 90_500, "left_time": 1_250,
+    "bandwidth_policy": [{"start": "00:00", "end": "08:00", "max_bandwidth": 209715200},
+                         {"start": "08:00", "end": "23:59", "max_bandwidth": 1048576}],
+    "error_reason": {"error_code": "OMS.1201", "error_msg": "access denied"},
+    "enable_kms": True, "a_field_from_a_newer_api": [1, {"x": None}],
+}
+TASK = dict(project_id=PROJECT, task_id="9001")
+
+
+@pytest.fixture
+def one_task(sim):
+    sim.projects[PROJECT].clear()
+    sim._order[PROJECT].clear()
+    sim.put_task(PROJECT, dict(FULL))
+    return sim
+
+
+async def test_every_task_field_maps_to_its_metric(one_task, exporter):
+    s = await scrape(await exporter(finished_task_max_age=0))
+    info = values(s, "oms_task_info", **TASK)
+    assert list(info.values()) == [1]
+    assert dict(next(iter(info))) == {
+        **TASK, "name": "aws-logs", "group_id": "g-1", "group_type": "GROUP_TASK", "task_type": "prefix",
+        "priority": "HIGH", "src_cloud": "AWS", "src_region": "us-east-1", "src_bucket": "src-b",
+        "dst_region": "cn-north-4", "dst_bucket": "dst-b"}
+    expected = {
+        "oms_task_progress_ratio": 0.522, "oms_task_speed_bytes_per_second": 1048576,
+        "oms_task_objects": 1000, "oms_task_objects_succeeded": 900, "oms_task_objects_failed": 7,
+        "oms_task_objects_skipped": 3, "oms_task_size_bytes": 2**40, "oms_task_completed_bytes": 2**39,
+        "oms_task_migrated_bytes": 2**38, "oms_task_start_timestamp_seconds": NOW_MS / 1000,
+        "oms_task_elapsed_seconds": 90.5, "oms_task_remaining_seconds": 1.25, "oms_task_status_code": 2,
+    }
+    assert {g.name for g in TASK_GAUGES} | {"oms_task_status_code"} == set(expected)
+    for name, want in expected.items():
+        assert value(s, name, **TASK) == pytest.approx(want), name
+    status = {dict(lab)["status"]: v for lab, v in values(s, "oms_task_status", **TASK).items()}
+    assert status == {"waiting": 0, "migrating": 1, "paused": 0, "failed": 0, "succeeded": 0,
+                      "retrying": 0, "pausing": 0}
+    bw = {(dict(lab)["start"], dict(lab)["end"]): v
+          for lab, v in values(s, "oms_task_bandwidth_limit_bytes_per_second", **TASK).items()}
+    assert bw == {("00:00", "08:00"): 209715200, ("08:00", "23:59"): 1048576}
+    err = values(s, "oms_task_error_info", **TASK)
+    assert [(dict(lab)["error_code"], dict(lab)["error_msg"], v) for lab, v in err.items()] == [
+        ("OMS.1201", "access denied", 1)]
+
+
+async def test_absent_or_null_numbers_give_no_series(one_task, exporter):
+    one_task.patch_task(PROJECT, 9001, progress=None, error_reason="", bandwidth_policy=None)
+    del one_task.projects[PROJECT][9001]["left_time"]
+    s = await scrape(await exporter(finished_task_max_age=0))
+    assert values(s, "oms_task_progress_ratio", **TASK) == {}
+    assert values(s, "oms_task_remaining_seconds", **TASK) == {}
+    assert values(s, "oms_task_error_info", **TASK) == {}
+    assert values(s, "oms_task_bandwidth_limit_bytes_per_second", **TASK) == {}
+    assert value(s, "oms_task_objects", **TASK) == 1000
+
+
+async def test_project_series_and_all_seven_states(sim, exporter):
+    s = await scrape(await exporter(finished_task_max_age=0))
+    counts = {dict(lab)["status"]: v for lab, v in values(s, "oms_tasks", project_id=PROJECT).items()}
+    assert set(counts) == {"waiting", "migrating", "paused", "failed", "succeeded", "retrying", "pausing"}
+    truth = {}
+    for t in sim.projects[PROJECT].values():
+        truth[t["status"]] = truth.get(t["status"], 0) + 1
+    names = ["waiting", "migrating", "paused", "failed", "succeeded", "retrying", "pausing"]
+    assert counts == {n: truth.get(i + 1, 0) for i, n in enumerate(names)}
+    assert sum(counts.values()) == 250
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert value(s, "oms_scrape_duration_seconds", project_id=PROJECT) > 0
+    assert value(s, "oms_malformed_tasks", project_id=PROJECT) == 0
+    # Every OMS series carries project_id.
+    for (name, labels) in s:
+        if name.startswith("oms_") and not name.startswith(("oms_exporter_", "oms_api_")):
+            assert dict(labels).get("project_id") == PROJECT, name
+
+
+async def test_exporter_wide_series(exporter):
+    client = await exporter()
+    await scrape(client)
+    text = await (await client.get("/metrics")).text()
+    s = parse_metrics(text)
+    assert value(s, "oms_exporter_build_info", version=__version__) == 1
+    assert value(s, "oms_api_requests_total", project_id=PROJECT, code="200") == 6  # 3 pages x 2 scrapes
+    assert any(n == "process_resident_memory_bytes" for n, _ in s)
+    assert "_created" not in text
+    produced = {n for n, _ in s if n.startswith("oms_")}
+    assert produced <= ALL_METRIC_NAMES | {"oms_api_request_duration_seconds_bucket"}
+
+
+async def test_a_task_that_vanishes_upstream_vanishes_from_metrics(sim, exporter):
+    client = await exporter(finished_task_max_age=0)
+    first = await scrape(client)
+    gone = next(iter(sim.projects[PROJECT]))
+    assert values(first, "oms_task_info", task_id=str(gone))
+    sim.remove_task(PROJECT, gone)
+    second = await scrape(client)
+    assert not [k for k in second if dict(k[1]).get("task_id") == str(gone)]
+    assert len(values(second, "oms_task_info")) == 249
+
+
+async def test_old_finished_tasks_count_but_have_no_series(sim, exporter):
+    sim.put_task(PROJECT, {**make_task(__import__("random").Random(1), 99999, 0, status=5),
+                           "start_time": 1_000_000, "total_time": 5_000})
+    s = await scrape(await exporter(finished_task_max_age=7 * 86400))
+    assert values(s, "oms_task_info", task_id="99999") == {}
+    assert sum(values(s, "oms_tasks", status="succeeded").values()) == sum(
+        1 for t in sim.projects[PROJECT].values() if t["status"] == 5)
+    s = await scrape(await exporter(per_task_series=False))
+    assert values(s, "oms_task_info") == {} and values(s, "oms_tasks")
+
+
+NASTY = ['quote " and \\ backslash', "new\nline", "迁移任务", "emoji 🚚📦", "trailing \\", "{curly}=,"]
+
+
+async def test_label_values_are_escaped_for_any_name(one_task, exporter, tmp_path):
+    for i, name in enumerate(NASTY):
+        one_task.put_task(PROJECT, {**FULL, "id": 100 + i, "name": name,
+                                    "error_reason": {"error_code": "E", "error_msg": name}})
+    client = await exporter(finished_task_max_age=0)
+    text = await (await client.get("/metrics")).text()
+    s = parse_metrics(text)
+    names = {dict(lab)["name"] for lab in values(s, "oms_task_info")}
+    assert set(NASTY) <= names
+    msgs = {dict(lab)["error_msg"] for lab in values(s, "oms_task_error_info")}
+    assert set(NASTY) <= msgs
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    res = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    # promtool lints naming conventions too; only real format errors fail the check.
+    problems = [ln for ln in res.stderr.decode().splitlines() if "error while linting" in ln or "parse" in ln]
+    assert res.returncode in (0, 3) and not problems, res.stderr.decode()
+
+
+async def test_openmetrics_is_served_when_asked(exporter):
+    client = await exporter()
+    resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = await resp.text()
+    assert text.endswith("# EOF\n")
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    assert any(f.name == "oms_up" for f in text_string_to_metric_families(text))
+
+
+async def test_probe_serves_one_target_and_refuses_unknown(sim, oms, exporter):
+    other = "p0000000000000000000000000000002"
+    sim.add_project(other, [dict(FULL)])
+    client = await exporter(targets=[target_for(oms), target_for(oms, name="second", project_id=other)])
+    s = await scrape(client, "/probe?target=second")
+    assert value(s, "oms_up", project_id=other) == 1
+    assert values(s, "oms_up", project_id=PROJECT) == {}
+    assert not any(n.startswith("process_") for n, _ in s)
+    before = len(sim.requests)
+    for bad in ("/probe", "/probe?target=nope", "/probe?target=http://evil.example", "/probe?target=" + "x" * 300):
+        resp = await client.get(bad)
+        assert resp.status == 400
+    assert len(sim.requests) == before
+    s = await scrape(client)
+    assert value(s, "oms_up", project_id=other) == 1 and value(s, "oms_up", project_id=PROJECT) == 1
+
+
+async def test_landing_page_and_healthz(exporter):
+    client = await exporter()
+    page = await (await client.get("/")).text()
+    assert 'href="/metrics"' in page and 'href="/probe?target=main"' in page and "/healthz" in page
+    resp = await client.get("/healthz")
+    assert resp.status == 200

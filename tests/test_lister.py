@@ -1,0 +1,111 @@
+"""Paging through every task: counts, concurrency bound, de-duplication, the 10,000-offset edition."""
+
+import logging
+
+from oms_exporter.simulator import make_task, make_tasks
+from tests.conftest import PROJECT, scrape, target_for, value, values
+
+
+def _offsets(sim, **filters):
+    out = []
+    for _, qs in sim.requests:
+        q = dict(p.split("=", 1) for p in qs.split("&"))
+        if all(q.get(k) == str(v) for k, v in filters.items()):
+            out.append(int(q["offset"]))
+    return sorted(out)
+
+
+async def test_pages_with_limit_100_and_uses_count(sim, exporter):
+    sim.add_project(PROJECT, make_tasks(1000, seed=5, first_id=1000))  # 1,250 tasks in all
+    s = await scrape(await exporter(finished_task_max_age=0))
+    assert len(values(s, "oms_task_info")) == 1250
+    assert _offsets(sim) == list(range(0, 1300, 100))
+    assert all("limit=100" in qs for _, qs in sim.requests)
+
+
+async def test_second_scrape_starts_every_page_at_once_from_last_count(sim, exporter):
+    client = await exporter()
+    await scrape(client)
+    assert sim.peak_in_flight == 1  # the first listing had to wait for the first page's count
+    sim.requests.clear()
+    sim.latency = 0.05
+    await scrape(client)
+    # 3 pages, all in flight together: one round trip, not two.
+    assert sim.peak_in_flight == 3
+    assert _offsets(sim) == [0, 100, 200]
+
+
+async def test_requests_in_flight_are_bounded(sim, exporter):
+    sim.add_project(PROJECT, make_tasks(1000, seed=5, first_id=1000))
+    sim.latency = 0.01
+    client = await exporter(max_concurrency=3)
+    for _ in range(2):
+        s = await scrape(client)
+        assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert sim.peak_in_flight == 3
+
+
+async def test_tasks_created_during_listing_are_not_lost_or_doubled(sim, exporter):
+    # Newest first: each task created mid-listing pushes every later page down by one,
+    # so the first item of a page repeats the last of the previous one, and the oldest
+    # tasks move past the count the first page announced.
+    sim.add_project(PROJECT, make_tasks(50, seed=9, first_id=251))  # 300 tasks: every page is full
+    created = iter(range(5000, 5010))
+
+    def create_some(request):
+        if request.query.get("offset") != "0":
+            sim.put_task(PROJECT, make_task(__import__("random").Random(1), next(created), 0, status=2))
+
+    client = await exporter(max_concurrency=1)
+    sim.on_list = create_some
+    s = await scrape(client)
+    sim.on_list = None
+    ids = {dict(lab)["task_id"] for lab in values(s, "oms_task_info")}
+    originals = {str(i) for i in range(1, 301)}
+    assert originals <= ids, f"lost {sorted(originals - ids)}"
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+
+
+async def test_offset_cap_lists_per_status(sim, oms, exporter):
+    sim.max_offset = 300  # an API edition that refuses larger offsets
+    rng = __import__("random").Random(8)
+    sim.add_project(PROJECT, [make_task(rng, 1000 + i, 0, status=1 + i % 7) for i in range(600)])  # 850 tasks
+    client = await exporter(targets=[target_for(oms, max_offset=300)], finished_task_max_age=0)
+    s = await scrape(client)
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert len(values(s, "oms_task_info")) == 850
+    assert sum(values(s, "oms_tasks").values()) == 850
+    assert max(_offsets(sim)) <= 300
+    assert {int(dict(p.split("=") for p in qs.split("&")).get("status", 0)) for _, qs in sim.requests} == set(range(8))
+
+
+async def test_offset_cap_unreachable_even_per_status_is_oms_up_0(sim, oms, exporter, caplog):
+    sim.max_offset = 100
+    sim.add_project(PROJECT, [make_task(__import__("random").Random(i), 2000 + i, 0, status=5) for i in range(300)])
+    client = await exporter(targets=[target_for(oms, max_offset=100)])
+    with caplog.at_level(logging.WARNING):
+        s = await scrape(client)
+    assert value(s, "oms_up", project_id=PROJECT) == 0
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="incomplete") == 1
+    assert values(s, "oms_task_info") == {} and values(s, "oms_tasks") == {}
+    assert any("max_offset" in r.getMessage() or "max_offset" in str(getattr(r, "error", ""))
+               for r in caplog.records)
+
+
+async def test_status_and_group_filters(sim, oms, exporter):
+    some_group = next(t["group_id"] for t in sim.projects[PROJECT].values() if t["group_id"])
+    client = await exporter(targets=[target_for(oms, statuses=[2, 4], group_ids=[some_group])],
+                            finished_task_max_age=0)
+    s = await scrape(client)
+    want = {str(t["id"]) for t in sim.projects[PROJECT].values()
+            if t["status"] in (2, 4) and t["group_id"] == some_group}
+    assert {dict(lab)["task_id"] for lab in values(s, "oms_task_info")} == want
+    assert all(f"group_id={some_group}" in qs for _, qs in sim.requests)
+
+
+async def test_empty_project(sim, exporter):
+    sim.projects[PROJECT].clear()
+    sim._order[PROJECT].clear()
+    s = await scrape(await exporter())
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert sum(values(s, "oms_tasks").values()) == 0

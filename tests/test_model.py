@@ -1,0 +1,47 @@
+import pytest
+
+from oms_exporter.model import MalformedTask, parse_task
+
+
+def test_full_record_from_the_reference_example():
+    t = parse_task({
+        "id": 12, "name": "n", "status": 2, "progress": 1, "task_type": "list", "group_type": "GROUP_TASK",
+        "group_id": "g", "task_priority": "HIGH", "migrate_speed": 5, "total_num": 10, "successful_num": 7,
+        "failed_num": 1, "skipped_num": 2, "total_size": 100, "complete_size": 50, "real_size": 40,
+        "start_time": 1700000000000, "total_time": 1500, "left_time": 2500,
+        "src_node": {"cloud_type": "AWS", "region": "us-east-1", "bucket": "s", "app_id": "x"},
+        "dst_node": {"region": "cn-north-4", "bucket": "d"},
+        "bandwidth_policy": [{"start": "00:00", "end": "23:59", "max_bandwidth": 1048576}],
+        "error_reason": {"error_code": "OMS.1", "error_msg": "boom"},
+        "enable_kms": True, "some_future_field": {"nested": [1, 2]},
+    })
+    assert (t.id, t.status, t.progress, t.src_cloud, t.dst_bucket) == (12, 2, 1, "AWS", "d")
+    assert t.bandwidth[0].max_bandwidth == 1048576
+    assert (t.error_code, t.error_msg) == ("OMS.1", "boom")
+
+
+def test_absent_and_null_fields_stay_none_not_zero():
+    t = parse_task({"id": 1, "progress": None, "src_node": None})
+    assert t.progress is None and t.total_num is None and t.status is None
+    assert t.src_cloud == "" and t.name == "" and t.bandwidth == ()
+
+
+def test_error_reason_as_empty_string_is_no_error():
+    # The reference: "The value is an empty string if the task is not in the Failed state."
+    assert parse_task({"id": 1, "error_reason": ""}).error_msg == ""
+    assert parse_task({"id": 1, "error_reason": "plain text"}).error_msg == "plain text"
+
+
+@pytest.mark.parametrize("record", [
+    {"id": "1"}, {}, {"id": -1}, {"id": True}, {"id": 1, "progress": "0.5"}, {"id": 1, "total_num": True},
+    {"id": 1, "status": "2"}, {"id": 1, "src_node": "aws"}, {"id": 1, "name": 5},
+    {"id": 1, "bandwidth_policy": {}}, {"id": 1, "bandwidth_policy": [1]}, {"id": 1, "error_reason": 3}, [], None,
+])
+def test_malformed_records_raise(record):
+    with pytest.raises(MalformedTask):
+        parse_task(record)
+
+
+def test_finished_at():
+    assert parse_task({"id": 1, "status": 5, "start_time": 1000, "total_time": 500}).finished_at_ms() == 1500
+    assert parse_task({"id": 1, "status": 2, "start_time": 1000}).finished_at_ms() is None

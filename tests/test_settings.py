@@ -1,0 +1,155 @@
+"""Every bad setting: one clear line naming it, exit code 2, before anything listens."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from oms_exporter.cli import main
+from oms_exporter.settings import SettingsError, load, parse_duration
+
+GOOD_ENV = {"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "OMS_AUTH_TOKEN": "tok"}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith(("OMS_", "CLOUD_SDK_")):
+            monkeypatch.delenv(k)
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_env_project_defaults(monkeypatch, capsys):
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    code, out, err = run(["--check-config"], capsys)
+    assert code == 0, err
+    assert "project p1 in cn-north-4, endpoint https://oms.cn-north-4.myhuaweicloud.com, auth token" in out
+
+
+def test_yaml_targets(tmp_path, capsys):
+    f = tmp_path / "c.yml"
+    token_file = tmp_path / "tok"
+    token_file.write_text("secret-from-file\n")
+    f.write_text(textwrap.dedent(f"""
+        targets:
+          - name: prod
+            project_id: aaa
+            region: cn-east-3
+            auth_token_file: {token_file}
+          - name: dev
+            project_id: bbb
+            region: ap-southeast-1
+            endpoint: http://127.0.0.1:9999/
+            auth_token: t
+            statuses: [2, 4]
+    """))
+    settings = load({}, f)
+    assert [t.name for t in settings.targets] == ["prod", "dev"]
+    assert settings.targets[0].auth_token.get_secret_value() == "secret-from-file"
+    assert settings.targets[1].oms_endpoint == "http://127.0.0.1:9999"
+    code, out, _ = run(["--config.file", str(f), "--check-config"], capsys)
+    assert code == 0 and "target dev: project bbb in ap-southeast-1" in out
+
+
+@pytest.mark.parametrize("argv, env, yaml_text, expected", [
+    ([], {}, None, "no project configured"),
+    ([], {**GOOD_ENV, "OMS_REGION": ""}, None, "OMS_REGION:"),
+    ([], {**GOOD_ENV, "OMS_ENDPOINT": "ftp://x"}, None, "OMS_ENDPOINT: 'ftp://x' is not an http(s) URL"),
+    ([], {**GOOD_ENV, "OMS_ENDPOINT": "not a url"}, None, "OMS_ENDPOINT:"),
+    ([], {**GOOD_ENV, "OMS_PROJECT_ID": "a/b"}, None, "OMS_PROJECT_ID:"),
+    ([], {"OMS_PROJECT_ID": "p", "OMS_REGION": "cn-north-4"}, None, "no credentials"),
+    (["--oms.page-limit", "200"], GOOD_ENV, None, "--oms.page-limit: Input should be less than or equal to 100"),
+    (["--oms.page-limit", "0"], GOOD_ENV, None, "--oms.page-limit:"),
+    (["--oms.max-concurrency", "many"], GOOD_ENV, None, "--oms.max-concurrency:"),
+    (["--web.listen-address", "10066"], GOOD_ENV, None, "--web.listen-address:"),
+    (["--web.telemetry-path", "metrics"], GOOD_ENV, None, "--web.telemetry-path:"),
+    (["--log.level", "loud"], GOOD_ENV, None, "--log.level:"),
+    (["--log.format", "xml"], GOOD_ENV, None, "--log.format:"),
+    (["--oms.finished-task-max-age", "7 days"], GOOD_ENV, None, "--oms.finished-task-max-age:"),
+    (["--oms.scrape-timeout", "0s"], GOOD_ENV, None, "--oms.scrape-timeout:"),
+    (["--oms.ca-file", "/nonexistent/ca.pem"], GOOD_ENV, None, "--oms.ca-file:"),
+    (["--no-such-flag"], GOOD_ENV, None, "unrecognized arguments: --no-such-flag"),
+    ([], {}, "targets:\n  - name: a\n    project_id: p\n    region: cn-north-4\n    auth_token: t\n    colour: red\n",
+     "targets[0].colour: Extra inputs are not permitted"),
+    ([], {}, "targets:\n  - {name: a, project_id: p, region: cn-north-4, auth_token: t}\nlisten: 1\n",
+     "listen: Extra inputs are not permitted"),
+    ([], {}, "targets: [\n", "is not valid YAML"),
+    ([], {}, "targets: []\n", "targets: List should have at least 1 item"),
+    ([], {}, "targets:\n  - {name: a, project_id: p, region: cn-north-4, auth_token: t}\n"
+             "  - {name: a, project_id: q, region: cn-north-4, auth_token: t}\n", "used twice"),
+    ([], {}, "targets:\n  - {name: a, project_id: p, region: cn-north-4, auth_token: t, statuses: [9]}\n",
+     "targets[0].statuses[0]: Input should be less than or equal to 7"),
+    ([], {}, "targets:\n  - {name: a, project_id: p, region: cn-north-4, auth_token_file: /nonexistent}\n",
+     "cannot read /nonexistent"),
+])
+def test_bad_settings_one_line_exit_2(argv, env, yaml_text, expected, monkeypatch, tmp_path, capsys):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if yaml_text is not None:
+        f = tmp_path / "c.yml"
+        f.write_text(yaml_text)
+        argv = [*argv, "--config.file", str(f)]
+    code, out, err = run([*argv, "--check-config"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("oms-exporter: error: ") and expected in lines[0], lines[0]
+
+
+def test_several_bad_settings_one_line_each(monkeypatch, capsys):
+    for k, v in {**GOOD_ENV, "OMS_ENDPOINT": "ftp://x"}.items():
+        monkeypatch.setenv(k, v)
+    code, _, err = run(["--oms.page-limit", "101", "--log.level", "x", "--check-config"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 3
+
+
+def test_missing_config_file(capsys):
+    code, _, err = run(["--config.file", "/nonexistent.yml", "--check-config"], capsys)
+    assert code == 2 and "--config.file: cannot read /nonexistent.yml" in err
+
+
+@pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("1h30m", 5400), ("7d", 604800),
+                                           ("500ms", 0.5), ("2.5", 2.5), (10, 10)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_load_raises_settings_error_with_lines(monkeypatch):
+    monkeypatch.setenv("OMS_PROJECT_ID", "p1")
+    with pytest.raises(SettingsError) as exc:
+        load({"page_limit": 500}, None)
+    assert any(line.startswith("--oms.page-limit") for line in exc.value.lines)
+    assert any(line.startswith("OMS_REGION") for line in exc.value.lines)
+
+
+def test_process_exit_code_and_no_listening(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
+    res = subprocess.run([sys.executable, "-m", "oms_exporter", "--oms.page-limit", "500"],
+                         env={**env, **GOOD_ENV}, capture_output=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.decode().strip().splitlines() == [
+        "oms-exporter: error: --oms.page-limit: Input should be less than or equal to 100"]
+
+
+def test_listen_address_in_use_is_a_clear_error(monkeypatch, capsys):
+    import socket
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = run(["--web.listen-address", f"127.0.0.1:{port}"], capsys)
+    assert code == 2 and "cannot listen on" in err
