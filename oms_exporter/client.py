@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 import orjson
@@ -109,12 +111,18 @@ def _answer(status: int, raw: bytes) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), else None."""
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        return None
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    # NaN would make the deadline comparison false and sleep forever.
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 class OmsClient:
@@ -137,6 +145,7 @@ class OmsClient:
         self._url = URL(f"{target.oms_endpoint}/v2/{target.project_id}/tasks")
         self._auth_failures = 0
         self._auth_blocked_until = 0.0
+        self._auth_probe = asyncio.Lock()
 
     async def list_tasks(self, *, offset: int, limit: int, deadline: float,
                          status: int | None = None, group_id: str | None = None) -> Page:
@@ -149,6 +158,14 @@ class OmsClient:
         return parse_page(await self._get(url, deadline))
 
     async def _get(self, url: URL, deadline: float) -> bytes:
+        if self._auth_failures:
+            # Credentials failed last time: one request tries them, the others wait for its
+            # outcome, so that a listing's concurrent pages are not a burst of failed logins.
+            async with self._auth_probe:
+                return await self._get_once(url, deadline)
+        return await self._get_once(url, deadline)
+
+    async def _get_once(self, url: URL, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         if now < self._auth_blocked_until:
@@ -222,6 +239,8 @@ class OmsClient:
         return random.uniform(0, self.BACKOFF * (2 ** attempt))
 
     def _auth_failed(self) -> None:
+        if time.monotonic() < self._auth_blocked_until:
+            return  # a concurrent request of the same listing failed too: one failure, one pause
         self._auth_failures += 1
         pause = min(self.AUTH_BACKOFF * 2 ** (self._auth_failures - 1), self.AUTH_BACKOFF_MAX)
         self._auth_blocked_until = time.monotonic() + pause

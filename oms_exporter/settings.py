@@ -81,7 +81,8 @@ AUTH_MODES = {
 class Target(BaseModel):
     """One OMS project to list: where it is and how to authenticate."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: the input holds secrets as plain strings.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
     project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -169,7 +170,7 @@ class Target(BaseModel):
 class FileConfig(BaseModel):
     """The YAML file given with --config.file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     targets: list[Target] = Field(min_length=1)
 
@@ -200,13 +201,17 @@ class EnvTarget(BaseSettings):
     endpoint: str | None = None
     auth_token: str | None = None
     auth_token_file: str | None = None
-    ak: str | None = Field(default=None, validation_alias=AliasChoices("OMS_AK", "CLOUD_SDK_AK"))
+    ak: str | None = None
     ak_file: str | None = None
-    sk: str | None = Field(default=None, validation_alias=AliasChoices("OMS_SK", "CLOUD_SDK_SK"))
+    sk: str | None = None
     sk_file: str | None = None
-    security_token: str | None = Field(
-        default=None, validation_alias=AliasChoices("OMS_SECURITY_TOKEN", "CLOUD_SDK_SECURITY_TOKEN"))
+    security_token: str | None = None
     security_token_file: str | None = None
+    # The official SDK samples' variables: a fallback used only when no OMS_* credential is
+    # set, since they are often set for other tools on the same machine.
+    sdk_ak: str | None = Field(default=None, validation_alias=AliasChoices("CLOUD_SDK_AK"))
+    sdk_sk: str | None = Field(default=None, validation_alias=AliasChoices("CLOUD_SDK_SK"))
+    sdk_security_token: str | None = Field(default=None, validation_alias=AliasChoices("CLOUD_SDK_SECURITY_TOKEN"))
     iam_username: str | None = None
     iam_password: str | None = None
     iam_password_file: str | None = None
@@ -217,12 +222,23 @@ class EnvTarget(BaseSettings):
     def target_data(self) -> dict[str, Any] | None:
         data = self.model_dump(exclude_none=True)
         name = data.pop("target_name")
+        sdk = {k.removeprefix("sdk_"): data.pop(k) for k in ("sdk_ak", "sdk_sk", "sdk_security_token") if k in data}
+        # The SDK variables may be set for other tools: they alone do not define a project.
         if not data:
             return None
-        # The SDK variables may be set for other tools: they alone do not define a project.
-        if "project_id" not in data and set(data) <= {"ak", "sk", "security_token"}:
-            return None
+        if not _ENV_CREDENTIALS & set(data):
+            for field, value in sdk.items():
+                if f"{field}_file" not in data:
+                    data.setdefault(field, value)
         return {"name": name, **data}
+
+
+# OMS_* credential settings that, when any is set, make the CLOUD_SDK_* variables ignored
+# (a security token alone does not: it may complete the SDK's pair).
+_ENV_CREDENTIALS = {
+    "auth_token", "auth_token_file", "ak", "ak_file", "sk", "sk_file",
+    "iam_username", "iam_password", "iam_password_file", "iam_domain",
+}
 
 
 class Options(BaseModel):
