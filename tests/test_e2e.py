@@ -1,0 +1,267 @@
+"""End to end on real parts: OMS stand-in -> exporter process -> Prometheus -> Alertmanager -> webhook.
+
+The stand-in and the webhook receiver run in the test's event loop (so the test can fail a
+task); the exporter, Prometheus (scraping every second, loaded with the shipped rules, their
+`for:` shortened) and Alertmanager run as processes, all on loopback with temporary storage.
+Asserted: the target is up; a task the stand-in fails reaches the webhook as OmsTaskFailed,
+named; every metric the dashboards and rules name exists in Prometheus; every dashboard query
+(variables filled in) returns data. Skips without the binaries unless OMS_EXPORTER_REQUIRE_E2E=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from oms_exporter.simulator import Fault, Simulator, make_tasks
+from tests.test_grafana import (dashboards, exprs_of, label_values_selector, referenced_metric_names,
+                                variable_queries)
+from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary, shorten_for
+
+PROJECT = "e2e00000000000000000000000000001"
+TOKEN = "e2e-token-4f1a"
+JOB = "oms-exporter"
+DEADLINE = 45.0  # seconds for the whole stack to do everything asked of it
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Child processes of the test, each logging to a file; all ended at teardown."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.logdir / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            stdin=subprocess.DEVNULL, cwd=self.logdir)
+        log.close()
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                pytest.fail(f"{name} exited with {p.returncode}:\n{self.log(name)}")
+
+    def log(self, name: str) -> str:
+        return (self.logdir / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{self.log(n)}" for n in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop()
+
+
+def prometheus_config(exporter: int, alertmanager: int) -> dict[str, Any]:
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": ["oms-alerts.yml", "oms-recording.yml"],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager}"]}]}]},
+        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter}"]}]}],
+    }
+
+
+def alertmanager_config(webhook: str) -> dict[str, Any]:
+    return {
+        "route": {"receiver": "test", "group_by": ["alertname", "project_id", "task_id"],
+                  "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "test", "webhook_configs": [{"url": webhook, "send_resolved": False}]}],
+    }
+
+
+def fill_variables(expr: str, values: dict[str, str]) -> str:
+    """A dashboard expression as Grafana would send it, with these variable values."""
+    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "5m")
+    for name, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    assert "$" not in expr, f"variable left in {expr}"
+    return expr
+
+
+async def wait_for(what: str, check: Callable[[], Awaitable[bool]], deadline: float, procs: Processes) -> None:
+    """Poll `check` until it is true; fail with the processes' logs at `deadline` (monotonic)."""
+    while True:
+        procs.check_alive()
+        try:
+            if await check():
+                return
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n{procs.logs()}")
+        await asyncio.sleep(0.25)
+
+
+def pick_task(sim: Simulator) -> dict[str, Any]:
+    return next(t for t in sim.projects[PROJECT].values()
+                if t["status"] == 2 and re.fullmatch(r"[\w-]+", t["name"]))
+
+
+async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
+                                aiohttp_server: Callable[..., Awaitable[TestServer]]) -> None:
+    prometheus = require_binary("prometheus")
+    alertmanager = require_binary("prometheus-alertmanager", "alertmanager")
+    started = time.monotonic()
+    deadline = started + DEADLINE
+
+    sim = Simulator(tokens={TOKEN})
+    sim.add_project(PROJECT, make_tasks(50, seed=11))
+    victim = pick_task(sim)
+    tid = str(victim["id"])
+    sim.patch_task(PROJECT, victim["id"], bandwidth_policy=[
+        {"start": "00:00", "end": "12:00", "max_bandwidth": 100 * 1024 * 1024},
+        {"start": "12:00", "end": "23:59", "max_bandwidth": 50 * 1024 * 1024}])
+    # The first listing fails, so oms_scrape_errors_total has a series for the dashboard's panel.
+    sim.inject(Fault(status=400, body=b'{"error_code":"OMS.0064","error_msg":"Invalid request parameters."}',
+                     headers={"Content-Type": "application/json"}, times=1))
+    oms = await aiohttp_server(sim.app())
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/hook", hook)
+    hook_server = await aiohttp_server(hook_app)
+
+    exp_port, prom_port, am_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
+    env.update(OMS_PROJECT_ID=PROJECT, OMS_REGION="cn-north-4", OMS_AUTH_TOKEN=TOKEN,
+               OMS_ENDPOINT=str(oms.make_url("")).rstrip("/"))
+    processes.start("exporter", [sys.executable, "-m", "oms_exporter", "--web.listen-address",
+                                 f"127.0.0.1:{exp_port}", "--log.level", "debug"], env=env)
+
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(str(hook_server.make_url("/hook")))))
+    processes.start("alertmanager", [
+        alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+        f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="])
+
+    # The shipped rules, only with `for:` shortened.
+    (tmp_path / "oms-alerts.yml").write_text(shorten_for(ALERTS_FILE.read_text(encoding="utf-8")))
+    (tmp_path / "oms-recording.yml").write_text(RECORDING_FILE.read_text(encoding="utf-8"))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(exp_port, am_port)))
+    processes.start("prometheus", [
+        prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}"])
+
+    prom_url = f"http://127.0.0.1:{prom_port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+        async def query(expr: str) -> list[dict[str, Any]]:
+            async with http.get(f"{prom_url}/api/v1/query", params={"query": expr}) as resp:
+                doc = await resp.json()
+            assert doc["status"] == "success", f"{expr}: {doc}"
+            return doc["data"]["result"]
+
+        async def has(expr: str) -> bool:
+            return bool(await query(expr))
+
+        async def ready(url: str) -> bool:
+            async with http.get(url) as resp:
+                return resp.status == 200
+
+        await wait_for("the exporter", lambda: ready(f"http://127.0.0.1:{exp_port}/healthz"), deadline, processes)
+        await wait_for("Alertmanager", lambda: ready(f"http://127.0.0.1:{am_port}/-/ready"), deadline, processes)
+        await wait_for("Prometheus", lambda: ready(f"{prom_url}/-/ready"), deadline, processes)
+        await wait_for("the target to be up", lambda: has(f'up{{job="{JOB}"}} == 1'), deadline, processes)
+        await wait_for("the task to be seen migrating",
+                       lambda: has(f'oms_task_status{{task_id="{tid}", status="migrating"}} == 1'),
+                       deadline, processes)
+        assert sim.requests, "the exporter never asked the stand-in"
+
+        sim.patch_task(PROJECT, victim["id"], status=4, migrate_speed=0, left_time=0,
+                       error_reason={"error_code": "OMS.1105", "error_msg": "The destination bucket does not exist."})
+
+        def failed_alert() -> dict[str, Any] | None:
+            for message in received:
+                for alert in message["alerts"]:
+                    labels = alert["labels"]
+                    if labels.get("alertname") == "OmsTaskFailed" and labels.get("task_id") == tid:
+                        return alert
+            return None
+
+        async def alert_arrived() -> bool:
+            return failed_alert() is not None
+
+        await wait_for("OmsTaskFailed at the webhook", alert_arrived, deadline, processes)
+        alert = failed_alert()
+        assert alert is not None
+        assert alert["status"] == "firing"
+        assert alert["labels"]["name"] == victim["name"]
+        assert alert["labels"]["severity"] == "warning"
+        assert alert["labels"]["project_id"] == PROJECT
+        assert victim["name"] in alert["annotations"]["summary"]
+        assert "OMS.1105 The destination bucket does not exist." in alert["annotations"]["description"]
+
+        # Everything the dashboards and the rules name exists in Prometheus (recorded ones included).
+        series = await query('count by (__name__) ({__name__=~"oms_.+|.+:.+:.+|up"})')
+        present = {s["metric"]["__name__"] for s in series}
+        missing = referenced_metric_names() - present
+        assert not missing, f"named by the dashboards or rules, absent from Prometheus: {sorted(missing)}"
+
+        # Every dashboard query returns data, as Grafana would send it.
+        values = {"project_id": PROJECT, "group_id": ".*", "task": ".*", "status": ".*", "task_id": tid,
+                  "name": victim["name"], "datasource": "prometheus"}
+        empty = []
+        checked = 0
+        for name, d in dashboards().items():
+            for expr in exprs_of(d):
+                checked += 1
+                if not await query(fill_variables(expr, values)):
+                    empty.append(f"{name}: {expr}")
+            for q in variable_queries(d):
+                selector, label = label_values_selector(q)
+                result = await query(fill_variables(selector, values))
+                checked += 1
+                if not any(label in s["metric"] for s in result):
+                    empty.append(f"{name}: variable {q}")
+        assert checked > 30
+        assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+        # A filtered view narrows down to the failed task alone.
+        assert re.fullmatch(r"[\w-]+", victim["name"])  # no regex escaping needed
+        narrowed = {**values, "status": "failed", "task": victim["name"]}
+        table = next(p for p in dashboards()["oms-tasks.json"]["panels"] if p["type"] == "table")
+        rows = await query(fill_variables(table["targets"][0]["expr"], narrowed))
+        assert [r["metric"]["task_id"] for r in rows] == [tid]
+        assert rows[0]["metric"]["destination"].endswith("/" + victim["dst_node"]["bucket"])
+

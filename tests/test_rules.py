@@ -1,0 +1,163 @@
+"""Alert and recording rules, Prometheus and Alertmanager configs: checked with promtool and amtool.
+
+`promtool test rules` runs grafana/rules/oms-rules.test.yml, where every alert has a case that
+fires and one that does not. Without the binaries these tests skip, unless
+OMS_EXPORTER_REQUIRE_E2E=1 (set in CI), where a missing binary is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "grafana" / "rules"
+ALERTS_FILE = RULES / "oms-alerts.yml"
+RECORDING_FILE = RULES / "oms-recording.yml"
+RULE_TESTS_FILE = RULES / "oms-rules.test.yml"
+PROMETHEUS_CONFIG = ROOT / "grafana" / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = ROOT / "grafana" / "alertmanager" / "alertmanager.yml"
+# The runbook ships in README.md; docs/readme-issue4.md is its fragment until merged.
+RUNBOOK_FILES = (ROOT / "README.md", ROOT / "docs" / "readme-issue4.md")
+
+REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
+# Alerts about one task: they must name it (joined from oms_task_info).
+PROJECT_ALERTS = {"OmsExporterDown", "OmsTaskListingFailing"}
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def require_binary(*names: str) -> str:
+    """Path of the first of `names` on PATH; skip without it, or fail when CI requires it."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    reason = f"{' / '.join(names)} not installed (Debian packages prometheus, prometheus-alertmanager)"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 requires it")
+    pytest.skip(reason)
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def load_rules(path: Path) -> list[dict[str, Any]]:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def alerts() -> list[dict[str, Any]]:
+    return load_rules(ALERTS_FILE)
+
+
+def recording_rule_names() -> set[str]:
+    return {r["record"] for r in load_rules(RECORDING_FILE)}
+
+
+def shorten_for(rules_text: str, to: str = "0s") -> str:
+    """The shipped alert rules with every `for:` set to `to`, for a test that cannot wait an hour."""
+    out, n = re.subn(r"^(\s+)for: *\S+ *$", rf"\g<1>for: {to}", rules_text, flags=re.MULTILINE)
+    assert n, "no `for:` found: has the rule file format changed?"
+    return out
+
+
+# --- promtool / amtool -------------------------------------------------------------------------
+def test_promtool_check_rules() -> None:
+    promtool = require_binary("promtool")
+    res = run(promtool, "check", "rules", ALERTS_FILE, RECORDING_FILE)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
+
+
+def test_promtool_test_rules() -> None:
+    promtool = require_binary("promtool")
+    res = run(promtool, "test", "rules", RULE_TESTS_FILE.name, cwd=RULES)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
+
+
+def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
+    """The unit tests compare annotations for real: a changed expectation makes promtool fail."""
+    promtool = require_binary("promtool")
+    for f in (ALERTS_FILE, RECORDING_FILE):
+        shutil.copy(f, tmp_path / f.name)
+    text = RULE_TESTS_FILE.read_text(encoding="utf-8")
+    broken = text.replace('summary: OMS task "aws-logs-7" failed', 'summary: OMS task "aws-logs-8" failed')
+    assert broken != text
+    (tmp_path / "t.yml").write_text(broken, encoding="utf-8")
+    res = run(promtool, "test", "rules", "t.yml", cwd=tmp_path)
+    assert res.returncode != 0
+    assert "aws-logs-8" in res.stdout + res.stderr
+
+
+def test_prometheus_config_with_its_rules(tmp_path: Path) -> None:
+    # Laid out as in the compose stack: the config beside a rules/ folder.
+    promtool = require_binary("promtool")
+    shutil.copy(PROMETHEUS_CONFIG, tmp_path / "prometheus.yml")
+    shutil.copytree(RULES, tmp_path / "rules")
+    res = run(promtool, "check", "config", tmp_path / "prometheus.yml")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 rule files found" in res.stdout, res.stdout
+    for f in (ALERTS_FILE, RECORDING_FILE):
+        assert f"{len(load_rules(f))} rules found" in res.stdout, res.stdout
+
+
+def test_alertmanager_config() -> None:
+    amtool = require_binary("amtool")
+    res = run(amtool, "check-config", ALERTMANAGER_CONFIG)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
+
+
+# --- the rules themselves ------------------------------------------------------------------------
+def test_the_required_alerts_exist() -> None:
+    names = {a["alert"] for a in alerts()}
+    assert names == {"OmsExporterDown", "OmsTaskListingFailing", "OmsTaskFailed", "OmsTaskStalled",
+                     "OmsTaskFailedObjectsIncreasing", "OmsTaskWaitingTooLong", "OmsTaskSpeedFarBelowLimit"}
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
+def test_alert_has_severity_summary_description(alert: dict[str, Any]) -> None:
+    assert alert["labels"]["severity"] in SEVERITIES
+    assert alert["annotations"]["summary"].strip()
+    assert alert["annotations"]["description"].strip()
+    if alert["alert"] not in PROJECT_ALERTS:
+        expr = " ".join(alert["expr"].split())
+        assert re.search(r"group_left \([^)]*\bname\b[^)]*\)\s*oms_task_info", expr), expr
+        assert "$labels.name" in alert["annotations"]["summary"]
+        assert "$labels.name" in alert["annotations"]["description"]
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
+def test_alert_has_a_runbook_section(alert: dict[str, Any]) -> None:
+    text = "\n".join(p.read_text(encoding="utf-8") for p in RUNBOOK_FILES if p.exists())
+    assert re.search(rf"^#+ .*\b{alert['alert']}\b", text, re.MULTILINE), f"no runbook heading for {alert['alert']}"
+
+
+def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
+    doc = yaml.safe_load(RULE_TESTS_FILE.read_text(encoding="utf-8"))
+    assert set(doc["rule_files"]) == {ALERTS_FILE.name, RECORDING_FILE.name}
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in doc["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check["exp_alerts"] else quiet).add(check["alertname"])
+    names = {a["alert"] for a in alerts()}
+    assert names - firing == set(), "alerts without a firing case"
+    assert names - quiet == set(), "alerts without a not-firing case"
+
+
+def test_shorten_for_rewrites_every_for() -> None:
+    text = ALERTS_FILE.read_text(encoding="utf-8")
+    rules = yaml.safe_load(shorten_for(text))
+    fors = [r.get("for") for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert fors and all(f in (None, "0s") for f in fors)
+    assert sum(f == "0s" for f in fors) == text.count("for:")
