@@ -1,14 +1,14 @@
 """The aiohttp app: /metrics, /probe?target=NAME, /healthz and a landing page.
 
 A scrape first awaits the listings (shared between concurrent scrapes by `Snapshots`),
-then builds a per-scrape registry from them and encodes it in a worker thread, so the
-event loop keeps serving while ~10 MB of text is produced.
+then has `exposition.Renderer` encode them in a worker thread, so the event loop keeps
+serving while ~20 MB of text is produced; concurrent scrapes of the same listings in the
+same format share that one body (and its gzip copy).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import html
 import logging
 import ssl
@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import gzip_accepted
 
 from oms_exporter import __version__
 from oms_exporter.auth import make_auth
 from oms_exporter.client import OmsClient
-from oms_exporter.collector import SeriesPolicy, SnapshotCollector
-from oms_exporter.lister import Lister, Listing
+from oms_exporter.collector import SeriesPolicy
+from oms_exporter.exposition import Renderer
+from oms_exporter.lister import Lister
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Settings
 from oms_exporter.snapshot import Snapshots
@@ -34,6 +34,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", SelfMetrics)
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
 POLICY = web.AppKey("policy", SeriesPolicy)
+RENDERER = web.AppKey("renderer", Renderer)
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 MAX_QUERY_LENGTH = 256
@@ -55,6 +56,7 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None) -> web.App
     app[SETTINGS] = settings
     app[STATS] = stats or SelfMetrics()
     app[POLICY] = SeriesPolicy(settings.options.per_task_series, settings.options.finished_task_max_age)
+    app[RENDERER] = Renderer()
     app.cleanup_ctx.append(_oms_clients)
     path = settings.options.telemetry_path
     app.router.add_get(path, metrics_handler)
@@ -93,26 +95,12 @@ def _deadline(request: web.Request) -> float:
     return asyncio.get_running_loop().time() + max(budget - opts.timeout_offset, 0.1)
 
 
-def _render(listings: Sequence[Listing], policy: SeriesPolicy, stats: SelfMetrics | None,
-            accept: str, gzip_ok: bool) -> tuple[bytes, str, bool]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(listings, policy))
-    if stats is not None:
-        registry.register(stats.registry)
-    encoder, content_type = choose_encoder(accept)
-    body = encoder(registry)
-    if gzip_ok:
-        body = gzip.compress(body, compresslevel=1)
-    return body, content_type, gzip_ok
-
-
 async def _respond(request: web.Request, names: Sequence[str], with_self: bool) -> web.Response:
     app = request.app
     listings = await app[SNAPSHOTS].get(names, _deadline(request))
-    gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "")
-    body, content_type, zipped = await asyncio.get_running_loop().run_in_executor(
-        None, _render, listings, app[POLICY], app[STATS] if with_self else None,
-        request.headers.get("Accept", ""), gzip_ok)
+    body, content_type, zipped = await app[RENDERER].render(
+        listings, app[POLICY], app[STATS] if with_self else None, request.headers.get("Accept", ""),
+        gzip_accepted(request.headers.get("Accept-Encoding", "")))
     resp = web.Response(body=body, headers={"Content-Type": content_type})
     if zipped:
         resp.headers["Content-Encoding"] = "gzip"

@@ -1,0 +1,333 @@
+"""Scrape benchmark: the exporter against the OMS stand-in, next to the official-SDK baseline.
+
+    python benchmarks/scrape.py --tasks 10000 --latency-ms 50
+    python benchmarks/scrape.py --tasks 100 1000 10000 50000 --latency-ms 50   # scaling table
+
+Three processes, so that each one's CPU and memory are its own: the stand-in (with the
+added latency per ListTasks call, and tasks that move on by one scrape interval before
+every scrape), the exporter (the real app from `oms_exporter.web.make_app`, plus a
+loop-lag probe), and this driver, which scrapes like Prometheus does (its Accept and
+Accept-Encoding headers and the timeout header) and reads the exporter's CPU and peak RSS
+from /proc. The baseline runs in a fourth process: `huaweicloudsdkoms` OmsClient +
+ListTasksRequest signed with AK/SK, sequential pages of 100, then a prometheus-client
+custom collector with the same metric families and `generate_latest`.
+
+Every finished task is kept (`--oms.finished-task-max-age 0`), so the body is the
+largest the task count can produce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT = "0b1c2d3e4f5a60718293a4b5c6d7e8f9"
+AK, SK = "BENCHAK00000000000001", "bench-secret-key-0000000000000001"
+PROM_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+               "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;"
+               "escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+SCRAPE_INTERVAL = 15.0  # seconds the stand-in's tasks move on between two scrapes
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- child roles ------------------------------------------------------------------------
+
+def _ready(port: int) -> None:
+    sys.stdout.write(f"READY {port}\n")
+    sys.stdout.flush()
+
+
+def role_standin(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from oms_exporter.simulator import Credential, Evolution, Simulator, make_tasks
+
+    sim = Simulator(credentials={AK: Credential(SK)}, latency=args.latency_ms / 1000)
+    sim.add_project(PROJECT, make_tasks(args.tasks[0], seed=11))
+    evolution = Evolution(sim, PROJECT, seed=5)
+    app = sim.app()
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"requests": len(sim.requests)})
+
+    async def advance(request: web.Request) -> web.Response:
+        evolution.advance(float(request.query.get("seconds", SCRAPE_INTERVAL)))
+        return web.json_response({"tasks": len(sim.projects[PROJECT])})
+
+    app.router.add_get("/_bench/stats", stats)
+    app.router.add_post("/_bench/advance", advance)
+    _serve(app)
+
+
+def role_exporter(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from oms_exporter import web as oms_web
+    from oms_exporter.settings import Options, Settings, Target
+
+    # The stand-in has no offset cap (some API editions cap it at 10,000): page straight through.
+    target = Target(name="bench", project_id=PROJECT, region="cn-north-4", endpoint=args.endpoint,
+                    ak=AK, sk=SK, max_offset=2147483647)
+    options = Options(finished_task_max_age=0, log_level="error")
+    app = oms_web.make_app(Settings(options=options, targets=[target]))
+    lag = {"max": 0.0}
+
+    async def probe(app: web.Application):  # type: ignore[no-untyped-def]
+        # A timer that should fire every 5 ms: how late it fires is how long the loop was blocked.
+        async def tick() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                t0 = loop.time()
+                await asyncio.sleep(0.005)
+                lag["max"] = max(lag["max"], loop.time() - t0 - 0.005)
+
+        task = asyncio.create_task(tick())
+        yield
+        task.cancel()
+
+    async def stats(request: web.Request) -> web.Response:
+        snaps = request.app[oms_web.SNAPSHOTS]
+        renderer = request.app[oms_web.RENDERER]
+        out = {"max_loop_lag": lag["max"], "listings": snaps.listings_started, "encodes": renderer.encodes,
+               "rendered_tasks": renderer.lines.rendered,
+               "reused_tasks": renderer.lines.reused}
+        if request.query.get("reset"):
+            lag["max"] = 0.0
+        return web.json_response(out)
+
+    app.cleanup_ctx.append(probe)
+    app.router.add_get("/_bench/stats", stats)
+    _serve(app)
+
+
+def _serve(app: Any) -> None:
+    import socket
+
+    from aiohttp import web
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock, backlog=1024).start()
+        _ready(port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def role_sdk(args: argparse.Namespace) -> None:
+    """The baseline: official SDK, sequential pages, prometheus-client collector."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sdk_baseline import scrape_once
+
+    walls, cpus, body = [], [], 0
+    for _ in range(args.runs):
+        c0, t0 = time.process_time(), time.perf_counter()
+        body = len(scrape_once(args.endpoint, PROJECT, AK, SK))
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    print(json.dumps({"walls": walls, "cpus": cpus, "body": body, "rss_mb": _hwm_mb(os.getpid())}))
+
+
+# --- driver -----------------------------------------------------------------------------
+
+def _spawn(role: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, __file__, "--role", role, *extra], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise SystemExit(f"{role} did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: int, exp_pid: int) -> dict[str, Any]:
+    import aiohttp
+
+    sim, exp = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{exp_port}"
+    headers = {"Accept": PROM_ACCEPT, "Accept-Encoding": "gzip", "X-Prometheus-Scrape-Timeout-Seconds": "10"}
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        async def get_json(url: str) -> Any:
+            async with s.get(url) as r:
+                return await r.json()
+
+        async def scrape() -> tuple[float, int, int]:
+            t0 = time.perf_counter()
+            async with s.get(f"{exp}/metrics", headers=headers) as r:
+                body = await r.read()
+                assert r.status == 200, body[:200]
+            return time.perf_counter() - t0, len(body), r.headers.get("Content-Encoding") == "gzip"
+
+        async def advance() -> None:
+            async with s.post(f"{sim}/_bench/advance", params={"seconds": str(SCRAPE_INTERVAL)}) as r:
+                await r.read()
+
+        await scrape()  # warm-up: TLS-less connection pools, the last count for paging, caches
+        walls, cpus, reqs, lags, sizes = [], [], [], [], []
+        for _ in range(args.scrapes):
+            await advance()
+            await get_json(f"{exp}/_bench/stats?reset=1")
+            r0 = (await get_json(f"{sim}/_bench/stats"))["requests"]
+            c0 = _cpu_seconds(exp_pid)
+            wall, size, _ = await scrape()
+            await asyncio.sleep(0.02)  # let the probe timer run once more after the response
+            walls.append(wall)
+            cpus.append(_cpu_seconds(exp_pid) - c0)
+            reqs.append((await get_json(f"{sim}/_bench/stats"))["requests"] - r0)
+            lags.append((await get_json(f"{exp}/_bench/stats"))["max_loop_lag"])
+            sizes.append(size)
+
+        # Burst: concurrent scrapes must share one listing and, per content type, one body.
+        await advance()
+        before = await get_json(f"{exp}/_bench/stats?reset=1")
+        r0 = (await get_json(f"{sim}/_bench/stats"))["requests"]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(scrape() for _ in range(args.concurrent)))
+        burst_wall = time.perf_counter() - t0
+        after = await get_json(f"{exp}/_bench/stats")
+        burst_reqs = (await get_json(f"{sim}/_bench/stats"))["requests"] - r0
+        # Peak RSS of the Prometheus-like scrapes, before the identity fetch below adds a raw body.
+        rss = _hwm_mb(exp_pid)
+        # The raw size, for the record.
+        async with s.get(f"{exp}/metrics", headers={"Accept": PROM_ACCEPT, "Accept-Encoding": "identity"}) as r:
+            text = await r.read()
+            raw = len(text)
+            up = b'oms_up{project_id="%s"} 1.0' % PROJECT.encode() in text
+    encodes = None if after["encodes"] is None else after["encodes"] - before["encodes"]
+    return {
+        "tasks": n, "median_s": statistics.median(walls), "walls": walls,
+        "cpu_s": statistics.median(cpus), "cpus": cpus, "max_cpu_s": max(cpus),
+        "requests": statistics.median(reqs), "max_loop_lag_ms": max(lags) * 1000,
+        "gzip_bytes": statistics.median(sizes), "raw_bytes": raw, "up": up, "rss_mb": rss,
+        "burst": {"scrapes": args.concurrent, "listings": after["listings"] - before["listings"],
+                  "upstream_requests": burst_reqs, "encodes": encodes, "wall_s": burst_wall,
+                  "max_loop_lag_ms": after["max_loop_lag"] * 1000},
+    }
+
+
+def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    common = ["--tasks", str(n), "--latency-ms", str(args.latency_ms)]
+    sim, sim_port = _spawn("standin", *common)
+    try:
+        exp, exp_port = _spawn("exporter", *common, "--endpoint", f"http://127.0.0.1:{sim_port}")
+        try:
+            res = asyncio.run(_measure(n, args, sim_port, exp_port, exp.pid))
+        finally:
+            _stop(exp)
+        if n in args.baseline_at:
+            out = subprocess.run(
+                [sys.executable, __file__, "--role", "sdk", *common, "--runs", str(args.baseline_runs),
+                 "--endpoint", f"http://127.0.0.1:{sim_port}"],
+                capture_output=True, text=True, check=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+            base = json.loads(out.stdout.strip().splitlines()[-1])
+            res["sdk"] = {"median_s": statistics.median(base["walls"]), "cpu_s": statistics.median(base["cpus"]),
+                          "rss_mb": base["rss_mb"], "raw_bytes": base["body"], "runs": len(base["walls"])}
+            res["ratio"] = res["sdk"]["median_s"] / res["median_s"]
+    finally:
+        _stop(sim)
+    return res
+
+
+def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [(f"oms-exporter scrape benchmark: stand-in latency {args.latency_ms:g} ms per ListTasks call, "
+              f"{os.cpu_count()} CPUs, {args.scrapes} timed scrapes after 1 warm-up, tasks move on "
+              f"{SCRAPE_INTERVAL:g}s between scrapes"), ""]
+    for r in results:
+        b = r["burst"]
+        lines += [
+            f"tasks {r['tasks']:,}: body {r['raw_bytes'] / 1e6:.1f} MB ({r['gzip_bytes'] / 1e6:.2f} MB gzip)"
+            + ("" if r["up"] else "  LISTING FAILED (oms_up 0): figures are not comparable"),
+            (f"  exporter   median scrape {r['median_s']:.3f} s (min {min(r['walls']):.3f}, "
+             f"max {max(r['walls']):.3f})  CPU/scrape {r['cpu_s']:.3f} s (max {r['max_cpu_s']:.3f})  "
+             f"peak RSS {r['rss_mb']:.0f} MB"),
+            f"             upstream requests/scrape {r['requests']:g}  max event-loop lag {r['max_loop_lag_ms']:.1f} ms",
+            (f"  burst      {b['scrapes']} concurrent scrapes -> {b['listings']} listing(s), "
+             f"{b['upstream_requests']} upstream requests, {b['encodes']} encode(s), {b['wall_s']:.3f} s, "
+             f"loop lag {b['max_loop_lag_ms']:.1f} ms"),
+        ]
+        if "sdk" in r:
+            s = r["sdk"]
+            lines.append(f"  SDK        median scrape {s['median_s']:.3f} s ({s['runs']} run(s))  CPU/scrape "
+                         f"{s['cpu_s']:.3f} s  peak RSS {s['rss_mb']:.0f} MB  body {s['raw_bytes'] / 1e6:.1f} MB")
+            lines.append(f"  ratio      exporter is {r['ratio']:.1f}x faster than the SDK baseline")
+        lines.append("")
+    if len(results) > 1:
+        lines += ["| tasks | scrape (median) | CPU/scrape | peak RSS | upstream requests/scrape | SDK baseline |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for r in results:
+            sdk = f"{r['sdk']['median_s']:.2f} s ({r['ratio']:.0f}x)" if "sdk" in r else "-"
+            lines.append(f"| {r['tasks']:,} | {r['median_s']:.3f} s | {r['cpu_s']:.3f} s | {r['rss_mb']:.0f} MB "
+                         f"| {r['requests']:g} | {sdk} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", type=int, nargs="+", default=[10000], help="task counts (several: a scaling table)")
+    p.add_argument("--latency-ms", type=float, default=50.0, help="added latency per ListTasks call")
+    p.add_argument("--scrapes", type=int, default=7, help="timed scrapes per size, after one warm-up")
+    p.add_argument("--concurrent", type=int, default=50, help="scrapes in the concurrent burst")
+    p.add_argument("--baseline-runs", type=int, default=3, help="SDK baseline scrapes per size")
+    p.add_argument("--baseline-at", type=int, nargs="*", default=None,
+                   help="task counts to run the SDK baseline at (default: every size up to 10000)")
+    p.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    p.add_argument("--role", choices=["standin", "exporter", "sdk"], help=argparse.SUPPRESS)
+    p.add_argument("--endpoint", help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.role:
+        {"standin": role_standin, "exporter": role_exporter, "sdk": role_sdk}[args.role](args)
+        return 0
+    if args.baseline_at is None:
+        args.baseline_at = [n for n in args.tasks if n <= 10000]
+    results = [run_size(n, args) for n in args.tasks]
+    print(_report(results, args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""benchmarks/scrape.py runs end to end (tiny size, no timing assertions: CI machines vary)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scrape.py"
+
+
+def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    pytest.importorskip("huaweicloudsdkoms", reason="the SDK baseline needs the test extra (huaweicloudsdkoms)")
+    out_json = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tasks", "30", "250", "--latency-ms", "1", "--scrapes", "2",
+         "--concurrent", "5", "--baseline-runs", "1", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert "SDK baseline" in text and "faster than the SDK baseline" in text
+    assert "| tasks | scrape (median) |" in text  # the scaling table of several sizes
+    figures = json.loads(out_json.read_text())
+    assert [f["tasks"] for f in figures] == [30, 250]
+    for f in figures:
+        assert f["burst"]["listings"] == 1  # five concurrent scrapes, one upstream listing
+        assert f["burst"]["encodes"] == 1
+        assert f["requests"] >= 1 and f["rss_mb"] > 0 and f["raw_bytes"] > 0
+        assert f["sdk"]["raw_bytes"] > 0

@@ -1,0 +1,229 @@
+"""The fast encoder writes exactly the bytes prometheus_client writes for SnapshotCollector."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from oms_exporter import exposition as x
+from oms_exporter.client import Timeout
+from oms_exporter.collector import SeriesPolicy, SnapshotCollector
+from oms_exporter.lister import Listing
+from oms_exporter.model import BandwidthWindow, Task
+from oms_exporter.settings import Target
+
+NOW = 1_750_000_000.0  # listing time (s)
+DAY_MS = 86_400_000
+
+ACCEPTS = [
+    "",  # text 0.0.4
+    "text/plain;version=0.0.4",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=underscores",
+    "text/plain;version=1.0.0;escaping=dots",
+    "text/plain;version=1.0.0;escaping=values",
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text;version=1.0.0;escaping=underscores",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    # What Prometheus 3 sends.
+    ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;"
+     "version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,"
+     "*/*;q=0.2"),
+]
+
+ODD_TEXTS = ['quote "q"', "back\\slash \\n not a newline", "line\nbreak", "迁移任务-日志", "emoji 🚚📦",
+             "tab\there", "", "{braces} {0} {{x}}", "trailing\\", 'all "\\\n" three']
+
+
+def target(pid: str = "p0000000000000000000000000000001", name: str = "main") -> Target:
+    return Target(name=name, project_id=pid, region="cn-north-4", auth_token="t")
+
+
+def task(task_id: int, **fields: object) -> Task:
+    base: dict[str, object] = dict(
+        id=task_id, name=f"aws-logs-{task_id}", group_id="", group_type="NORMAL_TASK", task_type="object",
+        priority="HIGH", src_cloud="AWS", src_region="us-east-1", src_bucket="src", dst_region="cn-north-4",
+        dst_bucket="dst", status=2, progress=0.5, migrate_speed=1048576, total_num=10, successful_num=5,
+        failed_num=0, skipped_num=0, total_size=1 << 40, complete_size=1 << 39, real_size=123456789,
+        start_time_ms=(NOW - 3600) * 1000, total_time_ms=3_600_000, left_time_ms=3_600_000,
+        bandwidth=(), error_code="", error_msg="")
+    base.update(fields)
+    return Task(**base)  # type: ignore[arg-type]
+
+
+def odd_tasks() -> list[Task]:
+    """Every escaping and number-formatting case in one listing."""
+    tasks = [task(i, name=s, src_bucket=s, error_code="OMS.1" if i % 2 else "", error_msg=s if i % 3 else "")
+             for i, s in enumerate(ODD_TEXTS, start=1)]
+    numbers = [0, 1, -1, 0.1, 1e-7, -2.5, 123456, 1234567, 1_000_000, 2**53 - 1, 2**53 + 1, 2**64 + 12345,
+               -(2**60), math.inf, -math.inf, 1e300, 5e-324, 1.5e16, 0.30000000000000004, 12345678.9]
+    for i, v in enumerate(numbers, start=100):
+        tasks.append(task(i, progress=v, total_size=v, real_size=v, migrate_speed=v, start_time_ms=v,
+                          left_time_ms=v, status=(i % 9) or None))
+    tasks += [
+        # Absent numeric fields: no series at all for them.
+        task(200, status=None, progress=None, migrate_speed=None, total_num=None, successful_num=None,
+             failed_num=None, skipped_num=None, total_size=None, complete_size=None, real_size=None,
+             start_time_ms=None, total_time_ms=None, left_time_ms=None),
+        # Bandwidth windows, a repeated one and one without a limit.
+        task(201, bandwidth=(BandwidthWindow("00:00", "08:00", 209715200), BandwidthWindow("08:00", "23:59", 1.5),
+                             BandwidthWindow("00:00", "08:00", 1), BandwidthWindow('"q"\n', "\\", None),
+                             BandwidthWindow("夜", "🚚", 2**53 + 1))),
+        task(202, status=4, error_code='E"1\\', error_msg="失败：access denied\nretry 🚚"),
+        task(203, status=9),  # a status code OMS may add later
+        # Finished long ago (dropped by a 7-day max age) and recently (kept).
+        task(204, status=5, start_time_ms=(NOW - 30 * 86400) * 1000, total_time_ms=DAY_MS),
+        task(205, status=4, start_time_ms=(NOW - 3 * 86400) * 1000, total_time_ms=DAY_MS),
+        task(206, status=5, start_time_ms=None),
+    ]
+    return tasks
+
+
+def listings() -> list[Listing]:
+    ok = Listing(target(), tasks=odd_tasks(), malformed=2, duration=0.123456789, requests=3, taken_at=NOW)
+    other = Listing(target("p2", "second"), tasks=[task(7), task(8, status=1)], duration=1e-7, taken_at=NOW)
+    failed = Listing(target("p3", "third"), error=Timeout("x"), duration=10.5, taken_at=NOW)
+    return [ok, failed, other]
+
+
+def reference(lsts: list[Listing], policy: SeriesPolicy, accept: str, extra: CollectorRegistry | None = None) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lsts, policy))
+    if extra is not None:
+        registry.register(extra)
+    encoder, _ = choose_encoder(accept)
+    return encoder(registry)
+
+
+def fast(lsts: list[Listing], policy: SeriesPolicy, accept: str, cache: x.TaskLines | None = None) -> bytes:
+    style, _, _ = x.negotiate(accept)
+    assert style is not None
+    return x.encode(lsts, policy, style, cache, tail=b"# EOF\n" if style.openmetrics else b"")
+
+
+POLICIES = [SeriesPolicy(), SeriesPolicy(finished_task_max_age=0), SeriesPolicy(per_task_series=False),
+            SeriesPolicy(finished_task_max_age=7 * 86400)]
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+@pytest.mark.parametrize("policy", POLICIES, ids=["default", "keep-all", "aggregates-only", "7d"])
+def test_identical_to_prometheus_client(accept: str, policy: SeriesPolicy) -> None:
+    lsts = listings()
+    want = reference(lsts, policy, accept)
+    assert fast(lsts, policy, accept) == want
+    assert want.count(b"\n") > 20
+
+
+def test_the_cases_are_really_in_the_output() -> None:
+    body = fast(listings(), SeriesPolicy(), "").decode()
+    assert 'name="迁移任务-日志"' in body and 'name="emoji 🚚📦"' in body
+    assert r'name="quote \"q\""' in body and r'name="line\nbreak"' in body and r'name="back\\slash' in body
+    assert 'oms_task_progress_ratio{project_id="p0000000000000000000000000000001",task_id="113"} +Inf' in body
+    assert "1.8446744073709564e+19" in body and "1e-07" in body and "-2.5" in body
+    assert 'start="00:00",task_id="201"} 2.097152e+08' in body
+    assert 'task_id="204"' not in body and 'task_id="205"' in body  # 7-day max age
+    assert 'oms_up{project_id="p3"} 0.0' in body
+    assert 'oms_task_info{dst_bucket="dst"' in body  # labels sorted, as prometheus_client writes them
+
+
+def test_reused_lines_follow_changes() -> None:
+    """Second and later encodes reuse unchanged tasks' lines and still match the reference."""
+    cache = x.TaskLines()
+    policy = SeriesPolicy(finished_task_max_age=0)
+    lsts = listings()
+    assert fast(lsts, policy, "", cache) == reference(lsts, policy, "")
+    first = cache.rendered
+    tasks = list(lsts[0].tasks)
+    tasks[0] = replace(tasks[0], progress=0.75, name='moved "on"')
+    del tasks[3]
+    tasks.append(task(999, name="新"))
+    lsts[0] = Listing(target(), tasks=tasks, duration=0.5, taken_at=NOW)
+    # A fresh but equal record is reused too (each listing parses new Task objects).
+    lsts[2] = Listing(target("p2", "second"), tasks=[task(7), task(8, status=1)], taken_at=NOW)
+    assert fast(lsts, policy, "", cache) == reference(lsts, policy, "")
+    assert cache.rendered - first == 2  # the changed task and the new one
+    # Another format with the same lines shares them; one with other names renders its own.
+    rendered = cache.rendered
+    accept = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
+    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+    assert cache.rendered == rendered
+    assert fast(lsts, policy, ACCEPTS[4], cache) == reference(lsts, policy, ACCEPTS[4])
+    assert cache.rendered > rendered
+
+
+def self_metrics() -> SimpleNamespace:
+    registry = CollectorRegistry(auto_describe=True)
+    Gauge("oms_exporter_build_info", "Version.", ["version"], registry=registry).labels("1").set(1)
+    Counter("oms_api_requests", "Requests.", ["project_id", "code"], registry=registry).labels("p", "200").inc(3)
+    Histogram("oms_api_request_duration_seconds", "Time.", ["project_id"], registry=registry).labels("p").observe(0.2)
+    return SimpleNamespace(registry=registry)
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+@pytest.mark.parametrize("gzip_ok", [False, True])
+def test_renderer_body_with_self_metrics(accept: str, gzip_ok: bool) -> None:
+    """The /metrics body: OMS families then the exporter's own, in one text (one # EOF)."""
+    stats = self_metrics()
+    lsts, policy = listings(), SeriesPolicy()
+    style, _, encoder = x.negotiate(accept)
+    body = x.Renderer()._encode(lsts, policy, stats, style, encoder, gzip_ok)  # type: ignore[arg-type]
+    if gzip_ok:
+        body = gzip.decompress(body)
+    assert body == reference(lsts, policy, accept, stats.registry)
+    probe = x.Renderer()._encode(lsts, policy, None, style, encoder, False)
+    assert probe == reference(lsts, policy, accept)
+
+
+def test_unknown_encoder_falls_back_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    def other(registry: CollectorRegistry) -> bytes:
+        return b"other\n"
+
+    monkeypatch.setattr(x, "choose_encoder", lambda accept: (other, "text/x-other"))
+    style, content_type, encoder = x.negotiate("")
+    assert style is None and content_type == "text/x-other"
+    assert x.Renderer()._encode(listings(), SeriesPolicy(), None, style, encoder, False) == b"other\n"
+
+
+texts = st.text(st.characters(codec="utf-8"), max_size=12)
+numbers = st.one_of(st.none(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@st.composite
+def tasks_strategy(draw: st.DrawFn) -> Task:
+    n = {f: draw(numbers) for f in ("progress", "migrate_speed", "total_num", "successful_num", "failed_num",
+                                   "skipped_num", "total_size", "complete_size", "real_size", "start_time_ms",
+                                   "total_time_ms", "left_time_ms")}
+    windows = tuple(BandwidthWindow(draw(texts), draw(texts), draw(numbers))
+                    for _ in range(draw(st.integers(0, 3))))
+    return task(draw(st.integers(0, 2**63)), name=draw(texts), group_id=draw(texts), src_bucket=draw(texts),
+                status=draw(st.one_of(st.none(), st.integers(0, 9))), bandwidth=windows,
+                error_code=draw(texts), error_msg=draw(texts), **n)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(tasks_strategy(), max_size=6, unique_by=lambda t: t.id),
+       st.sampled_from([ACCEPTS[0], ACCEPTS[2], ACCEPTS[6], ACCEPTS[10]]), st.sampled_from(POLICIES))
+def test_any_task_data(tasks: list[Task], accept: str, policy: SeriesPolicy) -> None:
+    lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
+    assert fast(lsts, policy, accept) == reference(lsts, policy, accept)
+
+
+def test_go_float_matches_prometheus_client() -> None:
+    from prometheus_client.utils import floatToGoString
+
+    values = [0, 1, -1, 999_999, 1_000_000, 1_000_001, 10**15, 2**53 - 1, 2**53, 2**53 + 1, -(2**53) + 1,
+              -(2**53) - 1, 10**16, 10**20, 0.1, 1e-7, -0.0, 1e22, math.inf, -math.inf]
+    values += [7 ** k for k in range(40)] + [-(7 ** k) for k in range(40)]
+    for v in values:
+        assert x.go_float(v) == floatToGoString(v), v
+    assert x.go_float(math.nan) == "NaN"

@@ -1,0 +1,111 @@
+"""Concurrent scrapes share one upstream listing and, per content type and encoding, one body."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+from aiohttp.test_utils import TestClient
+
+from oms_exporter.simulator import Simulator
+from oms_exporter.web import RENDERER, SNAPSHOTS
+from tests.conftest import Exporter, parse_metrics, value
+
+OM = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
+PAGES = 3  # 250 tasks of the `sim` fixture, 100 per page
+
+
+async def burst(client: TestClient, n: int, **headers: str) -> list[tuple[bytes, dict[str, str]]]:
+    async def one() -> tuple[bytes, dict[str, str]]:
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 200
+        return await resp.read(), dict(resp.headers)
+
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: Simulator, exporter: Exporter) -> None:
+    client = await exporter(finished_task_max_age=0)
+    app = client.server.app
+    await client.get("/metrics")  # warm-up: the lister learns the task count
+    sim.requests.clear()
+    sim.latency = 0.2  # long enough that every scrape arrives while the listing is in flight
+    listings0, encodes0 = app[SNAPSHOTS].listings_started, app[RENDERER].encodes
+
+    results = await burst(client, 50, **{"Accept-Encoding": "identity"})
+
+    assert app[SNAPSHOTS].listings_started - listings0 == 1
+    assert len(sim.requests) == PAGES
+    assert app[RENDERER].encodes - encodes0 == 1
+    bodies = {body for body, _ in results}
+    assert len(bodies) == 1
+    samples = parse_metrics(bodies.pop().decode())
+    assert value(samples, "oms_up") == 1
+    assert sum(v for (n, _), v in samples.items() if n == "oms_tasks") == 250
+
+
+async def test_one_body_per_content_type_and_encoding(sim: Simulator, exporter: Exporter) -> None:
+    client = await exporter(finished_task_max_age=0)
+    app = client.server.app
+    await client.get("/metrics")
+    sim.requests.clear()
+    sim.latency = 0.2
+    listings0, encodes0 = app[SNAPSHOTS].listings_started, app[RENDERER].encodes
+
+    text, om, zipped = await asyncio.gather(
+        burst(client, 10, **{"Accept-Encoding": "identity"}),
+        burst(client, 10, Accept=OM, **{"Accept-Encoding": "identity"}),
+        burst(client, 10, **{"Accept-Encoding": "gzip"}))
+
+    assert app[SNAPSHOTS].listings_started - listings0 == 1
+    assert len(sim.requests) == PAGES
+    assert app[RENDERER].encodes - encodes0 == 3
+    for group in (text, om, zipped):
+        assert len({body for body, _ in group}) == 1
+    assert text[0][1]["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert om[0][1]["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert om[0][0].endswith(b"# EOF\n")
+    # aiohttp's client undoes the gzip; the header says it was there.
+    assert zipped[0][1].get("Content-Encoding") == "gzip"
+    # Same OMS text (the exporter's own metrics after it move on between the two encodes).
+    assert zipped[0][0].split(b"# HELP process_")[0] == text[0][0].split(b"# HELP process_")[0]
+
+
+async def test_gzip_on_the_wire(sim: Simulator, exporter: Exporter) -> None:
+    client = await exporter()
+    resp = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    raw = await resp.read()
+    assert resp.headers["Content-Encoding"] == "gzip"
+    text = gzip.decompress(raw).decode()
+    assert value(parse_metrics(text), "oms_up") == 1
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+
+
+async def test_a_scrape_that_goes_away_does_not_break_the_others(sim: Simulator, exporter: Exporter) -> None:
+    client = await exporter()
+    app = client.server.app
+    await client.get("/metrics")
+    sim.latency = 0.2
+    listings0 = app[SNAPSHOTS].listings_started
+
+    leaver = asyncio.create_task(client.get("/metrics"))
+    stayers = asyncio.create_task(burst(client, 5))
+    await asyncio.sleep(0.05)
+    leaver.cancel()
+    results = await stayers
+
+    assert app[SNAPSHOTS].listings_started - listings0 == 1
+    assert all(value(parse_metrics(body.decode()), "oms_up") == 1 for body, _ in results)
+
+
+async def test_sequential_scrapes_list_again(sim: Simulator, exporter: Exporter) -> None:
+    """Sharing is for scrapes in flight together: the next scrape sees fresh data."""
+    client = await exporter()
+    app = client.server.app
+    await client.get("/metrics")
+    sim.patch_task(next(iter(sim.projects)), 1, name="renamed")
+    listings0 = app[SNAPSHOTS].listings_started
+    resp = await client.get("/metrics")
+    assert 'name="renamed"' in await resp.text()
+    assert app[SNAPSHOTS].listings_started - listings0 == 1
