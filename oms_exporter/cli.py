@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from oms_exporter import __version__, logs
+from oms_exporter import __version__, logs, webconfig
 from oms_exporter.settings import FLAG_NAMES, Settings, SettingsError, load
 
 log = logging.getLogger("oms_exporter")
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"oms-exporter {__version__}")
     p.add_argument("--config.file", dest="config_file", type=Path, metavar="FILE",
                    help="YAML file with `targets:` (projects to list); OMS_* variables add one more")
+    p.add_argument("--web.config.file", dest="web_config_file", type=Path, metavar="FILE",
+                   help="TLS and basic auth for this exporter's endpoint, in the Prometheus "
+                        "exporter-toolkit web config format")
     p.add_argument("--check-config", action="store_true", help="validate the settings and exit")
     p.add_argument("--demo", action="store_true",
                    help="run against a built-in OMS stand-in with changing demo tasks (no cloud account)")
@@ -70,12 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     flags = _flags(ns)
     demo = None
+    web_config = webconfig.WebConfig()
     try:
         if ns.demo:
             from oms_exporter.demo import Demo  # the stand-in is not loaded in production
 
             demo = Demo(n_tasks=ns.demo_tasks, auth=ns.demo_auth)
-        settings = load(flags, ns.config_file, only_target=demo.target if demo else None)
+        errors: list[str] = []
+        try:
+            settings = load(flags, ns.config_file, only_target=demo.target if demo else None)
+        except SettingsError as exc:
+            errors += exc.lines
+        if ns.web_config_file is not None:
+            try:
+                web_config = webconfig.load(ns.web_config_file)
+            except SettingsError as exc:
+                errors += exc.lines
+        if errors:
+            raise SettingsError(errors)
     except SettingsError as exc:
         for line in exc.lines:
             sys.stderr.write(f"oms-exporter: error: {line}\n")
@@ -88,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from oms_exporter.web import make_app
 
     app = make_app(settings)
+    webconfig.install(app, web_config)
     if demo is not None:
         app.cleanup_ctx.insert(0, demo.context)
     host, port = settings.options.host_port
@@ -98,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"{settings.options.listen_address}: {exc.strerror}\n")
         return EXIT_USAGE
     log.info("listening", extra={"address": settings.options.listen_address, "version": __version__,
-                                 "targets": ",".join(t.name for t in settings.targets)})
-    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
+                                 "targets": ",".join(t.name for t in settings.targets),
+                                 **web_config.describe()})
+    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True,
+                ssl_context=web_config.ssl_context)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
 
@@ -86,12 +87,15 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
 def _deadline(request: web.Request) -> float:
     opts = request.app[SETTINGS].options
     budget = opts.scrape_timeout
-    header = request.headers.get(TIMEOUT_HEADER)
-    if header:
+    header = request.headers.get(TIMEOUT_HEADER, "")
+    if 0 < len(header) <= 32:
         try:
-            budget = float(header)
+            value = float(header)
         except ValueError:
-            pass
+            value = math.nan
+        # NaN, inf or a negative budget from a hostile client must not set the deadline.
+        if math.isfinite(value) and value > 0:
+            budget = value
     return asyncio.get_running_loop().time() + max(budget - opts.timeout_offset, 0.1)
 
 

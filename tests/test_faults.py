@@ -1,0 +1,560 @@
+"""The fault matrix of issue 6: each row is a fault injected into the OMS stand-in.
+
+Every test scrapes the exporter over HTTP and asserts on parsed /metrics: `oms_up`,
+`oms_scrape_errors_total{reason}`, `oms_api_requests_total{code}`, that the answer came
+before the scrape deadline, and that a broken listing never serves task series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import trustme
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
+
+from oms_exporter.client import OmsClient
+from oms_exporter.logs import LogfmtFormatter
+from oms_exporter.simulator import Credential, Simulator, make_tasks
+from oms_exporter.web import SNAPSHOTS, STATS, TIMEOUT_HEADER
+from tests.conftest import (
+    AK,
+    PROJECT,
+    SK,
+    TOKEN,
+    Exporter,
+    Samples,
+    parse_metrics,
+    target_for,
+    value,
+    values,
+)
+
+# Prometheus' scrape timeout as sent in the header; the exporter keeps 0.5 s back.
+SCRAPE_TIMEOUT = 2.0
+OFFSET = 0.5
+HTML_502 = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+
+
+async def timed_scrape(client: TestClient, path: str = "/metrics",
+                       timeout: float = SCRAPE_TIMEOUT) -> tuple[Samples, float]:
+    """Scrape as Prometheus does; assert the answer came within the scrape timeout."""
+    started = time.monotonic()
+    resp = await client.get(path, headers={TIMEOUT_HEADER: str(timeout)})
+    text = await resp.text()
+    elapsed = time.monotonic() - started
+    assert resp.status == 200, text
+    assert elapsed < timeout, f"answered after {elapsed:.2f}s, scrape timeout {timeout}s"
+    return parse_metrics(text), elapsed
+
+
+def up(s: Samples, project: str = PROJECT) -> float:
+    return value(s, "oms_up", project_id=project)
+
+
+def errors(s: Samples, reason: str, project: str = PROJECT) -> float:
+    found = values(s, "oms_scrape_errors_total", project_id=project, reason=reason)
+    return next(iter(found.values()), 0.0)
+
+
+def requests(s: Samples, code: str, project: str = PROJECT) -> float:
+    found = values(s, "oms_api_requests_total", project_id=project, code=code)
+    return next(iter(found.values()), 0.0)
+
+
+def task_ids(s: Samples, project: str = PROJECT) -> set[str]:
+    return {dict(lab)["task_id"] for lab in values(s, "oms_task_info", project_id=project)}
+
+
+def assert_down(s: Samples, reason: str, project: str = PROJECT, *, counted: bool = True) -> None:
+    """The project is down for `reason`; `counted=False` when the error counter may lag (see settled_errors)."""
+    assert up(s, project) == 0
+    if counted:
+        assert errors(s, reason, project) == 1, {k: v for k, v in s.items() if k[0] == "oms_scrape_errors_total"}
+    # A broken listing serves no task data at all: nothing stale passes as fresh.
+    assert not values(s, "oms_task_info", project_id=project)
+    assert not values(s, "oms_tasks", project_id=project)
+
+
+async def settled_errors(client: TestClient, reason: str, project: str = PROJECT) -> float:
+    """oms_scrape_errors_total a moment after a scrape that hit its deadline.
+
+    The shared listing and the scrape waiting for it reach the same deadline together, so
+    the listing may record its timeout just after that scrape was answered.
+    """
+    await asyncio.sleep(0.2)
+    return errors(parse_metrics(generate_latest(client.app[STATS].registry).decode()), reason, project)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OmsClient, "BACKOFF", 0.05)
+
+
+@pytest.fixture
+def no_error_logs(caplog: pytest.LogCaptureFixture):
+    """Yields; then fails if anything was logged at ERROR or with a traceback."""
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+# --- 429 -------------------------------------------------------------------------------------
+
+THROTTLED = orjson.dumps({"error_code": "APIGW.0308", "error_msg": "policy user over ratelimit, limit:20, time:1 minute",
+                          "request_id": "4a1c"})
+
+
+async def test_429_retry_after_is_waited_when_the_deadline_allows(sim: Simulator, exporter: Exporter,
+                                                                   no_error_logs: Any) -> None:
+    sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": "1"})
+    client = await exporter()
+    s, elapsed = await timed_scrape(client)
+    assert up(s) == 1 and len(task_ids(s)) == 250
+    assert requests(s, "429") == 1 and requests(s, "200") == 3
+    assert elapsed >= 1.0, "Retry-After: 1 was not honoured"
+    assert errors(s, "throttled") == 0
+
+
+async def test_429_retry_after_beyond_the_deadline_gives_up_at_once(sim: Simulator, exporter: Exporter,
+                                                                     no_error_logs: Any) -> None:
+    sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": "60"})
+    client = await exporter()
+    s, elapsed = await timed_scrape(client)
+    assert_down(s, "throttled")
+    assert requests(s, "429") == 1
+    assert elapsed < 1.0, "waited for a Retry-After that could not fit in the scrape"
+    # The next scrape asks again (no stale answer): the fault was one-shot.
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1 and errors(s, "throttled") == 1
+
+
+async def test_429_without_retry_after_backs_off_then_reports_throttled(sim: Simulator, exporter: Exporter,
+                                                                        fast_retries: None) -> None:
+    sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json"}, times=100)
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert_down(s, "throttled")
+    assert requests(s, "429") == OmsClient.RETRIES + 1
+
+
+@pytest.mark.parametrize("header", ["nan", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "1e999"])
+async def test_429_with_a_nonsense_retry_after_still_answers_in_time(sim: Simulator, exporter: Exporter,
+                                                                     fast_retries: None, header: str) -> None:
+    sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": header},
+               times=100)
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert_down(s, "throttled")
+
+
+# --- 5xx with an HTML body -------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_5xx_html_is_retried_a_bounded_number_of_times(sim: Simulator, exporter: Exporter, status: int,
+                                                              fast_retries: None, no_error_logs: Any) -> None:
+    sent: list[float] = []
+    sim.inject(status=status, body=HTML_502, times=1000, match=lambda r: sent.append(time.monotonic()) is None)
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert_down(s, "http_5xx")
+    assert requests(s, str(status)) == OmsClient.RETRIES + 1 == len(sent)
+    # Jittered exponential backoff: the n-th wait is at most BACKOFF * 2**n.
+    for n, (a, b) in enumerate(itertools.pairwise(sent)):
+        assert b - a < OmsClient.BACKOFF * 2 ** n + 0.25
+    assert "<html" not in no_error_logs.text
+
+
+async def test_a_transient_5xx_is_absorbed_by_a_retry(sim: Simulator, exporter: Exporter, fast_retries: None) -> None:
+    sim.inject(status=503, body=HTML_502, times=1)
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1 and len(task_ids(s)) == 250
+    assert requests(s, "503") == 1 and errors(s, "http_5xx") == 0
+
+
+async def test_5xx_retries_stop_inside_the_deadline(sim: Simulator, exporter: Exporter,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Far more retries than fit: the deadline, not RETRIES, must end them, as a 5xx error.
+    monkeypatch.setattr(OmsClient, "RETRIES", 1000)
+    monkeypatch.setattr(OmsClient, "BACKOFF", 0.3)
+    sim.inject(status=502, body=HTML_502, times=10_000)
+    client = await exporter(timeout_offset=OFFSET)
+    s, elapsed = await timed_scrape(client)
+    assert_down(s, "http_5xx")
+    assert elapsed < SCRAPE_TIMEOUT - OFFSET + 0.3
+    assert requests(s, "502") >= 2
+
+
+# --- network failures ------------------------------------------------------------------------
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint", [
+    pytest.param(lambda: f"http://127.0.0.1:{_closed_port()}", id="refused"),
+    pytest.param(lambda: "http://oms.cn-north-4.does-not-exist.invalid", id="dns"),
+])
+async def test_unreachable_api_is_network_without_a_traceback(
+        oms: TestServer, exporter: Exporter, fast_retries: None, no_error_logs: Any,
+        endpoint: Callable[[], str]) -> None:
+    url = endpoint()
+    client = await exporter(targets=[target_for(oms).model_copy(update={"endpoint": url})])
+    s, _ = await timed_scrape(client)
+    assert_down(s, "network")
+    assert requests(s, "network") == OmsClient.RETRIES + 1
+    warnings = [r for r in no_error_logs.records if r.getMessage() == "listing failed"]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "Traceback" not in no_error_logs.text
+
+
+async def test_connection_reset_is_network(sim: Simulator, exporter: Exporter, fast_retries: None,
+                                           no_error_logs: Any) -> None:
+    sim.inject(reset=True, times=1000)
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert_down(s, "network")
+    assert requests(s, "network") == OmsClient.RETRIES + 1
+
+
+async def test_a_single_reset_is_absorbed_by_a_retry(sim: Simulator, exporter: Exporter, fast_retries: None) -> None:
+    sim.inject(reset=True, times=1)
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1 and len(task_ids(s)) == 250
+
+
+# --- the API hangs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["first page", "later page"])
+async def test_a_hanging_api_still_gets_an_answer_before_the_deadline(
+        sim: Simulator, exporter: Exporter, no_error_logs: Any, where: str) -> None:
+    match = None if where == "first page" else (lambda r: r.query.get("offset") == "200")
+    sim.inject(delay=60, status=200, times=1000, match=match)
+    client = await exporter(timeout_offset=OFFSET)
+    s, elapsed = await timed_scrape(client)
+    assert_down(s, "timeout", counted=False)
+    assert SCRAPE_TIMEOUT - OFFSET - 0.2 < elapsed < SCRAPE_TIMEOUT, elapsed
+    assert await settled_errors(client, "timeout") == 1
+    assert requests(s, "timeout") >= 1
+
+
+async def test_the_scrape_timeout_header_sets_the_deadline(sim: Simulator, exporter: Exporter) -> None:
+    sim.inject(delay=60, status=200, times=1000)
+    client = await exporter(timeout_offset=0.25, scrape_timeout=30)
+    s, elapsed = await timed_scrape(client, timeout=1.5)
+    assert_down(s, "timeout", counted=False)
+    assert 1.0 < elapsed < 1.5
+
+
+@pytest.mark.parametrize("header", [
+    "nan", "inf", "1e999", pytest.param("1" * 400, id="huge"), "-1", "0", "ten", ""])
+async def test_a_hostile_scrape_timeout_header_cannot_hold_the_scrape(
+        sim: Simulator, exporter: Exporter, header: str, caplog: pytest.LogCaptureFixture) -> None:
+    sim.inject(delay=60, status=200, times=1000)
+    client = await exporter(scrape_timeout=1, timeout_offset=OFFSET)
+    started = time.monotonic()
+    resp = await asyncio.wait_for(client.get("/metrics", headers={TIMEOUT_HEADER: header}), 2)
+    assert resp.status == 200
+    assert time.monotonic() - started < 1.5
+    assert_down(parse_metrics(await resp.text()), "timeout", counted=False)
+    assert await settled_errors(client, "internal") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- broken payloads -------------------------------------------------------------------------
+
+BROKEN_PAGES = {
+    "not json": b"<html>OK</html>",
+    "malformed json": b'{"tasks": [{"id": 1}, "count": 1',
+    "empty body": b"",
+    "json array": b"[]",
+    "tasks missing": b'{"count": 3}',
+    "tasks null": b'{"tasks": null, "count": 3}',
+    "tasks an object": b'{"tasks": {"id": 1}, "count": 1}',
+    "count a string": b'{"tasks": [], "count": "250"}',
+    "count missing": b'{"tasks": []}',
+    "count negative": b'{"tasks": [], "count": -1}',
+    "count a float": b'{"tasks": [], "count": 2.5}',
+    "NaN": b'{"tasks": [{"id": 1, "progress": NaN}], "count": 1}',
+}
+
+
+@pytest.mark.parametrize("body", BROKEN_PAGES.values(), ids=BROKEN_PAGES.keys())
+@pytest.mark.parametrize("page", ["first", "second"])
+async def test_a_broken_page_is_bad_payload(sim: Simulator, exporter: Exporter, no_error_logs: Any,
+                                            body: bytes, page: str) -> None:
+    offset = "0" if page == "first" else "100"
+    sim.inject(status=200, body=body, headers={"Content-Type": "application/json"}, times=1000,
+               match=lambda r: r.query.get("offset") == offset)
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert_down(s, "bad_payload")
+    assert requests(s, "200") >= 1
+
+
+async def test_a_truncated_body_is_bad_payload(sim: Simulator, exporter: Exporter, fast_retries: None,
+                                               no_error_logs: Any) -> None:
+    sim.inject(status=200, body=b'{"tasks": [{"id": 1, "name": "a"', truncate=True, times=1000,
+               headers={"Content-Type": "application/json"})
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert_down(s, "bad_payload")
+
+
+async def test_one_bad_task_record_is_skipped_and_counted(sim: Simulator, exporter: Exporter) -> None:
+    sim.put_task(PROJECT, {"id": 9001, "name": "bad", "progress": "half", "status": 2})
+    sim.put_task(PROJECT, {"id": 9002, "name": "worse", "src_node": "aws"})
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1
+    assert value(s, "oms_malformed_tasks", project_id=PROJECT) == 2
+    ids = task_ids(s)
+    assert len(ids) == 250 and "9001" not in ids and "9002" not in ids
+    assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == 250
+
+
+async def test_data_of_a_failed_scrape_is_not_served_later_as_fresh(sim: Simulator, exporter: Exporter,
+                                                                    fast_retries: None) -> None:
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1 and len(task_ids(s)) == 250
+    sim.inject(status=503, body=HTML_502, times=1000)
+    s, _ = await timed_scrape(client)
+    assert_down(s, "http_5xx")
+
+
+# --- paging shifts -----------------------------------------------------------------------------
+
+async def test_tasks_created_mid_listing_are_deduplicated(sim: Simulator, exporter: Exporter) -> None:
+    def grow(request: Any) -> None:
+        # Tasks created while page 0 is on the wire push 60 tasks of page 0 onto page 1
+        # and the count beyond the pages the first answer announced.
+        if request.query.get("offset") == "0" and len(sim.projects[PROJECT]) == 250:
+            for t in make_tasks(60, seed=9, first_id=1001):
+                sim.put_task(PROJECT, t)
+
+    sim.on_list = grow
+    client = await exporter()
+    s, _ = await timed_scrape(client)  # parse_metrics fails on a duplicate series
+    assert up(s) == 1
+    ids = task_ids(s)
+    assert {str(i) for i in range(1, 251)} <= ids, "a task that existed all along was missed"
+    assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == len(ids)
+
+
+async def test_duplicates_across_pages_are_deduplicated(sim: Simulator, exporter: Exporter) -> None:
+    ids = sorted(sim.projects[PROJECT], reverse=True)
+    page0 = orjson.dumps({"tasks": [sim.projects[PROJECT][i] for i in ids[:100]], "count": 250})
+    # The second page repeats the first one (offset paging drifted by a whole page).
+    sim.inject(status=200, body=page0, headers={"Content-Type": "application/json"}, times=1000,
+               match=lambda r: r.query.get("offset") == "100")
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1
+    assert len(task_ids(s)) == 150
+    assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == 150
+
+
+async def test_count_shrinking_between_pages_is_not_an_error(sim: Simulator, exporter: Exporter) -> None:
+    def shrink(request: Any) -> None:
+        if request.query.get("offset") == "0":
+            for tid in range(1, 101):
+                if tid in sim.projects[PROJECT]:
+                    sim.remove_task(PROJECT, tid)
+
+    sim.on_list = shrink
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1
+    assert len(task_ids(s)) == sum(values(s, "oms_tasks", project_id=PROJECT).values())
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+async def test_an_iam_token_expiring_mid_listing_is_renewed_once(sim: Simulator, oms: TestServer,
+                                                                 exporter: Exporter) -> None:
+    sim.iam_users[("acme", "ops")] = "iam-password-Secr3t"
+    expired = False
+
+    def expire(request: Any) -> None:
+        nonlocal expired
+        if not expired and request.query.get("offset") == "0":
+            expired = True  # revoke every token once page 0 is authenticated
+            for t in sim.tokens:
+                sim.tokens[t] = 0.0
+
+    sim.on_list = expire
+    target = target_for(oms, iam_username="ops", iam_password="iam-password-Secr3t", iam_domain="acme",
+                        iam_endpoint=str(oms.make_url("")).rstrip("/"))
+    client = await exporter(targets=[target])
+    s, _ = await timed_scrape(client)
+    assert expired and up(s) == 1 and len(task_ids(s)) == 250
+    assert sim.iam_logins == 2
+    assert requests(s, "401") >= 1
+    assert errors(s, "auth") == 0
+
+
+async def test_a_refused_token_is_auth_and_pauses_the_target(sim: Simulator, oms: TestServer,
+                                                             exporter: Exporter) -> None:
+    client = await exporter(targets=[target_for(oms, auth_token="revoked-token")])
+    s, _ = await timed_scrape(client)
+    assert_down(s, "auth")
+    assert requests(s, "401") == 1
+    before = len(sim.requests)
+    s, _ = await timed_scrape(client)
+    assert up(s) == 0 and errors(s, "auth") == 2
+    assert len(sim.requests) == before, "a refused credential was tried again within the auth backoff"
+
+
+# --- several projects ----------------------------------------------------------------------------
+
+P2 = "p0000000000000000000000000000002"
+P3 = "p0000000000000000000000000000003"
+
+
+@pytest.mark.parametrize("fault", [
+    {"status": 503, "body": HTML_502},
+    {"status": 200, "body": b"{"},
+    {"delay": 60, "status": 200},
+    {"reset": True},
+], ids=["5xx", "bad_payload", "hang", "reset"])
+async def test_one_failing_project_does_not_take_the_others_down(
+        sim: Simulator, oms: TestServer, exporter: Exporter, fast_retries: None, fault: dict[str, Any]) -> None:
+    sim.add_project(P2, make_tasks(30, seed=5))
+    sim.add_project(P3, make_tasks(40, seed=6))
+    sim.inject(times=10_000, match=lambda r: P2 in r.path, **fault)
+    client = await exporter(targets=[target_for(oms), target_for(oms, name="two", project_id=P2),
+                                     target_for(oms, name="three", project_id=P3)], timeout_offset=OFFSET)
+    s, _ = await timed_scrape(client)
+    assert up(s, P2) == 0 and not task_ids(s, P2)
+    assert up(s) == 1 and len(task_ids(s)) == 250
+    assert up(s, P3) == 1 and len(task_ids(s, P3)) == 40
+    assert not values(s, "oms_scrape_errors_total", project_id=PROJECT)
+    assert not values(s, "oms_scrape_errors_total", project_id=P3)
+    await asyncio.sleep(0.2)  # a hang is counted as the deadline passes (see settled_errors)
+    s2 = parse_metrics(generate_latest(client.app[STATS].registry).decode())
+    assert sum(values(s2, "oms_scrape_errors_total", project_id=P2).values()) == 1
+    # /probe of a healthy project is not held up by the broken one.
+    s, _ = await timed_scrape(client, "/probe?target=three")
+    assert up(s, P3) == 1 and not values(s, "oms_up", project_id=P2)
+
+
+# --- hostile requests to the exporter --------------------------------------------------------------
+
+@pytest.mark.parametrize("query", [
+    "target=nope", "target=", "", "target=http://169.254.169.254/latest", "target=main&target=x" + "y" * 300,
+    "target=" + "a" * 300, "target=%00%ff", "target=<script>alert(1)</script>",
+])
+async def test_probe_refuses_unknown_targets_without_contacting_anyone(sim: Simulator, exporter: Exporter,
+                                                                       query: str) -> None:
+    client = await exporter()
+    resp = await client.get("/probe?" + query)
+    assert resp.status == 400
+    text = await resp.text()
+    assert len(text) < 600 and resp.content_type == "text/plain"
+    assert sim.requests == []
+
+
+# --- outbound TLS --------------------------------------------------------------------------------
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def https_oms(sim: Simulator, ca: trustme.CA,
+                    aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    return await aiohttp_server(sim.app(), ssl=ctx)
+
+
+async def test_outbound_tls_is_verified_by_default(https_oms: TestServer, exporter: Exporter,
+                                                   fast_retries: None) -> None:
+    client = await exporter(targets=[target_for(https_oms)])
+    assert target_for(https_oms).oms_endpoint.startswith("https://")
+    s, _ = await timed_scrape(client)
+    assert_down(s, "network")
+
+
+async def test_outbound_tls_with_a_ca_file(https_oms: TestServer, exporter: Exporter, ca: trustme.CA,
+                                           tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    caplog.set_level(logging.WARNING)
+    client = await exporter(targets=[target_for(https_oms)], ca_file=ca_file)
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1 and len(task_ids(s)) == 250
+    assert "VERIFICATION" not in caplog.text
+
+
+async def test_skipping_outbound_tls_verification_is_logged_loudly(
+        https_oms: TestServer, exporter: Exporter, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    client = await exporter(targets=[target_for(https_oms)], insecure_skip_verify=True)
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1
+    loud = [r for r in caplog.records if "TLS VERIFICATION" in r.getMessage()]
+    assert loud and loud[0].levelno >= logging.WARNING
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+async def test_secrets_never_reach_logs_metrics_or_errors(
+        sim: Simulator, oms: TestServer, aiohttp_client: Callable[..., Awaitable[TestClient]],
+        caplog: pytest.LogCaptureFixture, fast_retries: None) -> None:
+    from oms_exporter.metrics import SelfMetrics
+    from oms_exporter.settings import Options, Settings
+    from oms_exporter.web import make_app
+
+    caplog.set_level(logging.DEBUG)
+    iam_pw, bad_sk, sts = "iam-Pa55word-zq81", "wrong-secret-key-77fh2", "security-token-ab12cd"
+    sim.iam_users[("acme", "ops")] = iam_pw
+    sim.add_project(P2, make_tasks(5, seed=1))
+    sim.add_project(P3, make_tasks(5, seed=2))
+    url = str(oms.make_url("")).rstrip("/")
+    targets = [
+        target_for(oms, ak=AK, sk=SK),
+        target_for(oms, name="bad-sk", project_id=P2, ak=AK, sk=bad_sk, security_token=sts),
+        target_for(oms, name="iam", project_id=P3, iam_username="ops", iam_password=iam_pw, iam_domain="acme",
+                   iam_endpoint=url),
+        target_for(oms, name="bad-iam", project_id="p4", iam_username="ops", iam_password=iam_pw + "x",
+                   iam_domain="acme", iam_endpoint=url),
+    ]
+    sim.credentials[AK] = Credential(SK)
+    sim.inject(status=502, body=HTML_502, times=2, match=lambda r: P3 in r.path)
+    settings = Settings(options=Options(log_level="debug"), targets=targets)
+    client = await aiohttp_client(make_app(settings, stats=SelfMetrics()))
+    texts = []
+    for _ in range(3):
+        resp = await client.get("/metrics")
+        texts.append(await resp.text())
+        resp = await client.get("/probe?target=bad-iam")
+        texts.append(await resp.text())
+    s = parse_metrics(texts[0])
+    assert up(s) == 1 and up(s, P2) == 0 and up(s, "p4") == 0
+    fmt = LogfmtFormatter()
+    logged = "\n".join(fmt.format(r) for r in caplog.records)
+    errors_text = " ".join(repr(listing.error) for _, listing in client.app[SNAPSHOTS]._last.values())
+    assert "auth" in errors_text.lower() or "IAM" in errors_text
+    for secret in (SK, bad_sk, sts, iam_pw, TOKEN):
+        for where, text in (("logs", logged), ("metrics", "".join(texts)), ("errors", errors_text)):
+            assert secret not in text, f"{secret!r} appears in the {where}"
+    for tok in sim.tokens:  # IAM tokens obtained at run time are secrets too
+        assert tok not in logged and tok not in "".join(texts)
