@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oms_exporter.client import Incomplete, OmsClient, OmsError, Page, Timeout
-from oms_exporter.model import STATUS_NAMES, Task
+from oms_exporter.model import STATUS_NAMES, Task, TaskParser
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Lister:
         self._limit = page_limit
         self._max_concurrency = max_concurrency
         self._last_count: dict[Query, int] = {}
+        self._parser = TaskParser()
 
     async def list(self, deadline: float) -> Listing:
         """List every task before `deadline` (event-loop time); never raises an OmsError."""
@@ -76,6 +77,7 @@ class Lister:
         self._sem = asyncio.Semaphore(self._max_concurrency)
         self._requests = 0
         tasks: dict[int, Task] = {}
+        self._parser.begin()
         try:
             async with asyncio.timeout_at(deadline):
                 await _all(self._list_query(q, tasks, listing, deadline, split=True) for q in self._queries())
@@ -83,6 +85,7 @@ class Lister:
             listing.error = Timeout("listing did not finish before the scrape deadline")
         except OmsError as exc:
             listing.error = exc
+        self._parser.end()
         listing.duration = time.perf_counter() - started
         listing.requests = self._requests
         listing.tasks = list(tasks.values()) if listing.error is None else []
@@ -101,7 +104,8 @@ class Lister:
         async with self._sem:
             self._requests += 1
             return await self._client.list_tasks(
-                offset=offset, limit=self._limit, deadline=deadline, status=query[0], group_id=query[1])
+                offset=offset, limit=self._limit, deadline=deadline, status=query[0], group_id=query[1],
+                parser=self._parser)
 
     async def _list_query(self, query: Query, tasks: dict[int, Task], listing: Listing,
                           deadline: float, split: bool) -> None:

@@ -76,38 +76,39 @@ class Task:
         return self.start_time_ms + (self.total_time_ms or 0)
 
 
-def _num(d: dict[str, Any], key: str) -> int | float | None:
-    v = d.get(key)
-    if v is None:
-        return None
+# The TaskResp fields the exporter reads, fetched in one C-level pass: tuple(map(d.get, KEYS)).
+_STR_KEYS = ("name", "group_id", "group_type", "task_type", "task_priority")
+_NUM_KEYS = ("progress", "migrate_speed", "total_num", "successful_num", "failed_num", "skipped_num",
+             "total_size", "complete_size", "real_size", "start_time", "total_time", "left_time")
+_KEYS = ("id", "status", *_STR_KEYS, *_NUM_KEYS, "src_node", "dst_node", "bandwidth_policy", "error_reason")
+_N_STR = len(_STR_KEYS)
+_Fields = tuple[Any, ...]
+
+
+def _num(v: Any, key: str) -> int | float | None:
     # bool is an int subclass in Python, but `true` is never a count.
-    if type(v) is int or type(v) is float:
+    if v is None or type(v) is int or type(v) is float:
         return v
     raise MalformedTask(f"field {key!r} should be a number, got {type(v).__name__}")
 
 
-def _str(d: dict[str, Any] | None, key: str) -> str:
-    if d is None:
-        return ""
-    v = d.get(key)
-    if v is None:
-        return ""
+def _str(v: Any, key: str) -> str:
     if type(v) is str:
         return v
+    if v is None:
+        return ""
     raise MalformedTask(f"field {key!r} should be a string, got {type(v).__name__}")
 
 
-def _obj(d: dict[str, Any], key: str) -> dict[str, Any] | None:
-    v = d.get(key)
-    if v is None:
-        return None
+def _node(v: Any, key: str) -> dict[str, Any]:
     if type(v) is dict:
         return v
+    if v is None:
+        return {}
     raise MalformedTask(f"field {key!r} should be an object, got {type(v).__name__}")
 
 
-def _bandwidth(d: dict[str, Any]) -> tuple[BandwidthWindow, ...]:
-    v = d.get("bandwidth_policy")
+def _bandwidth(v: Any) -> tuple[BandwidthWindow, ...]:
     if v is None:
         return ()
     if type(v) is not list:
@@ -116,12 +117,12 @@ def _bandwidth(d: dict[str, Any]) -> tuple[BandwidthWindow, ...]:
     for item in v:
         if type(item) is not dict:
             raise MalformedTask("bandwidth_policy entries should be objects")
-        out.append(BandwidthWindow(_str(item, "start"), _str(item, "end"), _num(item, "max_bandwidth")))
+        out.append(BandwidthWindow(_str(item.get("start"), "start"), _str(item.get("end"), "end"),
+                                   _num(item.get("max_bandwidth"), "max_bandwidth")))
     return tuple(out)
 
 
-def _error(d: dict[str, Any]) -> tuple[str, str]:
-    v = d.get("error_reason")
+def _error(v: Any) -> tuple[str, str]:
     # The API documents error_reason as "an empty string if the task is not in the Failed
     # state", so a string is legal here; a non-empty one carries only a message.
     if v is None or v == "":
@@ -129,49 +130,64 @@ def _error(d: dict[str, Any]) -> tuple[str, str]:
     if type(v) is str:
         return "", v
     if type(v) is dict:
-        return _str(v, "error_code"), _str(v, "error_msg")
+        return _str(v.get("error_code"), "error_code"), _str(v.get("error_msg"), "error_msg")
     raise MalformedTask("field 'error_reason' should be an object")
+
+
+def _fields(d: Any) -> _Fields:
+    if type(d) is not dict:
+        raise MalformedTask(f"task record should be an object, got {type(d).__name__}")
+    return tuple(map(d.get, _KEYS))
+
+
+def _from_fields(f: _Fields) -> Task:
+    task_id, status = f[0], f[1]
+    if type(task_id) is not int or task_id < 0:
+        raise MalformedTask("task record has no usable integer 'id'")
+    if status is not None and type(status) is not int:
+        raise MalformedTask("field 'status' should be an integer")
+    strs = [_str(v, k) for v, k in zip(f[2:2 + _N_STR], _STR_KEYS)]
+    nums = [_num(v, k) for v, k in zip(f[2 + _N_STR:-4], _NUM_KEYS)]
+    src, dst = _node(f[-4], "src_node"), _node(f[-3], "dst_node")
+    error_code, error_msg = _error(f[-1])
+    return Task(
+        task_id, *strs,
+        _str(src.get("cloud_type"), "cloud_type"), _str(src.get("region"), "region"),
+        _str(src.get("bucket"), "bucket"), _str(dst.get("region"), "region"), _str(dst.get("bucket"), "bucket"),
+        status, *nums, _bandwidth(f[-2]), error_code, error_msg,
+    )
 
 
 def parse_task(d: Any) -> Task:
     """Parse one TaskResp object; raise MalformedTask when it cannot be read."""
-    if type(d) is not dict:
-        raise MalformedTask(f"task record should be an object, got {type(d).__name__}")
-    task_id = d.get("id")
-    if type(task_id) is not int or task_id < 0:
-        raise MalformedTask("task record has no usable integer 'id'")
-    status = d.get("status")
-    if status is not None and type(status) is not int:
-        raise MalformedTask("field 'status' should be an integer")
-    src = _obj(d, "src_node")
-    dst = _obj(d, "dst_node")
-    error_code, error_msg = _error(d)
-    return Task(
-        id=task_id,
-        name=_str(d, "name"),
-        group_id=_str(d, "group_id"),
-        group_type=_str(d, "group_type"),
-        task_type=_str(d, "task_type"),
-        priority=_str(d, "task_priority"),
-        src_cloud=_str(src, "cloud_type"),
-        src_region=_str(src, "region"),
-        src_bucket=_str(src, "bucket"),
-        dst_region=_str(dst, "region"),
-        dst_bucket=_str(dst, "bucket"),
-        status=status,
-        progress=_num(d, "progress"),
-        migrate_speed=_num(d, "migrate_speed"),
-        total_num=_num(d, "total_num"),
-        successful_num=_num(d, "successful_num"),
-        failed_num=_num(d, "failed_num"),
-        skipped_num=_num(d, "skipped_num"),
-        total_size=_num(d, "total_size"),
-        complete_size=_num(d, "complete_size"),
-        real_size=_num(d, "real_size"),
-        start_time_ms=_num(d, "start_time"),
-        total_time_ms=_num(d, "total_time"),
-        left_time_ms=_num(d, "left_time"),
-        bandwidth=_bandwidth(d),
-        error_code=error_code,
-        error_msg=error_msg,
-    )
+    return _from_fields(_fields(d))
+
+
+class TaskParser:
+    """parse_task with memory: a record whose fields equal last listing's is not parsed again.
+
+    Most tasks do not change between scrapes (finished ones stay listed for good), so this
+    keeps parsing cost proportional to what changed. Reusing the same Task object also lets
+    the encoder reuse the text it rendered for it.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[_Fields, Task]] = {}
+        self._current: dict[int, tuple[_Fields, Task]] = {}
+
+    def begin(self) -> None:
+        """Start a listing; tasks not seen again until end() are forgotten."""
+        self._current = {}
+
+    def end(self) -> None:
+        self._last, self._current = self._current, {}
+
+    def parse(self, d: Any) -> Task:
+        f = _fields(d)
+        seen = self._last.get(f[0]) if type(f[0]) is int else None
+        if seen is not None and seen[0] == f:
+            task = seen[1]
+        else:
+            task = _from_fields(f)
+        self._current[task.id] = (f, task)
+        return task
