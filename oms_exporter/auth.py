@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 from urllib.parse import quote, unquote
 
 import aiohttp
-import orjson
+import msgspec
 from yarl import URL
 
 from oms_exporter.settings import Target
@@ -197,7 +197,7 @@ class IamPasswordAuth(Auth):
         }}
         url = URL(t.iam_url + "/v3/auth/tokens").with_query(nocatalog="true")
         try:
-            async with self._session.post(url, data=orjson.dumps(body), ssl=self._ssl,
+            async with self._session.post(url, data=msgspec.json.encode(body), ssl=self._ssl,
                                           headers={"Content-Type": "application/json;charset=utf8"},
                                           timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 raw = await resp.read()
@@ -221,18 +221,18 @@ class IamPasswordAuth(Auth):
 
 def _error_code(raw: bytes) -> str:
     try:
-        doc = orjson.loads(raw)
+        doc = msgspec.json.decode(raw)
         code = doc.get("error_code") or (doc.get("error") or {}).get("code")
         return str(code) if code else ""
-    except (orjson.JSONDecodeError, AttributeError):
+    except (msgspec.DecodeError, AttributeError):
         return ""
 
 
 def _expires_at(raw: bytes) -> float | None:
     try:
-        text = orjson.loads(raw)["token"]["expires_at"]
+        text = msgspec.json.decode(raw)["token"]["expires_at"]
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -12,15 +12,16 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Annotated
 from email.utils import parsedate_to_datetime
 
 import aiohttp
-import orjson
+import msgspec
 from yarl import URL
 
 from oms_exporter.auth import Auth, AuthError
 from oms_exporter.metrics import SelfMetrics
-from oms_exporter.model import MalformedTask, Task, TaskParser, parse_task
+from oms_exporter.model import MalformedTask, Task, TaskParser, parse_task_json
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
@@ -75,35 +76,39 @@ class Page:
     malformed: int
 
 
+class _PageWire(msgspec.Struct):
+    # Raw: each task's JSON text, checked for syntax but decoded only when it changed.
+    tasks: list[msgspec.Raw]
+    count: Annotated[int, msgspec.Meta(ge=0)]
+
+
+_decode_page = msgspec.json.Decoder(_PageWire).decode
+
+
 def parse_page(raw: bytes, parser: TaskParser | None = None) -> Page:
     """Parse a ListTasks answer; a broken page raises BadPayload, a broken task is counted."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        doc = _decode_page(raw)
+    except msgspec.ValidationError as exc:
+        raise BadPayload(f"answer does not have the ListTasks shape: {exc}") from None
+    except msgspec.DecodeError:
         raise BadPayload("answer is not valid JSON") from None
-    if type(doc) is not dict:
-        raise BadPayload("answer is not a JSON object")
-    tasks, count = doc.get("tasks"), doc.get("count")
-    if type(tasks) is not list:
-        raise BadPayload("answer has no 'tasks' array")
-    if type(count) is not int or count < 0:
-        raise BadPayload("answer has no integer 'count'")
-    parse = parser.parse if parser is not None else parse_task
+    parse = parser.parse if parser is not None else parse_task_json
     parsed: list[Task] = []
     malformed = 0
-    for item in tasks:
+    for item in doc.tasks:
         try:
-            parsed.append(parse(item))
+            parsed.append(parse(bytes(item)))
         except MalformedTask:
             malformed += 1
-    return Page(parsed, count, malformed)
+    return Page(parsed, doc.count, malformed)
 
 
 def _answer(status: int, raw: bytes) -> str:
     """`HTTP 401 APIGW.0301`: the status and OMS error code of an error answer, if it has one."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
         doc = None
     code = doc.get("error_code") if type(doc) is dict else None
     if type(code) is str and 0 < len(code) <= 32 and code.replace(".", "").isalnum():

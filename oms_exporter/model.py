@@ -1,7 +1,8 @@
 """The task record the rest of the exporter reads.
 
-A `TaskResp` object from `GET /v2/{project_id}/tasks` is parsed exactly once, here, into a
-frozen `Task`. Parsing is strict about types (a string where a number belongs makes the
+A `TaskResp` object from `GET /v2/{project_id}/tasks` is parsed here, into a frozen `Task`
+(with msgspec, from its JSON text; a record whose text did not change since the last
+listing is not parsed again). Parsing is strict about types (a string where a number belongs makes the
 record malformed) and lenient about presence (absent or null fields stay `None`, unknown
 fields are ignored), because newer API editions add fields and any field may be missing.
 """
@@ -9,7 +10,9 @@ fields are ignored), because newer API editions add fields and any field may be 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 # Task status codes of TaskResp.status, in code order (1..7).
 STATUS_NAMES: dict[int, str] = {
@@ -76,95 +79,95 @@ class Task:
         return self.start_time_ms + (self.total_time_ms or 0)
 
 
-# The TaskResp fields the exporter reads, fetched in one C-level pass: tuple(map(d.get, KEYS)).
-_STR_KEYS = ("name", "group_id", "group_type", "task_type", "task_priority")
-_NUM_KEYS = ("progress", "migrate_speed", "total_num", "successful_num", "failed_num", "skipped_num",
-             "total_size", "complete_size", "real_size", "start_time", "total_time", "left_time")
-_KEYS = ("id", "status", *_STR_KEYS, *_NUM_KEYS, "src_node", "dst_node", "bandwidth_policy", "error_reason")
-_N_STR = len(_STR_KEYS)
-_Fields = tuple[Any, ...]
+Num = int | float
 
 
-def _num(v: Any, key: str) -> int | float | None:
-    # bool is an int subclass in Python, but `true` is never a count.
-    if v is None or type(v) is int or type(v) is float:
-        return v
-    raise MalformedTask(f"field {key!r} should be a number, got {type(v).__name__}")
+class _Node(msgspec.Struct):
+    cloud_type: str | None = None
+    region: str | None = None
+    bucket: str | None = None
 
 
-def _str(v: Any, key: str) -> str:
-    if type(v) is str:
-        return v
-    if v is None:
-        return ""
-    raise MalformedTask(f"field {key!r} should be a string, got {type(v).__name__}")
+class _Window(msgspec.Struct):
+    start: str | None = None
+    end: str | None = None
+    max_bandwidth: Num | None = None
 
 
-def _node(v: Any, key: str) -> dict[str, Any]:
-    if type(v) is dict:
-        return v
-    if v is None:
-        return {}
-    raise MalformedTask(f"field {key!r} should be an object, got {type(v).__name__}")
+class _Error(msgspec.Struct):
+    error_code: str | None = None
+    error_msg: str | None = None
 
 
-def _bandwidth(v: Any) -> tuple[BandwidthWindow, ...]:
-    if v is None:
-        return ()
-    if type(v) is not list:
-        raise MalformedTask("field 'bandwidth_policy' should be an array")
-    out = []
-    for item in v:
-        if type(item) is not dict:
-            raise MalformedTask("bandwidth_policy entries should be objects")
-        out.append(BandwidthWindow(_str(item.get("start"), "start"), _str(item.get("end"), "end"),
-                                   _num(item.get("max_bandwidth"), "max_bandwidth")))
-    return tuple(out)
+class _Wire(msgspec.Struct):
+    """The TaskResp fields the exporter reads, with their JSON types; others are skipped unread."""
 
-
-def _error(v: Any) -> tuple[str, str]:
+    id: Annotated[int, msgspec.Meta(ge=0)]
+    status: int | None = None
+    name: str | None = None
+    group_id: str | None = None
+    group_type: str | None = None
+    task_type: str | None = None
+    task_priority: str | None = None
+    src_node: _Node | None = None
+    dst_node: _Node | None = None
+    progress: Num | None = None
+    migrate_speed: Num | None = None
+    total_num: Num | None = None
+    successful_num: Num | None = None
+    failed_num: Num | None = None
+    skipped_num: Num | None = None
+    total_size: Num | None = None
+    complete_size: Num | None = None
+    real_size: Num | None = None
+    start_time: Num | None = None
+    total_time: Num | None = None
+    left_time: Num | None = None
+    bandwidth_policy: list[_Window] | None = None
     # The API documents error_reason as "an empty string if the task is not in the Failed
     # state", so a string is legal here; a non-empty one carries only a message.
-    if v is None or v == "":
-        return "", ""
-    if type(v) is str:
-        return "", v
-    if type(v) is dict:
-        return _str(v.get("error_code"), "error_code"), _str(v.get("error_msg"), "error_msg")
-    raise MalformedTask("field 'error_reason' should be an object")
+    error_reason: _Error | str | None = None
 
 
-def _fields(d: Any) -> _Fields:
-    if type(d) is not dict:
-        raise MalformedTask(f"task record should be an object, got {type(d).__name__}")
-    return tuple(map(d.get, _KEYS))
+_decode = msgspec.json.Decoder(_Wire).decode
+_NO_NODE = _Node()
 
 
-def _from_fields(f: _Fields) -> Task:
-    task_id, status = f[0], f[1]
-    if type(task_id) is not int or task_id < 0:
-        raise MalformedTask("task record has no usable integer 'id'")
-    if status is not None and type(status) is not int:
-        raise MalformedTask("field 'status' should be an integer")
-    strs = [_str(v, k) for v, k in zip(f[2:2 + _N_STR], _STR_KEYS)]
-    nums = [_num(v, k) for v, k in zip(f[2 + _N_STR:-4], _NUM_KEYS)]
-    src, dst = _node(f[-4], "src_node"), _node(f[-3], "dst_node")
-    error_code, error_msg = _error(f[-1])
+def _task(w: _Wire) -> Task:
+    src, dst = w.src_node or _NO_NODE, w.dst_node or _NO_NODE
+    err = w.error_reason
+    if isinstance(err, _Error):
+        error_code, error_msg = err.error_code or "", err.error_msg or ""
+    else:
+        error_code, error_msg = "", err or ""
     return Task(
-        task_id, *strs,
-        _str(src.get("cloud_type"), "cloud_type"), _str(src.get("region"), "region"),
-        _str(src.get("bucket"), "bucket"), _str(dst.get("region"), "region"), _str(dst.get("bucket"), "bucket"),
-        status, *nums, _bandwidth(f[-2]), error_code, error_msg,
+        w.id, w.name or "", w.group_id or "", w.group_type or "", w.task_type or "", w.task_priority or "",
+        src.cloud_type or "", src.region or "", src.bucket or "", dst.region or "", dst.bucket or "",
+        w.status, w.progress, w.migrate_speed, w.total_num, w.successful_num, w.failed_num, w.skipped_num,
+        w.total_size, w.complete_size, w.real_size, w.start_time, w.total_time, w.left_time,
+        tuple(BandwidthWindow(b.start or "", b.end or "", b.max_bandwidth) for b in w.bandwidth_policy or ()),
+        error_code, error_msg,
     )
 
 
 def parse_task(d: Any) -> Task:
-    """Parse one TaskResp object; raise MalformedTask when it cannot be read."""
-    return _from_fields(_fields(d))
+    """Parse one TaskResp object (already decoded JSON); raise MalformedTask when it cannot be read."""
+    try:
+        return _task(msgspec.convert(d, _Wire))
+    except msgspec.ValidationError as exc:
+        raise MalformedTask(str(exc)) from None
+
+
+def parse_task_json(raw: bytes) -> Task:
+    """Parse one TaskResp object from its JSON text; raise MalformedTask when it cannot be read."""
+    try:
+        return _task(_decode(raw))
+    except msgspec.ValidationError as exc:
+        raise MalformedTask(str(exc)) from None
 
 
 class TaskParser:
-    """parse_task with memory: a record whose fields equal last listing's is not parsed again.
+    """parse_task_json with memory: a record whose JSON text equals last listing's is not parsed again.
 
     Most tasks do not change between scrapes (finished ones stay listed for good), so this
     keeps parsing cost proportional to what changed. Reusing the same Task object also lets
@@ -172,22 +175,19 @@ class TaskParser:
     """
 
     def __init__(self) -> None:
-        self._last: dict[int, tuple[_Fields, Task]] = {}
-        self._current: dict[int, tuple[_Fields, Task]] = {}
+        self._last: dict[bytes, Task] = {}
+        self._current: dict[bytes, Task] = {}
 
     def begin(self) -> None:
-        """Start a listing; tasks not seen again until end() are forgotten."""
+        """Start a listing; records not seen again until end() are forgotten."""
         self._current = {}
 
     def end(self) -> None:
         self._last, self._current = self._current, {}
 
-    def parse(self, d: Any) -> Task:
-        f = _fields(d)
-        seen = self._last.get(f[0]) if type(f[0]) is int else None
-        if seen is not None and seen[0] == f:
-            task = seen[1]
-        else:
-            task = _from_fields(f)
-        self._current[task.id] = (f, task)
+    def parse(self, raw: bytes) -> Task:
+        task = self._last.get(raw)
+        if task is None:
+            task = parse_task_json(raw)
+        self._current[raw] = task
         return task

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-import orjson
+import msgspec
 from aiohttp import web
 
 from oms_exporter.auth import ALGORITHM, DATE_FORMAT, signature, string_to_sign
@@ -35,7 +35,7 @@ def _error(status: int, code: str, msg: str, **extra: str) -> web.Response:
     body = {"error_code": code, "error_msg": msg, **extra}
     if code.startswith("APIGW"):
         body["request_id"] = secrets.token_hex(16)
-    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+    return web.json_response(body, status=status, dumps=lambda o: msgspec.json.encode(o).decode())
 
 
 def _bad_param(msg: str = "Invalid request parameters.") -> web.Response:
@@ -178,7 +178,7 @@ class Simulator:
                         and (group_id is None or tasks[i].get("group_id") == group_id)]
             count = len(matching)
             page_ids = matching[offset:offset + limit]
-        body = orjson.dumps({"tasks": [tasks[i] for i in page_ids], "count": count})
+        body = msgspec.json.encode({"tasks": [tasks[i] for i in page_ids], "count": count})
         return web.Response(body=body, content_type="application/json")
 
     async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
@@ -246,7 +246,7 @@ class Simulator:
 
     async def _iam_tokens(self, request: web.Request) -> web.Response:
         try:
-            doc = orjson.loads(await request.read())
+            doc = msgspec.json.decode(await request.read())
             ident = doc["auth"]["identity"]
             user = ident["password"]["user"]
             key = (user["domain"]["name"], user["name"])
@@ -254,7 +254,7 @@ class Simulator:
             project = doc["auth"]["scope"]["project"]
             if ident["methods"] != ["password"] or not isinstance(password, str):
                 raise TypeError
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (msgspec.DecodeError, KeyError, TypeError):
             return web.json_response({"error": {"code": 400, "message": "The request body is invalid.",
                                                 "title": "Bad Request"}}, status=400)
         expected = self.iam_users.get(key)
@@ -279,7 +279,7 @@ class Simulator:
             pid, tid = request.match_info["project_id"], int(request.match_info["task_id"])
             if tid not in self.projects.get(pid, {}):
                 return web.json_response({"error": "no such task"}, status=404)
-            fields = orjson.loads(await request.read())
+            fields = msgspec.json.decode(await request.read())
             return web.json_response(self.patch_task(pid, tid, **fields))
 
         async def get(request: web.Request) -> web.Response:
@@ -288,7 +288,7 @@ class Simulator:
             return web.json_response(task) if task else web.json_response({"error": "no such task"}, status=404)
 
         async def fault(request: web.Request) -> web.Response:
-            doc = orjson.loads(await request.read())
+            doc = msgspec.json.decode(await request.read())
             body = doc.pop("body", "")
             self.inject(body=body.encode(), **doc)
             return web.json_response({"ok": True})

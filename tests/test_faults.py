@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 import trustme
 from aiohttp.test_utils import TestClient, TestServer
@@ -110,7 +110,7 @@ def no_error_logs(caplog: pytest.LogCaptureFixture):
 
 # --- 429 -------------------------------------------------------------------------------------
 
-THROTTLED = orjson.dumps({"error_code": "APIGW.0308", "error_msg": "policy user over ratelimit, limit:20, time:1 minute",
+THROTTLED = msgspec.json.encode({"error_code": "APIGW.0308", "error_msg": "policy user over ratelimit, limit:20, time:1 minute",
                           "request_id": "4a1c"})
 
 
@@ -357,7 +357,7 @@ async def test_tasks_created_mid_listing_are_deduplicated(sim: Simulator, export
 
 async def test_duplicates_across_pages_are_deduplicated(sim: Simulator, exporter: Exporter) -> None:
     ids = sorted(sim.projects[PROJECT], reverse=True)
-    page0 = orjson.dumps({"tasks": [sim.projects[PROJECT][i] for i in ids[:100]], "count": 250})
+    page0 = msgspec.json.encode({"tasks": [sim.projects[PROJECT][i] for i in ids[:100]], "count": 250})
     # The second page repeats the first one (offset paging drifted by a whole page).
     sim.inject(status=200, body=page0, headers={"Content-Type": "application/json"}, times=1000,
                match=lambda r: r.query.get("offset") == "100")
