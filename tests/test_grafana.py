@@ -280,8 +280,7 @@ def test_dockerfile() -> None:
     assert ".git" in ignored and "oms_exporter" not in ignored
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
         for path in src.split():
-            if path != "README.md":  # written by the lead from docs/ fragments
-                assert (ROOT / path).exists(), path
+            assert (ROOT / path).exists(), path
 
 
 def healthcheck_command() -> list[str]:

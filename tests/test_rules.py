@@ -24,8 +24,8 @@ RECORDING_FILE = RULES / "oms-recording.yml"
 RULE_TESTS_FILE = RULES / "oms-rules.test.yml"
 PROMETHEUS_CONFIG = ROOT / "grafana" / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = ROOT / "grafana" / "alertmanager" / "alertmanager.yml"
-# The runbook ships in README.md; docs/readme-issue4.md is its fragment until merged.
-RUNBOOK_FILES = (ROOT / "README.md", ROOT / "docs" / "readme-issue4.md")
+# The runbook ships in README.md.
+RUNBOOK_FILES = (ROOT / "README.md",)
 
 REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
 # Alerts about one task: they must name it (joined from oms_task_info).
