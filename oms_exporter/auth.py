@@ -16,7 +16,8 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
-from typing import Iterable, Mapping
+from ssl import SSLContext
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -104,7 +105,7 @@ class AkSkAuth(Auth):
     """Signs each request with an access key pair (optionally temporary, with a security token)."""
 
     def __init__(self, ak: str, sk: str, project_id: str, security_token: str | None = None,
-                 clock: callable = time.time) -> None:  # type: ignore[valid-type]
+                 clock: Callable[[], float] = time.time) -> None:
         self._ak, self._sk, self._project_id = ak, sk, project_id
         self._security_token = security_token
         self._clock = clock
@@ -141,8 +142,8 @@ class IamPasswordAuth(Auth):
     # Renew this long before expiry (or at half the lifetime for short-lived tokens).
     RENEW_MARGIN = 3600.0
 
-    def __init__(self, session: aiohttp.ClientSession, target: Target, ssl: object = None,
-                 clock: callable = time.time) -> None:  # type: ignore[valid-type]
+    def __init__(self, session: aiohttp.ClientSession, target: Target, ssl: SSLContext | bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self._session = session
         self._target = target
         self._ssl = ssl
@@ -236,7 +237,7 @@ def _expires_at(raw: bytes) -> float | None:
         return None
 
 
-def make_auth(target: Target, session: aiohttp.ClientSession, ssl: object = None) -> Auth:
+def make_auth(target: Target, session: aiohttp.ClientSession, ssl: SSLContext | bool = True) -> Auth:
     mode = target.auth_mode
     if mode == "token":
         assert target.auth_token is not None

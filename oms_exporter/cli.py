@@ -73,26 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     flags = _flags(ns)
     demo = None
-    web_config = webconfig.WebConfig()
-    try:
-        if ns.demo:
-            from oms_exporter.demo import Demo  # the stand-in is not loaded in production
+    if ns.demo:
+        from oms_exporter.demo import Demo  # the stand-in is not loaded in production
 
-            demo = Demo(n_tasks=ns.demo_tasks, auth=ns.demo_auth)
-        errors: list[str] = []
+        demo = Demo(n_tasks=ns.demo_tasks, auth=ns.demo_auth)
+    errors: list[str] = []
+    try:
+        settings = load(flags, ns.config_file, only_target=demo.target if demo else None)
+    except SettingsError as exc:
+        errors += exc.lines
+    web_config = webconfig.WebConfig()
+    if ns.web_config_file is not None:
         try:
-            settings = load(flags, ns.config_file, only_target=demo.target if demo else None)
+            web_config = webconfig.load(ns.web_config_file)
         except SettingsError as exc:
             errors += exc.lines
-        if ns.web_config_file is not None:
-            try:
-                web_config = webconfig.load(ns.web_config_file)
-            except SettingsError as exc:
-                errors += exc.lines
-        if errors:
-            raise SettingsError(errors)
-    except SettingsError as exc:
-        for line in exc.lines:
+    if errors:
+        for line in errors:
             sys.stderr.write(f"oms-exporter: error: {line}\n")
         return EXIT_USAGE
     logs.setup(settings.options.log_level, settings.options.log_format)

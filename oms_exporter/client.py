@@ -12,6 +12,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Annotated
 from email.utils import parsedate_to_datetime
 
@@ -142,7 +143,7 @@ class OmsClient:
     AUTH_BACKOFF_MAX = 900.0
 
     def __init__(self, session: aiohttp.ClientSession, target: Target, auth: Auth,
-                 stats: SelfMetrics, ssl: object = None) -> None:
+                 stats: SelfMetrics, ssl: SSLContext | bool = True) -> None:
         self._session = session
         self._target = target
         self._auth = auth
@@ -198,8 +199,9 @@ class OmsClient:
                 return raw
             # Decide whether one more attempt is worth it.
             wait: float | None = None
+            failure: OmsError
             if err is not None:
-                exc: OmsError = err
+                failure = err
                 if not isinstance(err, Timeout):
                     wait = self._backoff(attempt)
             elif status == 401:
@@ -209,15 +211,15 @@ class OmsClient:
                 self._auth_failed()
                 raise AuthFailed(f"OMS refused the credentials ({_answer(status, raw)})")
             elif status == 429:
-                exc = Throttled(f"OMS throttled the request ({_answer(status, raw)})")
+                failure = Throttled(f"OMS throttled the request ({_answer(status, raw)})")
                 wait = retry_after if retry_after is not None else self._backoff(attempt)
             elif status >= 500:
-                exc = ServerError(f"OMS failed ({_answer(status, raw)})")
+                failure = ServerError(f"OMS failed ({_answer(status, raw)})")
                 wait = self._backoff(attempt)
             else:
                 raise RequestRejected(f"OMS rejected the request ({_answer(status, raw)})")
             if wait is None or attempt >= self.RETRIES or loop.time() + wait >= deadline:
-                raise exc
+                raise failure
             attempt += 1
             await asyncio.sleep(wait)
 

@@ -32,7 +32,7 @@ class Demo:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
         self.sock.setblocking(False)
-        endpoint = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         creds: dict[str, str] = {}
         if auth == "token":
             token = "demo-" + secrets.token_urlsafe(32)
@@ -48,7 +48,8 @@ class Demo:
             ak, sk = "DEMO" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
             self.sim.credentials[ak] = Credential(sk)
             creds = {"ak": ak, "sk": sk}
-        self.target = Target(name="demo", project_id=PROJECT_ID, region="cn-north-4", endpoint=endpoint, **creds)
+        self.target = Target.model_validate(
+            {"name": "demo", "project_id": PROJECT_ID, "region": "cn-north-4", "endpoint": endpoint, **creds})
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: serve the stand-in and move its tasks while the exporter runs."""

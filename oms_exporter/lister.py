@@ -70,7 +70,7 @@ class Lister:
         self._last_count: dict[Query, int] = {}
         self._parser = TaskParser()
 
-    async def list(self, deadline: float) -> Listing:
+    async def run(self, deadline: float) -> Listing:
         """List every task before `deadline` (event-loop time); never raises an OmsError."""
         listing = Listing(self.target)
         started = time.perf_counter()
@@ -92,8 +92,8 @@ class Lister:
         return listing
 
     def _queries(self) -> list[Query]:
-        statuses: list[int | None] = list(self.target.statuses or [None])
-        groups: list[str | None] = list(self.target.group_ids or [None])
+        statuses: list[int | None] = [*self.target.statuses] if self.target.statuses else [None]
+        groups: list[str | None] = [*self.target.group_ids] if self.target.group_ids else [None]
         return list(itertools.product(statuses, groups))
 
     def _reach(self) -> int:

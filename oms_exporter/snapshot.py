@@ -54,7 +54,7 @@ class Snapshots:
         lister = self._listers[name]
         self.listings_started += 1
         try:
-            listing = await lister.list(deadline)
+            listing = await lister.run(deadline)
         except Exception:  # a bug must cost one scrape's data, not the exporter
             log.exception("listing failed unexpectedly", extra={"target": name})
             listing = Listing(lister.target, error=InternalError("internal error, see the exporter's log"))
