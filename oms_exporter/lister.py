@@ -3,10 +3,12 @@
 The first page's `count` says how many pages follow; they are fetched with at most
 `max_concurrency` requests in flight. The previous listing's count lets the next one
 start every page at once instead of waiting for the first. Offset paging shifts while
-tasks are created, so tasks are keyed by id and pages that the growing `count` adds are
-fetched before the listing is called complete. When `count` is beyond what `offset` can
-reach (one API edition caps it at 10,000), the query is split per status; if even that
-cannot reach every task, the listing fails as `incomplete` instead of dropping tasks.
+tasks are created or deleted, so tasks are keyed by id, pages that a growing `count` adds
+are fetched, and when the count changed during the listing every page is fetched a second
+time (a live task can fall between two shifted pages). When `count` is beyond what
+`offset` can reach (one API edition caps it at 10,000), the query is split per status; if
+even that cannot reach every task, the listing fails as `incomplete` instead of dropping
+tasks.
 """
 
 from __future__ import annotations
@@ -121,39 +123,53 @@ class Lister:
                      extra={"target": self.target.name, "count": exc.count, "reach": self._reach()})
             await _all(self._list_query((s, query[1]), tasks, listing, deadline, split=False)
                        for s in STATUS_NAMES)
+            # Tasks whose status is null or unknown match no status filter: say so, never drop them.
+            covered = sum(self._last_count.get((s, query[1]), 0) for s in STATUS_NAMES)
+            if covered < exc.count:
+                raise Incomplete(f"listing per status found {covered} of {exc.count} tasks "
+                                 f"(tasks without a known status, or deleted while listing)") from None
 
     async def _page_through(self, query: Query, tasks: dict[int, Task], listing: Listing,
                             deadline: float) -> None:
         limit, reach = self._limit, self._reach()
-        fetched: set[int] = set()
-        max_count = 0
+        counts: set[int] = set()
 
-        async def fetch(offset: int) -> None:
-            nonlocal max_count
+        async def fetch(offset: int, first_pass: bool) -> None:
             page = await self._page(query, offset, deadline)
-            max_count = max(max_count, page.count)
-            listing.malformed += page.malformed
+            counts.add(page.count)
+            if first_pass:
+                listing.malformed += page.malformed
             for t in page.tasks:
                 tasks.setdefault(t.id, t)
 
-        def offsets_upto(count: int) -> list[int]:
-            return [o for o in range(0, min(count, reach), limit) if o not in fetched]
+        async def one_pass(start_count: int, first_pass: bool) -> None:
+            """Fetch pages until every offset below the largest count seen has been fetched."""
+            fetched: set[int] = set()
+
+            def missing(count: int) -> list[int]:
+                return [o for o in range(0, min(count, reach), limit) if o not in fetched]
+
+            todo = missing(max(start_count, 1))
+            for _ in range(2 + self.MAX_GROWTH_ROUNDS):
+                if not todo:
+                    return
+                fetched.update(todo)
+                await _all(fetch(o, first_pass) for o in todo)
+                if max(counts) > reach:
+                    raise _Unreachable(max(counts))
+                todo = missing(max(counts))
+            raise Incomplete(f"the task list kept growing while it was listed (count {max(counts)})")
 
         # Start the pages the previous listing had together with the first one.
-        guess = self._last_count.get(query, 0)
-        first = offsets_upto(max(guess, 1))
-        fetched.update(first)
-        await _all(fetch(o) for o in first)
-        for _ in range(1 + self.MAX_GROWTH_ROUNDS):
-            if max_count > reach:
-                raise _Unreachable(max_count)
-            missing = offsets_upto(max_count)
-            if not missing:
-                break
-            fetched.update(missing)
-            await _all(fetch(o) for o in missing)
-        self._last_count[query] = max_count
-
+        await one_pass(self._last_count.get(query, 0), first_pass=True)
+        if len(counts) > 1:
+            # Tasks were created or deleted while the pages were fetched. Offset pages then
+            # shift, and a live task can fall between two pages fetched at different moments.
+            # A second pass catches it unless the list shifts at the same place again.
+            log.debug("task list changed while listing, listing again",
+                      extra={"target": self.target.name, "counts": sorted(counts)})
+            await one_pass(max(counts), first_pass=False)
+        self._last_count[query] = max(counts)
 
 
 async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:

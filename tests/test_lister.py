@@ -109,3 +109,84 @@ async def test_empty_project(sim, exporter):
     s = await scrape(await exporter())
     assert value(s, "oms_up", project_id=PROJECT) == 1
     assert sum(values(s, "oms_tasks").values()) == 0
+
+
+async def test_a_task_deleted_mid_listing_does_not_hide_a_live_one(sim, exporter):
+    # Deleting the newest task while later pages are fetched shifts them left by one: the
+    # task at the page boundary would be skipped without the second pass.
+    deleted = []
+
+    def delete_newest(request):
+        if request.query.get("offset") == "100" and not deleted:
+            newest = max(sim.projects[PROJECT])
+            sim.remove_task(PROJECT, newest)
+            deleted.append(newest)
+
+    client = await exporter(max_concurrency=1, finished_task_max_age=0)
+    sim.on_list = delete_newest
+    s = await scrape(client)
+    sim.on_list = None
+    ids = {int(dict(lab)["task_id"]) for lab in values(s, "oms_task_info")}
+    live = set(sim.projects[PROJECT])
+    assert live <= ids, f"live tasks missing: {sorted(live - ids)}"
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+
+
+async def test_per_status_listing_that_misses_tasks_is_incomplete(sim, oms, exporter):
+    sim.max_offset = 100
+    sim.patch_task(PROJECT, 10, status=None)  # matches no status filter
+    client = await exporter(targets=[target_for(oms, max_offset=100)])
+    s = await scrape(client)
+    assert value(s, "oms_up", project_id=PROJECT) == 0
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="incomplete") == 1
+
+
+async def test_a_list_that_keeps_growing_is_incomplete_not_truncated(sim, exporter):
+    rng = __import__("random").Random(4)
+    next_id = iter(range(10_000, 20_000))
+
+    def flood(request):
+        for _ in range(150):
+            sim.put_task(PROJECT, make_task(rng, next(next_id), 0, status=1))
+
+    client = await exporter(max_concurrency=1)
+    sim.on_list = flood
+    s = await scrape(client)
+    sim.on_list = None
+    assert value(s, "oms_up", project_id=PROJECT) == 0
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="incomplete") == 1
+
+
+async def test_a_scrape_that_gives_up_on_a_shared_listing_is_counted(sim, exporter):
+    import asyncio
+
+    sim.latency = 1.0
+    client = await exporter()
+    slow = asyncio.ensure_future(client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "5"}))
+    await asyncio.sleep(0.1)
+    s = await scrape(client, **{"X-Prometheus-Scrape-Timeout-Seconds": "0.8"})
+    assert value(s, "oms_up", project_id=PROJECT) == 0
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
+    resp = await slow
+    assert resp.status == 200
+
+
+async def test_shutdown_with_a_listing_in_flight_is_quiet(sim, oms, caplog):
+    import asyncio
+    import logging
+
+    from aiohttp.test_utils import TestClient, TestServer as Server
+
+    from oms_exporter.settings import Options, Settings
+    from oms_exporter.web import make_app
+
+    sim.latency = 5
+    client = TestClient(Server(make_app(Settings(options=Options(), targets=[target_for(oms)]))))
+    await client.start_server()
+    pending = asyncio.ensure_future(client.get("/metrics"))
+    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.WARNING):
+        await client.close()
+        pending.cancel()
+        await asyncio.sleep(0.3)  # let a listing that outlived its session fail, if it does
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
