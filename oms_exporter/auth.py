@@ -37,6 +37,17 @@ class AuthError(Exception):
     """Credentials were refused or no token could be obtained; the message holds no secret."""
 
 
+class IamUnavailable(AuthError):
+    """IAM could not be asked (network, 5xx, 429, broken answer): not a verdict on the credentials.
+
+    `reason` is the oms_scrape_errors_total reason it counts as.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Auth(ABC):
     """How a request to OMS proves who sends it."""
 
@@ -173,7 +184,10 @@ class IamPasswordAuth(Auth):
             if self._renewals != renewals and self._failed is not None:
                 # The renewal this call waited for failed: trying the password again at once
                 # would only add failed logins (IAM locks users after repeated failures).
-                raise AuthError(str(self._failed))
+                failed = self._failed
+                if isinstance(failed, IamUnavailable):
+                    raise IamUnavailable(str(failed), failed.reason)
+                raise AuthError(str(failed))
             if self._token is None or self._clock() >= self._renew_at:
                 try:
                     await self._renew()
@@ -202,15 +216,21 @@ class IamPasswordAuth(Auth):
                                           headers={"Content-Type": "application/json;charset=utf8"},
                                           timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 raw = await resp.read()
+                if resp.status == 429 or resp.status >= 500:
+                    raise IamUnavailable(f"IAM could not log in user {t.iam_username!r}: "
+                                         f"HTTP {resp.status} {_error_code(raw)}".rstrip(),
+                                         "throttled" if resp.status == 429 else "http_5xx")
                 if resp.status != 201:
                     raise AuthError(f"IAM refused the password login for user {t.iam_username!r}: "
                                     f"HTTP {resp.status} {_error_code(raw)}".rstrip())
                 token = resp.headers.get("X-Subject-Token")
                 expires = _expires_at(raw)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise AuthError(f"cannot reach IAM at {t.iam_url}: {type(exc).__name__}") from None
+        except asyncio.TimeoutError:
+            raise IamUnavailable(f"IAM at {t.iam_url} did not answer in time", "timeout") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise IamUnavailable(f"cannot reach IAM at {t.iam_url}: {type(exc).__name__}", "network") from None
         if not token or expires is None:
-            raise AuthError("IAM answered without X-Subject-Token or token.expires_at")
+            raise IamUnavailable("IAM answered without X-Subject-Token or token.expires_at", "bad_payload")
         now = self._clock()
         lifetime = max(expires - now, 0.0)
         self._token = token

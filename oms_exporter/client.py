@@ -20,7 +20,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from oms_exporter.auth import Auth, AuthError
+from oms_exporter.auth import Auth, AuthError, IamUnavailable
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.model import MalformedTask, Task, TaskParser, parse_task_json
 from oms_exporter.settings import Target
@@ -68,6 +68,10 @@ class Incomplete(OmsError):
 
 class InternalError(OmsError):
     reason = "internal"
+
+
+_BY_REASON: dict[str, type[OmsError]] = {
+    cls.reason: cls for cls in (Timeout, Throttled, ServerError, BadPayload, NetworkError)}
 
 
 @dataclass(slots=True)
@@ -172,7 +176,8 @@ class OmsClient:
             # Credentials failed last time: one request tries them, the others wait for its
             # outcome, so that a listing's concurrent pages are not a burst of failed logins.
             async with self._auth_probe:
-                return await self._get_once(url, deadline)
+                if self._auth_failures:  # still failing: this request is the probe
+                    return await self._get_once(url, deadline)
         return await self._get_once(url, deadline)
 
     async def _get_once(self, url: URL, deadline: float) -> bytes:
@@ -189,6 +194,9 @@ class OmsClient:
                 raise Timeout("scrape deadline reached before OMS answered")
             try:
                 headers = await self._auth.headers("GET", url)
+            except IamUnavailable as exc:
+                # IAM is down, not the credentials wrong: no auth pause, counted as what it is.
+                raise _BY_REASON.get(exc.reason, NetworkError)(str(exc)) from None
             except AuthError as exc:
                 self._auth_failed()
                 raise AuthFailed(str(exc)) from None
@@ -228,7 +236,8 @@ class OmsClient:
         pid = self._target.project_id
         started = time.perf_counter()
         try:
-            async with self._session.get(url, headers=headers, ssl=self._ssl,
+            # No redirects: credentials must not follow OMS to another host.
+            async with self._session.get(url, headers=headers, ssl=self._ssl, allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=remaining)) as resp:
                 raw = await resp.read()
                 status = resp.status

@@ -312,3 +312,26 @@ async def test_iam_failed_renewal_is_not_repeated_by_the_waiters(
     with pytest.raises(AuthError):
         await bad.headers("GET", None)  # type: ignore[arg-type]
     assert sim.auth_failures == 2  # a later call tries again (the client's backoff spaces them)
+
+
+@pytest.mark.parametrize("iam_endpoint, reason", [("unreachable", "network"), ("503", "http_5xx")])
+async def test_iam_outage_is_not_an_auth_failure(iam_endpoint: str, reason: str, sim: Simulator, oms: TestServer,
+                                                 aiohttp_server: Any, exporter: Exporter) -> None:
+    """IAM being down says nothing about the credentials: no auth pause, counted as what it is."""
+    from aiohttp import web
+
+    if iam_endpoint == "unreachable":
+        url = "http://127.0.0.1:9"
+    else:
+        async def busy(request: web.Request) -> web.Response:
+            return web.Response(status=503, text="<html>busy</html>")
+
+        down = web.Application()
+        down.router.add_post("/v3/auth/tokens", busy)
+        url = endpoint(await aiohttp_server(down))
+    client = await exporter([target_for(oms, **{**MODES["iam"](oms), "iam_endpoint": url})])
+    for n in (1, 2):
+        samples = await scrape(client)
+        assert value(samples, "oms_up", project_id=PROJECT) == 0
+        assert value(samples, "oms_scrape_errors_total", project_id=PROJECT, reason=reason) == n
+        assert auth_errors(samples) == 0  # and the second scrape tried IAM again: no pause
