@@ -52,7 +52,7 @@ def parse_duration(value: Any) -> float:
     return total
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
 
 
 def _check_http_url(value: str | None) -> str | None:
@@ -61,6 +61,8 @@ def _check_http_url(value: str | None) -> str | None:
     url = URL(value)
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    if url.user is not None or url.password is not None:
+        raise ValueError("should not carry a user or password (credentials have their own settings)")
     if url.query_string or url.fragment:
         raise ValueError(f"{value!r} should not carry a query or fragment")
     return str(url).rstrip("/")
@@ -270,6 +272,20 @@ class Options(BaseModel):
             raise ValueError(f"{value!r} should be [host]:port, e.g. :10066 or 127.0.0.1:10066")
         return value
 
+    @field_validator("telemetry_path")
+    @classmethod
+    def _free_path(cls, value: str) -> str:
+        if value in ("/probe", "/healthz"):
+            raise ValueError(f"{value} is the path of another endpoint")
+        return value
+
+    @model_validator(mode="after")
+    def _offset_below_timeout(self) -> Options:
+        if self.timeout_offset >= self.scrape_timeout:
+            raise ValueError(f"--oms.timeout-offset ({self.timeout_offset:g}s) must be smaller than "
+                             f"--oms.scrape-timeout ({self.scrape_timeout:g}s)")
+        return self
+
     @field_validator("ca_file")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
@@ -356,7 +372,7 @@ def load(flags: dict[str, Any], config_file: Path | None, *, only_target: Target
         try:
             env_target = Target.model_validate(data)
         except ValidationError as exc:
-            errors += _lines(exc, lambda loc: "OMS_" + str(loc[0]).upper() if loc else "OMS_* environment")
+            errors += _lines(exc, lambda loc: _env_name(str(loc[0])) if loc else "OMS_* environment")
         else:
             if any(t.name == env_target.name for t in targets):
                 errors.append(f"OMS_TARGET_NAME: target name {env_target.name!r} is also in {config_file}")
@@ -371,6 +387,10 @@ def load(flags: dict[str, Any], config_file: Path | None, *, only_target: Target
         raise SettingsError(errors)
     assert options is not None
     return Settings(options=options, targets=targets)
+
+
+def _env_name(field: str) -> str:
+    return "OMS_TARGET_NAME" if field == "name" else "OMS_" + field.upper()
 
 
 def _flag_name(field: str) -> str:

@@ -24,7 +24,8 @@ class Snapshots:
         self._listers = listers
         self._stats = stats
         self._min_interval = min_interval
-        self._inflight: dict[str, asyncio.Future[Listing]] = {}
+        # target name -> (the listing in flight, its deadline)
+        self._inflight: dict[str, tuple[asyncio.Task[Listing], float]] = {}
         self._last: dict[str, tuple[float, Listing]] = {}
         self.listings_started = 0  # for tests and the benchmark: upstream listings begun
 
@@ -37,17 +38,31 @@ class Snapshots:
         last = self._last.get(name)
         if self._min_interval and last and loop.time() - last[0] < self._min_interval:
             return last[1]
-        fut = self._inflight.get(name)
-        if fut is None:
-            fut = loop.create_task(self._list(name, deadline))
-            self._inflight[name] = fut
+        entry = self._inflight.get(name)
+        if entry is None:
+            entry = (loop.create_task(self._list(name, deadline)), deadline)
+            self._inflight[name] = entry
+        fut, listing_deadline = entry
         try:
             # shield: a scrape that gives up must not cancel the listing others wait for.
             return await asyncio.wait_for(asyncio.shield(fut), max(deadline - loop.time(), 0))
         except TimeoutError:
             lister = self._listers[name]
+            if deadline < listing_deadline:
+                # The shared listing goes on for the scrape that started it; this earlier
+                # deadline is a failed listing of its own, as far as this scrape can tell.
+                self._stats.scrape_errors.labels(lister.target.project_id, "timeout").inc()
+                log.info("scrape deadline reached while a shared listing was still running",
+                         extra={"target": name})
             return Listing(lister.target, error=Timeout("listing still running at this scrape's deadline"),
                            duration=0.0)
+
+    async def aclose(self) -> None:
+        """Cancel listings still running (at shutdown, before their HTTP session closes)."""
+        pending = [fut for fut, _ in self._inflight.values()]
+        for fut in pending:
+            fut.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _list(self, name: str, deadline: float) -> Listing:
         loop = asyncio.get_running_loop()

@@ -39,6 +39,7 @@ RENDERER = web.AppKey("renderer", Renderer)
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 MAX_QUERY_LENGTH = 256
+MAX_HEADER_BUDGET = 120.0  # seconds: the most a scrape-timeout header may ask for
 
 
 def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
@@ -82,6 +83,7 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
             listers[t.name] = Lister(client, t, page_limit=opts.page_limit, max_concurrency=opts.max_concurrency)
         app[SNAPSHOTS] = Snapshots(listers, stats, min_interval=opts.min_interval)
         yield
+        await app[SNAPSHOTS].aclose()
 
 
 def _deadline(request: web.Request) -> float:
@@ -93,9 +95,10 @@ def _deadline(request: web.Request) -> float:
             value = float(header)
         except ValueError:
             value = math.nan
-        # NaN, inf or a negative budget from a hostile client must not set the deadline.
+        # NaN, inf or a negative budget from a hostile client must not set the deadline, nor
+        # a huge one: concurrent scrapes share the listing and so wait on its deadline.
         if math.isfinite(value) and value > 0:
-            budget = value
+            budget = min(value, max(opts.scrape_timeout, MAX_HEADER_BUDGET))
     return asyncio.get_running_loop().time() + max(budget - opts.timeout_offset, 0.1)
 
 
