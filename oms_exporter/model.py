@@ -10,6 +10,7 @@ fields are ignored), because newer API editions add fields and any field may be 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from hashlib import sha256
 from typing import Annotated, Any
 
 import msgspec
@@ -74,7 +75,8 @@ class Task:
 
     def finished_at_ms(self) -> float | None:
         """When a succeeded/failed task ended (start + total time), else None."""
-        if self.status not in FINISHED_STATUSES or self.start_time_ms is None:
+        # start_time 0 means "not started" (waiting tasks carry it), not 1970.
+        if self.status not in FINISHED_STATUSES or not self.start_time_ms:
             return None
         return self.start_time_ms + (self.total_time_ms or 0)
 
@@ -171,7 +173,10 @@ class TaskParser:
 
     Most tasks do not change between scrapes (finished ones stay listed for good), so this
     keeps parsing cost proportional to what changed. Reusing the same Task object also lets
-    the encoder reuse the text it rendered for it.
+    the encoder reuse the text it rendered for it. Records are remembered by the SHA-256
+    digest of their text rather than the text itself: ~70 bytes per task instead of ~1.2 KB
+    (12 MB at 10,000 tasks, twice while a listing replaces the last), for ~2 µs per record
+    (SHA-256 has CPU instructions on current x86 and ARM; BLAKE2b was twice as slow here).
     """
 
     def __init__(self) -> None:
@@ -186,8 +191,9 @@ class TaskParser:
         self._last, self._current = self._current, {}
 
     def parse(self, raw: bytes) -> Task:
-        task = self._last.get(raw)
+        key = sha256(raw).digest()
+        task = self._last.get(key)
         if task is None:
             task = parse_task_json(raw)
-        self._current[raw] = task
+        self._current[key] = task
         return task

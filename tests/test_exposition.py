@@ -161,6 +161,45 @@ def test_reused_lines_follow_changes() -> None:
     assert cache.rendered > rendered
 
 
+def test_changed_tasks_reuse_only_the_lines_of_unchanged_fields() -> None:
+    """A changed record keeps the lines of its unchanged families; values that compare equal
+    but are written differently (-0.0 and 0.0, 1 and 1.0) are not taken for unchanged."""
+    cache = x.TaskLines()
+    policy = SeriesPolicy(finished_task_max_age=0)
+    accept = ACCEPTS[6]
+    before = [task(1, progress=0.0, total_num=1, failed_num=-0.0, bandwidth=(BandwidthWindow("a", "b", 0.0),)),
+              task(2, status=2, name="same"), task(3, status=4, error_code="E", error_msg="m"),
+              task(4, bandwidth=(BandwidthWindow("a", "b", 5),))]
+    after = [replace(before[0], progress=-0.0, total_num=1.0, failed_num=0.0,
+                     bandwidth=(BandwidthWindow("a", "b", -0.0),)),
+             replace(before[1], status=5, progress=1.0),  # status block, status code and a gauge move
+             replace(before[2], error_msg="m2", left_time_ms=None),
+             replace(before[3], bandwidth=(BandwidthWindow("a", "b", 5.0),), name="renamed")]
+    for tasks in (before, after, before):
+        lsts = [Listing(target(), tasks=list(tasks), duration=0.5, taken_at=NOW)]
+        assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+    assert b'progress_ratio{project_id="p0000000000000000000000000000001",task_id="1"} -0.0' in \
+        fast([Listing(target(), tasks=after, taken_at=NOW)], policy, accept, cache)
+
+
+def test_many_tasks_in_several_chunks_and_gzip() -> None:
+    """More tasks than one chunk holds, moving between encodes; the gzip body reads back identical."""
+    policy = SeriesPolicy(finished_task_max_age=0)
+    renderer = x.Renderer()
+    tasks = [task(i, status=(i % 7) + 1, progress=i / 3000, name=f"t{i}") for i in range(1, 3 * x.CHUNK_TASKS + 7)]
+    for round_ in range(3):
+        lsts = [Listing(target(), tasks=list(tasks), duration=0.5, taken_at=NOW)]
+        for accept in (ACCEPTS[0], ACCEPTS[-1]):
+            style, _, encoder = x.negotiate(accept)
+            want = reference(lsts, policy, accept)
+            assert renderer._encode(lsts, policy, None, style, encoder, False) == want
+            zipped = renderer._encode(lsts, policy, None, style, encoder, True)
+            assert zipped[:2] == b"\x1f\x8b" and gzip.decompress(zipped) == want
+        tasks = [replace(t, progress=t.progress + 0.25, total_time_ms=t.total_time_ms + 15_000) if t.id % 4 == round_
+                 else t for t in tasks]
+    assert renderer.lines.reused > 0
+
+
 def self_metrics() -> SimpleNamespace:
     registry = CollectorRegistry(auto_describe=True)
     Gauge("oms_exporter_build_info", "Version.", ["version"], registry=registry).labels("1").set(1)
@@ -227,3 +266,19 @@ def test_go_float_matches_prometheus_client() -> None:
     for v in values:
         assert x.go_float(v) == floatToGoString(v), v
     assert x.go_float(math.nan) == "NaN"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(tasks_strategy(), min_size=1, max_size=4, unique_by=lambda t: t.id), st.data())
+def test_any_change_between_encodes(first: list[Task], data: st.DataObject) -> None:
+    """The same task ids with any new field values: the partly reused lines still match the reference."""
+    fields = [f for f in Task.__dataclass_fields__ if f != "id"]
+    second = []
+    for t in first:
+        other = data.draw(tasks_strategy())
+        moved = data.draw(st.sets(st.sampled_from(fields)))
+        second.append(replace(t, **{f: getattr(other, f) for f in moved}))
+    cache, policy = x.TaskLines(), SeriesPolicy(finished_task_max_age=0)
+    for tasks in (first, second, first):
+        lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
+        assert fast(lsts, policy, ACCEPTS[6], cache) == reference(lsts, policy, ACCEPTS[6])

@@ -45,3 +45,8 @@ def test_malformed_records_raise(record):
 def test_finished_at():
     assert parse_task({"id": 1, "status": 5, "start_time": 1000, "total_time": 500}).finished_at_ms() == 1500
     assert parse_task({"id": 1, "status": 2, "start_time": 1000}).finished_at_ms() is None
+
+
+def test_finished_task_without_start_time_is_not_from_1970():
+    # start_time 0 means "never started": it must not age the task out of the series.
+    assert parse_task({"id": 1, "status": 4, "start_time": 0, "total_time": 0}).finished_at_ms() is None
