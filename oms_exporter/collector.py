@@ -60,6 +60,7 @@ class SnapshotCollector(Collector):
         duration = _g(m.SCRAPE_DURATION, m.SCRAPE_DURATION_HELP, m.PROJECT_LABELS)
         counts = _g(m.TASKS, m.TASKS_HELP, ("project_id", "status"))
         malformed = _g(m.MALFORMED_TASKS, m.MALFORMED_TASKS_HELP, m.PROJECT_LABELS)
+        taken = _g(m.LISTING_TIMESTAMP, m.LISTING_TIMESTAMP_HELP, m.PROJECT_LABELS)
         for listing in self._listings:
             pid = listing.target.project_id
             up.add_metric([pid], 1 if listing.up else 0)
@@ -68,7 +69,8 @@ class SnapshotCollector(Collector):
                 for code, n in listing.status_counts().items():
                     counts.add_metric([pid, STATUS_NAMES[code]], n)
                 malformed.add_metric([pid], listing.malformed)
-        yield from (up, duration, counts, malformed)
+                taken.add_metric([pid], listing.taken_at)
+        yield from (up, duration, counts, malformed, taken)
 
         exported = [(lst.target.project_id, self._policy.exported(lst)) for lst in self._listings]
         yield self._info(exported)

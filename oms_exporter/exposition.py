@@ -89,6 +89,7 @@ _AGGREGATES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (m.SCRAPE_DURATION, m.SCRAPE_DURATION_HELP, m.PROJECT_LABELS),
     (m.TASKS, m.TASKS_HELP, ("project_id", "status")),
     (m.MALFORMED_TASKS, m.MALFORMED_TASKS_HELP, m.PROJECT_LABELS),
+    (m.LISTING_TIMESTAMP, m.LISTING_TIMESTAMP_HELP, m.PROJECT_LABELS),
 )
 # The quoting and escaping rules below hold for names of the legacy character set only.
 for _name, _, _labels in _TASK_FAMILIES + _AGGREGATES:
@@ -115,7 +116,8 @@ class _Templates:
         info, status, code, *gauges = (self._line(n, labels) for n, _, labels in _TASK_FAMILIES[:-2])
         self.bandwidth, self.error = (self._line(n, labels) for n, _, labels in _TASK_FAMILIES[-2:])
         self.info, self.code, self.gauges = info, code, tuple(gauges)
-        self.up, self.duration, self.counts, self.malformed = (self._line(n, lab) for n, _, lab in _AGGREGATES)
+        self.up, self.duration, self.counts, self.malformed, self.taken = (
+            self._line(n, lab) for n, _, lab in _AGGREGATES)
         # The seven oms_task_status lines of a task in each state, with {0}=project, {1}=task.
         def block(state: int | None) -> str:
             text = "".join(status.format("\0P\0", "\0T\0", escape_value(name), "1.0" if c == state else "0.0")
@@ -329,7 +331,7 @@ def encode_chunks(listings: Sequence[Listing], policy: SeriesPolicy, style: Styl
     tp = templates(style)
     cache = cache if cache is not None else TaskLines()
 
-    up, duration, counts, malformed = [], [], [], []
+    up, duration, counts, malformed, taken = [], [], [], [], []
     for lst in listings:
         pid = escape_value(lst.target.project_id)
         up.append(tp.up.format(pid, "1.0" if lst.up else "0.0"))
@@ -338,8 +340,9 @@ def encode_chunks(listings: Sequence[Listing], policy: SeriesPolicy, style: Styl
             for code, n in lst.status_counts().items():
                 counts.append(tp.counts.format(pid, escape_value(STATUS_NAMES[code]), floatToGoString(n)))
             malformed.append(tp.malformed.format(pid, floatToGoString(lst.malformed)))
+            taken.append(tp.taken.format(pid, floatToGoString(lst.taken_at)))
     yield b"".join(header + "".join(lines).encode()
-                   for header, lines in zip(tp.agg_headers, (up, duration, counts, malformed)))
+                   for header, lines in zip(tp.agg_headers, (up, duration, counts, malformed, taken)))
 
     # A failed listing exports nothing and leaves the project's cached lines for its next success.
     rows = [r for lst in listings if lst.up

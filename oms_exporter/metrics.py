@@ -87,6 +87,12 @@ TASKS_HELP = "Number of tasks of the project in each state, from the full listin
 MALFORMED_TASKS = "oms_malformed_tasks"
 MALFORMED_TASKS_HELP = "Task records in the last listing that could not be read and were skipped."
 
+LISTING_TIMESTAMP = "oms_listing_timestamp_seconds"
+LISTING_TIMESTAMP_HELP = (
+    "Unix time the listing these series come from was started. With --oms.min-interval a "
+    "listing younger than that interval is served again instead of asking OMS: "
+    "time() - this is how old the data is.")
+
 BUILD_INFO = "oms_exporter_build_info"
 API_REQUESTS = "oms_api_requests"  # counter, exposed as oms_api_requests_total
 API_REQUEST_DURATION = "oms_api_request_duration_seconds"
@@ -99,7 +105,7 @@ ERROR_REASONS = ("timeout", "throttled", "auth", "http_5xx", "http_4xx", "bad_pa
 ALL_METRIC_NAMES: frozenset[str] = frozenset(
     [TASK_INFO, TASK_STATUS, TASK_STATUS_CODE, TASK_BANDWIDTH, TASK_ERROR_INFO]
     + [g.name for g in TASK_GAUGES]
-    + [UP, SCRAPE_DURATION, TASKS, MALFORMED_TASKS, BUILD_INFO]
+    + [UP, SCRAPE_DURATION, TASKS, MALFORMED_TASKS, LISTING_TIMESTAMP, BUILD_INFO]
     + [API_REQUESTS + "_total", SCRAPE_ERRORS + "_total"]
     + [API_REQUEST_DURATION + s for s in ("_bucket", "_sum", "_count")]
 )

@@ -9,6 +9,7 @@ same format share that one body (and its gzip copy).
 from __future__ import annotations
 
 import asyncio
+import gc
 import html
 import logging
 import math
@@ -60,6 +61,7 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None) -> web.App
     app[POLICY] = SeriesPolicy(settings.options.per_task_series, settings.options.finished_task_max_age)
     app[RENDERER] = Renderer()
     app.cleanup_ctx.append(_oms_clients)
+    app.on_startup.append(_freeze_heap)  # after the clients: aiohttp runs cleanup_ctx first
     path = settings.options.telemetry_path
     app.router.add_get(path, metrics_handler)
     app.router.add_get("/probe", probe_handler)
@@ -84,6 +86,16 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
         app[SNAPSHOTS] = Snapshots(listers, stats, min_interval=opts.min_interval)
         yield
         await app[SNAPSHOTS].aclose()
+
+
+async def _freeze_heap(app: web.Application) -> None:
+    """Keep what start-up built (modules, settings, clients) out of every full GC pass.
+
+    Those ~50,000 objects live as long as the process; scanned on each full collection they
+    cost ~100 ms pauses of the event loop while a big scrape allocates.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _deadline(request: web.Request) -> float:

@@ -185,3 +185,19 @@ async def test_landing_page_and_healthz(exporter):
     assert 'href="/metrics"' in page and 'href="/probe?target=main"' in page and "/healthz" in page
     resp = await client.get("/healthz")
     assert resp.status == 200
+
+
+async def test_min_interval_serves_the_same_listing_and_says_how_old_it_is(sim, exporter):
+    import asyncio
+
+    client = await exporter(min_interval=0.5)
+    first = await scrape(client)
+    taken = value(first, "oms_listing_timestamp_seconds", project_id=PROJECT)
+    requests = len(sim.requests)
+    again = await scrape(client)
+    assert len(sim.requests) == requests  # served again, OMS not asked
+    assert value(again, "oms_listing_timestamp_seconds", project_id=PROJECT) == taken
+    await asyncio.sleep(0.6)
+    later = await scrape(client)
+    assert len(sim.requests) > requests
+    assert value(later, "oms_listing_timestamp_seconds", project_id=PROJECT) > taken
