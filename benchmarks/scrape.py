@@ -77,7 +77,7 @@ def role_exporter(args: argparse.Namespace) -> None:
     # The stand-in has no offset cap (some API editions cap it at 10,000): page straight through.
     target = Target(name="bench", project_id=PROJECT, region="cn-north-4", endpoint=args.endpoint,
                     ak=AK, sk=SK, max_offset=2147483647)
-    options = Options(finished_task_max_age=0, log_level="error")
+    options = Options(finished_task_max_age=0, log_level="error", max_concurrency=args.max_concurrency)
     app = oms_web.make_app(Settings(options=options, targets=[target]))
     lag = {"max": 0.0}
 
@@ -247,7 +247,7 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
 
 
 def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    common = ["--tasks", str(n), "--latency-ms", str(args.latency_ms)]
+    common = ["--tasks", str(n), "--latency-ms", str(args.latency_ms), "--max-concurrency", str(args.max_concurrency)]
     sim, sim_port = _spawn("standin", *common)
     try:
         exp, exp_port = _spawn("exporter", *common, "--endpoint", f"http://127.0.0.1:{sim_port}")
@@ -272,6 +272,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [(f"oms-exporter scrape benchmark: stand-in latency {args.latency_ms:g} ms per ListTasks call, "
+              f"--oms.max-concurrency {args.max_concurrency}, "
               f"{os.cpu_count()} CPUs, {args.scrapes} timed scrapes after 1 warm-up, tasks move on "
               f"{SCRAPE_INTERVAL:g}s between scrapes"), ""]
     for r in results:
@@ -304,9 +305,13 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from oms_exporter.settings import Options
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, nargs="+", default=[10000], help="task counts (several: a scaling table)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="added latency per ListTasks call")
+    p.add_argument("--max-concurrency", type=int, default=Options().max_concurrency,
+                   help="the exporter's --oms.max-concurrency (default: the exporter's default)")
     p.add_argument("--scrapes", type=int, default=7, help="timed scrapes per size, after one warm-up")
     p.add_argument("--concurrent", type=int, default=50, help="scrapes in the concurrent burst")
     p.add_argument("--baseline-runs", type=int, default=3, help="SDK baseline scrapes per size")

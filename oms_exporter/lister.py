@@ -87,7 +87,8 @@ class Lister:
             listing.error = Timeout("listing did not finish before the scrape deadline")
         except OmsError as exc:
             listing.error = exc
-        self._parser.end()
+        if listing.error is None:  # a failed listing saw only part of the tasks: keep the last full one
+            self._parser.end()
         listing.duration = time.perf_counter() - started
         listing.requests = self._requests
         listing.tasks = list(tasks.values()) if listing.error is None else []
