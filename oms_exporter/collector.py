@@ -115,12 +115,8 @@ class SnapshotCollector(Collector):
         for pid, tasks in exported:
             for t in tasks:
                 tid = str(t.id)
-                seen: set[tuple[str, str]] = set()
                 for w in t.bandwidth:
-                    # Two windows with the same start/end would be one series twice.
-                    if w.max_bandwidth is not None and (w.start, w.end) not in seen:
-                        seen.add((w.start, w.end))
-                        bw.add_metric([pid, tid, w.start, w.end], w.max_bandwidth)
+                    bw.add_metric([pid, tid, w.start, w.end], w.max_bandwidth)
                 if t.error_code or t.error_msg:
                     err.add_metric([pid, tid, t.error_code, t.error_msg], 1)
         yield bw

@@ -244,14 +244,8 @@ def render_task(t: Task, pid: str, tp: _Templates,
     if p is not None and _same_windows(t.bandwidth, p.bandwidth):
         out.append(old[i])
     else:
-        windows = []
-        seen: set[tuple[str, str]] = set()
-        for w in t.bandwidth:
-            # Two windows with the same start/end would be one series twice (as in the collector).
-            if w.max_bandwidth is not None and (w.start, w.end) not in seen:
-                seen.add((w.start, w.end))
-                windows.append(tp.bandwidth.format(pid, tid, esc(w.start), esc(w.end), go_float(w.max_bandwidth)))
-        out.append("".join(windows).encode())
+        out.append("".join(tp.bandwidth.format(pid, tid, esc(w.start), esc(w.end), go_float(w.max_bandwidth))
+                           for w in t.bandwidth).encode())
     if p is not None and t.error_code == p.error_code and t.error_msg == p.error_msg:
         out.append(old[i + 1])
     elif t.error_code or t.error_msg:

@@ -69,6 +69,17 @@ class Task:
     error_code: str
     error_msg: str
 
+    def __post_init__(self) -> None:
+        # Only windows with a limit, and the first of each start/end: two would be one
+        # series twice. Done here so that every encoder reads the same windows.
+        if self.bandwidth:
+            kept: dict[tuple[str, str], BandwidthWindow] = {}
+            for w in self.bandwidth:
+                if w.max_bandwidth is not None:
+                    kept.setdefault((w.start, w.end), w)
+            if len(kept) != len(self.bandwidth):
+                object.__setattr__(self, "bandwidth", tuple(kept.values()))
+
     @property
     def status_name(self) -> str | None:
         return STATUS_NAMES.get(self.status) if self.status is not None else None

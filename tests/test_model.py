@@ -50,3 +50,10 @@ def test_finished_at():
 def test_finished_task_without_start_time_is_not_from_1970():
     # start_time 0 means "never started": it must not age the task out of the series.
     assert parse_task({"id": 1, "status": 4, "start_time": 0, "total_time": 0}).finished_at_ms() is None
+
+
+def test_bandwidth_windows_without_limit_or_repeated_are_dropped():
+    t = parse_task({"id": 1, "bandwidth_policy": [
+        {"start": "00:00", "end": "08:00", "max_bandwidth": 5}, {"start": "00:00", "end": "08:00", "max_bandwidth": 7},
+        {"start": "08:00", "end": "09:00"}, {"start": "09:00", "end": "10:00", "max_bandwidth": 9}]})
+    assert [(w.start, w.end, w.max_bandwidth) for w in t.bandwidth] == [("00:00", "08:00", 5), ("09:00", "10:00", 9)]
