@@ -156,6 +156,7 @@ class OmsClient:
         self._url = URL(f"{target.oms_endpoint}/v2/{target.project_id}/tasks")
         self._auth_failures = 0
         self._auth_blocked_until = 0.0
+        self._throttled_until = 0.0  # monotonic time before which OMS asked not to be called
         self._auth_probe = asyncio.Lock()
 
     async def list_tasks(self, *, offset: int, limit: int, deadline: float, status: int | None = None,
@@ -186,6 +187,9 @@ class OmsClient:
         if now < self._auth_blocked_until:
             raise AuthFailed(f"authentication failed recently; next attempt in "
                              f"{self._auth_blocked_until - now:.0f}s")
+        if now < self._throttled_until:
+            # OMS asked for a pause longer than the last scrape could wait: keep to it.
+            raise Throttled(f"OMS asked to wait; next attempt in {self._throttled_until - now:.0f}s")
         attempt = 0
         renewed = False
         while True:
@@ -227,6 +231,8 @@ class OmsClient:
             else:
                 raise RequestRejected(f"OMS rejected the request ({_answer(status, raw)})")
             if wait is None or attempt >= self.RETRIES or loop.time() + wait >= deadline:
+                if isinstance(failure, Throttled) and retry_after:
+                    self._throttled_until = max(self._throttled_until, time.monotonic() + retry_after)
                 raise failure
             attempt += 1
             await asyncio.sleep(wait)

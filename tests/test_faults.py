@@ -133,9 +133,11 @@ async def test_429_retry_after_beyond_the_deadline_gives_up_at_once(sim: Simulat
     assert_down(s, "throttled")
     assert requests(s, "429") == 1
     assert elapsed < 1.0, "waited for a Retry-After that could not fit in the scrape"
-    # The next scrape asks again (no stale answer): the fault was one-shot.
-    s, _ = await timed_scrape(client)
-    assert up(s) == 1 and errors(s, "throttled") == 1
+    # The next scrapes keep to the pause OMS asked for: nothing is sent before it ends.
+    sent = len(sim.requests)
+    s, elapsed = await timed_scrape(client)
+    assert up(s) == 0 and errors(s, "throttled") == 2
+    assert len(sim.requests) == sent and elapsed < 1.0
 
 
 async def test_429_without_retry_after_backs_off_then_reports_throttled(sim: Simulator, exporter: Exporter,
