@@ -91,6 +91,7 @@ class Lister:
             self._parser.end()
         listing.duration = time.perf_counter() - started
         listing.requests = self._requests
+        listing.malformed = len(self._parser.malformed)
         listing.tasks = list(tasks.values()) if listing.error is None else []
         return listing
 
@@ -122,28 +123,33 @@ class Lister:
                     f"max_offset if your API edition allows it") from None
             log.info("task count beyond offset reach, listing per status",
                      extra={"target": self.target.name, "count": exc.count, "reach": self._reach()})
-            await _all(self._list_query((s, query[1]), tasks, listing, deadline, split=False)
-                       for s in STATUS_NAMES)
-            # Tasks whose status is null or unknown match no status filter: say so, never drop them.
-            covered = sum(self._last_count.get((s, query[1]), 0) for s in STATUS_NAMES)
-            if covered < exc.count:
-                raise Incomplete(f"listing per status found {covered} of {exc.count} tasks "
-                                 f"(tasks without a known status, or deleted while listing)") from None
+            # Count distinct tasks: a task that changes status mid-listing can be missed by
+            # both status lists while their counts still add up. One more round catches it.
+            found: dict[int, Task] = {}
+            for _ in range(2):
+                await _all(self._list_query((s, query[1]), found, listing, deadline, split=False)
+                           for s in STATUS_NAMES)
+                # Malformed records are in the count but not among the tasks.
+                if len(found) + len(self._parser.malformed) >= exc.count:
+                    break
+            else:
+                raise Incomplete(f"listing per status found {len(found)} of {exc.count} tasks "
+                                 f"(tasks without a known status, or changing status while listed)") from None
+            for t in found.values():
+                tasks.setdefault(t.id, t)
 
     async def _page_through(self, query: Query, tasks: dict[int, Task], listing: Listing,
                             deadline: float) -> None:
         limit, reach = self._limit, self._reach()
         counts: set[int] = set()
 
-        async def fetch(offset: int, first_pass: bool) -> None:
+        async def fetch(offset: int) -> None:
             page = await self._page(query, offset, deadline)
             counts.add(page.count)
-            if first_pass:
-                listing.malformed += page.malformed
             for t in page.tasks:
                 tasks.setdefault(t.id, t)
 
-        async def one_pass(start_count: int, first_pass: bool) -> None:
+        async def one_pass(start_count: int) -> None:
             """Fetch pages until every offset below the largest count seen has been fetched."""
             fetched: set[int] = set()
 
@@ -155,21 +161,21 @@ class Lister:
                 if not todo:
                     return
                 fetched.update(todo)
-                await _all(fetch(o, first_pass) for o in todo)
+                await _all(fetch(o) for o in todo)
                 if max(counts) > reach:
                     raise _Unreachable(max(counts))
                 todo = missing(max(counts))
             raise Incomplete(f"the task list kept growing while it was listed (count {max(counts)})")
 
         # Start the pages the previous listing had together with the first one.
-        await one_pass(self._last_count.get(query, 0), first_pass=True)
+        await one_pass(self._last_count.get(query, 0))
         if len(counts) > 1:
             # Tasks were created or deleted while the pages were fetched. Offset pages then
             # shift, and a live task can fall between two pages fetched at different moments.
             # A second pass catches it unless the list shifts at the same place again.
             log.debug("task list changed while listing, listing again",
                       extra={"target": self.target.name, "counts": sorted(counts)})
-            await one_pass(max(counts), first_pass=False)
+            await one_pass(max(counts))
         self._last_count[query] = max(counts)
 
 

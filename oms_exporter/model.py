@@ -193,10 +193,13 @@ class TaskParser:
     def __init__(self) -> None:
         self._last: dict[bytes, Task] = {}
         self._current: dict[bytes, Task] = {}
+        # Malformed records of this listing, each once however many pages repeat it.
+        self.malformed: set[bytes] = set()
 
     def begin(self) -> None:
         """Start a listing; records not seen again until end() are forgotten."""
         self._current = {}
+        self.malformed = set()
 
     def end(self) -> None:
         self._last, self._current = self._current, {}
@@ -205,6 +208,10 @@ class TaskParser:
         key = sha256(raw).digest()
         task = self._last.get(key)
         if task is None:
-            task = parse_task_json(raw)
+            try:
+                task = parse_task_json(raw)
+            except MalformedTask:
+                self.malformed.add(key)
+                raise
         self._current[key] = task
         return task

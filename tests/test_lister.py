@@ -190,3 +190,31 @@ async def test_shutdown_with_a_listing_in_flight_is_quiet(sim, oms, caplog):
         pending.cancel()
         await asyncio.sleep(0.3)  # let a listing that outlived its session fail, if it does
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_task_changing_status_during_a_per_status_listing_is_not_lost(sim, oms, exporter):
+    sim.max_offset = 100
+    for tid, t in sim.projects[PROJECT].items():
+        t["status"] = 2 if tid > 100 else 5  # 150 migrating, 100 succeeded
+    moved = []
+
+    def finish_one(request):
+        if request.query.get("status") == "2" and request.query.get("offset") == "100" and not moved:
+            sim.patch_task(PROJECT, 150, status=5)  # already past the succeeded list? then both miss it
+            moved.append(150)
+
+    client = await exporter(targets=[target_for(oms, max_offset=100)], max_concurrency=1, finished_task_max_age=0)
+    sim.on_list = finish_one
+    s = await scrape(client)
+    sim.on_list = None
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert values(s, "oms_task_info", task_id="150")
+    assert sum(values(s, "oms_tasks").values()) == 250
+
+
+async def test_a_malformed_record_is_counted_once(sim, oms, exporter):
+    sim.max_offset = 100  # per-status listing: the record is seen on two different pages
+    sim.patch_task(PROJECT, 7, progress="bad")
+    s = await scrape(await exporter(targets=[target_for(oms, max_offset=100)]))
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert value(s, "oms_malformed_tasks", project_id=PROJECT) == 1
