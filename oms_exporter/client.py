@@ -232,7 +232,9 @@ class OmsClient:
                 raise RequestRejected(f"OMS rejected the request ({_answer(status, raw)})")
             if wait is None or attempt >= self.RETRIES or loop.time() + wait >= deadline:
                 if isinstance(failure, Throttled) and retry_after:
-                    self._throttled_until = max(self._throttled_until, time.monotonic() + retry_after)
+                    # Capped like the auth pause: a bogus header must not silence a project for days.
+                    pause = min(retry_after, self.AUTH_BACKOFF_MAX)
+                    self._throttled_until = max(self._throttled_until, time.monotonic() + pause)
                 raise failure
             attempt += 1
             await asyncio.sleep(wait)

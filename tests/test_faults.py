@@ -560,3 +560,15 @@ async def test_secrets_never_reach_logs_metrics_or_errors(
             assert secret not in text, f"{secret!r} appears in the {where}"
     for tok in sim.tokens:  # IAM tokens obtained at run time are secrets too
         assert tok not in logged and tok not in "".join(texts)
+
+
+async def test_a_huge_retry_after_pauses_no_longer_than_the_cap(sim: Simulator, exporter: Exporter,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OmsClient, "AUTH_BACKOFF_MAX", 0.5)  # the cap, shortened for the test
+    sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": "315360000"})
+    client = await exporter()
+    s, _ = await timed_scrape(client)
+    assert_down(s, "throttled")
+    await asyncio.sleep(0.6)
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1
