@@ -285,13 +285,12 @@ class TaskLines:
             if hit is not None and hit[0] is t:
                 # The entry itself is kept: no new object per unchanged task, less for the GC to chase.
                 entry = hit
-            elif hit is not None and hit[0] == t:
-                # An equal record (a fresh parse of the same text): its lines, unless a value
-                # compares equal but is written otherwise (-0.0 and 0.0), which render_task sees.
-                entry = (t, render_task(t, pid_e, tp, hit))
             else:
+                # An equal record (a fresh parse of the same text) keeps its lines, unless a value
+                # compares equal but is written otherwise (-0.0 and 0.0): render_task sees to that.
                 entry = (t, render_task(t, pid_e, tp, hit))
-                rendered += 1
+                if hit is None or hit[0] != t:
+                    rendered += 1
             new[t.id] = entry
             out.append(entry[1])
         with self._lock:
