@@ -82,7 +82,7 @@ class Lister:
         self._parser.begin()
         try:
             async with asyncio.timeout_at(deadline):
-                await _all(self._list_query(q, tasks, listing, deadline, split=True) for q in self._queries())
+                await _all(self._list_query(q, tasks, deadline, split=True) for q in self._queries())
         except TimeoutError:
             listing.error = Timeout("listing did not finish before the scrape deadline")
         except OmsError as exc:
@@ -111,10 +111,9 @@ class Lister:
                 offset=offset, limit=self._limit, deadline=deadline, status=query[0], group_id=query[1],
                 parser=self._parser)
 
-    async def _list_query(self, query: Query, tasks: dict[int, Task], listing: Listing,
-                          deadline: float, split: bool) -> None:
+    async def _list_query(self, query: Query, tasks: dict[int, Task], deadline: float, split: bool) -> None:
         try:
-            await self._page_through(query, tasks, listing, deadline)
+            await self._page_through(query, tasks, deadline)
         except _Unreachable as exc:
             if not split or query[0] is not None:
                 raise Incomplete(
@@ -127,7 +126,7 @@ class Lister:
             # both status lists while their counts still add up. One more round catches it.
             found: dict[int, Task] = {}
             for _ in range(2):
-                await _all(self._list_query((s, query[1]), found, listing, deadline, split=False)
+                await _all(self._list_query((s, query[1]), found, deadline, split=False)
                            for s in STATUS_NAMES)
                 # Malformed records are in the count but not among the tasks.
                 if len(found) + len(self._parser.malformed) >= exc.count:
@@ -138,8 +137,7 @@ class Lister:
             for t in found.values():
                 tasks.setdefault(t.id, t)
 
-    async def _page_through(self, query: Query, tasks: dict[int, Task], listing: Listing,
-                            deadline: float) -> None:
+    async def _page_through(self, query: Query, tasks: dict[int, Task], deadline: float) -> None:
         limit, reach = self._limit, self._reach()
         counts: set[int] = set()
 

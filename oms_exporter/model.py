@@ -80,10 +80,6 @@ class Task:
             if len(kept) != len(self.bandwidth):
                 object.__setattr__(self, "bandwidth", tuple(kept.values()))
 
-    @property
-    def status_name(self) -> str | None:
-        return STATUS_NAMES.get(self.status) if self.status is not None else None
-
     def finished_at_ms(self) -> float | None:
         """When a succeeded/failed task ended (start + total time), else None."""
         # start_time 0 means "not started" (waiting tasks carry it), not 1970.
