@@ -103,7 +103,7 @@ def parse_page(raw: bytes, parser: TaskParser | None = None) -> Page:
     malformed = 0
     for item in doc.tasks:
         try:
-            parsed.append(parse(bytes(item)))
+            parsed.append(parse(item))
         except MalformedTask:
             malformed += 1
     return Page(parsed, doc.count, malformed)

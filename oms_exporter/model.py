@@ -9,11 +9,12 @@ fields are ignored), because newer API editions add fields and any field may be 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from hashlib import sha256
+import os
 from typing import Annotated, Any
 
 import msgspec
+from msgspec.structs import force_setattr
+from xxhash import xxh3_128_intdigest
 
 # Task status codes of TaskResp.status, in code order (1..7).
 STATUS_NAMES: dict[int, str] = {
@@ -32,15 +33,16 @@ class MalformedTask(ValueError):
     """A task record that cannot be read (wrong type for a known field, no usable id)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BandwidthWindow:
+# Records are frozen msgspec Structs: built ~9x faster than frozen dataclasses, and with
+# gc=False (they hold only strings, numbers and other such records) the cyclic garbage
+# collector never scans the ~10,000 of them a big project keeps.
+class BandwidthWindow(msgspec.Struct, frozen=True, gc=False):
     start: str
     end: str
     max_bandwidth: int | float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(msgspec.Struct, frozen=True, gc=False):
     id: int
     name: str
     group_id: str
@@ -78,7 +80,7 @@ class Task:
                 if w.max_bandwidth is not None:
                     kept.setdefault((w.start, w.end), w)
             if len(kept) != len(self.bandwidth):
-                object.__setattr__(self, "bandwidth", tuple(kept.values()))
+                force_setattr(self, "bandwidth", tuple(kept.values()))
 
     def finished_at_ms(self) -> float | None:
         """When a succeeded/failed task ended (start + total time), else None."""
@@ -154,7 +156,8 @@ def _task(w: _Wire) -> Task:
         src.cloud_type or "", src.region or "", src.bucket or "", dst.region or "", dst.bucket or "",
         w.status, w.progress, w.migrate_speed, w.total_num, w.successful_num, w.failed_num, w.skipped_num,
         w.total_size, w.complete_size, w.real_size, w.start_time, w.total_time, w.left_time,
-        tuple(BandwidthWindow(b.start or "", b.end or "", b.max_bandwidth) for b in w.bandwidth_policy or ()),
+        tuple([BandwidthWindow(b.start or "", b.end or "", b.max_bandwidth) for b in w.bandwidth_policy])
+        if w.bandwidth_policy else (),
         error_code, error_msg,
     )
 
@@ -167,7 +170,7 @@ def parse_task(d: Any) -> Task:
         raise MalformedTask(str(exc)) from None
 
 
-def parse_task_json(raw: bytes) -> Task:
+def parse_task_json(raw: bytes | msgspec.Raw) -> Task:
     """Parse one TaskResp object from its JSON text; raise MalformedTask when it cannot be read."""
     try:
         return _task(_decode(raw))
@@ -180,17 +183,21 @@ class TaskParser:
 
     Most tasks do not change between scrapes (finished ones stay listed for good), so this
     keeps parsing cost proportional to what changed. Reusing the same Task object also lets
-    the encoder reuse the text it rendered for it. Records are remembered by the SHA-256
-    digest of their text rather than the text itself: ~70 bytes per task instead of ~1.2 KB
-    (12 MB at 10,000 tasks, twice while a listing replaces the last), for ~2 µs per record
-    (SHA-256 has CPU instructions on current x86 and ARM; BLAKE2b was twice as slow here).
+    the encoder reuse the text it rendered for it.
+
+    Records are remembered by a 128-bit XXH3 digest of their text, not the text itself:
+    ~80 bytes per task instead of ~1.2 KB (12 MB at 10,000 tasks, twice while a listing
+    replaces the last), hashed straight from the page buffer at ~7 GB/s (SHA-256 took 7x
+    longer, a fifth of a scrape's parsing). XXH3 is not a cryptographic hash, so the seed is
+    a per-process secret: a task name cannot be chosen to collide with another record.
     """
 
     def __init__(self) -> None:
-        self._last: dict[bytes, Task] = {}
-        self._current: dict[bytes, Task] = {}
+        self._seed = int.from_bytes(os.urandom(8), "little")
+        self._last: dict[int, Task] = {}
+        self._current: dict[int, Task] = {}
         # Malformed records of this listing, each once however many pages repeat it.
-        self.malformed: set[bytes] = set()
+        self.malformed: set[int] = set()
 
     def begin(self) -> None:
         """Start a listing; records not seen again until end() are forgotten."""
@@ -200,8 +207,8 @@ class TaskParser:
     def end(self) -> None:
         self._last, self._current = self._current, {}
 
-    def parse(self, raw: bytes) -> Task:
-        key = sha256(raw).digest()
+    def parse(self, raw: bytes | msgspec.Raw) -> Task:
+        key = xxh3_128_intdigest(raw, self._seed)
         task = self._last.get(key)
         if task is None:
             try:

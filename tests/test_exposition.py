@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
-from dataclasses import replace
+from msgspec.structs import replace
 from types import SimpleNamespace
 
 import pytest
@@ -272,7 +272,7 @@ def test_go_float_matches_prometheus_client() -> None:
 @given(st.lists(tasks_strategy(), min_size=1, max_size=4, unique_by=lambda t: t.id), st.data())
 def test_any_change_between_encodes(first: list[Task], data: st.DataObject) -> None:
     """The same task ids with any new field values: the partly reused lines still match the reference."""
-    fields = [f for f in Task.__dataclass_fields__ if f != "id"]
+    fields = [f for f in Task.__struct_fields__ if f != "id"]
     second = []
     for t in first:
         other = data.draw(tasks_strategy())
