@@ -51,7 +51,7 @@ def role_standin(args: argparse.Namespace) -> None:
 
     from oms_exporter.simulator import Credential, Evolution, Simulator, make_tasks
 
-    sim = Simulator(credentials={AK: Credential(SK)}, latency=args.latency_ms / 1000)
+    sim = Simulator(credentials={AK: Credential(SK)}, latency=args.latency_ms / 1000, cache_json=True)
     sim.add_project(PROJECT, make_tasks(args.tasks[0], seed=11))
     evolution = Evolution(sim, PROJECT, seed=5)
     app = sim.app()

@@ -26,7 +26,7 @@ PROJECT_ID = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 
 class Demo:
     def __init__(self, n_tasks: int = 300, auth: str = "aksk") -> None:
-        self.sim = Simulator()
+        self.sim = Simulator(cache_json=True)
         self.sim.add_project(PROJECT_ID, make_tasks(n_tasks, seed=42))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))

@@ -27,7 +27,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from operator import attrgetter
+from itertools import compress
+from operator import attrgetter, is_not
+from typing import TypeVar
 
 from isal import isal_zlib
 from prometheus_client import CollectorRegistry
@@ -47,6 +49,7 @@ from oms_exporter.metrics import SelfMetrics
 from oms_exporter.model import STATUS_NAMES, BandwidthWindow, Task
 
 Encoder = Callable[[CollectorRegistry], bytes]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,46 +258,126 @@ def render_task(t: Task, pid: str, tp: _Templates,
     return tuple(out)
 
 
-class TaskLines:
-    """Rendered lines of the tasks of the last scrape, per (output style, project).
+class _Project:
+    """One project's rendered tasks in one style: family f's line of tasks[i] is cols[f][i] (b"" for none).
 
-    Each encode replaces a project's entries with the tasks it exported, so tasks that
-    vanished upstream (or aged out) are forgotten and the cache never outgrows one
-    listing per project and style. Safe to use from several encoder threads at once:
-    entries are immutable, and the last writer's map wins.
+    Immutable once published (an encode copies the columns it changes), so threads can read it freely.
+    """
+
+    __slots__ = ("_index", "cols", "ids", "pending", "tasks", "tp")
+
+    def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[bytes]]) -> None:
+        self.tp, self.tasks, self.ids, self.cols = tp, tasks, ids, cols
+        # Lines of records that a listing still running saw change: task id -> (record, lines).
+        self.pending: dict[int, tuple[Task, tuple[bytes, ...]]] = {}
+        self._index: dict[int, int] | None = None
+
+    def index(self) -> dict[int, int]:
+        """Task id -> position, built on first use (racing threads build equal maps)."""
+        if self._index is None:
+            self._index = {tid: i for i, tid in enumerate(self.ids)}
+        return self._index
+
+    def prev(self, i: int) -> tuple[Task, tuple[bytes, ...]]:
+        return self.tasks[i], tuple([c[i] for c in self.cols])
+
+
+def _runs(index: dict[int, int], ids: Sequence[int]) -> list[tuple[int, int]]:
+    """`ids` as runs (old position or -1 for new ids, length) of consecutive positions in the old list."""
+    runs: list[tuple[int, int]] = []
+    start, length, expect = -2, 0, -2
+    for tid in ids:
+        j = index.get(tid, -1)
+        if j == expect or (j < 0 and start < 0 and length):
+            length += 1
+        else:
+            if length:
+                runs.append((start, length))
+            start, length = j, 1
+        expect = j + 1 if j >= 0 else -2
+    if length:
+        runs.append((start, length))
+    return runs
+
+
+def _moved(old: Sequence[_T], runs: list[tuple[int, int]], fill: _T | bytes = b"") -> list[_T]:
+    """A list laid out as `runs` says, from `old`'s items (`fill` for new ones); slices, so a few runs cost little."""
+    out: list[_T] = []
+    for start, length in runs:
+        out += old[start:start + length] if start >= 0 else [fill] * length  # type: ignore[list-item]
+    return out
+
+
+class TaskLines:
+    """Rendered lines of the tasks of the last scrape, per (output style, project), family by family.
+
+    An encode keeps the lines of every task whose record is the very object it rendered last
+    time (the parser returns the same object for an unchanged record), and re-renders only
+    the changed families of the records that changed, so a scrape costs in proportion to what
+    moved, not to what is listed. Lines are kept in one list per family, in task order, ready
+    to be joined. Tasks that vanished upstream (or aged out) are forgotten, so the cache never
+    outgrows one listing per project and style. Safe to use from several threads at once:
+    published entries are never changed, and the last encode's entry wins.
     """
 
     MAX_STYLES = 4
+    PRERENDER_STYLES = 2
 
     def __init__(self) -> None:
-        self._maps: OrderedDict[tuple[object, str], dict[int, tuple[Task, tuple[bytes, ...]]]] = OrderedDict()
+        self._maps: OrderedDict[tuple[object, str], _Project] = OrderedDict()
         self._lock = threading.Lock()
-        self.rendered = 0  # tasks rendered (cache misses), for tests and the benchmark
+        self.rendered = 0  # tasks whose lines changed (cache misses), for tests and the benchmark
         self.reused = 0
 
-    def lines(self, tp: _Templates, pid: str, tasks: Sequence[Task]) -> list[tuple[bytes, ...]]:
+    def prerender(self, pid: str, tasks: Sequence[Task]) -> None:
+        """Render records that a running listing of `pid` saw change, in the styles `pid` was last encoded in.
+
+        Called from the listing's parse threads, so that the encode after the listing finds the
+        changed tasks' lines ready. A record rendered here and then not exported costs only time.
+        """
+        with self._lock:
+            # The two styles last used (an HA pair and a person with curl, say), not every one ever seen.
+            projects = [p for (_, key_pid), p in self._maps.items() if key_pid == pid][-self.PRERENDER_STYLES:]
+        pid_e = escape_value(pid)
+        for project in projects:
+            index, tp, pending = project.index(), project.tp, project.pending
+            for t in tasks:
+                i = index.get(t.id)
+                pending[t.id] = (t, render_task(t, pid_e, tp, None if i is None else project.prev(i)))
+
+    def columns(self, tp: _Templates, pid: str, tasks: Sequence[Task]) -> list[list[bytes]]:
+        """The lines of `tasks` in the style of `tp`: one list per per-task family, in task order."""
         key = (tp.key, pid)
         with self._lock:
-            old = self._maps.get(key, {})
-        new: dict[int, tuple[Task, tuple[bytes, ...]]] = {}
-        out = []
+            last = self._maps.get(key)
+        ids = [t.id for t in tasks]
+        base: Sequence[Task | None]
+        if last is None:
+            cols: list[list[bytes]] = [[b""] * len(tasks) for _ in tp.task_headers]
+            base, pending = [None] * len(tasks), {}
+        else:
+            pending = last.pending
+            if ids == last.ids:  # the same tasks in the same order: the common case
+                cols, base = [c.copy() for c in last.cols], last.tasks
+            else:  # tasks came or went: move the known ones' lines to their new places
+                runs = _runs(last.index(), ids)
+                cols = [_moved(c, runs) for c in last.cols]
+                base = _moved(last.tasks, runs, None)
         pid_e = escape_value(pid)
         rendered = 0
-        for t in tasks:
-            hit = old.get(t.id)
-            if hit is not None and hit[0] is t:
-                # The entry itself is kept: no new object per unchanged task, less for the GC to chase.
-                entry = hit
+        for i in compress(range(len(tasks)), map(is_not, tasks, base)):
+            t, p = tasks[i], base[i]
+            if p is None or p != t:
+                rendered += 1
+            ready = pending.get(t.id)
+            if ready is not None and ready[0] is t:
+                lines = ready[1]
             else:
-                # An equal record (a fresh parse of the same text) keeps its lines, unless a value
-                # compares equal but is written otherwise (-0.0 and 0.0): render_task sees to that.
-                entry = (t, render_task(t, pid_e, tp, hit))
-                if hit is None or hit[0] != t:
-                    rendered += 1
-            new[t.id] = entry
-            out.append(entry[1])
+                lines = render_task(t, pid_e, tp, None if p is None else (p, tuple([c[i] for c in cols])))
+            for c, line in zip(cols, lines):
+                c[i] = line
         with self._lock:
-            self._maps[key] = new
+            self._maps[key] = _Project(tp, tasks, ids, cols)
             self._maps.move_to_end(key)
             styles = list(dict.fromkeys(k[0] for k in self._maps))
             for gone in styles[:-self.MAX_STYLES]:
@@ -302,7 +385,7 @@ class TaskLines:
                     del self._maps[k]
             self.rendered += rendered
             self.reused += len(tasks) - rendered
-        return out
+        return cols
 
 
 def encode(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: TaskLines | None = None,
@@ -315,7 +398,7 @@ def encode(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cach
     return b"".join(encode_chunks(listings, policy, style, cache, tail))
 
 
-CHUNK_TASKS = 500
+CHUNK_TASKS = 2000
 
 
 def encode_chunks(listings: Sequence[Listing], policy: SeriesPolicy, style: Style,
@@ -338,18 +421,14 @@ def encode_chunks(listings: Sequence[Listing], policy: SeriesPolicy, style: Styl
                    for header, lines in zip(tp.agg_headers, (up, duration, counts, malformed, taken)))
 
     # A failed listing exports nothing and leaves the project's cached lines for its next success.
-    rows = [r for lst in listings if lst.up
-            for r in cache.lines(tp, lst.target.project_id, policy.exported(lst))]
-    # Each family's lines, across projects, in pieces of CHUNK_TASKS tasks: no chunk is more
-    # than ~0.5 MB (a whole family can be 7 MB), which keeps the peak memory of a gzipped
-    # scrape low. Transposing a piece at a time also keeps the zip's per-row iterators few
-    # enough that they never trigger (and survive) a garbage collection.
+    columns = [cache.columns(tp, lst.target.project_id, policy.exported(lst)) for lst in listings if lst.up]
     step = CHUNK_TASKS
-    pieces = [tuple(zip(*rows[i:i + step])) for i in range(0, len(rows), step)]
     for f, header in enumerate(tp.task_headers):
         yield header
-        for piece in pieces:
-            yield b"".join(piece[f])
+        for cols in columns:
+            col = cols[f]
+            for i in range(0, len(col), step):
+                yield b"".join(col[i:i + step])
     yield tail
 
 
@@ -363,6 +442,7 @@ class Renderer:
 
     # ISA-L level 1: ~14x smaller, and 4x less CPU than zlib level 1 (which it also out-compresses here).
     GZIP_LEVEL = 1
+    GZIP_BATCH = 1 << 18
 
     def __init__(self) -> None:
         self.lines = TaskLines()
@@ -409,8 +489,15 @@ class Renderer:
             chunks = encode_chunks(listings, policy, style, self.lines, tail)
         if not gzip_ok:
             return b"".join(chunks)
-        # Chunk by chunk: the uncompressed text never exists as a whole.
+        # ~256 KB at a time: the uncompressed text never exists as a whole.
         z = isal_zlib.compressobj(self.GZIP_LEVEL, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
-        out = [z.compress(c) for c in chunks]
+        out, batch, size = [], [], 0
+        for c in chunks:
+            batch.append(c)
+            size += len(c)
+            if size >= self.GZIP_BATCH:
+                out.append(z.compress(b"".join(batch)))
+                batch, size = [], 0
+        out.append(z.compress(b"".join(batch)))
         out.append(z.flush())
         return b"".join(out)

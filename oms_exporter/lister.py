@@ -17,8 +17,9 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from oms_exporter.client import Incomplete, OmsClient, OmsError, Page, Timeout
@@ -26,6 +27,8 @@ from oms_exporter.model import STATUS_NAMES, Task, TaskParser
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
+
+_task_id = attrgetter("id")
 
 Query = tuple[int | None, str | None]  # (status filter, group_id filter)
 
@@ -64,13 +67,15 @@ class Lister:
 
     MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that tasks created mid-listing push out
 
-    def __init__(self, client: OmsClient, target: Target, *, page_limit: int, max_concurrency: int) -> None:
+    def __init__(self, client: OmsClient, target: Target, *, page_limit: int, max_concurrency: int,
+                 on_fresh: Callable[[list[Task]], None] | None = None) -> None:
+        """`on_fresh` is called from parsing threads with records that changed since the last listing."""
         self._client = client
         self.target = target
         self._limit = page_limit
         self._max_concurrency = max_concurrency
         self._last_count: dict[Query, int] = {}
-        self._parser = TaskParser()
+        self._parser = TaskParser(on_fresh)
 
     async def run(self, deadline: float) -> Listing:
         """List every task before `deadline` (event-loop time); never raises an OmsError."""
@@ -92,7 +97,9 @@ class Lister:
         listing.duration = time.perf_counter() - started
         listing.requests = self._requests
         listing.malformed = len(self._parser.malformed)
-        listing.tasks = list(tasks.values()) if listing.error is None else []
+        # In id order, whatever order the pages came back in: a stable order lets the encoder
+        # reuse the text of runs of unchanged tasks (and makes the output reproducible).
+        listing.tasks = sorted(tasks.values(), key=_task_id) if listing.error is None else []
         return listing
 
     def _queries(self) -> list[Query]:

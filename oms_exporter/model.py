@@ -10,6 +10,7 @@ fields are ignored), because newer API editions add fields and any field may be 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 import msgspec
@@ -192,7 +193,9 @@ class TaskParser:
     a per-process secret: a task name cannot be chosen to collide with another record.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_fresh: Callable[[list[Task]], None] | None = None) -> None:
+        # Called (in the parsing thread) with each page's records that were parsed anew.
+        self._on_fresh = on_fresh
         self._seed = int.from_bytes(os.urandom(8), "little")
         self._last: dict[int, Task] = {}
         self._current: dict[int, Task] = {}
@@ -207,14 +210,26 @@ class TaskParser:
     def end(self) -> None:
         self._last, self._current = self._current, {}
 
-    def parse(self, raw: bytes | msgspec.Raw) -> Task:
-        key = xxh3_128_intdigest(raw, self._seed)
-        task = self._last.get(key)
-        if task is None:
-            try:
-                task = parse_task_json(raw)
-            except MalformedTask:
-                self.malformed.add(key)
-                raise
-        self._current[key] = task
-        return task
+    def parse_all(self, raws: Iterable[bytes | msgspec.Raw]) -> tuple[list[Task], int]:
+        """The readable records of one page, and how many were malformed."""
+        seed, last, current = self._seed, self._last, self._current
+        tasks: list[Task] = []
+        fresh: list[Task] = []
+        malformed = 0
+        for raw in raws:
+            key = xxh3_128_intdigest(raw, seed)
+            # Seen in the last listing, or earlier in this one (a second pass, a page repeated).
+            task = last.get(key) or current.get(key)
+            if task is None:
+                try:
+                    task = parse_task_json(raw)
+                except MalformedTask:
+                    self.malformed.add(key)
+                    malformed += 1
+                    continue
+                fresh.append(task)
+            current[key] = task
+            tasks.append(task)
+        if fresh and self._on_fresh is not None:
+            self._on_fresh(fresh)
+        return tasks, malformed

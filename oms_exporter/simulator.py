@@ -72,7 +72,10 @@ class Simulator:
     def __init__(self, *, tokens: set[str] | None = None, credentials: dict[str, Credential] | None = None,
                  iam_users: dict[tuple[str, str], str] | None = None, token_lifetime: float = 86400.0,
                  latency: float = 0.0, max_offset: int = 2147483647,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cache_json: bool = False) -> None:
+        """`cache_json` keeps each task's JSON text until put_task/patch_task/remove_task changes it
+        (the demo and the benchmark change tasks only so): a real OMS does not spend the CPU of
+        the machine under test, and the benchmark's stand-in should not either."""
         self.projects: dict[str, dict[int, dict[str, Any]]] = {}
         self._order: dict[str, list[int]] = {}  # task ids ascending (the newest is last)
         self.tokens: dict[str, float] = {t: float("inf") for t in (tokens or ())}  # token -> expiry
@@ -91,6 +94,7 @@ class Simulator:
         self.on_list: Callable[[web.Request], None] | None = None
         self.in_flight = 0  # ListTasks requests being answered now, and the most at once
         self.peak_in_flight = 0
+        self._json: dict[tuple[str, int], msgspec.Raw] | None = {} if cache_json else None
 
     # --- state ---------------------------------------------------------------------------
     def add_project(self, project_id: str, tasks: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
@@ -105,15 +109,31 @@ class Simulator:
         if tid not in tasks:
             bisect.insort(self._order[project_id], tid)
         tasks[tid] = task
+        self._changed(project_id, tid)
 
     def patch_task(self, project_id: str, task_id: int, **fields: Any) -> dict[str, Any]:
         task = self.projects[project_id][task_id]
         task.update(fields)
+        self._changed(project_id, task_id)
         return task
 
     def remove_task(self, project_id: str, task_id: int) -> None:
         del self.projects[project_id][task_id]
         self._order[project_id].remove(task_id)
+        self._changed(project_id, task_id)
+
+    def _changed(self, project_id: str, task_id: int) -> None:
+        if self._json is not None:
+            self._json.pop((project_id, task_id), None)
+
+    def _task_json(self, project_id: str, task_id: int) -> dict[str, Any] | msgspec.Raw:
+        task = self.projects[project_id][task_id]
+        if self._json is None:
+            return task
+        raw = self._json.get((project_id, task_id))
+        if raw is None:
+            raw = self._json[(project_id, task_id)] = msgspec.Raw(msgspec.json.encode(task))
+        return raw
 
     def inject(self, fault: Fault | None = None, **kwargs: Any) -> Fault:
         fault = fault or Fault(**kwargs)
@@ -171,14 +191,14 @@ class Simulator:
         ids = self._order[pid]
         if status is None and group_id is None:
             count = len(ids)
-            page_ids = ids[::-1][offset:offset + limit] if offset < count else []
+            page_ids = ids[max(count - offset - limit, 0):max(count - offset, 0)][::-1]  # newest first
         else:
             matching = [i for i in reversed(ids)
                         if (status is None or tasks[i].get("status") == status)
                         and (group_id is None or tasks[i].get("group_id") == group_id)]
             count = len(matching)
             page_ids = matching[offset:offset + limit]
-        body = msgspec.json.encode({"tasks": [tasks[i] for i in page_ids], "count": count})
+        body = msgspec.json.encode({"tasks": [self._task_json(pid, i) for i in page_ids], "count": count})
         return web.Response(body=body, content_type="application/json")
 
     async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
@@ -390,35 +410,39 @@ class Evolution:
         for task in list(tasks.values()):
             status = task["status"]
             if status == 1 and rng.random() < 0.02 * seconds:
-                task.update(status=2, start_time=now_ms, migrate_speed=rng.randint(5, 200) * 1024 * 1024)
+                self._patch(task, status=2, start_time=now_ms, migrate_speed=rng.randint(5, 200) * 1024 * 1024)
             elif status in (2, 6):
                 self._migrate(task, seconds, now_ms)
             elif status == 7:
-                task.update(status=3, migrate_speed=0)
+                self._patch(task, status=3, migrate_speed=0)
         if rng.random() < 0.05 * seconds:
             new_id = max(tasks, default=0) + 1
             self._sim.put_task(self._pid, make_task(rng, new_id, now_ms, status=1))
+
+    def _patch(self, task: dict[str, Any], **fields: Any) -> None:
+        self._sim.patch_task(self._pid, task["id"], **fields)
 
     def _migrate(self, task: dict[str, Any], seconds: float, now_ms: int) -> None:
         rng = self._rng
         if rng.random() < 0.002 * seconds:
             code, msg = rng.choice(_ERRORS)
-            task.update(status=4, migrate_speed=0, left_time=0, error_reason={"error_code": code, "error_msg": msg})
+            self._patch(task, status=4, migrate_speed=0, left_time=0,
+                        error_reason={"error_code": code, "error_msg": msg})
             return
         speed = max(int(task["migrate_speed"] * rng.uniform(0.8, 1.2)), 1024 * 1024)
         total, done = task["total_size"], task["complete_size"]
         done = min(total, done + int(speed * seconds))
         progress = done / total if total else 1.0
         objects = int(task["total_num"] * progress)
-        if rng.random() < 0.05 * seconds:
-            task["failed_num"] += rng.randint(1, 5)
-        task.update(
+        failed = task["failed_num"] + (rng.randint(1, 5) if rng.random() < 0.05 * seconds else 0)
+        self._patch(
+            task, failed_num=failed,
             complete_size=done, real_size=int(done * 0.95), progress=round(progress, 4),
-            successful_num=max(objects - task["failed_num"] - task["skipped_num"], 0),
+            successful_num=max(objects - failed - task["skipped_num"], 0),
             migrate_speed=speed, total_time=task["total_time"] + int(seconds * 1000),
             left_time=int((total - done) / speed * 1000))
         if done >= total:
-            task.update(status=5, progress=1, migrate_speed=0, left_time=0)
+            self._patch(task, status=5, progress=1, migrate_speed=0, left_time=0)
 
 
 def clone(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -82,7 +83,9 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
         listers = {}
         for t in settings.targets:
             client = OmsClient(session, t, make_auth(t, session, ssl=tls), stats, ssl=tls)
-            listers[t.name] = Lister(client, t, page_limit=opts.page_limit, max_concurrency=opts.max_concurrency)
+            # Records that changed are rendered while the rest of the listing is still coming in.
+            listers[t.name] = Lister(client, t, page_limit=opts.page_limit, max_concurrency=opts.max_concurrency,
+                                     on_fresh=partial(app[RENDERER].lines.prerender, t.project_id))
         app[SNAPSHOTS] = Snapshots(listers, stats, min_interval=opts.min_interval)
         yield
         await app[SNAPSHOTS].aclose()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gzip
 import math
-from msgspec.structs import replace
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -282,3 +282,49 @@ def test_any_change_between_encodes(first: list[Task], data: st.DataObject) -> N
     for tasks in (first, second, first):
         lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
         assert fast(lsts, policy, ACCEPTS[6], cache) == reference(lsts, policy, ACCEPTS[6])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(tasks_strategy(), min_size=1, max_size=8, unique_by=lambda t: t.id), st.data())
+def test_tasks_come_go_reorder_and_change_between_encodes(pool: list[Task], data: st.DataObject) -> None:
+    """Any sequence of listings drawn from a pool of tasks (some gone, some new, reordered, some
+    records changed, some rendered ahead by prerender): each encode equals the reference."""
+    cache, policy = x.TaskLines(), SeriesPolicy(finished_task_max_age=0)
+    accept = data.draw(st.sampled_from([ACCEPTS[0], ACCEPTS[6]]))
+    style, _, _ = x.negotiate(accept)
+    assert style is not None
+    for _ in range(4):
+        tasks = data.draw(st.permutations(data.draw(st.lists(st.sampled_from(pool), unique_by=lambda t: t.id))))
+        tasks = [replace(t, progress=data.draw(numbers)) if data.draw(st.booleans()) else t for t in tasks]
+        ahead = data.draw(st.lists(st.sampled_from(tasks))) if tasks else []
+        cache.prerender(target().project_id, ahead)
+        lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
+        assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+
+
+def test_prerendered_lines_are_used_and_stale_ones_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records rendered ahead (while the listing ran) are not rendered again at encode time; lines
+    rendered for another record of the same task id are not taken."""
+    cache, policy, accept = x.TaskLines(), SeriesPolicy(finished_task_max_age=0), ACCEPTS[6]
+    first = [task(i, progress=i / 100) for i in range(1, 201)]
+    lsts = [Listing(target(), tasks=first, taken_at=NOW)]
+    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+    second = [replace(t, progress=0.99) if t.id % 10 == 0 else t for t in first] + [task(501)]
+    cache.prerender(target().project_id, [t for t in second if t.id % 10 == 0])
+    cache.prerender(target().project_id, [replace(second[0], name="a record never listed")])
+    calls: list[int] = []
+    real = x.render_task
+    monkeypatch.setattr(x, "render_task", lambda t, *a: calls.append(t.id) or real(t, *a))
+    lsts = [Listing(target(), tasks=second, taken_at=NOW)]
+    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+    assert calls == [501]  # only the task nobody rendered ahead
+
+
+def test_lines_move_with_their_tasks() -> None:
+    """_runs/_moved: the old position of every id, in runs, and a list laid out by them."""
+    index = {10: 0, 11: 1, 12: 2, 13: 3, 14: 4}
+    ids = [10, 11, 99, 98, 13, 14, 12]
+    runs = x._runs(index, ids)
+    assert runs == [(0, 2), (-1, 2), (3, 2), (2, 1)]
+    assert x._moved(["a", "b", "c", "d", "e"], runs, "-") == ["a", "b", "-", "-", "d", "e", "c"]
+    assert x._runs({}, []) == [] and x._runs({}, [5]) == [(-1, 1)]

@@ -57,3 +57,23 @@ def test_bandwidth_windows_without_limit_or_repeated_are_dropped():
         {"start": "00:00", "end": "08:00", "max_bandwidth": 5}, {"start": "00:00", "end": "08:00", "max_bandwidth": 7},
         {"start": "08:00", "end": "09:00"}, {"start": "09:00", "end": "10:00", "max_bandwidth": 9}]})
     assert [(w.start, w.end, w.max_bandwidth) for w in t.bandwidth] == [("00:00", "08:00", 5), ("09:00", "10:00", 9)]
+
+
+def test_parser_reuses_records_and_reports_the_fresh_ones():
+    import msgspec
+
+    from oms_exporter.model import TaskParser
+
+    fresh: list[list[int]] = []
+    parser = TaskParser(on_fresh=lambda tasks: fresh.append([t.id for t in tasks]))
+    one, two = b'{"id": 1, "status": 2, "progress": 0.5}', b'{"id": 2, "status": 5}'
+    parser.begin()
+    tasks, bad = parser.parse_all([one, two, b'{"id": "x"}'])
+    again, _ = parser.parse_all([msgspec.Raw(one)])  # a second pass of the same listing
+    parser.end()
+    assert [t.id for t in tasks] == [1, 2] and bad == 1 and len(parser.malformed) == 1
+    assert again[0] is tasks[0] and fresh == [[1, 2]]
+    parser.begin()
+    moved, _ = parser.parse_all([one, b'{"id": 2, "status": 4}'])
+    parser.end()
+    assert moved[0] is tasks[0] and moved[1].status == 4 and fresh[-1] == [2]

@@ -114,3 +114,24 @@ async def test_official_sdk_sees_oms_errors(oms, sim):
     with pytest.raises(ClientRequestException) as exc:
         await asyncio.to_thread(_sdk_client(oms).list_tasks, ListTasksRequest(limit=10))
     assert exc.value.status_code == 401 and exc.value.error_code == "APIGW.0301"
+
+
+async def test_cached_json_follows_every_change():
+    """cache_json (demo, benchmark): pages reflect put_task, patch_task and remove_task at once."""
+    import msgspec
+
+    from oms_exporter.simulator import Simulator, make_tasks
+
+    cached, plain = Simulator(cache_json=True), Simulator()
+    for sim in (cached, plain):
+        sim.add_project(PROJECT, make_tasks(30, seed=3, now_ms=1_700_000_000_000))
+        sim.patch_task(PROJECT, 5, status=4, progress=0.25)
+        sim.remove_task(PROJECT, 7)
+        sim.put_task(PROJECT, {**sim.projects[PROJECT][9], "id": 99})
+    pages = []
+    for sim in (cached, plain):
+        ids = sim._order[PROJECT]
+        pages.append(msgspec.json.encode({"tasks": [sim._task_json(PROJECT, i) for i in ids[::-1]]}))
+    cached.patch_task(PROJECT, 5, progress=0.5)
+    assert pages[0] == pages[1]
+    assert msgspec.json.decode(msgspec.json.encode(cached._task_json(PROJECT, 5)))["progress"] == 0.5
