@@ -15,9 +15,10 @@ import hmac
 import logging
 import time
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
-from ssl import SSLContext
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from functools import lru_cache
+from ssl import SSLContext
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -76,6 +77,7 @@ def _enc(s: str) -> str:
     return quote(s, safe="~")
 
 
+@lru_cache(maxsize=64)  # a client signs the same path on every page
 def canonical_uri(path: str) -> str:
     uri = "/".join(_enc(seg) for seg in unquote(path).split("/"))
     return uri if uri.endswith("/") else uri + "/"
@@ -105,7 +107,7 @@ def string_to_sign(
 
 
 def signature(sk: str, to_sign: str) -> str:
-    return hmac.new(sk.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(sk.encode(), to_sign.encode(), "sha256").hex()
 
 
 def host_header(url: URL) -> str:
@@ -125,7 +127,7 @@ class AkSkAuth(Auth):
         return self.sign(method, url, body)
 
     def sign(self, method: str, url: URL, body: bytes = b"", extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        sdk_date = datetime.fromtimestamp(self._clock(), timezone.utc).strftime(DATE_FORMAT)
+        sdk_date = time.strftime(DATE_FORMAT, time.gmtime(self._clock()))
         headers = {
             "Content-Type": "application/json",
             "Host": host_header(url),

@@ -266,11 +266,12 @@ class _Project:
 
     __slots__ = ("_index", "cols", "ids", "pending", "tasks", "tp")
 
-    def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[bytes]]) -> None:
+    def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[bytes]],
+                 index: dict[int, int] | None = None) -> None:
         self.tp, self.tasks, self.ids, self.cols = tp, tasks, ids, cols
         # Lines of records that a listing still running saw change: task id -> (record, lines).
         self.pending: dict[int, tuple[Task, tuple[bytes, ...]]] = {}
-        self._index: dict[int, int] | None = None
+        self._index = index  # never changed once built: the next entry may share it
 
     def index(self) -> dict[int, int]:
         """Task id -> position, built on first use (racing threads build equal maps)."""
@@ -352,13 +353,21 @@ class TaskLines:
             last = self._maps.get(key)
         ids = [t.id for t in tasks]
         base: Sequence[Task | None]
+        index: dict[int, int] | None = None
         if last is None:
             cols: list[list[bytes]] = [[b""] * len(tasks) for _ in tp.task_headers]
             base, pending = [None] * len(tasks), {}
         else:
             pending = last.pending
+            n = len(last.ids)
             if ids == last.ids:  # the same tasks in the same order: the common case
-                cols, base = [c.copy() for c in last.cols], last.tasks
+                cols, base, index = [c.copy() for c in last.cols], last.tasks, last._index
+            elif len(ids) > n and ids[:n] == last.ids:  # new tasks after the known ones (ids grow)
+                more = len(ids) - n
+                cols, base = [c + [b""] * more for c in last.cols], [*last.tasks, *[None] * more]
+                if last._index is not None:
+                    index = last._index.copy()
+                    index.update(zip(ids[n:], range(n, len(ids))))
             else:  # tasks came or went: move the known ones' lines to their new places
                 runs = _runs(last.index(), ids)
                 cols = [_moved(c, runs) for c in last.cols]
@@ -377,7 +386,7 @@ class TaskLines:
             for c, line in zip(cols, lines):
                 c[i] = line
         with self._lock:
-            self._maps[key] = _Project(tp, tasks, ids, cols)
+            self._maps[key] = _Project(tp, tasks, ids, cols, index)
             self._maps.move_to_end(key)
             styles = list(dict.fromkeys(k[0] for k in self._maps))
             for gone in styles[:-self.MAX_STYLES]:

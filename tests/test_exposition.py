@@ -318,6 +318,13 @@ def test_prerendered_lines_are_used_and_stale_ones_ignored(monkeypatch: pytest.M
     lsts = [Listing(target(), tasks=second, taken_at=NOW)]
     assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
     assert calls == [501]  # only the task nobody rendered ahead
+    # Tasks appended after known ones (ids grow): positions of the old ones, and of 501, still known.
+    third = [*second[:-1], replace(second[-1], progress=0.5), task(502), task(503)]
+    cache.prerender(target().project_id, [third[-3], third[-1]])
+    calls.clear()
+    lsts = [Listing(target(), tasks=third, taken_at=NOW)]
+    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+    assert calls == [502]
 
 
 def test_lines_move_with_their_tasks() -> None:
