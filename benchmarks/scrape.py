@@ -4,8 +4,9 @@
     python benchmarks/scrape.py --tasks 100 1000 10000 50000 --latency-ms 50   # scaling table
 
 Three processes, so that each one's CPU and memory are its own: the stand-in (with the
-added latency per ListTasks call, and tasks that move on by one scrape interval before
-every scrape), the exporter (the real app from `oms_exporter.web.make_app`, plus a
+added latency per ListTasks call, tasks that move on by one scrape interval before every
+scrape, and each task's JSON text kept until it changes, so that the stand-in's own CPU
+on this shared machine stays small next to a real OMS's, which costs the exporter none), the exporter (the real app from `oms_exporter.web.make_app`, plus a
 loop-lag probe), and this driver, which scrapes like Prometheus does (its Accept and
 Accept-Encoding headers and the timeout header) and reads the exporter's CPU and peak RSS
 from /proc. The baseline runs in a fourth process: `huaweicloudsdkoms` OmsClient +
