@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -264,7 +265,7 @@ class _Project:
     Immutable once published (an encode copies the columns it changes), so threads can read it freely.
     """
 
-    __slots__ = ("_index", "cols", "ids", "pending", "tasks", "tp")
+    __slots__ = ("_index", "cols", "encoded_at", "ids", "pending", "tasks", "tp")
 
     def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[bytes]],
                  index: dict[int, int] | None = None) -> None:
@@ -272,6 +273,7 @@ class _Project:
         # Lines of records that a listing still running saw change: task id -> (record, lines).
         self.pending: dict[int, tuple[Task, tuple[bytes, ...]]] = {}
         self._index = index  # never changed once built: the next entry may share it
+        self.encoded_at = time.monotonic()
 
     def index(self) -> dict[int, int]:
         """Task id -> position, built on first use (racing threads build equal maps)."""
@@ -323,6 +325,7 @@ class TaskLines:
 
     MAX_STYLES = 4
     PRERENDER_STYLES = 2
+    PRERENDER_WINDOW = 120.0  # seconds before the last encode of a project: styles encoded since then
 
     def __init__(self) -> None:
         self._maps: OrderedDict[tuple[object, str], _Project] = OrderedDict()
@@ -333,12 +336,16 @@ class TaskLines:
     def prerender(self, pid: str, tasks: Sequence[Task]) -> None:
         """Render records that a running listing of `pid` saw change, in the styles `pid` was last encoded in.
 
-        Called from the listing's parse threads, so that the encode after the listing finds the
-        changed tasks' lines ready. A record rendered here and then not exported costs only time.
+        Called by the page parser while the listing runs, so that the encode after the listing
+        finds the changed tasks' lines ready. A record rendered here and then not exported costs
+        only time.
         """
         with self._lock:
-            # The two styles last used (an HA pair and a person with curl, say), not every one ever seen.
-            projects = [p for (_, key_pid), p in self._maps.items() if key_pid == pid][-self.PRERENDER_STYLES:]
+            mine = [p for (_, key_pid), p in self._maps.items() if key_pid == pid]
+        # Only styles scraped lately (two Prometheus versions, say): a format someone fetched
+        # once with curl must not double the work of every listing after it.
+        recent = max((p.encoded_at for p in mine), default=0.0) - self.PRERENDER_WINDOW
+        projects = [p for p in mine if p.encoded_at >= recent][-self.PRERENDER_STYLES:]
         pid_e = escape_value(pid)
         for project in projects:
             index, tp, pending = project.index(), project.tp, project.pending

@@ -69,7 +69,7 @@ class Lister:
 
     def __init__(self, client: OmsClient, target: Target, *, page_limit: int, max_concurrency: int,
                  on_fresh: Callable[[list[Task]], None] | None = None) -> None:
-        """`on_fresh` is called from parsing threads with records that changed since the last listing."""
+        """`on_fresh` is called, as pages are parsed, with records that changed since the last listing."""
         self._client = client
         self.target = target
         self._limit = page_limit

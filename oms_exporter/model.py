@@ -194,7 +194,7 @@ class TaskParser:
     """
 
     def __init__(self, on_fresh: Callable[[list[Task]], None] | None = None) -> None:
-        # Called (in the parsing thread) with each page's records that were parsed anew.
+        # Called with each page's records that were parsed anew (changed since the last listing).
         self._on_fresh = on_fresh
         self._seed = int.from_bytes(os.urandom(8), "little")
         self._last: dict[int, Task] = {}

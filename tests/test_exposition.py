@@ -335,3 +335,19 @@ def test_lines_move_with_their_tasks() -> None:
     assert runs == [(0, 2), (-1, 2), (3, 2), (2, 1)]
     assert x._moved(["a", "b", "c", "d", "e"], runs, "-") == ["a", "b", "-", "-", "d", "e", "c"]
     assert x._runs({}, []) == [] and x._runs({}, [5]) == [(-1, 1)]
+
+
+def test_prerender_skips_styles_not_scraped_lately(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A format fetched once (curl) is not rendered ahead on every later listing."""
+    cache, policy = x.TaskLines(), SeriesPolicy(finished_task_max_age=0)
+    tasks = [task(i) for i in range(1, 4)]
+    lsts = [Listing(target(), tasks=tasks, taken_at=NOW)]
+    fast(lsts, policy, ACCEPTS[0], cache)  # once, long ago
+    for p in cache._maps.values():
+        p.encoded_at -= 3600
+    fast(lsts, policy, ACCEPTS[6], cache)  # the scraper's format, now
+    calls: list[object] = []
+    real = x.render_task
+    monkeypatch.setattr(x, "render_task", lambda t, pid, tp, *a: calls.append(tp) or real(t, pid, tp, *a))
+    cache.prerender(target().project_id, [replace(tasks[0], progress=0.9)])
+    assert calls == [x.templates(x.negotiate(ACCEPTS[6])[0])]  # type: ignore[arg-type]
