@@ -9,6 +9,7 @@ fields are ignored), because newer API editions add fields and any field may be 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
@@ -28,6 +29,9 @@ STATUS_NAMES: dict[int, str] = {
     7: "pausing",
 }
 FINISHED_STATUSES = frozenset({4, 5})
+
+
+log = logging.getLogger(__name__)
 
 
 class MalformedTask(ValueError):
@@ -231,5 +235,8 @@ class TaskParser:
             current[key] = task
             tasks.append(task)
         if fresh and self._on_fresh is not None:
-            self._on_fresh(fresh)
+            try:
+                self._on_fresh(fresh)
+            except Exception:  # an optimisation must not cost the listing
+                log.exception("rendering changed tasks ahead failed")
         return tasks, malformed

@@ -77,3 +77,16 @@ def test_parser_reuses_records_and_reports_the_fresh_ones():
     moved, _ = parser.parse_all([one, b'{"id": 2, "status": 4}'])
     parser.end()
     assert moved[0] is tasks[0] and moved[1].status == 4 and fresh[-1] == [2]
+
+
+def test_a_failing_fresh_hook_does_not_cost_the_records(caplog):
+    from oms_exporter.model import TaskParser
+
+    def broken(tasks):
+        raise RuntimeError("bug")
+
+    parser = TaskParser(on_fresh=broken)
+    parser.begin()
+    tasks, bad = parser.parse_all([b'{"id": 1}', b'{"id": 2}'])
+    assert [t.id for t in tasks] == [1, 2] and bad == 0
+    assert "rendering changed tasks ahead failed" in caplog.text
