@@ -22,7 +22,7 @@ from yarl import URL
 
 from oms_exporter.auth import Auth, AuthError, IamUnavailable
 from oms_exporter.metrics import SelfMetrics
-from oms_exporter.model import MalformedTask, Task, TaskParser, parse_task_json
+from oms_exporter.model import Task, TaskParser
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
@@ -98,15 +98,7 @@ def parse_page(raw: bytes, parser: TaskParser | None = None) -> Page:
         raise BadPayload(f"answer does not have the ListTasks shape: {exc}") from None
     except msgspec.DecodeError:
         raise BadPayload("answer is not valid JSON") from None
-    if parser is not None:
-        parsed, malformed = parser.parse_all(doc.tasks)
-    else:
-        parsed, malformed = [], 0
-        for item in doc.tasks:
-            try:
-                parsed.append(parse_task_json(item))
-            except MalformedTask:
-                malformed += 1
+    parsed, malformed = (parser or TaskParser()).parse_all(doc.tasks)
     return Page(parsed, doc.count, malformed)
 
 
