@@ -195,8 +195,13 @@ def go_float(v: float) -> str:
 
 
 def _same(a: object, b: object) -> bool:
-    """Whether two field values are written alike: equal, of one type, and not a float zero (-0.0 == 0.0)."""
-    return a is b or (type(a) is type(b) and a == b and (bool(a) or type(a) is not float))
+    """Whether two field values are written alike.
+
+    Equal numbers are written alike whatever their type (1 and 1.0 are both "1.0"), except
+    zeros: -0.0 == 0.0 but is written "-0.0". Zeros are compared by their repr (0 and 0.0
+    then count as different, which costs a render, not a wrong line).
+    """
+    return a is b or (a == b and (bool(a) or repr(a) == repr(b)))
 
 
 def _same_windows(a: tuple[BandwidthWindow, ...], b: tuple[BandwidthWindow, ...]) -> bool:
@@ -206,57 +211,56 @@ def _same_windows(a: tuple[BandwidthWindow, ...], b: tuple[BandwidthWindow, ...]
 _info_of = attrgetter(*_INFO_ATTRS)
 _gauges_of = attrgetter(*(attr for attr, _ in _GAUGES))
 _SCALES = tuple(scale for _, scale in _GAUGES)
+# Family indexes of render_task's lines: info 0, status block 1, status code 2, the gauges, bandwidth, error.
+_GAUGE_FAMILIES = tuple(range(3, 3 + len(_GAUGES)))
+_BANDWIDTH = 3 + len(_GAUGES)
+_ERROR = _BANDWIDTH + 1
+
+# family index -> line; a dict of ints and bytes is never tracked by the garbage collector
+# (a tuple per line was, and made a scrape collect several times more often).
+Changes = dict[int, bytes]
 
 
-def render_task(t: Task, pid: str, tp: _Templates,
-                prev: tuple[Task, tuple[bytes, ...]] | None = None) -> tuple[bytes, ...]:
-    """The lines of one task, one bytes per per-task family (b"" where it has none).
+def render_task(t: Task, pid: str, tp: _Templates, p: Task | None = None) -> Changes:
+    """The lines of `t` that differ from those of `p`, by family index; b"" where `t` has none.
 
-    `prev` is the same task's record and lines from the previous scrape (same project and
-    style): the lines of the families whose fields did not change are taken from it.
+    `p` is the same task's record that the lines to change were rendered from (same project
+    and style); only the families whose fields changed are rendered. Without `p`: every
+    line the task has (its lines are all b"" so far).
     """
     esc = escape_value
     tid = str(t.id)
-    p, old = prev if prev is not None else (None, ())
-    out: list[bytes] = []
-    if p is not None and _info_of(t) == _info_of(p):
-        out.append(old[0])
-    else:
-        out.append(tp.info.format(pid, tid, *(esc(v) for v in _info_of(t)), "1.0").encode())
+    out: Changes = {}
+    if p is None or _info_of(t) != _info_of(p):
+        out[0] = tp.info.format(pid, tid, *map(esc, _info_of(t)), "1.0").encode()
     ids = tp.ids.format(pid, tid)
     status = t.status
-    if p is not None and _same(status, p.status):
-        out += old[1:3]
-    elif status is None:
-        out += (b"", b"")
-    else:
-        block = tp.status_blocks.get(status, tp.status_blocks[None])
-        out.append(block.format(pid, tid).encode())
-        out.append(f"{tp.code_name}{ids}{go_float(status)}\n".encode())
+    if p is None or not _same(status, p.status):
+        if status is not None:
+            out[1] = tp.status_blocks.get(status, tp.status_blocks[None]).format(pid, tid).encode()
+            out[2] = f"{tp.code_name}{ids}{go_float(status)}\n".encode()
+        elif p is not None:
+            out[1] = out[2] = b""
     gf = go_float
     if p is None:
-        for v, scale, name in zip(_gauges_of(t), _SCALES, tp.gauge_names):
-            out.append(b"" if v is None else f"{name}{ids}{gf(v * scale if scale != 1 else v)}\n".encode())
+        for f, v, scale, name in zip(_GAUGE_FAMILIES, _gauges_of(t), _SCALES, tp.gauge_names):
+            if v is not None:
+                out[f] = f"{name}{ids}{gf(v * scale if scale != 1 else v)}\n".encode()
     else:
-        for v, pv, line, scale, name in zip(_gauges_of(t), _gauges_of(p), old[3:], _SCALES, tp.gauge_names):
-            # _same(v, pv), inline: this loop runs for every gauge of every changed task.
-            if v is pv or (type(v) is type(pv) and v == pv and (v or type(v) is not float)):
-                out.append(line)
-            else:
-                out.append(b"" if v is None else f"{name}{ids}{gf(v * scale if scale != 1 else v)}\n".encode())
-    i = 3 + len(_SCALES)
-    if p is not None and _same_windows(t.bandwidth, p.bandwidth):
-        out.append(old[i])
-    else:
-        out.append("".join(tp.bandwidth.format(pid, tid, esc(w.start), esc(w.end), go_float(w.max_bandwidth))
-                           for w in t.bandwidth).encode())
-    if p is not None and t.error_code == p.error_code and t.error_msg == p.error_msg:
-        out.append(old[i + 1])
-    elif t.error_code or t.error_msg:
-        out.append(tp.error.format(pid, tid, esc(t.error_code), esc(t.error_msg), "1.0").encode())
-    else:
-        out.append(b"")
-    return tuple(out)
+        for f, v, pv, scale, name in zip(_GAUGE_FAMILIES, _gauges_of(t), _gauges_of(p), _SCALES, tp.gauge_names):
+            # not _same(v, pv), inline: this loop runs for every gauge of every changed task.
+            if v is not pv and (v != pv or not v and repr(v) != repr(pv)):
+                out[f] = b"" if v is None else f"{name}{ids}{gf(v * scale if scale != 1 else v)}\n".encode()
+    if p is None or not _same_windows(t.bandwidth, p.bandwidth):
+        if t.bandwidth or p is not None:
+            out[_BANDWIDTH] = "".join(tp.bandwidth.format(pid, tid, esc(w.start), esc(w.end), go_float(w.max_bandwidth))
+                                      for w in t.bandwidth).encode()
+    if p is None or t.error_code != p.error_code or t.error_msg != p.error_msg:
+        if t.error_code or t.error_msg:
+            out[_ERROR] = tp.error.format(pid, tid, esc(t.error_code), esc(t.error_msg), "1.0").encode()
+        elif p is not None:
+            out[_ERROR] = b""
+    return out
 
 
 class _Project:
@@ -270,8 +274,9 @@ class _Project:
     def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[bytes]],
                  index: dict[int, int] | None = None) -> None:
         self.tp, self.tasks, self.ids, self.cols = tp, tasks, ids, cols
-        # Lines of records that a listing still running saw change: task id -> (record, lines).
-        self.pending: dict[int, tuple[Task, tuple[bytes, ...]]] = {}
+        # Lines of records that a listing still running saw change:
+        # task id -> (new record, the record its changes apply to, the changes).
+        self.pending: dict[int, tuple[Task, Task | None, Changes]] = {}
         self._index = index  # never changed once built: the next entry may share it
         self.encoded_at = time.monotonic()
 
@@ -280,9 +285,6 @@ class _Project:
         if self._index is None:
             self._index = {tid: i for i, tid in enumerate(self.ids)}
         return self._index
-
-    def prev(self, i: int) -> tuple[Task, tuple[bytes, ...]]:
-        return self.tasks[i], tuple([c[i] for c in self.cols])
 
 
 def _runs(index: dict[int, int], ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -349,9 +351,11 @@ class TaskLines:
         pid_e = escape_value(pid)
         for project in projects:
             index, tp, pending = project.index(), project.tp, project.pending
+            old = project.tasks
             for t in tasks:
                 i = index.get(t.id)
-                pending[t.id] = (t, render_task(t, pid_e, tp, None if i is None else project.prev(i)))
+                p = None if i is None else old[i]
+                pending[t.id] = (t, p, render_task(t, pid_e, tp, p))
 
     def columns(self, tp: _Templates, pid: str, tasks: Sequence[Task]) -> list[list[bytes]]:
         """The lines of `tasks` in the style of `tp`: one list per per-task family, in task order."""
@@ -383,15 +387,15 @@ class TaskLines:
         rendered = 0
         for i in compress(range(len(tasks)), map(is_not, tasks, base)):
             t, p = tasks[i], base[i]
-            if p is None or p != t:
-                rendered += 1
             ready = pending.get(t.id)
-            if ready is not None and ready[0] is t:
-                lines = ready[1]
+            if ready is not None and ready[0] is t and ready[1] is p:
+                changes = ready[2]
             else:
-                lines = render_task(t, pid_e, tp, None if p is None else (p, tuple([c[i] for c in cols])))
-            for c, line in zip(cols, lines):
-                c[i] = line
+                changes = render_task(t, pid_e, tp, p)
+            if changes:  # an equal record in a new object changes nothing
+                rendered += 1
+                for f, line in changes.items():
+                    cols[f][i] = line
         with self._lock:
             self._maps[key] = _Project(tp, tasks, ids, cols, index)
             self._maps.move_to_end(key)
