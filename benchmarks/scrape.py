@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -81,6 +82,18 @@ def role_exporter(args: argparse.Namespace) -> None:
     options = Options(finished_task_max_age=0, log_level="error", max_concurrency=args.max_concurrency)
     app = oms_web.make_app(Settings(options=options, targets=[target]))
     lag = {"max": 0.0}
+    # Time spent in the cyclic garbage collector, and its longest pause (one pass blocks the loop).
+    gc_time = {"total": 0.0, "max": 0.0, "start": 0.0}
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_time["start"] = time.perf_counter()
+        else:
+            took = time.perf_counter() - gc_time["start"]
+            gc_time["total"] += took
+            gc_time["max"] = max(gc_time["max"], took)
+
+    gc.callbacks.append(gc_watch)
 
     async def probe(app: web.Application):  # type: ignore[no-untyped-def]
         # A timer that should fire every 5 ms: how late it fires is how long the loop was blocked.
@@ -100,9 +113,10 @@ def role_exporter(args: argparse.Namespace) -> None:
         renderer = request.app[oms_web.RENDERER]
         out = {"max_loop_lag": lag["max"], "listings": snaps.listings_started, "encodes": renderer.encodes,
                "rendered_tasks": renderer.lines.rendered,
-               "reused_tasks": renderer.lines.reused}
+               "reused_tasks": renderer.lines.reused, "gc_seconds": gc_time["total"], "gc_max_pause": gc_time["max"]}
         if request.query.get("reset"):
             lag["max"] = 0.0
+            gc_time.update(total=0.0, max=0.0)
         return web.json_response(out)
 
     app.cleanup_ctx.append(probe)
@@ -205,7 +219,7 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
                 await r.read()
 
         await scrape()  # warm-up: TLS-less connection pools, the last count for paging, caches
-        walls, cpus, reqs, lags, sizes = [], [], [], [], []
+        walls, cpus, reqs, lags, sizes, gcs, gc_pauses = [], [], [], [], [], [], []
         for _ in range(args.scrapes):
             await advance()
             await get_json(f"{exp}/_bench/stats?reset=1")
@@ -216,7 +230,10 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
             walls.append(wall)
             cpus.append(_cpu_seconds(exp_pid) - c0)
             reqs.append((await get_json(f"{sim}/_bench/stats"))["requests"] - r0)
-            lags.append((await get_json(f"{exp}/_bench/stats"))["max_loop_lag"])
+            probe = await get_json(f"{exp}/_bench/stats")
+            lags.append(probe["max_loop_lag"])
+            gcs.append(probe["gc_seconds"])
+            gc_pauses.append(probe["gc_max_pause"])
             sizes.append(size)
 
         # Burst: concurrent scrapes must share one listing and, per content type, one body.
@@ -240,6 +257,7 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
         "tasks": n, "median_s": statistics.median(walls), "walls": walls,
         "cpu_s": statistics.median(cpus), "cpus": cpus, "max_cpu_s": max(cpus),
         "requests": statistics.median(reqs), "max_loop_lag_ms": max(lags) * 1000,
+        "gc_ms": statistics.mean(gcs) * 1000, "gc_max_pause_ms": max(gc_pauses) * 1000,
         "gzip_bytes": statistics.median(sizes), "raw_bytes": raw, "up": up, "rss_mb": rss,
         "burst": {"scrapes": args.concurrent, "listings": after["listings"] - before["listings"],
                   "upstream_requests": burst_reqs, "encodes": encodes, "wall_s": burst_wall,
@@ -284,7 +302,8 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             (f"  exporter   median scrape {r['median_s']:.3f} s (min {min(r['walls']):.3f}, "
              f"max {max(r['walls']):.3f})  CPU/scrape {r['cpu_s']:.3f} s (max {r['max_cpu_s']:.3f})  "
              f"peak RSS {r['rss_mb']:.0f} MB"),
-            f"             upstream requests/scrape {r['requests']:g}  max event-loop lag {r['max_loop_lag_ms']:.1f} ms",
+            (f"             upstream requests/scrape {r['requests']:g}  max event-loop lag {r['max_loop_lag_ms']:.1f} ms"
+             f"  GC {r['gc_ms']:.1f} ms/scrape (longest pause {r['gc_max_pause_ms']:.1f} ms)"),
             (f"  burst      {b['scrapes']} concurrent scrapes -> {b['listings']} listing(s), "
              f"{b['upstream_requests']} upstream requests, {b['encodes']} encode(s), {b['wall_s']:.3f} s, "
              f"loop lag {b['max_loop_lag_ms']:.1f} ms"),

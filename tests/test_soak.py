@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from oms_exporter.client import OmsClient
 from oms_exporter.simulator import Evolution, Simulator, make_tasks
 from oms_exporter.web import SNAPSHOTS, TIMEOUT_HEADER
-from tests.conftest import PROJECT, Exporter, parse_metrics, target_for, value
+from tests.conftest import PROJECT, Exporter, parse_metrics, scrape, target_for, value
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -147,3 +147,17 @@ async def test_2000_scrapes_in_a_row_leak_neither_memory_nor_fds(
     # Keep-alive pools hold zero or one connection per hop at any moment (both ends of a
     # loopback connection are this process): one pair of sockets either way, no more.
     assert max(fd_counts + [len(fds1)]) <= len(fds0) + 2, (fds0, fds1, fd_counts)
+
+
+async def test_gc_policy_holds_while_the_app_runs_and_is_undone_after(exporter: Exporter) -> None:
+    """Start-up objects frozen and a larger young generation while serving; both undone at stop."""
+    from oms_exporter.web import GC_YOUNG_THRESHOLD
+
+    before = gc.get_threshold()
+    assert before[0] != GC_YOUNG_THRESHOLD and gc.get_freeze_count() == 0
+    client = await exporter()
+    assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    assert gc.get_freeze_count() > 10_000
+    assert value(await scrape(client), "oms_up", project_id=PROJECT) == 1
+    await client.close()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
