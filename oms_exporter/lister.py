@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -29,6 +30,7 @@ from oms_exporter.settings import Target
 log = logging.getLogger(__name__)
 
 _task_id = attrgetter("id")
+_status = attrgetter("status")
 
 Query = tuple[int | None, str | None]  # (status filter, group_id filter)
 
@@ -50,11 +52,8 @@ class Listing:
         return self.error is None
 
     def status_counts(self) -> dict[int, int]:
-        counts = dict.fromkeys(STATUS_NAMES, 0)
-        for t in self.tasks:
-            if t.status in counts:
-                counts[t.status] += 1
-        return counts
+        found = Counter(map(_status, self.tasks))
+        return {code: found[code] for code in STATUS_NAMES}
 
 
 class _Unreachable(Exception):
@@ -99,7 +98,7 @@ class Lister:
         listing.malformed = len(self._parser.malformed)
         # In id order, whatever order the pages came back in: a stable order lets the encoder
         # reuse the text of runs of unchanged tasks (and makes the output reproducible).
-        listing.tasks = sorted(tasks.values(), key=_task_id) if listing.error is None else []
+        listing.tasks = list(map(tasks.__getitem__, sorted(tasks))) if listing.error is None else []
         return listing
 
     def _queries(self) -> list[Query]:
@@ -151,8 +150,8 @@ class Lister:
         async def fetch(offset: int) -> None:
             page = await self._page(query, offset, deadline)
             counts.add(page.count)
-            for t in page.tasks:
-                tasks.setdefault(t.id, t)
+            # A task on two pages (the list shifted between them): the later page is the fresher.
+            tasks.update(zip(map(_task_id, page.tasks), page.tasks))
 
         async def one_pass(start_count: int) -> None:
             """Fetch pages until every offset below the largest count seen has been fetched."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
+from itertools import compress, repeat
+from operator import is_
 from typing import Annotated, Any
 
 import msgspec
@@ -214,29 +216,37 @@ class TaskParser:
     def end(self) -> None:
         self._last, self._current = self._current, {}
 
-    def parse_all(self, raws: Iterable[bytes | msgspec.Raw]) -> tuple[list[Task], int]:
+    def parse_all(self, raws: Sequence[bytes | msgspec.Raw]) -> tuple[list[Task], int]:
         """The readable records of one page, and how many were malformed."""
         seed, last, current = self._seed, self._last, self._current
-        tasks: list[Task] = []
+        # Hashing and looking up a page's records in C (map), not one Python step per record:
+        # most records are unchanged, and this runs for every record of every listing.
+        keys = list(map(xxh3_128_intdigest, raws, repeat(seed, len(raws))))
+        tasks: list[Task | None] = list(map(last.get, keys))
         fresh: list[Task] = []
         malformed = 0
-        for raw in raws:
-            key = xxh3_128_intdigest(raw, seed)
-            # Seen in the last listing, or earlier in this one (a second pass, a page repeated).
-            task = last.get(key) or current.get(key)
+        for i in compress(range(len(tasks)), map(is_, tasks, repeat(None))):
+            # Not in the last listing: seen earlier in this one (a second pass, a page
+            # repeated), or new or changed.
+            key = keys[i]
+            task = current.get(key)
             if task is None:
                 try:
-                    task = parse_task_json(raw)
+                    task = parse_task_json(raws[i])
                 except MalformedTask:
                     self.malformed.add(key)
                     malformed += 1
                     continue
                 fresh.append(task)
-            current[key] = task
-            tasks.append(task)
+                current[key] = task  # the same record again in this page: the same object
+            tasks[i] = task
+        if malformed:
+            keys = [k for k, t in zip(keys, tasks) if t is not None]
+            tasks = [t for t in tasks if t is not None]
+        current.update(zip(keys, tasks))
         if fresh and self._on_fresh is not None:
             try:
                 self._on_fresh(fresh)
             except Exception:  # an optimisation must not cost the listing
                 log.exception("rendering changed tasks ahead failed")
-        return tasks, malformed
+        return tasks, malformed  # type: ignore[return-value]  # no None left
