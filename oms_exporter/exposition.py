@@ -5,10 +5,12 @@ for the ~230,000 series of 10,000 tasks. This module writes the same bytes from 
 listings in a fraction of that, because
 
 - each task's lines are rendered once per task record and reused for as long as OMS
-  returns the same record (`Task` is a frozen dataclass: equal record, equal lines),
-  so a scrape re-renders only the tasks that moved since the previous one, and of
-  those only the families whose fields changed (a migrating task: its progress, sizes
-  and times, not its info line or status block);
+  returns the same record (the parser hands back the same `Task` object for an
+  unchanged record), so a scrape re-renders only the tasks that moved since the
+  previous one, and of those only the families whose fields changed (a migrating task:
+  its progress, sizes and times, not its info line or status block);
+- a gzip body is made of independently compressed chunks, and a chunk whose lines did
+  not change keeps its compressed form from the last encode;
 - a line is one `str.format` of a template prepared per family and output format, with
   the labels already in the sorted order prometheus_client writes them in.
 
@@ -22,6 +24,7 @@ own functions, so the two cannot drift apart silently.
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -29,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from itertools import compress
-from operator import attrgetter, is_not
+from operator import attrgetter, is_, is_not
 from typing import TypeVar
 
 from isal import isal_zlib
@@ -269,11 +272,14 @@ class _Project:
     Immutable once published (an encode copies the columns it changes), so threads can read it freely.
     """
 
-    __slots__ = ("_index", "cols", "encoded_at", "ids", "pending", "tasks", "tp")
+    __slots__ = ("_index", "cols", "encoded_at", "ids", "pending", "segments", "tasks", "tp")
 
     def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[bytes]],
-                 index: dict[int, int] | None = None) -> None:
+                 index: dict[int, int] | None = None, segments: dict[tuple[int, int], _Segment] | None = None
+                 ) -> None:
         self.tp, self.tasks, self.ids, self.cols = tp, tasks, ids, cols
+        # Compressed chunks of the columns, handed from each entry to the next (see _Segment).
+        self.segments: dict[tuple[int, int], _Segment] = {} if segments is None else segments
         # Lines of records that a listing still running saw change:
         # task id -> (new record, the record its changes apply to, the changes).
         self.pending: dict[int, tuple[Task, Task | None, Changes]] = {}
@@ -357,8 +363,8 @@ class TaskLines:
                 p = None if i is None else old[i]
                 pending[t.id] = (t, p, render_task(t, pid_e, tp, p))
 
-    def columns(self, tp: _Templates, pid: str, tasks: Sequence[Task]) -> list[list[bytes]]:
-        """The lines of `tasks` in the style of `tp`: one list per per-task family, in task order."""
+    def columns(self, tp: _Templates, pid: str, tasks: Sequence[Task]) -> _Project:
+        """The lines of `tasks` in the style of `tp`: `.cols`, one list per per-task family, in task order."""
         key = (tp.key, pid)
         with self._lock:
             last = self._maps.get(key)
@@ -397,7 +403,8 @@ class TaskLines:
                 for f, line in changes.items():
                     cols[f][i] = line
         with self._lock:
-            self._maps[key] = _Project(tp, tasks, ids, cols, index)
+            project = self._maps[key] = _Project(tp, tasks, ids, cols, index,
+                                                 None if last is None else last.segments)
             self._maps.move_to_end(key)
             styles = list(dict.fromkeys(k[0] for k in self._maps))
             for gone in styles[:-self.MAX_STYLES]:
@@ -405,7 +412,7 @@ class TaskLines:
                     del self._maps[k]
             self.rendered += rendered
             self.reused += len(tasks) - rendered
-        return cols
+        return project
 
 
 def encode(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: TaskLines | None = None,
@@ -421,9 +428,29 @@ def encode(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cach
 CHUNK_TASKS = 2000
 
 
-def encode_chunks(listings: Sequence[Listing], policy: SeriesPolicy, style: Style,
-                  cache: TaskLines | None = None, tail: bytes = b"") -> Iterator[bytes]:
-    """`encode` in pieces of at most one family and CHUNK_TASKS tasks, to compress without holding the whole text."""
+class _Chunk:
+    """Lines of up to CHUNK_TASKS tasks of one family of one project: a piece of the body."""
+
+    __slots__ = ("key", "lines", "segments")
+
+    def __init__(self, lines: list[bytes], segments: dict[tuple[int, int], _Segment], key: tuple[int, int]) -> None:
+        self.lines, self.segments, self.key = lines, segments, key
+
+    def segment(self, level: int) -> _Segment:
+        """The chunk compressed: the last encode's segment when it holds the very same lines."""
+        old = self.segments.get(self.key)
+        lines = self.lines
+        if old is not None and old.lines is not None and len(old.lines) == len(lines) \
+                and all(map(is_, lines, old.lines)):
+            return old
+        seg = _Segment.of(b"".join(lines), level, lines)
+        self.segments[self.key] = seg
+        return seg
+
+
+def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: TaskLines | None,
+            tail: bytes) -> Iterator[bytes | _Chunk]:
+    """The body in order: bytes, and _Chunks of per-task lines."""
     tp = templates(style)
     cache = cache if cache is not None else TaskLines()
 
@@ -441,15 +468,76 @@ def encode_chunks(listings: Sequence[Listing], policy: SeriesPolicy, style: Styl
                    for header, lines in zip(tp.agg_headers, (up, duration, counts, malformed, taken)))
 
     # A failed listing exports nothing and leaves the project's cached lines for its next success.
-    columns = [cache.columns(tp, lst.target.project_id, policy.exported(lst)) for lst in listings if lst.up]
+    projects = [cache.columns(tp, lst.target.project_id, policy.exported(lst)) for lst in listings if lst.up]
     step = CHUNK_TASKS
     for f, header in enumerate(tp.task_headers):
         yield header
-        for cols in columns:
-            col = cols[f]
+        for project in projects:
+            col, segments = project.cols[f], project.segments
             for i in range(0, len(col), step):
-                yield b"".join(col[i:i + step])
+                yield _Chunk(col[i:i + step], segments, (f, i))
+    for project in projects:  # chunks past the end of a shorter task list
+        n = len(project.ids)
+        for key in [k for k in project.segments if k[1] >= n]:
+            project.segments.pop(key, None)
     yield tail
+
+
+def encode_chunks(listings: Sequence[Listing], policy: SeriesPolicy, style: Style,
+                  cache: TaskLines | None = None, tail: bytes = b"") -> Iterator[bytes]:
+    """`encode` in pieces of at most one family and CHUNK_TASKS tasks."""
+    for piece in _pieces(listings, policy, style, cache, tail):
+        yield piece if type(piece) is bytes else b"".join(piece.lines)  # type: ignore[union-attr]
+
+
+class _Segment:
+    """A piece of the body as a raw DEFLATE stream that ends on a full flush, with its CRC-32 and length.
+
+    Such segments, each from a fresh compressor (no reference into earlier data), concatenate
+    into one valid DEFLATE stream: `gzip_body` puts them in a gzip member. A chunk whose lines
+    did not change since the last encode keeps its segment, so a scrape compresses only the
+    chunks that changed (in accounts where most tasks are finished, almost nothing).
+    """
+
+    __slots__ = ("crc", "data", "lines", "size")
+
+    def __init__(self, data: bytes, crc: int, size: int, lines: list[bytes] | None = None) -> None:
+        self.data, self.crc, self.size, self.lines = data, crc, size, lines
+
+    @classmethod
+    def of(cls, text: bytes, level: int, lines: list[bytes] | None = None) -> _Segment:
+        z = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
+        return cls(z.compress(text) + z.flush(isal_zlib.Z_FULL_FLUSH), isal_zlib.crc32(text), len(text), lines)
+
+
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
+_DEFLATE_END = b"\x03\x00"  # an empty final block (fixed Huffman codes)
+
+
+def gzip_body(pieces: Iterable[bytes | _Chunk], level: int) -> bytes:
+    """One gzip member of the pieces' text; unchanged chunks reuse their last segment."""
+    out = [_GZIP_HEADER]
+    crc = size = 0
+    loose: list[bytes] = []  # small pieces between chunks, compressed together
+
+    def add(seg: _Segment) -> None:
+        nonlocal crc, size
+        out.append(seg.data)
+        crc = isal_zlib.crc32_combine(crc, seg.crc, seg.size)
+        size += seg.size
+
+    for piece in pieces:
+        if type(piece) is bytes:
+            loose.append(piece)
+            continue
+        if loose:
+            add(_Segment.of(b"".join(loose), level))
+            loose = []
+        add(piece.segment(level))  # type: ignore[union-attr]
+    if loose:
+        add(_Segment.of(b"".join(loose), level))
+    out += (_DEFLATE_END, struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+    return b"".join(out)
 
 
 class Renderer:
@@ -505,11 +593,9 @@ class Renderer:
                 tail = encoder(stats.registry)
             else:
                 tail = b"# EOF\n" if style.openmetrics else b""
+            if gzip_ok:
+                return gzip_body(_pieces(listings, policy, style, self.lines, tail), self.GZIP_LEVEL)
             chunks = encode_chunks(listings, policy, style, self.lines, tail)
         if not gzip_ok:
             return b"".join(chunks)
-        # Piece by piece (each already up to CHUNK_TASKS lines): the uncompressed text never exists as a whole.
-        z = isal_zlib.compressobj(self.GZIP_LEVEL, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
-        out = [z.compress(c) for c in chunks]
-        out.append(z.flush())
-        return b"".join(out)
+        return gzip_body(chunks, self.GZIP_LEVEL)

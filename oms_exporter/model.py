@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from itertools import compress, repeat
 from operator import is_
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from msgspec.structs import force_setattr
@@ -243,10 +243,11 @@ class TaskParser:
         if malformed:
             keys = [k for k, t in zip(keys, tasks) if t is not None]
             tasks = [t for t in tasks if t is not None]
-        current.update(zip(keys, tasks))
+        readable = cast(list[Task], tasks)  # no None left
+        current.update(zip(keys, readable))
         if fresh and self._on_fresh is not None:
             try:
                 self._on_fresh(fresh)
             except Exception:  # an optimisation must not cost the listing
                 log.exception("rendering changed tasks ahead failed")
-        return tasks, malformed  # type: ignore[return-value]  # no None left
+        return readable, malformed

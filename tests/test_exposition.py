@@ -284,6 +284,40 @@ def test_any_change_between_encodes(first: list[Task], data: st.DataObject) -> N
         assert fast(lsts, policy, ACCEPTS[6], cache) == reference(lsts, policy, ACCEPTS[6])
 
 
+def test_gzip_compresses_again_only_the_chunks_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks whose lines are the same objects as last time keep their compressed segment; the
+    gzip body (segments from several encodes) still reads back as the reference."""
+    policy = SeriesPolicy(finished_task_max_age=0)
+    renderer = x.Renderer()
+    style, _, encoder = x.negotiate(ACCEPTS[0])
+    assert style is not None
+    compressed: list[int] = []
+    real = x._Segment.of
+    monkeypatch.setattr(x._Segment, "of", lambda text, level, lines=None: (
+        compressed.append(1) if lines is not None else None) or real(text, level, lines))
+    families = len(x.templates(style).task_headers)
+
+    def encode(tasks: list[Task]) -> bytes:
+        compressed.clear()
+        lsts = [Listing(target(), tasks=list(tasks), duration=0.5, taken_at=NOW)]
+        body = renderer._encode(lsts, policy, None, style, encoder, True)
+        assert gzip.decompress(body) == reference(lsts, policy, ACCEPTS[0])
+        return body
+
+    tasks = [task(i, status=(i % 7) + 1, progress=i / 9000, name=f"t{i}") for i in range(1, 2 * x.CHUNK_TASKS + 11)]
+    first = encode(tasks)
+    assert len(compressed) == 3 * families
+    assert encode(tasks) == first and compressed == []  # nothing changed: every segment reused
+    tasks[x.CHUNK_TASKS + 5] = replace(tasks[x.CHUNK_TASKS + 5], progress=0.5)
+    encode(tasks)
+    assert len(compressed) == 1  # the progress lines of the second chunk
+    encode([*tasks, task(2 * x.CHUNK_TASKS + 50)])  # appended: the last chunk of every family
+    assert len(compressed) == families
+    encode(tasks[:100])  # fewer tasks: one chunk per family, the stale ones forgotten
+    project = next(iter(renderer.lines._maps.values()))
+    assert sorted(project.segments) == [(f, 0) for f in range(families)]
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(tasks_strategy(), min_size=1, max_size=8, unique_by=lambda t: t.id), st.data())
 def test_tasks_come_go_reorder_and_change_between_encodes(pool: list[Task], data: st.DataObject) -> None:
