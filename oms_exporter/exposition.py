@@ -31,8 +31,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from itertools import compress
-from operator import attrgetter, is_, is_not
+from itertools import chain, compress
+from operator import attrgetter, is_not
 from typing import TypeVar
 
 from isal import isal_zlib
@@ -267,14 +267,17 @@ def render_task(t: Task, pid: str, tp: _Templates, p: Task | None = None) -> Cha
 
 
 class _Project:
-    """One project's rendered tasks in one style: family f's line of tasks[i] is cols[f][i] (b"" for none).
+    """One project's rendered tasks in one style, family by family, in chunks of CHUNK_TASKS tasks.
 
-    Immutable once published (an encode copies the columns it changes), so threads can read it freely.
+    Family f's line of tasks[i] is cols[f][i // CHUNK_TASKS][i % CHUNK_TASKS] (b"" for none).
+    Immutable once published: an encode copies the chunks it changes and shares the others
+    with the entry before, so threads can read it freely, and a chunk that did not change
+    is the same list object from one encode to the next.
     """
 
     __slots__ = ("_index", "cols", "encoded_at", "ids", "pending", "segments", "tasks", "tp")
 
-    def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[bytes]],
+    def __init__(self, tp: _Templates, tasks: Sequence[Task], ids: list[int], cols: list[list[list[bytes]]],
                  index: dict[int, int] | None = None, segments: dict[tuple[int, int], _Segment] | None = None
                  ) -> None:
         self.tp, self.tasks, self.ids, self.cols = tp, tasks, ids, cols
@@ -311,6 +314,10 @@ def _runs(index: dict[int, int], ids: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def _chunked(items: list[_T], step: int) -> list[list[_T]]:
+    return [items[i:i + step] for i in range(0, len(items), step)]
+
+
 def _moved(old: Sequence[_T], runs: list[tuple[int, int]], fill: _T | bytes = b"") -> list[_T]:
     """A list laid out as `runs` says, from `old`'s items (`fill` for new ones); slices, so a few runs cost little."""
     out: list[_T] = []
@@ -326,7 +333,8 @@ class TaskLines:
     time (the parser returns the same object for an unchanged record), and re-renders only
     the changed families of the records that changed, so a scrape costs in proportion to what
     moved, not to what is listed. Lines are kept in one list per family, in task order, ready
-    to be joined. Tasks that vanished upstream (or aged out) are forgotten, so the cache never
+    to be joined, in chunks that are copied only when one of their lines changes. Tasks that
+    vanished upstream (or aged out) are forgotten, so the cache never
     outgrows one listing per project and style. Safe to use from several threads at once:
     published entries are never changed, and the last encode's entry wins.
     """
@@ -364,34 +372,41 @@ class TaskLines:
                 pending[t.id] = (t, p, render_task(t, pid_e, tp, p))
 
     def columns(self, tp: _Templates, pid: str, tasks: Sequence[Task]) -> _Project:
-        """The lines of `tasks` in the style of `tp`: `.cols`, one list per per-task family, in task order."""
+        """The lines of `tasks` in the style of `tp`: a new entry whose `.cols` hold them (see _Project)."""
         key = (tp.key, pid)
         with self._lock:
             last = self._maps.get(key)
         ids = [t.id for t in tasks]
+        n, step = len(tasks), CHUNK_TASKS
         base: Sequence[Task | None]
         index: dict[int, int] | None = None
+        cols: list[list[list[bytes]]]
+        shared = 0  # chunks before this one are the last entry's lists: copied before a write
         if last is None:
-            cols: list[list[bytes]] = [[b""] * len(tasks) for _ in tp.task_headers]
-            base, pending = [None] * len(tasks), {}
+            cols = [_chunked([b""] * n, step) for _ in tp.task_headers]
+            base, pending = [None] * n, {}
         else:
             pending = last.pending
-            n = len(last.ids)
+            m = len(last.ids)
             if ids == last.ids:  # the same tasks in the same order: the common case
-                cols, base, index = [c.copy() for c in last.cols], last.tasks, last._index
-            elif len(ids) > n and ids[:n] == last.ids:  # new tasks after the known ones (ids grow)
-                more = len(ids) - n
-                cols, base = [c + [b""] * more for c in last.cols], [*last.tasks, *[None] * more]
+                cols, base, index = [list(c) for c in last.cols], last.tasks, last._index
+                shared = len(cols[0])
+            elif n > m and ids[:m] == last.ids:  # new tasks after the known ones (ids grow)
+                shared = m // step  # the full chunks; a last, partial one is extended in a copy
+                cols = [c[:shared] + _chunked([*chain.from_iterable(c[shared:]), *[b""] * (n - m)], step)
+                        for c in last.cols]
+                base = [*last.tasks, *[None] * (n - m)]
                 if last._index is not None:
                     index = last._index.copy()
-                    index.update(zip(ids[n:], range(n, len(ids))))
+                    index.update(zip(ids[m:], range(m, n)))
             else:  # tasks came or went: move the known ones' lines to their new places
                 runs = _runs(last.index(), ids)
-                cols = [_moved(c, runs) for c in last.cols]
+                cols = [_chunked(_moved(list(chain.from_iterable(c)), runs), step) for c in last.cols]
                 base = _moved(last.tasks, runs, None)
+        copied = [[c >= shared for c in range(len(cols[0]))] for _ in cols]  # per family, per chunk
         pid_e = escape_value(pid)
         rendered = 0
-        for i in compress(range(len(tasks)), map(is_not, tasks, base)):
+        for i in compress(range(n), map(is_not, tasks, base)):
             t, p = tasks[i], base[i]
             ready = pending.get(t.id)
             if ready is not None and ready[0] is t and ready[1] is p:
@@ -400,8 +415,13 @@ class TaskLines:
                 changes = render_task(t, pid_e, tp, p)
             if changes:  # an equal record in a new object changes nothing
                 rendered += 1
+                c, j = divmod(i, step)
                 for f, line in changes.items():
-                    cols[f][i] = line
+                    chunks = cols[f]
+                    if not copied[f][c]:
+                        chunks[c] = chunks[c].copy()
+                        copied[f][c] = True
+                    chunks[c][j] = line
         with self._lock:
             project = self._maps[key] = _Project(tp, tasks, ids, cols, index,
                                                  None if last is None else last.segments)
@@ -437,11 +457,14 @@ class _Chunk:
         self.lines, self.segments, self.key = lines, segments, key
 
     def segment(self, level: int) -> _Segment:
-        """The chunk compressed: the last encode's segment when it holds the very same lines."""
+        """The chunk compressed: the last encode's segment when it holds the same lines.
+
+        An unchanged chunk is the very same list (see _Project); a list of equal lines is
+        compared item by item (identical items without reading them).
+        """
         old = self.segments.get(self.key)
         lines = self.lines
-        if old is not None and old.lines is not None and len(old.lines) == len(lines) \
-                and all(map(is_, lines, old.lines)):
+        if old is not None and (old.lines is lines or old.lines == lines):
             return old
         seg = _Segment.of(b"".join(lines), level, lines)
         self.segments[self.key] = seg
@@ -469,15 +492,14 @@ def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cac
 
     # A failed listing exports nothing and leaves the project's cached lines for its next success.
     projects = [cache.columns(tp, lst.target.project_id, policy.exported(lst)) for lst in listings if lst.up]
-    step = CHUNK_TASKS
     for f, header in enumerate(tp.task_headers):
         yield header
         for project in projects:
-            col, segments = project.cols[f], project.segments
-            for i in range(0, len(col), step):
-                yield _Chunk(col[i:i + step], segments, (f, i))
+            segments = project.segments
+            for c, chunk in enumerate(project.cols[f]):
+                yield _Chunk(chunk, segments, (f, c))
     for project in projects:  # chunks past the end of a shorter task list
-        n = len(project.ids)
+        n = len(project.cols[0]) if project.cols else 0
         for key in [k for k in project.segments if k[1] >= n]:
             project.segments.pop(key, None)
     yield tail

@@ -327,13 +327,23 @@ def test_tasks_come_go_reorder_and_change_between_encodes(pool: list[Task], data
     accept = data.draw(st.sampled_from([ACCEPTS[0], ACCEPTS[6]]))
     style, _, _ = x.negotiate(accept)
     assert style is not None
-    for _ in range(4):
-        tasks = data.draw(st.permutations(data.draw(st.lists(st.sampled_from(pool), unique_by=lambda t: t.id))))
-        tasks = [replace(t, progress=data.draw(numbers)) if data.draw(st.booleans()) else t for t in tasks]
-        ahead = data.draw(st.lists(st.sampled_from(tasks))) if tasks else []
-        cache.prerender(target().project_id, ahead)
-        lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
-        assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+    chunk_tasks = x.CHUNK_TASKS
+    # Small chunks, so that tasks cross chunk boundaries: shared, copied and regrouped chunks.
+    x.CHUNK_TASKS = data.draw(st.sampled_from([2, 3, chunk_tasks]))
+    try:
+        for _ in range(4):
+            tasks = data.draw(st.permutations(data.draw(st.lists(st.sampled_from(pool), unique_by=lambda t: t.id))))
+            tasks = [replace(t, progress=data.draw(numbers)) if data.draw(st.booleans()) else t for t in tasks]
+            ahead = data.draw(st.lists(st.sampled_from(tasks))) if tasks else []
+            cache.prerender(target().project_id, ahead)
+            lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
+            want = reference(lsts, policy, accept)
+            assert fast(lsts, policy, accept, cache) == want
+            # gzip of the same: segments of unchanged chunks reused, changed ones compressed again
+            zipped = x.gzip_body(x._pieces(lsts, policy, style, cache, b"# EOF\n" if style.openmetrics else b""), 1)
+            assert gzip.decompress(zipped) == want
+    finally:
+        x.CHUNK_TASKS = chunk_tasks
 
 
 def test_prerendered_lines_are_used_and_stale_ones_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
