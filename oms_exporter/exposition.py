@@ -191,9 +191,11 @@ def go_float(v: float) -> str:
         return f"{(s[0] + '.' + s[1:] + '0').rstrip('0.')}e+{len(s) - 1:02d}"
     if t is float and -_INF < v < _INF:
         s = repr(v)
-        # floatToGoString writes an exponent for positive values with seven or more integer digits.
-        if v <= 0 or s.find(".") <= 6:
+        dot = s.find(".")
+        if v <= 0 or dot <= 6:
             return s
+        # floatToGoString, from here on: positive values with seven or more integer digits get an exponent.
+        return f"{(s[0] + '.' + s[1:dot] + s[dot + 1:]).rstrip('0.')}e+{dot - 1:02d}"
     return floatToGoString(v)
 
 

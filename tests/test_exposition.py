@@ -263,6 +263,8 @@ def test_go_float_matches_prometheus_client() -> None:
     values = [0, 1, -1, 999_999, 1_000_000, 1_000_001, 10**15, 2**53 - 1, 2**53, 2**53 + 1, -(2**53) + 1,
               -(2**53) - 1, 10**16, 10**20, 0.1, 1e-7, -0.0, 1e22, math.inf, -math.inf]
     values += [7 ** k for k in range(40)] + [-(7 ** k) for k in range(40)]
+    values += [1.5 * 7 ** k for k in range(40)] + [float(7 ** k) for k in range(40)]  # floats with 7+ digits
+    values += [1234567.125, 1e6, 999999.9999, 1.7976931348623157e308, 5e-324]
     for v in values:
         assert x.go_float(v) == floatToGoString(v), v
     assert x.go_float(math.nan) == "NaN"
