@@ -43,6 +43,7 @@ TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 MAX_QUERY_LENGTH = 256
 MAX_HEADER_BUDGET = 120.0  # seconds: the most a scrape-timeout header may ask for
 GC_YOUNG_THRESHOLD = 10_000  # see _gc_policy
+WRITE_PIECE = 128 * 1024  # bytes of a response body written per turn of the event loop
 
 
 def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
@@ -134,15 +135,25 @@ def _deadline(request: web.Request) -> float:
     return asyncio.get_running_loop().time() + max(budget - opts.timeout_offset, 0.1)
 
 
-async def _respond(request: web.Request, names: Sequence[str], with_self: bool) -> web.Response:
+async def _respond(request: web.Request, names: Sequence[str], with_self: bool) -> web.StreamResponse:
     app = request.app
     listings = await app[SNAPSHOTS].get(names, _deadline(request))
     body, content_type, zipped = await app[RENDERER].render(
         listings, app[POLICY], app[STATS] if with_self else None, request.headers.get("Accept", ""),
         gzip_accepted(request.headers.get("Accept-Encoding", "")))
-    resp = web.Response(body=body, headers={"Content-Type": content_type})
+    resp = web.StreamResponse(headers={"Content-Type": content_type})
+    resp.content_length = len(body)
     if zipped:
         resp.headers["Content-Encoding"] = "gzip"
+    await resp.prepare(request)
+    # In pieces, one per turn of the event loop: concurrent scrapes of one big body (an HA
+    # pair, a burst) wake up together and would otherwise each write their whole body in the
+    # same loop iteration. 50 bodies of 8 MB (50,000 tasks) stalled the loop for 1.4 s.
+    view = memoryview(body)
+    for start in range(0, len(body), WRITE_PIECE):
+        await resp.write(view[start:start + WRITE_PIECE])  # waits only while the socket is full
+        await asyncio.sleep(0)
+    await resp.write_eof()
     return resp
 
 

@@ -8,7 +8,7 @@ import gzip
 from aiohttp.test_utils import TestClient
 
 from oms_exporter.simulator import Simulator
-from oms_exporter.web import RENDERER, SNAPSHOTS
+from oms_exporter.web import RENDERER, SNAPSHOTS, WRITE_PIECE
 from tests.conftest import Exporter, parse_metrics, value
 
 OM = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
@@ -39,6 +39,9 @@ async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: Simulator, exp
     assert app[RENDERER].encodes - encodes0 == 1
     bodies = {body for body, _ in results}
     assert len(bodies) == 1
+    # Written in pieces, taking turns with the other scrapes: each arrives whole, with its length.
+    assert len(next(iter(bodies))) > 3 * WRITE_PIECE
+    assert all(int(headers["Content-Length"]) == len(body) for body, headers in results)
     samples = parse_metrics(bodies.pop().decode())
     assert value(samples, "oms_up") == 1
     assert sum(v for (n, _), v in samples.items() if n == "oms_tasks") == 250
