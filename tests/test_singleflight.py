@@ -112,3 +112,16 @@ async def test_sequential_scrapes_list_again(sim: Simulator, exporter: Exporter)
     resp = await client.get("/metrics")
     assert 'name="renamed"' in await resp.text()
     assert app[SNAPSHOTS].listings_started - listings0 == 1
+
+
+async def test_head_sends_the_headers_only(sim: Simulator, exporter: Exporter) -> None:
+    """HEAD: the length of the body GET would send, no body; the connection stays usable."""
+    client = await exporter(finished_task_max_age=0, min_interval=60)  # one listing for both
+    get = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    body = await get.read()
+    head = await client.head("/metrics", headers={"Accept-Encoding": "identity"})
+    assert head.status == 200 and await head.read() == b""
+    # The same listing; only the exporter's own metrics (process CPU, ...) may differ by a few bytes.
+    assert abs(int(head.headers["Content-Length"]) - len(body)) < 1000 and len(body) > 3 * WRITE_PIECE
+    again = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert value(parse_metrics((await again.read()).decode()), "oms_up") == 1
