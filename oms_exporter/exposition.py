@@ -502,7 +502,8 @@ def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cac
                 yield _Chunk(chunk, segments, (f, c))
     for project in projects:  # chunks past the end of a shorter task list
         n = len(project.cols[0]) if project.cols else 0
-        for key in [k for k in project.segments if k[1] >= n]:
+        # list(): a copy taken at once; another thread may be encoding the same project and style.
+        for key in [k for k in list(project.segments) if k[1] >= n]:
             project.segments.pop(key, None)
     yield tail
 

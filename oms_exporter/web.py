@@ -100,11 +100,11 @@ async def _gc_policy(app: web.Application) -> AsyncIterator[None]:
       the process) is frozen out of every full collection, which otherwise scanned it in
       ~100 ms pauses of the event loop while a big scrape allocated.
     - A young-generation collection starts after 10,000 new container objects instead of 700.
-      A scrape of 10,000 tasks makes a few thousand, among them the ~20 lists of 10,000 lines
-      that the encoder copies: at 700 the collector ran 3 to 4 times per scrape, walking those
-      lists each time (10-25 ms of the loop per scrape, in pauses of up to 20 ms). At 10,000
-      it runs about once in ten scrapes. Reference cycles (asyncio's, mostly) wait a little
-      longer to be freed: at most 10,000 young objects, a few MB.
+      A scrape of 10,000 tasks makes a few thousand, among them lists of 10,000 items (the
+      listing's tasks, the encoder's copies of changed chunks): at 700 the collector ran 3 to
+      4 times per scrape, walking those lists each time (10-25 ms of the loop per scrape, in
+      pauses of up to 20 ms). At 10,000 it runs once in several scrapes. Reference cycles
+      (asyncio's, mostly) wait a little longer to be freed: at most 10,000 young objects.
 
     Both are undone when the app stops (the tests run many apps in one process).
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -284,6 +285,38 @@ def test_any_change_between_encodes(first: list[Task], data: st.DataObject) -> N
     for tasks in (first, second, first):
         lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
         assert fast(lsts, policy, ACCEPTS[6], cache) == reference(lsts, policy, ACCEPTS[6])
+
+
+def test_concurrent_encodes_of_one_project_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker threads encoding different listings of one project at once (the renderer's thread
+    pool: /metrics and /probe, or listings that overlap) share chunks and compressed segments;
+    each body still equals the reference of its own listing."""
+    monkeypatch.setattr(x, "CHUNK_TASKS", 3)
+    policy = SeriesPolicy(finished_task_max_age=0)
+    renderer = x.Renderer()
+    style, _, encoder = x.negotiate(ACCEPTS[0])
+    assert style is not None
+    failures: list[str] = []
+
+    def worker(k: int) -> None:
+        try:
+            for r in range(30):
+                n = 5 + (r * 7 + k * 13) % 30  # lists grow and shrink: chunks added and forgotten
+                tasks = [task(i, progress=(i + r + k) / 100) for i in range(1, n)]
+                lsts = [Listing(target(), tasks=tasks, duration=0.5, taken_at=NOW)]
+                body = renderer._encode(lsts, policy, None, style, encoder, gzip_ok=r % 2 == 0)
+                text = gzip.decompress(body) if r % 2 == 0 else body
+                if text != reference(lsts, policy, ACCEPTS[0]):
+                    failures.append(f"thread {k} round {r}")
+        except Exception as exc:  # reported by the assert below, with the thread's number
+            failures.append(f"thread {k}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
 
 
 def test_gzip_compresses_again_only_the_chunks_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
