@@ -32,3 +32,16 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
         assert f["burst"]["encodes"] == 1
         assert f["requests"] >= 1 and f["rss_mb"] > 0 and f["raw_bytes"] > 0
         assert f["sdk"]["raw_bytes"] > 0
+
+
+def test_compare_runs_two_checkouts_in_turns() -> None:
+    """benchmarks/compare.py, with this checkout on both sides (any two checkouts would do)."""
+    root = SCRIPT.parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "compare.py"), str(root), str(root), "--tasks", "30",
+         "--latency-ms", "5", "--scrapes", "2"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("30 tasks") and "new/old: CPU" in lines[-1]
+    assert sum("median scrape" in line and "peak RSS" in line for line in lines) == 2
