@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -26,18 +25,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scrape  # noqa: E402  (this directory's benchmark: roles, Prometheus' headers, /proc readers)
-
-
-def _spawn(root: Path, role: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, str(root / "benchmarks" / "scrape.py"), "--role", role, *extra],
-                            stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY "):
-        proc.kill()
-        raise SystemExit(f"{role} from {root} did not start: {line!r}")
-    return proc, int(line.split()[1])
 
 
 async def _rounds(args: argparse.Namespace, sim_port: int, exporters: list[tuple[subprocess.Popen[str], int]]
@@ -93,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     roots = [args.old.resolve(), args.new.resolve()]
     common = ["--tasks", str(args.tasks), "--latency-ms", str(args.latency_ms),
               "--max-concurrency", str(args.max_concurrency)]
-    sim, sim_port = _spawn(roots[1], "standin", *common)
+    sim, sim_port = scrape._spawn("standin", *common, root=roots[1])
     exporters: list[tuple[subprocess.Popen[str], int]] = []
     try:
         for root in roots:
-            exporters.append(_spawn(root, "exporter", *common, "--endpoint", f"http://127.0.0.1:{sim_port}"))
+            exporters.append(scrape._spawn("exporter", *common, "--endpoint", f"http://127.0.0.1:{sim_port}",
+                                           root=root))
         figures = asyncio.run(_rounds(args, sim_port, exporters))
         rss = [scrape._hwm_mb(proc.pid) for proc, _ in exporters]
     finally:

@@ -164,15 +164,19 @@ def role_sdk(args: argparse.Namespace) -> None:
 
 # --- driver -----------------------------------------------------------------------------
 
-def _spawn(role: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, __file__, "--role", role, *extra], stdout=subprocess.PIPE,
-                            text=True, env=env)
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _spawn(role: str, *extra: str, root: Path = ROOT) -> tuple[subprocess.Popen[str], int]:
+    """Start a role of `root`'s copy of this script (another checkout, for compare.py); `root` goes first on the path."""
+    proc = subprocess.Popen([sys.executable, str(root / "benchmarks" / "scrape.py"), "--role", role, *extra],
+                            stdout=subprocess.PIPE, text=True, env=_env(root))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("READY "):
         proc.kill()
-        raise SystemExit(f"{role} did not start: {line!r}")
+        raise SystemExit(f"{role} from {root} did not start: {line!r}")
     return proc, int(line.split()[1])
 
 
@@ -279,7 +283,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 [sys.executable, __file__, "--role", "sdk", *common, "--runs", str(args.baseline_runs),
                  "--endpoint", f"http://127.0.0.1:{sim_port}"],
                 capture_output=True, text=True, check=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+                env=_env(ROOT))
             base = json.loads(out.stdout.strip().splitlines()[-1])
             res["sdk"] = {"median_s": statistics.median(base["walls"]), "cpu_s": statistics.median(base["cpus"]),
                           "rss_mb": base["rss_mb"], "raw_bytes": base["body"], "runs": len(base["walls"])}
