@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(median {statistics.median(f['lag']) * 1000:.0f})  GC {statistics.mean(f['gc']) * 1000:.1f} ms/scrape  "
               f"peak RSS {mb:.0f} MB")
     old, new = figures
-    print(f"  new/old: CPU {statistics.mean(new['cpu']) / statistics.mean(old['cpu']):.2f}  "
-          f"median scrape {statistics.median(new['wall']) / statistics.median(old['wall']):.2f}")
+    old_cpu = statistics.mean(old["cpu"])
+    # A tiny run can stay under one 10 ms clock tick per scrape: no CPU ratio then.
+    cpu = f"{statistics.mean(new['cpu']) / old_cpu:.2f}" if old_cpu else "n/a (under one clock tick)"
+    print(f"  new/old: CPU {cpu}  median scrape {statistics.median(new['wall']) / statistics.median(old['wall']):.2f}")
     return 0
 
 
