@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_describe(settings))
         return 0
 
+    from oms_exporter.exposition import SPEEDUPS
     from oms_exporter.web import make_app
 
     app = make_app(settings)
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     log.info("listening", extra={"address": settings.options.listen_address, "version": __version__,
                                  "targets": ",".join(t.name for t in settings.targets),
+                                 # "python": built without a C compiler, so scrapes of many changed tasks cost more CPU
+                                 "speedups": "c" if SPEEDUPS else "python",
                                  **web_config.describe()})
     web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True,
                 ssl_context=web_config.ssl_context)

@@ -12,7 +12,10 @@ listings in a fraction of that, because
 - a gzip body is made of independently compressed chunks, and a chunk whose lines did
   not change keeps its compressed form from the last encode;
 - a line is one `str.format` of a template prepared per family and output format, with
-  the labels already in the sorted order prometheus_client writes them in.
+  the labels already in the sorted order prometheus_client writes them in;
+- the gauge lines of a changed task (most of what a scrape renders) and Go's number format
+  are written by `_speedups.c` where the install could build it: the same output as
+  `_render_gauges_py` and `_go_float_py` here, which run otherwise (and in the tests, too).
 
 `collector.SnapshotCollector` stays the reference: which families, which series, which
 values. `tests/test_exposition.py` proves this encoder's output identical to
@@ -137,6 +140,7 @@ class _Templates:
         self.ids = self._labels(m.TASK_LABELS)
         self.code_name = self._sample_name(m.TASK_STATUS_CODE)
         self.gauge_names = tuple(self._sample_name(g.name) for g in m.TASK_GAUGES)
+        self.gauge_prefixes = tuple(n.encode() for n in self.gauge_names)
         assert all(_lit(n) + self.ids + "{2}\n" == line
                    for n, line in zip((self.code_name, *self.gauge_names), (code, *self.gauges)))
         # Equal keys mean byte-identical per-task lines: such styles share rendered tasks.
@@ -180,7 +184,7 @@ _EXACT = 2 ** 53
 _INF = float("inf")
 
 
-def go_float(v: float) -> str:
+def _go_float_py(v: float) -> str:
     """`floatToGoString(v)`, with shortcuts for the integers and finite floats OMS fields hold."""
     t = type(v)
     if t is int and -_EXACT < v < _EXACT:
@@ -215,7 +219,7 @@ def _same_windows(a: tuple[BandwidthWindow, ...], b: tuple[BandwidthWindow, ...]
 
 _info_of = attrgetter(*_INFO_ATTRS)
 _gauges_of = attrgetter(*(attr for attr, _ in _GAUGES))
-_SCALES = tuple(scale for _, scale in _GAUGES)
+_SCALES = tuple(None if scale == 1 else scale for _, scale in _GAUGES)  # None: no scaling
 # Family indexes of render_task's lines: info 0, status block 1, status code 2, the gauges, bandwidth, error.
 _GAUGE_FAMILIES = tuple(range(3, 3 + len(_GAUGES)))
 _BANDWIDTH = 3 + len(_GAUGES)
@@ -224,6 +228,27 @@ _ERROR = _BANDWIDTH + 1
 # family index -> line; a dict of ints and bytes is never tracked by the garbage collector
 # (a tuple per line was, and made a scrape collect several times more often).
 Changes = dict[int, bytes]
+
+
+def _render_gauges_py(out: Changes, first: int, prefixes: tuple[bytes, ...], ids: bytes,
+                      values: tuple[float | None, ...], prev: tuple[float | None, ...] | None,
+                      scales: tuple[float | None, ...]) -> None:
+    """Into `out`: the gauge lines of `values` that differ from `prev` (all of them when None).
+
+    Family first + k is gauge k: prefixes[k] + ids + its value times scales[k] (None: 1) + "\n",
+    or b"" where the value became None. `_speedups.render_gauges` is this function in C.
+    """
+    gf = go_float
+    if prev is None:
+        for f, v, scale, prefix in zip(range(first, first + len(values)), values, scales, prefixes):
+            if v is not None:
+                out[f] = b"%s%s%s\n" % (prefix, ids, gf(v if scale is None else v * scale).encode())
+    else:
+        for f, v, pv, scale, prefix in zip(range(first, first + len(values)), values, prev, scales, prefixes):
+            # not _same(v, pv), inline: this loop runs for every gauge of every changed task.
+            if v is not pv and (v != pv or not v and repr(v) != repr(pv)):
+                out[f] = (b"" if v is None
+                          else b"%s%s%s\n" % (prefix, ids, gf(v if scale is None else v * scale).encode()))
 
 
 def render_task(t: Task, pid: str, tp: _Templates, p: Task | None = None) -> Changes:
@@ -246,16 +271,8 @@ def render_task(t: Task, pid: str, tp: _Templates, p: Task | None = None) -> Cha
             out[2] = f"{tp.code_name}{ids}{go_float(status)}\n".encode()
         elif p is not None:
             out[1] = out[2] = b""
-    gf = go_float
-    if p is None:
-        for f, v, scale, name in zip(_GAUGE_FAMILIES, _gauges_of(t), _SCALES, tp.gauge_names):
-            if v is not None:
-                out[f] = f"{name}{ids}{gf(v * scale if scale != 1 else v)}\n".encode()
-    else:
-        for f, v, pv, scale, name in zip(_GAUGE_FAMILIES, _gauges_of(t), _gauges_of(p), _SCALES, tp.gauge_names):
-            # not _same(v, pv), inline: this loop runs for every gauge of every changed task.
-            if v is not pv and (v != pv or not v and repr(v) != repr(pv)):
-                out[f] = b"" if v is None else f"{name}{ids}{gf(v * scale if scale != 1 else v)}\n".encode()
+    _render_gauges(out, _GAUGE_FAMILIES[0], tp.gauge_prefixes, ids.encode(), _gauges_of(t),
+                   None if p is None else _gauges_of(p), _SCALES)
     if p is None or not _same_windows(t.bandwidth, p.bandwidth):
         if t.bandwidth or p is not None:
             out[_BANDWIDTH] = "".join(tp.bandwidth.format(pid, tid, esc(w.start), esc(w.end), go_float(w.max_bandwidth))
@@ -266,6 +283,20 @@ def render_task(t: Task, pid: str, tp: _Templates, p: Task | None = None) -> Cha
         elif p is not None:
             out[_ERROR] = b""
     return out
+
+
+go_float: Callable[[float], str]
+_render_gauges: Callable[[Changes, int, tuple[bytes, ...], bytes, tuple[float | None, ...],
+                          tuple[float | None, ...] | None, tuple[float | None, ...]], None]
+try:  # C versions of go_float and _render_gauges_py, where the install could build them (setup.py)
+    from oms_exporter._speedups import go_float as _go_float_c
+    from oms_exporter._speedups import render_gauges as _render_gauges_c
+except ImportError:  # pragma: no cover - a build without a C compiler
+    SPEEDUPS = False
+    go_float, _render_gauges = _go_float_py, _render_gauges_py
+else:
+    SPEEDUPS = True
+    go_float, _render_gauges = _go_float_c, _render_gauges_c
 
 
 class _Project:

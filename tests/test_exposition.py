@@ -22,6 +22,19 @@ from oms_exporter.model import BandwidthWindow, Task
 from oms_exporter.settings import Target
 
 NOW = 1_750_000_000.0  # listing time (s)
+
+IMPLS = ["c", "python"] if x.SPEEDUPS else ["python"]
+
+
+@pytest.fixture(autouse=True, params=IMPLS)
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test of this module runs on the C speedups (when built) and on the pure-Python code."""
+    if request.param == "python":
+        monkeypatch.setattr(x, "go_float", x._go_float_py)
+        monkeypatch.setattr(x, "_render_gauges", x._render_gauges_py)
+    return str(request.param)
+
+
 DAY_MS = 86_400_000
 
 ACCEPTS = [
@@ -269,6 +282,7 @@ def test_go_float_matches_prometheus_client() -> None:
     for v in values:
         assert x.go_float(v) == floatToGoString(v), v
     assert x.go_float(math.nan) == "NaN"
+
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

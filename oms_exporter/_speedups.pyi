@@ -1,0 +1,6 @@
+# Type stub of oms_exporter/_speedups.c: the C versions of two functions of exposition.py.
+
+def go_float(v: float, /) -> str: ...
+def render_gauges(out: dict[int, bytes], first: int, prefixes: tuple[bytes, ...], ids: bytes,
+                  values: tuple[float | None, ...], prev: tuple[float | None, ...] | None,
+                  scales: tuple[float | None, ...], /) -> None: ...
