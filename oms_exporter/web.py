@@ -81,7 +81,10 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     tls = outbound_ssl(settings)
     connector = aiohttp.TCPConnector(limit=opts.max_concurrency * len(settings.targets) + 4,
                                      ttl_dns_cache=300, ssl=tls)
-    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+    # No cookie jar: OMS and IAM are token/signature APIs, and a cookie set by a gateway in
+    # front of one project must not ride along to the next (or cost a jar lookup per page).
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False,
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
         listers = {}
         for t in settings.targets:
             client = OmsClient(session, t, make_auth(t, session, ssl=tls), stats, ssl=tls)
