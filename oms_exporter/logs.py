@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 
@@ -43,11 +45,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), ensure_ascii=False, default=str)
 
 
+class ClientFaults(logging.Filter):
+    """A request the HTTP parser refused is the client's fault: a debug line, not an error with a traceback.
+
+    aiohttp's server answers such a request (headers over 8 KB, say) with a 400 and logs it
+    at ERROR with a traceback; a scanner or a misconfigured client would then page whoever
+    watches the exporter's error lines. Installed on the "aiohttp.server" logger by setup().
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            if isinstance(record.args, tuple) and len(record.args) == 1:  # "Error handling request from %s"
+                record.peer = record.args[0]
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg, record.args, record.exc_info, record.exc_text = "bad HTTP request refused", (), None, None
+            record.status = exc.code
+            # The parser's message may quote the start of the offending header: kept short.
+            record.reason = " ".join(exc.message.split())[:120] if isinstance(exc.message, str) else type(exc).__name__
+        return True
+
+
 def setup(level: str, fmt: str, stream: object = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    # The level on the handler too: ClientFaults lowers a record's level after the logger's check.
+    handler.setLevel(_LEVELS[level])
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
     # aiohttp's access log is one line per scrape: keep it for debug only.
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientFaults) for f in server.filters):
+        server.addFilter(ClientFaults())

@@ -8,6 +8,7 @@ before the scrape deadline, and that a broken listing never serves task series.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import socket
@@ -22,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
 from oms_exporter.client import OmsClient
+from oms_exporter import logs
 from oms_exporter.logs import LogfmtFormatter
 from oms_exporter.simulator import Credential, Simulator, make_tasks
 from oms_exporter.web import SNAPSHOTS, STATS, TIMEOUT_HEADER
@@ -572,3 +574,40 @@ async def test_a_huge_retry_after_pauses_no_longer_than_the_cap(sim: Simulator, 
     await asyncio.sleep(0.6)
     s, _ = await timed_scrape(client)
     assert up(s) == 1
+
+
+# --- bad requests to the exporter ------------------------------------------------------------
+
+@pytest.fixture
+def logged() -> Any:
+    """`logged(level)`: logs.setup(level) into a buffer, as the CLI does; undone afterwards."""
+    root, server = logging.getLogger(), logging.getLogger("aiohttp.server")
+    saved = root.handlers[:], root.level, server.filters[:]
+    buf = io.StringIO()
+
+    def setup(level: str) -> io.StringIO:
+        logs.setup(level, "logfmt", buf)
+        return buf
+
+    yield setup
+    root.handlers[:], server.filters[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+async def test_oversized_request_headers_are_a_debug_line_not_an_error(exporter: Exporter, logged: Any,
+                                                                      level: str) -> None:
+    buf = logged(level)
+    client = await exporter()
+    async with client.get("/metrics", headers={"X-Padding": "a" * 9000}) as resp:
+        assert resp.status == 400
+    async with client.get("/metrics") as resp:  # the exporter goes on serving
+        assert resp.status == 200
+    lines = buf.getvalue().splitlines()
+    assert not [ln for ln in lines if "level=error" in ln or "Traceback" in ln], lines
+    refused = [ln for ln in lines if 'msg="bad HTTP request refused"' in ln]
+    if level == "debug":
+        assert len(refused) == 1 and "level=debug" in refused[0] and "status=400" in refused[0]
+        assert "8190 bytes" in refused[0] and "peer=127.0.0.1" in refused[0] and len(refused[0]) < 400
+    else:
+        assert refused == []
