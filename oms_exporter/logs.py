@@ -61,8 +61,10 @@ class ClientFaults(logging.Filter):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.msg, record.args, record.exc_info, record.exc_text = "bad HTTP request refused", (), None, None
             record.status = exc.code
-            # The parser's message may quote the start of the offending header: kept short.
-            record.reason = " ".join(exc.message.split())[:120] if isinstance(exc.message, str) else type(exc).__name__
+            # Only the parser's description: what follows its first ":" quotes the request
+            # (a header value may be someone's credentials).
+            text = exc.message if isinstance(exc.message, str) else ""
+            record.reason = " ".join(text.split(":", 1)[0].split())[:120] or type(exc).__name__
         return True
 
 
