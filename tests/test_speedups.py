@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -86,3 +88,15 @@ def test_c_render_gauges_on_the_edges_of_equal(v: object, pv: object) -> None:
         x._render_gauges_c(got, 3, (b"m",), b" ", (v,), (pv,), (scale,))
         x._render_gauges_py(want, 3, (b"m",), b" ", (v,), (pv,), (scale,))
         assert got == want
+
+
+def test_without_the_c_module_the_python_versions_run() -> None:
+    """An install without a C compiler: exposition imports, says so, and encodes with the Python twins."""
+    code = (
+        "import sys; sys.modules['oms_exporter._speedups'] = None\n"  # import fails as if never built
+        "from oms_exporter import exposition as x\n"
+        "assert not x.SPEEDUPS and x.go_float is x._go_float_py and x._render_gauges is x._render_gauges_py\n"
+        "out = {}; x._render_gauges(out, 3, (b'm', b'n'), b' ', (1234567, None), None, (None, None))\n"
+        "assert out == {3: b'm 1.234567e+06\\n'}, out\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
