@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkcore.http.http_config import HttpConfig
-from huaweicloudsdkoms.v2 import ListTasksRequest, OmsClient
+from huaweicloudsdkcore.auth.credentials import BasicCredentials  # type: ignore[import-untyped]
+from huaweicloudsdkcore.http.http_config import HttpConfig  # type: ignore[import-untyped]
+from huaweicloudsdkoms.v2 import ListTasksRequest, OmsClient  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -66,17 +66,17 @@ class SdkCollector(Collector):
         info = GaugeMetricFamily(m.TASK_INFO, m.TASK_INFO_HELP,
                                  labels=list(m.TASK_LABELS) + [n for n, _ in m.TASK_INFO_LABELS])
         status = GaugeMetricFamily(m.TASK_STATUS, m.TASK_STATUS_HELP, labels=["project_id", "task_id", "status"])
-        code = GaugeMetricFamily(m.TASK_STATUS_CODE, m.TASK_STATUS_CODE_HELP, labels=list(m.TASK_LABELS))
+        status_code = GaugeMetricFamily(m.TASK_STATUS_CODE, m.TASK_STATUS_CODE_HELP, labels=list(m.TASK_LABELS))
         for t in self.tasks:
             tid = str(t.id)
             info.add_metric([pid, tid] + [_INFO[n](t) or "" for n, _ in m.TASK_INFO_LABELS], 1)
             if t.status is not None:
                 for c, name in STATUS_NAMES.items():
                     status.add_metric([pid, tid, name], 1 if c == t.status else 0)
-                code.add_metric([pid, tid], t.status)
+                status_code.add_metric([pid, tid], t.status)
         yield info
         yield status
-        yield code
+        yield status_code
         for g in m.TASK_GAUGES:
             fam = GaugeMetricFamily(g.name, g.help, labels=list(m.TASK_LABELS))
             attr = _SDK_ATTR.get(g.attr, g.attr)

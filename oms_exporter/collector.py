@@ -116,6 +116,7 @@ class SnapshotCollector(Collector):
             for t in tasks:
                 tid = str(t.id)
                 for w in t.bandwidth:
+                    assert w.max_bandwidth is not None  # Task.__post_init__ keeps only windows with a limit
                     bw.add_metric([pid, tid, w.start, w.end], w.max_bandwidth)
                 if t.error_code or t.error_msg:
                     err.add_metric([pid, tid, t.error_code, t.error_msg], 1)

@@ -275,7 +275,9 @@ def render_task(t: Task, pid: str, tp: _Templates, p: Task | None = None) -> Cha
                    None if p is None else _gauges_of(p), _SCALES)
     if p is None or not _same_windows(t.bandwidth, p.bandwidth):
         if t.bandwidth or p is not None:
-            out[_BANDWIDTH] = "".join(tp.bandwidth.format(pid, tid, esc(w.start), esc(w.end), go_float(w.max_bandwidth))
+            # (Task.__post_init__ keeps only windows with a limit: max_bandwidth is never None here.)
+            out[_BANDWIDTH] = "".join(tp.bandwidth.format(pid, tid, esc(w.start), esc(w.end),
+                                                          go_float(w.max_bandwidth))  # type: ignore[arg-type]
                                       for w in t.bandwidth).encode()
     if p is None or t.error_code != p.error_code or t.error_msg != p.error_msg:
         if t.error_code or t.error_msg:

@@ -163,11 +163,11 @@ async def _respond(request: web.Request, names: Sequence[str], with_self: bool) 
     return resp
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
     return await _respond(request, [t.name for t in request.app[SETTINGS].targets], with_self=True)
 
 
-async def probe_handler(request: web.Request) -> web.Response:
+async def probe_handler(request: web.Request) -> web.StreamResponse:
     if len(request.query_string) > MAX_QUERY_LENGTH:
         raise web.HTTPBadRequest(text="query string too long\n")
     name = request.query.get("target", "")

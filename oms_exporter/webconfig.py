@@ -32,14 +32,17 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import bcrypt
-import yaml
+import yaml  # type: ignore[import-untyped]
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from oms_exporter.settings import SettingsError, _lines, _loc
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +240,7 @@ class BasicAuth:
         self._cache: OrderedDict[bytes, bool] = OrderedDict()
         self._checks: asyncio.Semaphore | None = None
 
-    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    def middleware(self) -> Middleware:
         @web.middleware
         async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             if not await self.authorized(request.headers.get("Authorization", "")):

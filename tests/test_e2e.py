@@ -28,8 +28,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from oms_exporter.simulator import Fault, Simulator, make_tasks
-from tests.test_grafana import (dashboards, exprs_of, label_values_selector, referenced_metric_names,
-                                variable_queries)
+from tests.test_grafana import dashboards, exprs_of, label_values_selector, referenced_metric_names, variable_queries
 from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary, shorten_for
 
 PROJECT = "e2e00000000000000000000000000001"

@@ -22,8 +22,8 @@ import trustme
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
-from oms_exporter.client import OmsClient
 from oms_exporter import logs
+from oms_exporter.client import OmsClient
 from oms_exporter.logs import LogfmtFormatter
 from oms_exporter.simulator import Credential, Simulator, make_tasks
 from oms_exporter.web import SNAPSHOTS, STATS, TIMEOUT_HEADER

@@ -175,7 +175,8 @@ async def test_shutdown_with_a_listing_in_flight_is_quiet(sim, oms, caplog):
     import asyncio
     import logging
 
-    from aiohttp.test_utils import TestClient, TestServer as Server
+    from aiohttp.test_utils import TestClient
+    from aiohttp.test_utils import TestServer as Server
 
     from oms_exporter.settings import Options, Settings
     from oms_exporter.web import make_app

@@ -22,7 +22,7 @@ from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Options, Settings, SettingsError, Target, load
 from oms_exporter.simulator import Credential, Simulator, make_tasks
 from oms_exporter.web import make_app
-from tests.conftest import AK, PROJECT, SK, TOKEN, parse_metrics, value
+from tests.conftest import AK, SK, TOKEN, parse_metrics, value
 from tests.test_auth_demo import run_exporter
 from tests.test_auth_settings import run_check_config
 
