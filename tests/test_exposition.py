@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import math
 import threading
@@ -32,6 +33,7 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     if request.param == "python":
         monkeypatch.setattr(x, "go_float", x._go_float_py)
         monkeypatch.setattr(x, "_render_gauges", x._render_gauges_py)
+        monkeypatch.setattr(x, "_untrack", x._untrack_py)
     return str(request.param)
 
 
@@ -331,6 +333,22 @@ def test_concurrent_encodes_of_one_project_in_threads(monkeypatch: pytest.Monkey
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_lists_of_lines_are_kept_from_the_garbage_collector(impl: str) -> None:
+    """Every chunk list and id list an encode builds (first encode, changes, growth, removals) is untracked
+    with the C module, and tracked without it; the output stays the reference's."""
+    policy, cache = SeriesPolicy(finished_task_max_age=0), x.TaskLines()
+    tasks = [task(i, progress=i / 9000) for i in range(1, 2 * x.CHUNK_TASKS + 11)]
+    grown = [*tasks, task(2 * x.CHUNK_TASKS + 50)]
+    changed = [replace(t, progress=0.5) if t.id % 3 == 0 else t for t in grown]
+    for listing in (tasks, tasks, changed, grown, changed[5:-9:2]):
+        lsts = [Listing(target(), tasks=list(listing), duration=0.5, taken_at=NOW)]
+        assert fast(lsts, policy, ACCEPTS[0], cache) == reference(lsts, policy, ACCEPTS[0])
+        project = next(iter(cache._maps.values()))
+        lists = [chunk for family in project.cols for chunk in family] + [project.ids, project.tasks]
+        assert [gc.is_tracked(c) for c in lists] == [impl == "python"] * len(lists)
+    gc.collect()
 
 
 def test_gzip_compresses_again_only_the_chunks_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -96,7 +97,27 @@ def test_without_the_c_module_the_python_versions_run() -> None:
         "import sys; sys.modules['oms_exporter._speedups'] = None\n"  # import fails as if never built
         "from oms_exporter import exposition as x\n"
         "assert not x.SPEEDUPS and x.go_float is x._go_float_py and x._render_gauges is x._render_gauges_py\n"
+        "assert x._untrack is x._untrack_py\n"
         "out = {}; x._render_gauges(out, 3, (b'm', b'n'), b' ', (1234567, None), None, (None, None))\n"
         "assert out == {3: b'm 1.234567e+06\\n'}, out\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@needs_c
+def test_untrack_only_lists_of_objects_the_collector_does_not_track() -> None:
+    from oms_exporter.model import BandwidthWindow, Task
+
+    task = Task(1, *[""] * 10, *[None] * 13, (BandwidthWindow("00:00", "08:00", 1),), "", "")  # type: ignore[arg-type]
+    lines, ids, records, empty = [b"a\n", b""], [1, 2**70], [task], []
+    nested, with_tuple, with_dict = [b"", [b""]], [(1,)], [{}]
+    lists = [lines, ids, records, empty, nested, with_tuple, with_dict]
+    assert all(gc.is_tracked(x) for x in lists)
+    assert x._untrack_c([*lists, "not a list", (b"tuple",)]) == 4
+    assert [gc.is_tracked(x) for x in lists] == [False, False, False, False, True, True, True]
+    assert x._untrack_c([lines]) == 0  # already untracked
+    lines.append(b"more\n")  # lines stay lines: still untracked, still correct
+    assert not gc.is_tracked(lines) and lines == [b"a\n", b"", b"more\n"]
+    gc.collect()
+    with pytest.raises(TypeError):
+        x._untrack_c(1)  # type: ignore[arg-type]
