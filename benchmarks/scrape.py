@@ -195,6 +195,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _host_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of the whole machine: time a virtual machine's CPUs were taken away."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 def _hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -225,6 +231,7 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
 
         await scrape()  # warm-up: TLS-less connection pools, the last count for paging, caches
         walls, cpus, reqs, lags, sizes, gcs, gc_pauses = [], [], [], [], [], [], []
+        steal0, total0 = _host_ticks()
         for _ in range(args.scrapes):
             await advance()
             await get_json(f"{exp}/_bench/stats?reset=1")
@@ -240,6 +247,7 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
             gcs.append(probe["gc_seconds"])
             gc_pauses.append(probe["gc_max_pause"])
             sizes.append(size)
+        steal1, total1 = _host_ticks()
 
         # Burst: concurrent scrapes must share one listing and, per content type, one body.
         await advance()
@@ -264,6 +272,7 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
         "requests": statistics.median(reqs), "max_loop_lag_ms": max(lags) * 1000,
         "gc_ms": statistics.mean(gcs) * 1000, "gc_max_pause_ms": max(gc_pauses) * 1000,
         "gzip_bytes": statistics.median(sizes), "raw_bytes": raw, "up": up, "rss_mb": rss,
+        "steal_pct": 100 * (steal1 - steal0) / max(total1 - total0, 1),
         "burst": {"scrapes": args.concurrent, "listings": after["listings"] - before["listings"],
                   "upstream_requests": burst_reqs, "encodes": encodes, "wall_s": burst_wall,
                   "max_loop_lag_ms": after["max_loop_lag"] * 1000},
@@ -308,7 +317,9 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"max {max(r['walls']):.3f})  CPU/scrape {r['cpu_s']:.3f} s (max {r['max_cpu_s']:.3f})  "
              f"peak RSS {r['rss_mb']:.0f} MB"),
             (f"             upstream requests/scrape {r['requests']:g}  max event-loop lag {r['max_loop_lag_ms']:.1f} ms"
-             f"  GC {r['gc_ms']:.1f} ms/scrape (longest pause {r['gc_max_pause_ms']:.1f} ms)"),
+             f"  GC {r['gc_ms']:.1f} ms/scrape (longest pause {r['gc_max_pause_ms']:.1f} ms)"
+             # CPU time the hypervisor gave to other guests: a slow run says so here.
+             f"  host CPU steal {r['steal_pct']:.1f} %"),
             (f"  burst      {b['scrapes']} concurrent scrapes -> {b['listings']} listing(s), "
              f"{b['upstream_requests']} upstream requests, {b['encodes']} encode(s), {b['wall_s']:.3f} s, "
              f"loop lag {b['max_loop_lag_ms']:.1f} ms"),

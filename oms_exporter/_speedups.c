@@ -278,8 +278,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "oms_exporter._speedups",
-    "C versions of exposition.go_float and exposition._render_gauges_py; untrack.", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "oms_exporter._speedups",
+    .m_doc = "C versions of exposition.go_float and exposition._render_gauges_py; untrack.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC

@@ -25,12 +25,14 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     text = proc.stdout
     assert "SDK baseline" in text and "faster than the SDK baseline" in text
     assert "| tasks | scrape (median) |" in text  # the scaling table of several sizes
+    assert "host CPU steal" in text
     figures = json.loads(out_json.read_text())
     assert [f["tasks"] for f in figures] == [30, 250]
     for f in figures:
         assert f["burst"]["listings"] == 1  # five concurrent scrapes, one upstream listing
         assert f["burst"]["encodes"] == 1
         assert f["requests"] >= 1 and f["rss_mb"] > 0 and f["raw_bytes"] > 0
+        assert 0 <= f["steal_pct"] <= 100
         assert f["sdk"]["raw_bytes"] > 0
 
 
