@@ -118,15 +118,16 @@ line(PyObject *prefix, PyObject *ids, PyObject *v)
     return res;
 }
 
-/* Whether two values are written alike: `_same` in exposition.py. 1, 0 or -1 on error. */
+/* Whether a gauge's value is written as before: not the "changed" test of _render_gauges_py,
+ * `v is not pv and (v != pv or not v and repr(v) != repr(pv))`, step by step. 1, 0, or -1 on error. */
 static int
 same(PyObject *a, PyObject *b)
 {
     if (a == b)
         return 1;
-    int eq = PyObject_RichCompareBool(a, b, Py_EQ);
-    if (eq <= 0)
-        return eq;
+    int ne = PyObject_RichCompareBool(a, b, Py_NE);
+    if (ne != 0)
+        return ne < 0 ? -1 : 0;
     int truth = PyObject_IsTrue(a);
     if (truth != 0)
         return truth; /* 1, or -1 on error */
@@ -148,6 +149,7 @@ same(PyObject *a, PyObject *b)
 static PyObject *
 go_float(PyObject *module, PyObject *v)
 {
+    (void)module;
     char buf[NUM_MAX];
     Py_ssize_t n = fast_number(v, buf);
     if (n < 0)
@@ -162,6 +164,7 @@ PyDoc_STRVAR(go_float_doc, "go_float(v) -> str: floatToGoString(v), as expositio
 static PyObject *
 render_gauges(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    (void)module;
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "render_gauges takes 7 arguments");
         return NULL;
@@ -243,6 +246,7 @@ PyDoc_STRVAR(render_gauges_doc,
 static PyObject *
 untrack(PyObject *module, PyObject *lists)
 {
+    (void)module;
     PyObject *seq = PySequence_Fast(lists, "untrack: a sequence of lists");
     if (seq == NULL)
         return NULL;

@@ -61,10 +61,9 @@ class ClientFaults(logging.Filter):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.msg, record.args, record.exc_info, record.exc_text = "bad HTTP request refused", (), None, None
             record.status = exc.code
-            # Only the parser's description: what follows its first ":" quotes the request
-            # (a header value may be someone's credentials).
-            text = exc.message if isinstance(exc.message, str) else ""
-            record.reason = " ".join(text.split(":", 1)[0].split())[:120] or type(exc).__name__
+            # The kind of fault (LineTooLong, BadStatusLine, ...), not the parser's message:
+            # that may quote the request, and a header or query may carry credentials.
+            record.reason = type(exc).__name__
         return True
 
 

@@ -17,7 +17,7 @@ needs_c = pytest.mark.skipif(not x.SPEEDUPS, reason="the C speedups are not buil
 
 
 def test_speedups_are_built_where_required() -> None:
-    """CI and the Docker build set OMS_EXPORTER_REQUIRE_SPEEDUPS=1: a build that lost its C module fails there."""
+    """CI sets OMS_EXPORTER_REQUIRE_SPEEDUPS=1: a build that lost its C module fails there (the Docker build imports it)."""
     if os.environ.get("OMS_EXPORTER_REQUIRE_SPEEDUPS") == "1":
         assert x.SPEEDUPS, "oms_exporter._speedups was not built (is a C compiler installed?)"
 
@@ -121,3 +121,22 @@ def test_untrack_only_lists_of_objects_the_collector_does_not_track() -> None:
     gc.collect()
     with pytest.raises(TypeError):
         x._untrack_c(1)  # type: ignore[arg-type]
+
+
+class _EqAlways(float):
+    """A value whose == and != disagree: the C code must ask the question the Python code asks (!=)."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = float.__hash__
+
+
+@needs_c
+@pytest.mark.parametrize(("v", "pv"), [(1.0, _EqAlways(2.0)), (_EqAlways(2.0), 1.0)])
+def test_c_render_gauges_asks_not_equal_like_the_python_version(v: float, pv: float) -> None:
+    got: x.Changes = {}
+    want: x.Changes = {}
+    x._render_gauges_c(got, 3, (b"m",), b" ", (v,), (pv,), (None,))
+    x._render_gauges_py(want, 3, (b"m",), b" ", (v,), (pv,), (None,))
+    assert got == want and len(want) == 1
