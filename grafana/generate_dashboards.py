@@ -39,6 +39,15 @@ def per_task(metric: str) -> str:
             f" * on (project_id, task_id) group_left (name) {INFO}")
 
 
+def totals(metric: str) -> str:
+    """A per-project total (oms_tasks_*), over every task of the selected projects and states.
+
+    The exporter sums these over the whole listing, so they hold whatever per-task series
+    exist (--oms.per-task-series=false, finished tasks past their max age).
+    """
+    return f'{metric}{{project_id=~"$project_id", status=~"$status"}}'
+
+
 def one_task(metric: str) -> str:
     return f'{metric}{{project_id="$project_id", task_id="$task_id"}}'
 
@@ -210,15 +219,19 @@ def tasks_dashboard() -> dict[str, Any]:
                                   "filters do not apply; old finished tasks included).",
         overrides=[override(s, color={"mode": "fixed", "fixedColor": c}) for s, c in STATUS_COLORS.items()]))
     p.append(panel("gauge", "Overall progress", [target(
-        f'sum({per_task("oms_task_completed_bytes")}) / sum({per_task("oms_task_size_bytes")})')],
+        f'sum({totals("oms_tasks_completed_bytes")}) / sum({totals("oms_tasks_size_bytes")})')],
         (7, 1, 4, 5), unit="percentunit", min_=0, max_=1, decimals=1,
-        description="Bytes completed / bytes to migrate, over the selected tasks.",
+        description="Bytes completed / bytes to migrate, over every task of the projects in the selected "
+                    "states (group and task filters do not apply; old finished tasks included).",
         options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                  "showThresholdLabels": False, "showThresholdMarkers": False}))
-    p.append(stat("Total throughput", [target(f'sum({per_task("oms_task_speed_bytes_per_second")})')],
-                  (11, 1, 4, 5), unit="binBps", description="Sum of the current speeds of the selected tasks."))
-    p.append(stat("Objects failed", [target(f'sum({per_task("oms_task_objects_failed")})')], (15, 1, 3, 5),
-                  thresholds=[(None, "green"), (1, "red")], description="Failed objects of the selected tasks."))
+    p.append(stat("Total throughput", [target(f'sum({totals("oms_tasks_speed_bytes_per_second")})')],
+                  (11, 1, 4, 5), unit="binBps",
+                  description="Sum of the current speeds of every task of the projects in the selected states."))
+    p.append(stat("Objects failed", [target(f'sum({totals("oms_tasks_objects_failed")})')], (15, 1, 3, 5),
+                  thresholds=[(None, "green"), (1, "red")],
+                  description="Failed objects of every task of the projects in the selected states "
+                              "(old finished tasks included)."))
     p.append(stat("OMS API up", [target('min by (project_id) (oms_up{project_id=~"$project_id"})',
                                         legend="{{project_id}}")], (18, 1, 3, 5),
                   mappings=[{"type": "value", "options": {"0": {"text": "DOWN", "color": "red"},

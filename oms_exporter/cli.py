@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         "scrape_timeout": "scrape budget when Prometheus sends no timeout header (default 10s)",
         "timeout_offset": "margin kept back from the scrape timeout (default 500ms)",
         "min_interval": "serve a listing younger than this instead of asking OMS again (default 0: always ask)",
-        "finished_task_max_age": "succeeded/failed tasks that ended longer ago get no per-task series "
+        "finished_task_max_age": "succeeded tasks that ended longer ago get no per-task series "
                                  "(default 7d; 0 keeps them all)",
+        "failed_task_max_age": "failed tasks that ended longer ago get no per-task series, so OmsTaskFailed "
+                               "resolves for them (default 0: failed tasks keep their series while they are failed)",
         "per_task_series": "true or false: per-task series, or per-project aggregates only (default true)",
         "ca_file": "CA bundle to verify OMS and IAM TLS certificates with",
         "insecure_skip_verify": "true to skip TLS verification of OMS and IAM (dangerous)",

@@ -53,6 +53,10 @@ class ServerError(OmsError):
 class RequestRejected(OmsError):
     reason = "http_4xx"
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class BadPayload(OmsError):
     reason = "bad_payload"
@@ -228,7 +232,7 @@ class OmsClient:
                 failure = ServerError(f"OMS failed ({_answer(status, raw)})")
                 wait = self._backoff(attempt)
             else:
-                raise RequestRejected(f"OMS rejected the request ({_answer(status, raw)})")
+                raise RequestRejected(f"OMS rejected the request ({_answer(status, raw)})", status)
             if wait is None or attempt >= self.RETRIES or loop.time() + wait >= deadline:
                 if isinstance(failure, Throttled) and retry_after:
                     # Capped like the auth pause: a bogus header must not silence a project for days.

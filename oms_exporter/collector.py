@@ -20,26 +20,34 @@ from prometheus_client.registry import Collector
 
 from oms_exporter import metrics as m
 from oms_exporter.lister import Listing
-from oms_exporter.model import STATUS_NAMES, Task
+from oms_exporter.model import FAILED, STATUS_NAMES, SUCCEEDED, Task
 
 
 @dataclass(frozen=True, slots=True)
 class SeriesPolicy:
-    """Which tasks get per-task series (all of them still count in oms_tasks)."""
+    """Which tasks get per-task series (all of them still count in oms_tasks and the oms_tasks_* totals).
+
+    A succeeded task that ended more than `finished_task_max_age` ago has none. A failed task
+    keeps its series while it is failed (OmsTaskFailed reads them), unless `failed_task_max_age`
+    is set too. 0 turns a rule off.
+    """
 
     per_task_series: bool = True
-    finished_task_max_age: float = 7 * 86400.0  # seconds; 0 keeps every finished task
+    finished_task_max_age: float = 7 * 86400.0  # seconds, for succeeded tasks
+    failed_task_max_age: float = 0.0  # seconds, for failed tasks
 
     def exported(self, listing: Listing) -> list[Task]:
         if not self.per_task_series or not listing.up:
             return []
-        if not self.finished_task_max_age:
+        limits = {SUCCEEDED: self.finished_task_max_age, FAILED: self.failed_task_max_age}
+        if not any(limits.values()):
             return listing.tasks
-        oldest_ms = (listing.taken_at - self.finished_task_max_age) * 1000
+        now_ms = listing.taken_at * 1000
+        oldest = {code: now_ms - age * 1000 for code, age in limits.items() if age}
         out = []
         for t in listing.tasks:
             ended = t.finished_at_ms()
-            if ended is None or ended >= oldest_ms:
+            if ended is None or t.status not in oldest or ended >= oldest[t.status]:
                 out.append(t)
         return out
 
@@ -61,6 +69,7 @@ class SnapshotCollector(Collector):
         counts = _g(m.TASKS, m.TASKS_HELP, ("project_id", "status"))
         malformed = _g(m.MALFORMED_TASKS, m.MALFORMED_TASKS_HELP, m.PROJECT_LABELS)
         taken = _g(m.LISTING_TIMESTAMP, m.LISTING_TIMESTAMP_HELP, m.PROJECT_LABELS)
+        totals = [_g(t.name, t.help, ("project_id", "status")) for t in m.TASK_TOTALS]
         for listing in self._listings:
             pid = listing.target.project_id
             up.add_metric([pid], 1 if listing.up else 0)
@@ -70,7 +79,10 @@ class SnapshotCollector(Collector):
                     counts.add_metric([pid, STATUS_NAMES[code]], n)
                 malformed.add_metric([pid], listing.malformed)
                 taken.add_metric([pid], listing.taken_at)
-        yield from (up, duration, counts, malformed, taken)
+                for code, sums in listing.status_totals().items():
+                    for fam, total in zip(totals, sums):
+                        fam.add_metric([pid, STATUS_NAMES[code]], total)
+        yield from (up, duration, counts, malformed, taken, *totals)
 
         exported = [(lst.target.project_id, self._policy.exported(lst)) for lst in self._listings]
         yield self._info(exported)

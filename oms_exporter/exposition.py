@@ -100,6 +100,7 @@ _AGGREGATES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (m.TASKS, m.TASKS_HELP, ("project_id", "status")),
     (m.MALFORMED_TASKS, m.MALFORMED_TASKS_HELP, m.PROJECT_LABELS),
     (m.LISTING_TIMESTAMP, m.LISTING_TIMESTAMP_HELP, m.PROJECT_LABELS),
+    *((t.name, t.help, ("project_id", "status")) for t in m.TASK_TOTALS),
 )
 # The quoting and escaping rules below hold for names of the legacy character set only.
 for _name, _, _labels in _TASK_FAMILIES + _AGGREGATES:
@@ -126,8 +127,9 @@ class _Templates:
         info, status, code, *gauges = (self._line(n, labels) for n, _, labels in _TASK_FAMILIES[:-2])
         self.bandwidth, self.error = (self._line(n, labels) for n, _, labels in _TASK_FAMILIES[-2:])
         self.info, self.code, self.gauges = info, code, tuple(gauges)
-        self.up, self.duration, self.counts, self.malformed, self.taken = (
+        self.up, self.duration, self.counts, self.malformed, self.taken, *totals = (
             self._line(n, lab) for n, _, lab in _AGGREGATES)
+        self.totals = tuple(totals)
         # The seven oms_task_status lines of a task in each state, with {0}=project, {1}=task.
         def block(state: int | None) -> str:
             text = "".join(status.format("\0P\0", "\0T\0", escape_value(name), "1.0" if c == state else "0.0")
@@ -530,6 +532,7 @@ def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cac
     cache = cache if cache is not None else TaskLines()
 
     up, duration, counts, malformed, taken = [], [], [], [], []
+    totals: list[list[str]] = [[] for _ in tp.totals]
     for lst in listings:
         pid = escape_value(lst.target.project_id)
         up.append(tp.up.format(pid, "1.0" if lst.up else "0.0"))
@@ -539,8 +542,12 @@ def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cac
                 counts.append(tp.counts.format(pid, escape_value(STATUS_NAMES[code]), floatToGoString(n)))
             malformed.append(tp.malformed.format(pid, floatToGoString(lst.malformed)))
             taken.append(tp.taken.format(pid, floatToGoString(lst.taken_at)))
+            for code, sums in lst.status_totals().items():
+                state = escape_value(STATUS_NAMES[code])
+                for lines, template, total in zip(totals, tp.totals, sums):
+                    lines.append(template.format(pid, state, floatToGoString(total)))
     yield b"".join(header + "".join(lines).encode()
-                   for header, lines in zip(tp.agg_headers, (up, duration, counts, malformed, taken)))
+                   for header, lines in zip(tp.agg_headers, (up, duration, counts, malformed, taken, *totals)))
 
     # A failed listing exports nothing and leaves the project's cached lines for its next success.
     projects = [cache.columns(tp, lst.target.project_id, policy.exported(lst)) for lst in listings if lst.up]

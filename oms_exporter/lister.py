@@ -5,10 +5,11 @@ The first page's `count` says how many pages follow; they are fetched with at mo
 start every page at once instead of waiting for the first. Offset paging shifts while
 tasks are created or deleted, so tasks are keyed by id, pages that a growing `count` adds
 are fetched, and when the count changed during the listing every page is fetched a second
-time (a live task can fall between two shifted pages). When `count` is beyond what
-`offset` can reach (one API edition caps it at 10,000), the query is split per status; if
-even that cannot reach every task, the listing fails as `incomplete` instead of dropping
-tasks.
+time (a live task can fall between two shifted pages). Offsets go up to the documented
+maximum; an API edition that caps them lower (one caps them at 10,000) answers 400, and the
+lister learns that cap. When `count` is beyond what `offset` can reach, the query is split
+per status; if even that cannot reach every task, the listing fails as `incomplete` instead
+of dropping tasks.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from oms_exporter.client import Incomplete, OmsClient, OmsError, Page, Timeout
+from oms_exporter.client import Incomplete, OmsClient, OmsError, Page, RequestRejected, Timeout
+from oms_exporter.metrics import TASK_TOTALS
 from oms_exporter.model import STATUS_NAMES, Task, TaskParser
 from oms_exporter.settings import Target
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _task_id = attrgetter("id")
 _status = attrgetter("status")
+_TOTAL_FIELDS = tuple(attrgetter(t.attr) for t in TASK_TOTALS)
 
 Query = tuple[int | None, str | None]  # (status filter, group_id filter)
 
@@ -55,6 +58,14 @@ class Listing:
         found = Counter(map(_status, self.tasks))
         return {code: found[code] for code in STATUS_NAMES}
 
+    def status_totals(self) -> dict[int, tuple[float, ...]]:
+        """Per state, the sum of each TASK_TOTALS field over every task (absent values count as 0)."""
+        by_status: dict[int | None, list[Task]] = {code: [] for code in STATUS_NAMES}
+        for t in self.tasks:
+            by_status.setdefault(t.status, []).append(t)
+        return {code: tuple(sum(filter(None, map(getter, by_status[code]))) for getter in _TOTAL_FIELDS)
+                for code in STATUS_NAMES}
+
 
 class _Unreachable(Exception):
     def __init__(self, count: int) -> None:
@@ -75,6 +86,9 @@ class Lister:
         self._max_concurrency = max_concurrency
         self._last_count: dict[Query, int] = {}
         self._parser = TaskParser(on_fresh)
+        # The highest offset to ask for: the target's (the documented maximum by default),
+        # lowered when OMS refuses an offset below it (an API edition with a lower cap).
+        self._max_offset = target.max_offset
 
     async def run(self, deadline: float) -> Listing:
         """List every task before `deadline` (event-loop time); never raises an OmsError."""
@@ -108,7 +122,7 @@ class Lister:
 
     def _reach(self) -> int:
         """Number of tasks that offset paging (offsets are multiples of the limit) can reach."""
-        return (self.target.max_offset // self._limit + 1) * self._limit
+        return (self._max_offset // self._limit + 1) * self._limit
 
     async def _page(self, query: Query, offset: int, deadline: float) -> Page:
         async with self._sem:
@@ -124,9 +138,8 @@ class Lister:
             if not split or query[0] is not None:
                 raise Incomplete(
                     f"{exc.count} tasks match status={query[0]} group_id={query[1]}, but offset paging "
-                    f"reaches only {self._reach()} (max_offset {self.target.max_offset}); raise "
-                    f"max_offset if your API edition allows it") from None
-            log.info("task count beyond offset reach, listing per status",
+                    f"reaches only {self._reach()} (max_offset {self._max_offset})") from None
+            log.debug("task count beyond offset reach, listing per status",
                      extra={"target": self.target.name, "count": exc.count, "reach": self._reach()})
             # Count distinct tasks: a task that changes status mid-listing can be missed by
             # both status lists while their counts still add up. One more round catches it.
@@ -143,12 +156,31 @@ class Lister:
             for t in found.values():
                 tasks.setdefault(t.id, t)
 
+    def _learn_offset_cap(self, answered: set[int], refused: list[int]) -> None:
+        """OMS answered 400 to offsets `refused` and 200 to `answered`: its cap is below the refused ones."""
+        cap = max((o for o in answered if o < min(refused)), default=0)
+        if cap < self._max_offset:
+            log.warning("OMS refused an offset it documents; listing per status from now on",
+                        extra={"target": self.target.name, "refused_offset": min(refused), "learned_max_offset": cap})
+            self._max_offset = cap
+
     async def _page_through(self, query: Query, tasks: dict[int, Task], deadline: float) -> None:
         limit, reach = self._limit, self._reach()
         counts: set[int] = set()
+        answered: set[int] = set()
+        refused: list[int] = []
 
         async def fetch(offset: int) -> None:
-            page = await self._page(query, offset, deadline)
+            try:
+                page = await self._page(query, offset, deadline)
+            except RequestRejected as exc:
+                if exc.status != 400 or offset == 0:
+                    raise
+                # A 400 to an offset the first page's count says holds tasks: an offset cap
+                # this API edition does not announce.
+                refused.append(offset)
+                return
+            answered.add(offset)
             counts.add(page.count)
             # A task on two pages (the list shifted between them): the later page is the fresher.
             tasks.update(zip(map(_task_id, page.tasks), page.tasks))
@@ -166,13 +198,18 @@ class Lister:
                     return
                 fetched.update(todo)
                 await _all(fetch(o) for o in todo)
+                if refused:
+                    self._learn_offset_cap(answered, refused)
+                    raise _Unreachable(max(counts))
                 if max(counts) > reach:
                     raise _Unreachable(max(counts))
                 todo = missing(max(counts))
             raise Incomplete(f"the task list kept growing while it was listed (count {max(counts)})")
 
-        # Start the pages the previous listing had together with the first one.
-        await one_pass(self._last_count.get(query, 0))
+        # Start the pages the previous listing had together with the first one (only the first
+        # when they were beyond reach: its count is all this listing needs before splitting).
+        last = self._last_count.get(query, 0)
+        await one_pass(last if last <= reach else 0)
         if len(counts) > 1:
             # Tasks were created or deleted while the pages were fetched. Offset pages then
             # shift, and a live task can fall between two pages fetched at different moments.

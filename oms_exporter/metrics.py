@@ -87,6 +87,32 @@ TASKS_HELP = "Number of tasks of the project in each state, from the full listin
 MALFORMED_TASKS = "oms_malformed_tasks"
 MALFORMED_TASKS_HELP = "Task records in the last listing that could not be read and were skipped."
 
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTotal:
+    """A per-project, per-state sum of one numeric TaskResp field over every listed task."""
+
+    name: str
+    help: str
+    attr: str  # attribute of model.Task; absent (None) counts as 0
+
+
+_TOTAL_HELP = (" of every task of the project in each state, from the full listing, whatever the "
+               "per-task series filters (absent values count as 0).")
+TASK_TOTALS: tuple[TaskTotal, ...] = (
+    TaskTotal("oms_tasks_size_bytes", "Sum of total_size (bytes to migrate)" + _TOTAL_HELP, "total_size"),
+    TaskTotal("oms_tasks_completed_bytes", "Sum of complete_size (bytes processed)" + _TOTAL_HELP, "complete_size"),
+    TaskTotal("oms_tasks_migrated_bytes", "Sum of real_size (bytes migrated, skipped objects excluded)"
+              + _TOTAL_HELP, "real_size"),
+    TaskTotal("oms_tasks_objects", "Sum of total_num (objects to migrate)" + _TOTAL_HELP, "total_num"),
+    TaskTotal("oms_tasks_objects_succeeded", "Sum of successful_num" + _TOTAL_HELP, "successful_num"),
+    TaskTotal("oms_tasks_objects_failed", "Sum of failed_num" + _TOTAL_HELP, "failed_num"),
+    TaskTotal("oms_tasks_objects_skipped", "Sum of skipped_num" + _TOTAL_HELP, "skipped_num"),
+    TaskTotal("oms_tasks_speed_bytes_per_second", "Sum of migrate_speed (bytes per second)" + _TOTAL_HELP,
+              "migrate_speed"),
+)
+
 LISTING_TIMESTAMP = "oms_listing_timestamp_seconds"
 LISTING_TIMESTAMP_HELP = (
     "Unix time the listing these series come from was started. With --oms.min-interval a "
@@ -101,11 +127,15 @@ SCRAPE_ERRORS = "oms_scrape_errors"  # counter, exposed as oms_scrape_errors_tot
 # Fixed set of `reason` label values of oms_scrape_errors_total.
 ERROR_REASONS = ("timeout", "throttled", "auth", "http_5xx", "http_4xx", "bad_payload", "network", "incomplete",
                  "internal")
+# `code` values of oms_api_requests_total exported (at 0) from the start: the HTTP statuses the
+# OMS API documents, and the two for requests without an answer. Others appear when first seen.
+KNOWN_API_CODES = ("200", "400", "401", "403", "404", "429", "500", "503", "timeout", "network")
 
 ALL_METRIC_NAMES: frozenset[str] = frozenset(
     [TASK_INFO, TASK_STATUS, TASK_STATUS_CODE, TASK_BANDWIDTH, TASK_ERROR_INFO]
     + [g.name for g in TASK_GAUGES]
     + [UP, SCRAPE_DURATION, TASKS, MALFORMED_TASKS, LISTING_TIMESTAMP, BUILD_INFO]
+    + [t.name for t in TASK_TOTALS]
     + [API_REQUESTS + "_total", SCRAPE_ERRORS + "_total"]
     + [API_REQUEST_DURATION + s for s in ("_bucket", "_sum", "_count")]
 )
@@ -131,3 +161,15 @@ class SelfMetrics:
         self.scrape_errors = Counter(
             SCRAPE_ERRORS, "Project listings that failed, by reason.",
             ["project_id", "reason"], registry=self.registry)
+
+    def add_project(self, project_id: str) -> None:
+        """Export every label set of `project_id` known in advance, at 0, from the first scrape on.
+
+        A counter series that appears only with its first increment hides that increment
+        from increase() and rate(), and leaves rules that name it without data.
+        """
+        for reason in ERROR_REASONS:
+            self.scrape_errors.labels(project_id, reason)
+        for code in KNOWN_API_CODES:
+            self.api_requests.labels(project_id, code)
+        self.api_request_duration.labels(project_id)

@@ -30,7 +30,8 @@ STATUS_NAMES: dict[int, str] = {
     6: "retrying",
     7: "pausing",
 }
-FINISHED_STATUSES = frozenset({4, 5})
+FAILED, SUCCEEDED = 4, 5
+FINISHED_STATUSES = frozenset({FAILED, SUCCEEDED})
 
 
 log = logging.getLogger(__name__)

@@ -69,6 +69,8 @@ def _check_http_url(value: str | None) -> str | None:
 
 
 HttpUrlStr = Annotated[str | None, BeforeValidator(_check_http_url)]
+# The largest `offset` the ListTasks reference documents.
+MAX_OFFSET = 2147483647
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 # Secret fields and the `*_file` twin each one may be read from.
@@ -108,9 +110,10 @@ class Target(BaseModel):
     # Listing shape.
     statuses: list[Annotated[int, Field(ge=1, le=7)]] | None = Field(default=None, min_length=1)
     group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(default=None, min_length=1)
-    # Highest `offset` the API edition accepts: one edition caps it at 10,000. Above
-    # what this reaches, the lister lists per status instead.
-    max_offset: Annotated[int, Field(ge=0, le=2147483647)] = 10000
+    # Highest `offset` to ask for: the documented maximum by default. An API edition that
+    # caps it lower (one caps it at 10,000) answers 400; the lister then learns that cap and
+    # lists per status. Set lower only to skip that one refused request.
+    max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = MAX_OFFSET
 
     @model_validator(mode="before")
     @classmethod
@@ -259,7 +262,10 @@ class Options(BaseModel):
     scrape_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     timeout_offset: Duration = 0.5
     min_interval: Duration = 0.0
+    # Succeeded tasks that ended longer ago get no per-task series; failed tasks keep theirs
+    # (a failed task is still failed) unless failed_task_max_age says otherwise.
     finished_task_max_age: Duration = 7 * 86400.0
+    failed_task_max_age: Duration = 0.0
     per_task_series: bool = True
     ca_file: Path | None = None
     insecure_skip_verify: bool = False
@@ -409,6 +415,7 @@ FLAG_NAMES = {
     "timeout_offset": "oms.timeout-offset",
     "min_interval": "oms.min-interval",
     "finished_task_max_age": "oms.finished-task-max-age",
+    "failed_task_max_age": "oms.failed-task-max-age",
     "per_task_series": "oms.per-task-series",
     "ca_file": "oms.ca-file",
     "insecure_skip_verify": "oms.insecure-skip-verify",

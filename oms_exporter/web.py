@@ -61,7 +61,10 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None) -> web.App
     app = web.Application()
     app[SETTINGS] = settings
     app[STATS] = stats or SelfMetrics()
-    app[POLICY] = SeriesPolicy(settings.options.per_task_series, settings.options.finished_task_max_age)
+    for t in settings.targets:
+        app[STATS].add_project(t.project_id)
+    opts = settings.options
+    app[POLICY] = SeriesPolicy(opts.per_task_series, opts.finished_task_max_age, opts.failed_task_max_age)
     app[RENDERER] = Renderer()
     app.cleanup_ctx.append(_oms_clients)
     app.cleanup_ctx.append(_gc_policy)  # after the clients, so that they are frozen too

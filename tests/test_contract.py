@@ -201,3 +201,113 @@ async def test_min_interval_serves_the_same_listing_and_says_how_old_it_is(sim, 
     later = await scrape(client)
     assert len(sim.requests) > requests
     assert value(later, "oms_listing_timestamp_seconds", project_id=PROJECT) > taken
+
+
+# --- issue 12: what stays, what goes, and totals that do not depend on it ------------------------
+
+DAY_MS = 86_400_000
+STATES = ["waiting", "migrating", "paused", "failed", "succeeded", "retrying", "pausing"]
+TOTALS = {  # oms_tasks_* family -> TaskResp field it sums
+    "oms_tasks_size_bytes": "total_size", "oms_tasks_completed_bytes": "complete_size",
+    "oms_tasks_migrated_bytes": "real_size", "oms_tasks_objects": "total_num",
+    "oms_tasks_objects_succeeded": "successful_num", "oms_tasks_objects_failed": "failed_num",
+    "oms_tasks_objects_skipped": "skipped_num", "oms_tasks_speed_bytes_per_second": "migrate_speed",
+}
+
+
+def _totals(s):
+    return {(name, dict(lab)["status"]): v for name in TOTALS for lab, v in values(s, name).items()}
+
+
+def _ended_days_ago(days, **fields):
+    import time as _time
+    now_ms = int(_time.time() * 1000)
+    return {"start_time": now_ms - int(days * DAY_MS) - 3_600_000, "total_time": 3_600_000, **fields}
+
+
+async def test_totals_are_sums_over_every_task_per_state(sim, exporter):
+    sim.patch_task(PROJECT, 1, total_size=None)  # absent values count as 0
+    del sim.projects[PROJECT][2]["real_size"]
+    for per_task_series in (True, False):
+        s = await scrape(await exporter(per_task_series=per_task_series))
+        got = _totals(s)
+        assert {st for _, st in got} == set(STATES)  # all seven, always
+        for name, field in TOTALS.items():
+            for code, state in enumerate(STATES, start=1):
+                want = sum(t.get(field) or 0 for t in sim.projects[PROJECT].values() if t["status"] == code)
+                assert got[(name, state)] == want, (name, state)
+
+
+async def test_a_task_that_failed_long_ago_keeps_its_series(sim, exporter):
+    sim.patch_task(PROJECT, 5, status=4, **_ended_days_ago(9),
+                   error_reason={"error_code": "OMS.1105", "error_msg": "The destination bucket does not exist."})
+    s = await scrape(await exporter())  # default settings: --oms.finished-task-max-age 7d
+    assert value(s, "oms_task_status", project_id=PROJECT, task_id="5", status="failed") == 1
+    assert values(s, "oms_task_error_info", project_id=PROJECT, task_id="5")
+    # The opt-in flag drops it, and only it decides for failed tasks.
+    s = await scrape(await exporter(failed_task_max_age=8 * 86400))
+    assert values(s, "oms_task_info", task_id="5") == {}
+    assert value(s, "oms_tasks", project_id=PROJECT, status="failed") == sum(
+        1 for t in sim.projects[PROJECT].values() if t["status"] == 4)
+
+
+async def test_succeeded_tasks_past_the_max_age_lose_their_series_and_totals_do_not_move(sim, exporter):
+    sim.patch_task(PROJECT, 5, status=5, **_ended_days_ago(6.9))
+    client = await exporter()
+    first = await scrape(client)
+    assert values(first, "oms_task_info", task_id="5")
+    # A day later in the task's life (its end moves back; nothing the totals read changes).
+    sim.patch_task(PROJECT, 5, **_ended_days_ago(7.9))
+    second = await scrape(client)
+    assert values(second, "oms_task_info", task_id="5") == {}
+    assert not [k for k in second if dict(k[1]).get("task_id") == "5"]
+    assert len(_totals(first)) == len(TOTALS) * len(STATES)
+    assert _totals(second) == _totals(first)
+    assert values(second, "oms_tasks") == values(first, "oms_tasks")
+
+
+async def test_every_error_reason_is_exported_at_zero_from_the_first_scrape(sim, oms, exporter):
+    from oms_exporter.metrics import ERROR_REASONS, KNOWN_API_CODES
+    other = "p0000000000000000000000000000002"
+    sim.add_project(other, [dict(FULL)])
+    s = await scrape(await exporter(targets=[target_for(oms), target_for(oms, name="second", project_id=other)]))
+    for pid in (PROJECT, other):
+        assert value(s, "oms_up", project_id=pid) == 1
+        reasons = {dict(lab)["reason"]: v for lab, v in values(s, "oms_scrape_errors_total", project_id=pid).items()}
+        assert reasons == dict.fromkeys(ERROR_REASONS, 0)
+        codes = {dict(lab)["code"] for lab in values(s, "oms_api_requests_total", project_id=pid)}
+        assert set(KNOWN_API_CODES) <= codes
+        assert value(s, "oms_api_request_duration_seconds_count", project_id=pid) >= 1
+
+
+async def test_an_old_failed_task_fires_oms_task_failed_in_promtool(sim, exporter, tmp_path):
+    """The exporter's own output for a task that failed nine days ago, fed to the shipped alert rules."""
+    import yaml
+
+    from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary, run
+    promtool = require_binary("promtool")
+    sim.patch_task(PROJECT, 5, status=4, name="old-failure", **_ended_days_ago(9),
+                   error_reason={"error_code": "OMS.1105", "error_msg": "The destination bucket does not exist."})
+    s = await scrape(await exporter())
+    series = []
+    for (name, labels), v in s.items():
+        if dict(labels).get("task_id") == "5" and name in ("oms_task_status", "oms_task_info", "oms_task_error_info"):
+            sel = ",".join(f'{k}="{v_}"' for k, v_ in sorted(labels))
+            series.append({"series": f"{name}{{{sel}}}", "values": f"{v:g}x15"})
+    assert len(series) == 9  # seven states, info, error
+    info = dict(next(iter(values(s, "oms_task_info", task_id="5"))))
+    test = {"rule_files": [ALERTS_FILE.name, RECORDING_FILE.name], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "OmsTaskFailed", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "project_id": PROJECT, "task_id": "5", "status": "failed",
+                           "name": "old-failure", "src_bucket": info["src_bucket"], "dst_bucket": info["dst_bucket"]},
+            "exp_annotations": {
+                "summary": 'OMS task "old-failure" failed',
+                "description": f'Migration task "old-failure" (id 5, project {PROJECT}) from bucket '
+                               f'{info["src_bucket"]} to {info["dst_bucket"]} has failed: OMS.1105 The destination '
+                               f'bucket does not exist..'}}]}]}]}
+    for f in (ALERTS_FILE, RECORDING_FILE):
+        (tmp_path / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(test), encoding="utf-8")
+    res = run(promtool, "test", "rules", "t.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -219,3 +219,40 @@ async def test_a_malformed_record_is_counted_once(sim, oms, exporter):
     s = await scrape(await exporter(targets=[target_for(oms, max_offset=100)]))
     assert value(s, "oms_up", project_id=PROJECT) == 1
     assert value(s, "oms_malformed_tasks", project_id=PROJECT) == 1
+
+
+# --- issue 12: no default offset cap; a cap OMS does not announce is learned -------------------------
+
+def _many(n, status, first_id=100_000):
+    rng = __import__("random").Random(12)
+    return [make_task(rng, first_id + i, 0, status=status) for i in range(n)]
+
+
+async def test_12000_tasks_in_one_state_are_listed_with_default_settings(sim, exporter):
+    sim.add_project(PROJECT, _many(12_000, status=5))
+    # oms_tasks counts distinct listed tasks: complete without parsing 300,000 per-task lines here.
+    s = await scrape(await exporter(per_task_series=False, max_concurrency=50))
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert sum(values(s, "oms_tasks").values()) == 12_250
+    assert value(s, "oms_tasks", project_id=PROJECT, status="succeeded") == 12_000 + sum(
+        1 for t in sim.projects[PROJECT].values() if t["status"] == 5 and t["id"] < 100_000)
+    assert max(_offsets(sim)) == 12_200
+
+
+async def test_an_unannounced_offset_cap_is_learned_and_survived(sim, exporter, caplog):
+    sim.max_offset = 10_000  # refuses larger offsets with 400 OMS.0064; the exporter is not told
+    sim.add_project(PROJECT, _many(6_000, status=5) + _many(6_000, status=4, first_id=200_000))
+    client = await exporter(per_task_series=False, max_concurrency=50)
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            sim.requests.clear()
+            s = await scrape(client)
+            assert value(s, "oms_up", project_id=PROJECT) == 1
+            assert sum(values(s, "oms_tasks").values()) == 12_250
+            assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="http_4xx") == 0
+    learned = [r for r in caplog.records if "refused an offset" in r.getMessage()]
+    assert len(learned) == 1 and learned[0].learned_max_offset == 10_000
+    # From then on: one unfiltered page for the count, then per status, never beyond the cap.
+    assert max(_offsets(sim)) <= 10_000
+    unfiltered = [qs for _, qs in sim.requests if "status=" not in qs]
+    assert unfiltered == ["limit=100&offset=0"]
