@@ -6,7 +6,8 @@
 Three processes, so that each one's CPU and memory are its own: the stand-in (with the
 added latency per ListTasks call, tasks that move on by one scrape interval before every
 scrape, and each task's JSON text kept until it changes, so that the stand-in's own CPU
-on this shared machine stays small next to a real OMS's, which costs the exporter none), the exporter (the real app from `oms_exporter.web.make_app`, plus a
+on this shared machine stays small next to a real OMS's, which costs the exporter none),
+the exporter (the real app from `oms_exporter.web.make_app`, plus a
 loop-lag probe), and this driver, which scrapes like Prometheus does (its Accept and
 Accept-Encoding headers and the timeout header) and reads the exporter's CPU and peak RSS
 from /proc. The baseline runs in a fourth process: `huaweicloudsdkoms` OmsClient +
@@ -51,9 +52,10 @@ def _ready(port: int) -> None:
 def role_standin(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from oms_exporter.simulator import Credential, Evolution, Simulator, make_tasks
+    from oms_exporter.simulator import Credential, Evolution, make_tasks
+    from tests.standin import StandIn
 
-    sim = Simulator(credentials={AK: Credential(SK)}, latency=args.latency_ms / 1000, cache_json=True)
+    sim = StandIn(credentials={AK: Credential(SK)}, latency=args.latency_ms / 1000, cache_json=True)
     sim.add_project(PROJECT, make_tasks(args.tasks[0], seed=11))
     evolution = Evolution(sim, PROJECT, seed=5)
     app = sim.app()
@@ -71,16 +73,21 @@ def role_standin(args: argparse.Namespace) -> None:
 
 
 def role_exporter(args: argparse.Namespace) -> None:
+    import prometheus_client
     from aiohttp import web
     from pydantic import SecretStr
 
+    from oms_exporter import cli
     from oms_exporter import web as oms_web
     from oms_exporter.settings import Options, Settings, Target
+
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # as cli.main does
 
     target = Target(name="bench", project_id=PROJECT, region="cn-north-4", endpoint=args.endpoint,
                     ak=SecretStr(AK), sk=SecretStr(SK))
     options = Options(finished_task_max_age=0, log_level="error", max_concurrency=args.max_concurrency)
     app = oms_web.make_app(Settings(options=options, targets=[target]))
+    app.cleanup_ctx.append(cli.gc_policy)
     lag = {"max": 0.0}
     # Time spent in the cyclic garbage collector, and its longest pause (one pass blocks the loop).
     gc_time = {"total": 0.0, "max": 0.0, "start": 0.0}
@@ -109,11 +116,12 @@ def role_exporter(args: argparse.Namespace) -> None:
         task.cancel()
 
     async def stats(request: web.Request) -> web.Response:
-        snaps = request.app[oms_web.SNAPSHOTS]
-        renderer = request.app[oms_web.RENDERER]
-        out = {"max_loop_lag": lag["max"], "listings": snaps.listings_started, "encodes": renderer.encodes,
-               "rendered_tasks": renderer.lines.rendered,
-               "reused_tasks": renderer.lines.reused, "gc_seconds": gc_time["total"], "gc_max_pause": gc_time["max"]}
+        sample = request.app[oms_web.STATS].registry.get_sample_value  # the exporter's own metrics
+        out = {"max_loop_lag": lag["max"], "listings": sample("oms_listings_total", {"project_id": PROJECT}),
+               "encodes": sample("oms_exporter_encodes_total"),
+               "rendered_tasks": sample("oms_exporter_encoded_records_total", {"kind": "task", "result": "rendered"}),
+               "reused_tasks": sample("oms_exporter_encoded_records_total", {"kind": "task", "result": "reused"}),
+               "gc_seconds": gc_time["total"], "gc_max_pause": gc_time["max"]}
         if request.query.get("reset"):
             lag["max"] = 0.0
             gc_time.update(total=0.0, max=0.0)
@@ -169,7 +177,9 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _spawn(role: str, *extra: str, root: Path = ROOT) -> tuple[subprocess.Popen[str], int]:
-    """Start a role of `root`'s copy of this script (another checkout, for compare.py); `root` goes first on the path."""
+    """Start a role of `root`'s copy of this script (another checkout, for compare.py).
+
+    `root` goes first on the path."""
     proc = subprocess.Popen([sys.executable, str(root / "benchmarks" / "scrape.py"), "--role", role, *extra],
                             stdout=subprocess.PIPE, text=True, env=_env(root))
     assert proc.stdout is not None
@@ -315,7 +325,8 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             (f"  exporter   median scrape {r['median_s']:.3f} s (min {min(r['walls']):.3f}, "
              f"max {max(r['walls']):.3f})  CPU/scrape {r['cpu_s']:.3f} s (max {r['max_cpu_s']:.3f})  "
              f"peak RSS {r['rss_mb']:.0f} MB"),
-            (f"             upstream requests/scrape {r['requests']:g}  max event-loop lag {r['max_loop_lag_ms']:.1f} ms"
+            (f"             upstream requests/scrape {r['requests']:g}"
+             f"  max event-loop lag {r['max_loop_lag_ms']:.1f} ms"
              f"  GC {r['gc_ms']:.1f} ms/scrape (longest pause {r['gc_max_pause_ms']:.1f} ms)"
              # CPU time the hypervisor gave to other guests: a slow run says so here.
              f"  host CPU steal {r['steal_pct']:.1f} %"),

@@ -1,35 +1,42 @@
 """Today's alternative to the exporter, for the benchmark to beat.
 
 The official SDK (`huaweicloudsdkoms` OmsClient + ListTasksRequest, AK/SK signing) pages
-through the tasks one page of 100 after the other; a prometheus-client custom collector
-turns the SDK's TaskResp objects into the same metric families as the exporter, and
-`generate_latest` writes the text format.
+through the tasks one page of 100 after the other; the SDK's TaskResp objects become the
+exporter's task records, the exporter's reference collector (prometheus-client metric
+families) turns them into the same families, and `generate_latest` writes the text format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
 from typing import Any
 
-from huaweicloudsdkcore.auth.credentials import BasicCredentials  # type: ignore[import-untyped]
-from huaweicloudsdkcore.http.http_config import HttpConfig  # type: ignore[import-untyped]
-from huaweicloudsdkoms.v2 import ListTasksRequest, OmsClient  # type: ignore[import-untyped]
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.http.http_config import HttpConfig
+from huaweicloudsdkoms.v2 import ListTasksRequest, OmsClient
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from oms_exporter import metrics as m
-from oms_exporter.model import STATUS_NAMES
+from oms_exporter.collector import SeriesPolicy, SnapshotCollector
+from oms_exporter.lister import Listing
+from oms_exporter.model import BandwidthWindow, Task
+from oms_exporter.settings import Target
 
-# TaskResp attribute of each per-task gauge (the SDK names them like the wire format).
-_SDK_ATTR = {"start_time_ms": "start_time", "total_time_ms": "total_time", "left_time_ms": "left_time"}
-_INFO = {"name": lambda t: t.name, "group_id": lambda t: t.group_id, "group_type": lambda t: t.group_type,
-         "task_type": lambda t: t.task_type, "priority": lambda t: t.task_priority,
-         "src_cloud": lambda t: t.src_node and t.src_node.cloud_type,
-         "src_region": lambda t: t.src_node and t.src_node.region,
-         "src_bucket": lambda t: t.src_node and t.src_node.bucket,
-         "dst_region": lambda t: t.dst_node and t.dst_node.region,
-         "dst_bucket": lambda t: t.dst_node and t.dst_node.bucket}
+
+def _task(t: Any) -> Task:
+    """The exporter's record of one SDK TaskResp (the same fields the exporter reads)."""
+    src, dst, err = t.src_node, t.dst_node, t.error_reason
+    return Task(
+        id=t.id, name=t.name or "", group_id=t.group_id or "", group_type=t.group_type or "",
+        task_type=t.task_type or "", priority=t.task_priority or "",
+        src_cloud=(src and src.cloud_type) or "", src_region=(src and src.region) or "",
+        src_bucket=(src and src.bucket) or "", dst_region=(dst and dst.region) or "",
+        dst_bucket=(dst and dst.bucket) or "",
+        status=t.status, progress=t.progress, migrate_speed=t.migrate_speed, total_num=t.total_num,
+        successful_num=t.successful_num, failed_num=t.failed_num, skipped_num=t.skipped_num,
+        total_size=t.total_size, complete_size=t.complete_size, real_size=t.real_size,
+        start_time_ms=t.start_time, total_time_ms=t.total_time, left_time_ms=t.left_time,
+        bandwidth=tuple(BandwidthWindow(w.start or "", w.end or "", w.max_bandwidth) for w in t.bandwidth_policy or ()),
+        error_code=(err and err.error_code) or "", error_msg=(err and err.error_msg) or "")
 
 
 def make_client(endpoint: str, project_id: str, ak: str, sk: str) -> OmsClient:
@@ -50,57 +57,12 @@ def list_all(client: OmsClient) -> list[Any]:
             return tasks
 
 
-class SdkCollector(Collector):
-    def __init__(self, project_id: str, tasks: list[Any]) -> None:
-        self.pid, self.tasks = project_id, tasks
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        pid = self.pid
-        up = GaugeMetricFamily(m.UP, m.UP_HELP, labels=["project_id"])
-        up.add_metric([pid], 1)
-        counts = GaugeMetricFamily(m.TASKS, m.TASKS_HELP, labels=["project_id", "status"])
-        for code, name in STATUS_NAMES.items():
-            counts.add_metric([pid, name], sum(1 for t in self.tasks if t.status == code))
-        yield up
-        yield counts
-        info = GaugeMetricFamily(m.TASK_INFO, m.TASK_INFO_HELP,
-                                 labels=list(m.TASK_LABELS) + [n for n, _ in m.TASK_INFO_LABELS])
-        status = GaugeMetricFamily(m.TASK_STATUS, m.TASK_STATUS_HELP, labels=["project_id", "task_id", "status"])
-        status_code = GaugeMetricFamily(m.TASK_STATUS_CODE, m.TASK_STATUS_CODE_HELP, labels=list(m.TASK_LABELS))
-        for t in self.tasks:
-            tid = str(t.id)
-            info.add_metric([pid, tid] + [_INFO[n](t) or "" for n, _ in m.TASK_INFO_LABELS], 1)
-            if t.status is not None:
-                for c, name in STATUS_NAMES.items():
-                    status.add_metric([pid, tid, name], 1 if c == t.status else 0)
-                status_code.add_metric([pid, tid], t.status)
-        yield info
-        yield status
-        yield status_code
-        for g in m.TASK_GAUGES:
-            fam = GaugeMetricFamily(g.name, g.help, labels=list(m.TASK_LABELS))
-            attr = _SDK_ATTR.get(g.attr, g.attr)
-            for t in self.tasks:
-                v = getattr(t, attr)
-                if v is not None:
-                    fam.add_metric([pid, str(t.id)], v * g.scale)
-            yield fam
-        bw = GaugeMetricFamily(m.TASK_BANDWIDTH, m.TASK_BANDWIDTH_HELP, labels=list(m.TASK_BANDWIDTH_LABELS))
-        err = GaugeMetricFamily(m.TASK_ERROR_INFO, m.TASK_ERROR_INFO_HELP, labels=list(m.TASK_ERROR_INFO_LABELS))
-        for t in self.tasks:
-            for w in t.bandwidth_policy or []:
-                if w.max_bandwidth is not None:
-                    bw.add_metric([pid, str(t.id), w.start or "", w.end or ""], w.max_bandwidth)
-            e = t.error_reason
-            if e is not None and (e.error_code or e.error_msg):
-                err.add_metric([pid, str(t.id), e.error_code or "", e.error_msg or ""], 1)
-        yield bw
-        yield err
-
-
 def scrape_once(endpoint: str, project_id: str, ak: str, sk: str, client: OmsClient | None = None) -> bytes:
     """One baseline scrape: list every task with the SDK, then encode with prometheus-client."""
     tasks = list_all(client or make_client(endpoint, project_id, ak, sk))
+    target = Target.model_validate({"name": "sdk", "project_id": project_id, "region": "cn-north-4",
+                                     "auth_token": "unused"})
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SdkCollector(project_id, tasks))
+    registry.register(SnapshotCollector([Listing.of(target, time.time(), map(_task, tasks))],
+                                        SeriesPolicy(finished_task_max_age=0)))
     return generate_latest(registry)

@@ -2,9 +2,10 @@
 
 Every request the client sends goes through `Auth.headers()`; a 401 goes through
 `Auth.unauthorized()`, which says whether one retry with fresh credentials makes sense.
-The SDK-HMAC-SHA256 canonical form lives here too, so that the OMS stand-in verifies
-signatures with the very code that makes them (and the tests check both against the
-official SDK's signer).
+Refused credentials raise `AuthFailed` (the client then pauses the target); IAM being
+unreachable raises the `OmsError` of what happened, which does not. The SDK-HMAC-SHA256
+canonical form lives here too, so that the OMS stand-in verifies signatures with the very
+code that makes them (and the tests check both against the official SDK's signer).
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import hmac
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from functools import lru_cache
-from ssl import SSLContext
 from urllib.parse import quote, unquote
 
-import aiohttp
 import msgspec
 from yarl import URL
 
+from oms_exporter.client import AuthFailed, BadPayload, Http, OmsError, ServerError, Throttled
+from oms_exporter.clock import Clock
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
@@ -34,27 +35,12 @@ DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-class AuthError(Exception):
-    """Credentials were refused or no token could be obtained; the message holds no secret."""
-
-
-class IamUnavailable(AuthError):
-    """IAM could not be asked (network, 5xx, 429, broken answer): not a verdict on the credentials.
-
-    `reason` is the oms_scrape_errors_total reason it counts as.
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 class Auth(ABC):
     """How a request to OMS proves who sends it."""
 
     @abstractmethod
-    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
-        """Headers to add to a request for `url` (which already carries its query)."""
+    async def headers(self, method: str, url: URL, deadline: float) -> dict[str, str]:
+        """Headers to add to a bodiless request for `url` (which already carries its query)."""
 
     async def unauthorized(self, sent: Mapping[str, str]) -> bool:
         """OMS answered 401 to a request sent with `sent` headers: retry once with new ones?"""
@@ -67,7 +53,7 @@ class TokenAuth(Auth):
     def __init__(self, token: str) -> None:
         self._token = token
 
-    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
+    async def headers(self, method: str, url: URL, deadline: float) -> dict[str, str]:
         return {"X-Auth-Token": self._token}
 
 
@@ -118,16 +104,16 @@ class AkSkAuth(Auth):
     """Signs each request with an access key pair (optionally temporary, with a security token)."""
 
     def __init__(self, ak: str, sk: str, project_id: str, security_token: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock | None = None) -> None:
         self._ak, self._sk, self._project_id = ak, sk, project_id
         self._security_token = security_token
-        self._clock = clock
+        self._clock = clock or Clock()
 
-    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
-        return self.sign(method, url, body)
+    async def headers(self, method: str, url: URL, deadline: float) -> dict[str, str]:
+        return self.sign(method, url)
 
     def sign(self, method: str, url: URL, body: bytes = b"", extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        sdk_date = time.strftime(DATE_FORMAT, time.gmtime(self._clock()))
+        sdk_date = time.strftime(DATE_FORMAT, time.gmtime(self._clock.time()))
         headers = {
             "Content-Type": "application/json",
             "Host": host_header(url),
@@ -155,20 +141,18 @@ class IamPasswordAuth(Auth):
     # Renew this long before expiry (or at half the lifetime for short-lived tokens).
     RENEW_MARGIN = 3600.0
 
-    def __init__(self, session: aiohttp.ClientSession, target: Target, ssl: SSLContext | bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._session = session
+    def __init__(self, http: Http, target: Target, clock: Clock) -> None:
+        self._http = http
         self._target = target
-        self._ssl = ssl
         self._clock = clock
         self._token: str | None = None
-        self._renew_at = 0.0
+        self._renew_at = 0.0  # Unix time
         self._lock = asyncio.Lock()
         self._renewals = 0  # renewals finished, well or not
-        self._failed: AuthError | None = None  # how the last renewal failed
+        self._failed: OmsError | None = None  # how the last renewal failed
 
-    async def headers(self, method: str, url: URL, body: bytes = b"") -> dict[str, str]:
-        return {"X-Auth-Token": await self._current()}
+    async def headers(self, method: str, url: URL, deadline: float) -> dict[str, str]:
+        return {"X-Auth-Token": await self._current(deadline)}
 
     async def unauthorized(self, sent: Mapping[str, str]) -> bool:
         async with self._lock:
@@ -177,9 +161,9 @@ class IamPasswordAuth(Auth):
                 self._token = None
         return True
 
-    async def _current(self) -> str:
+    async def _current(self, deadline: float) -> str:
         token = self._token
-        if token is not None and self._clock() < self._renew_at:
+        if token is not None and self._clock.time() < self._renew_at:
             return token
         renewals = self._renewals
         async with self._lock:  # one renewal in flight; the others wait for its token
@@ -187,13 +171,11 @@ class IamPasswordAuth(Auth):
                 # The renewal this call waited for failed: trying the password again at once
                 # would only add failed logins (IAM locks users after repeated failures).
                 failed = self._failed
-                if isinstance(failed, IamUnavailable):
-                    raise IamUnavailable(str(failed), failed.reason)
-                raise AuthError(str(failed))
-            if self._token is None or self._clock() >= self._renew_at:
+                raise type(failed)(str(failed))
+            if self._token is None or self._clock.time() >= self._renew_at:
                 try:
-                    await self._renew()
-                except AuthError as exc:
+                    await self._renew(deadline)
+                except OmsError as exc:
                     self._failed = exc
                     raise
                 else:
@@ -203,7 +185,7 @@ class IamPasswordAuth(Auth):
             assert self._token is not None
             return self._token
 
-    async def _renew(self) -> None:
+    async def _renew(self, deadline: float) -> None:
         t = self._target
         assert t.iam_password is not None
         body = {"auth": {
@@ -213,42 +195,28 @@ class IamPasswordAuth(Auth):
             "scope": {"project": {"id": t.project_id}},
         }}
         url = URL(t.iam_url + "/v3/auth/tokens").with_query(nocatalog="true")
-        try:
-            async with self._session.post(url, data=msgspec.json.encode(body), ssl=self._ssl,
-                                          headers={"Content-Type": "application/json;charset=utf8"},
-                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                raw = await resp.read()
-                if resp.status == 429 or resp.status >= 500:
-                    raise IamUnavailable(f"IAM could not log in user {t.iam_username!r}: "
-                                         f"HTTP {resp.status} {_error_code(raw)}".rstrip(),
-                                         "throttled" if resp.status == 429 else "http_5xx")
-                if resp.status != 201:
-                    raise AuthError(f"IAM refused the password login for user {t.iam_username!r}: "
-                                    f"HTTP {resp.status} {_error_code(raw)}".rstrip())
-                token = resp.headers.get("X-Subject-Token")
-                expires = _expires_at(raw)
-        except asyncio.TimeoutError:
-            raise IamUnavailable(f"IAM at {t.iam_url} did not answer in time", "timeout") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise IamUnavailable(f"cannot reach IAM at {t.iam_url}: {type(exc).__name__}", "network") from None
+        # Not an OMS request: not counted in oms_api_requests_total. Transport failures
+        # (timeout, network) say IAM could not be asked: no verdict on the password.
+        answer = await self._http.request("POST", url, deadline=deadline, body=msgspec.json.encode(body),
+                                          headers={"Content-Type": "application/json;charset=utf8"})
+        who = f"user {t.iam_username!r}"
+        if answer.status == 429:
+            raise Throttled(f"IAM throttled the login of {who} ({answer.describe()})")
+        if answer.status >= 500:
+            raise ServerError(f"IAM could not log in {who} ({answer.describe()})")
+        if answer.status != 201:
+            raise AuthFailed(f"IAM refused the password login for {who} ({answer.describe()})")
+        token = answer.headers.get("X-Subject-Token")
+        expires = _expires_at(answer.body)
         if not token or expires is None:
-            raise IamUnavailable("IAM answered without X-Subject-Token or token.expires_at", "bad_payload")
-        now = self._clock()
+            raise BadPayload("IAM answered without X-Subject-Token or token.expires_at")
+        now = self._clock.time()
         lifetime = max(expires - now, 0.0)
         self._token = token
         # A 24 h token is renewed after 23 h; one shorter than twice the margin at half its life
         # (min() here would renew a 1 h token before every request).
         self._renew_at = now + max(lifetime - self.RENEW_MARGIN, lifetime / 2)
         log.info("IAM token obtained", extra={"target": t.name, "expires_in_seconds": round(lifetime)})
-
-
-def _error_code(raw: bytes) -> str:
-    try:
-        doc = msgspec.json.decode(raw)
-        code = doc.get("error_code") or (doc.get("error") or {}).get("code")
-        return str(code) if code else ""
-    except (msgspec.DecodeError, AttributeError):
-        return ""
 
 
 def _expires_at(raw: bytes) -> float | None:
@@ -259,7 +227,7 @@ def _expires_at(raw: bytes) -> float | None:
         return None
 
 
-def make_auth(target: Target, session: aiohttp.ClientSession, ssl: SSLContext | bool = True) -> Auth:
+def make_auth(target: Target, http: Http, clock: Clock) -> Auth:
     mode = target.auth_mode
     if mode == "token":
         assert target.auth_token is not None
@@ -267,5 +235,5 @@ def make_auth(target: Target, session: aiohttp.ClientSession, ssl: SSLContext | 
     if mode == "aksk":
         assert target.ak is not None and target.sk is not None
         return AkSkAuth(target.ak.get_secret_value(), target.sk.get_secret_value(), target.project_id,
-                        target.security_token.get_secret_value() if target.security_token else None)
-    return IamPasswordAuth(session, target, ssl=ssl)
+                        target.security_token.get_secret_value() if target.security_token else None, clock)
+    return IamPasswordAuth(http, target, clock)

@@ -17,54 +17,57 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
-from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from oms_exporter.client import Incomplete, OmsClient, OmsError, Page, RequestRejected, Timeout
-from oms_exporter.metrics import TASK_TOTALS
-from oms_exporter.model import STATUS_NAMES, Task, TaskParser
+from oms_exporter.client import BadPayload, Incomplete, OmsClient, OmsError, RequestRejected, Timeout
+from oms_exporter.clock import Clock
+from oms_exporter.metrics import task_totals
+from oms_exporter.model import STATUS_NAMES, BadPage, RecordParser, Task, parse_task, task_page
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
 
 _task_id = attrgetter("id")
-_status = attrgetter("status")
-_TOTAL_FIELDS = tuple(attrgetter(t.attr) for t in TASK_TOTALS)
 
 Query = tuple[int | None, str | None]  # (status filter, group_id filter)
 
 
 @dataclass(slots=True)
 class Listing:
-    """Outcome of listing one project: every task, or the error that stopped the listing."""
+    """Outcome of listing one project: every task in id order, or the error that stopped the listing."""
 
     target: Target
+    taken_at: float  # Unix time the listing started (task ages are measured from it)
     tasks: list[Task] = field(default_factory=list)
     malformed: int = 0
     error: OmsError | None = None
     duration: float = 0.0
     requests: int = 0
-    taken_at: float = field(default_factory=time.time)  # wall clock, for task ages
+    counts: dict[int, int] = field(default_factory=dict)  # tasks per state
+    totals: dict[int, tuple[float, ...]] = field(default_factory=dict)  # per state: sums of TASK_TOTALS
 
     @property
     def up(self) -> bool:
         return self.error is None
 
-    def status_counts(self) -> dict[int, int]:
-        found = Counter(map(_status, self.tasks))
-        return {code: found[code] for code in STATUS_NAMES}
+    @classmethod
+    def of(cls, target: Target, taken_at: float, tasks: Iterable[Task], **fields: Any) -> Listing:
+        """A complete listing of `tasks`: in id order, with their counts and totals per state."""
+        ordered = sorted(tasks, key=_task_id)
+        counts, totals = task_totals(ordered)
+        return cls(target, taken_at, ordered, counts=counts, totals=totals, **fields)
 
-    def status_totals(self) -> dict[int, tuple[float, ...]]:
-        """Per state, the sum of each TASK_TOTALS field over every task (absent values count as 0)."""
-        by_status: dict[int | None, list[Task]] = {code: [] for code in STATUS_NAMES}
-        for t in self.tasks:
-            by_status.setdefault(t.status, []).append(t)
-        return {code: tuple(sum(filter(None, map(getter, by_status[code]))) for getter in _TOTAL_FIELDS)
-                for code in STATUS_NAMES}
+
+def read_task_page(raw: bytes, parser: RecordParser[Task]) -> tuple[list[Task], int]:
+    """The readable tasks and the `count` of one ListTasks answer; BadPayload when it is not that shape."""
+    try:
+        raws, count = task_page(raw)
+    except BadPage as exc:
+        raise BadPayload(str(exc)) from None
+    return parser.parse_all(raws), count
 
 
 class _Unreachable(Exception):
@@ -77,42 +80,49 @@ class Lister:
 
     MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that tasks created mid-listing push out
 
-    def __init__(self, client: OmsClient, target: Target, *, page_limit: int, max_concurrency: int,
-                 on_fresh: Callable[[list[Task]], None] | None = None) -> None:
-        """`on_fresh` is called, as pages are parsed, with records that changed since the last listing."""
+    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int,
+                 max_concurrency: int) -> None:
         self._client = client
         self.target = target
+        self._clock = clock
         self._limit = page_limit
         self._max_concurrency = max_concurrency
         self._last_count: dict[Query, int] = {}
-        self._parser = TaskParser(on_fresh)
+        self._parser: RecordParser[Task] = RecordParser(parse_task)
+        # Pages are parsed on the event loop, one at a time with a turn of the loop between
+        # them (about a millisecond each): pages that arrive together neither hold the loop
+        # for long nor pay for a thread hop and fight the event loop for the GIL.
+        self._parse_turn = asyncio.Lock()
         # The highest offset to ask for: the target's (the documented maximum by default),
         # lowered when OMS refuses an offset below it (an API edition with a lower cap).
         self._max_offset = target.max_offset
 
     async def run(self, deadline: float) -> Listing:
-        """List every task before `deadline` (event-loop time); never raises an OmsError."""
-        listing = Listing(self.target)
-        started = time.perf_counter()
+        """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
+        clock = self._clock
+        listing = Listing(self.target, taken_at=clock.time())
+        started = clock.monotonic()
         self._sem = asyncio.Semaphore(self._max_concurrency)
         self._requests = 0
         tasks: dict[int, Task] = {}
         self._parser.begin()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(clock.remaining(deadline)):
                 await _all(self._list_query(q, tasks, deadline, split=True) for q in self._queries())
         except TimeoutError:
             listing.error = Timeout("listing did not finish before the scrape deadline")
         except OmsError as exc:
             listing.error = exc
-        if listing.error is None:  # a failed listing saw only part of the tasks: keep the last full one
-            self._parser.end()
-        listing.duration = time.perf_counter() - started
+        # A failed listing saw only part of the tasks: the next compares with the last full one.
+        self._parser.end(keep_last=listing.error is not None)
+        listing.duration = clock.monotonic() - started
         listing.requests = self._requests
-        listing.malformed = len(self._parser.malformed)
-        # In id order, whatever order the pages came back in: a stable order lets the encoder
-        # reuse the text of runs of unchanged tasks (and makes the output reproducible).
-        listing.tasks = list(map(tasks.__getitem__, sorted(tasks))) if listing.error is None else []
+        if listing.error is None:
+            listing.malformed = len(self._parser.malformed)
+            # In id order, whatever order the pages came back in: a stable order lets the encoder
+            # reuse the text of runs of unchanged tasks (and makes the output reproducible).
+            listing.tasks = list(map(tasks.__getitem__, sorted(tasks)))
+            listing.counts, listing.totals = task_totals(listing.tasks)
         return listing
 
     def _queries(self) -> list[Query]:
@@ -124,12 +134,16 @@ class Lister:
         """Number of tasks that offset paging (offsets are multiples of the limit) can reach."""
         return (self._max_offset // self._limit + 1) * self._limit
 
-    async def _page(self, query: Query, offset: int, deadline: float) -> Page:
+    async def _page(self, query: Query, offset: int, deadline: float) -> tuple[list[Task], int]:
+        """The readable tasks of one page and its `count`."""
         async with self._sem:
             self._requests += 1
-            return await self._client.list_tasks(
-                offset=offset, limit=self._limit, deadline=deadline, status=query[0], group_id=query[1],
-                parser=self._parser)
+            raw = await self._client.list_tasks(
+                offset=offset, limit=self._limit, deadline=deadline, status=query[0], group_id=query[1])
+        async with self._parse_turn:
+            tasks, count = read_task_page(raw, self._parser)
+            await asyncio.sleep(0)
+        return tasks, count
 
     async def _list_query(self, query: Query, tasks: dict[int, Task], deadline: float, split: bool) -> None:
         try:
@@ -172,7 +186,7 @@ class Lister:
 
         async def fetch(offset: int) -> None:
             try:
-                page = await self._page(query, offset, deadline)
+                page_tasks, count = await self._page(query, offset, deadline)
             except RequestRejected as exc:
                 if exc.status != 400 or offset == 0:
                     raise
@@ -181,9 +195,9 @@ class Lister:
                 refused.append(offset)
                 return
             answered.add(offset)
-            counts.add(page.count)
+            counts.add(count)
             # A task on two pages (the list shifted between them): the later page is the fresher.
-            tasks.update(zip(map(_task_id, page.tasks), page.tasks))
+            tasks.update(zip(map(_task_id, page_tasks), page_tasks))
 
         async def one_pass(start_count: int) -> None:
             """Fetch pages until every offset below the largest count seen has been fetched."""

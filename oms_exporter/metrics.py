@@ -1,128 +1,242 @@
-"""Every metric the exporter produces: names, help texts and label sets, in one place.
+"""Every metric family the exporter serves, in one table, and the exporter's own metrics.
 
-The dashboards, alert rules and tests read these names from here (a test fails if
-`grafana/` names a metric that is not listed in `ALL_METRIC_NAMES`).
+`FAMILIES` declares, in output order, each OMS family: its name, help, labels, and how its
+series are read from a project's listing or from one record. The encoder
+(`exposition.py`), the reference collector (`collector.py`), the README's metrics table
+and the tests all read this table, so a new family is one entry here. `SelfMetrics` holds
+the counters of the exporter's own work (requests, failures, listings, encodes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
-import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from oms_exporter import __version__
+from oms_exporter.model import STATUS_NAMES, Task
 
-# Counters without `_created` series: they double the sample count and nobody graphs them.
-prometheus_client.disable_created_metrics()
+if TYPE_CHECKING:
+    from oms_exporter.lister import Listing
 
-PROJECT_LABELS = ("project_id",)
-TASK_LABELS = ("project_id", "task_id")
-
-TASK_INFO = "oms_task_info"
-TASK_INFO_HELP = "Static facts of an OMS migration task; the value is always 1."
-# (label name, Task attribute) in label order.
-TASK_INFO_LABELS = (
-    ("name", "name"),
-    ("group_id", "group_id"),
-    ("group_type", "group_type"),
-    ("task_type", "task_type"),
-    ("priority", "priority"),
-    ("src_cloud", "src_cloud"),
-    ("src_region", "src_region"),
-    ("src_bucket", "src_bucket"),
-    ("dst_region", "dst_region"),
-    ("dst_bucket", "dst_bucket"),
-)
-
-TASK_STATUS = "oms_task_status"
-TASK_STATUS_HELP = "Current state of an OMS task: 1 for the state it is in, 0 for the other six."
-TASK_STATUS_CODE = "oms_task_status_code"
-TASK_STATUS_CODE_HELP = (
-    "Raw OMS task status code: 1 waiting, 2 migrating, 3 paused, 4 failed, 5 succeeded, "
-    "6 retrying, 7 pausing."
-)
+Series = Iterable[tuple[Sequence[str], float]]  # (label values after the owner's ids, value)
 
 
 @dataclass(frozen=True, slots=True)
-class TaskGauge:
-    """A per-task gauge read straight from one numeric TaskResp field."""
+class Kind:
+    """What a per-record family reads one instance of: its records are keyed by `id_label`."""
+
+    name: str
+    id_label: str
+
+
+TASK = Kind("task", "task_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family (all gauges): name, help, labels, and how its series are read.
+
+    A project family (`kind` None) reads a `Listing`: `series(listing)`. A record family
+    reads the record `fields` of one record of `kind`: `series(read(record))`, where `read`
+    gives the field's value, or a tuple of them for several; its labels start with
+    `project_id` and the record's id label. The encoder re-renders a record's family only
+    when what it reads changed (`strict`: numbers inside what it reads are compared by how
+    they are written too, since 0.0 == -0.0).
+    """
 
     name: str
     help: str
-    attr: str  # attribute of model.Task
-    scale: float = 1.0  # multiplier applied to the raw value (ms -> s)
+    labels: tuple[str, ...]  # label names after project_id and the record's id label
+    kind: Kind | None
+    series: Callable[[Any], Series]
+    fields: tuple[str, ...] = ()  # the record fields a record family reads
+    scale: float = 1.0  # a gauge of one numeric field: the value times this (ms -> s)
+    strict: bool = False
+    source: str = ""  # README: where the value comes from
+    example: str = ""  # README: a PromQL example
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return ("project_id", *((self.kind.id_label,) if self.kind else ()), *self.labels)
+
+    @property
+    def read(self) -> Callable[[Any], Any]:
+        return attrgetter(*self.fields) if self.fields else (lambda listing: listing)
+
+    @property
+    def gauge(self) -> bool:
+        """A gauge of one numeric record field, no labels of its own (the encoder's fast path)."""
+        return self.kind is not None and len(self.fields) == 1 and not self.labels and self.series in _GAUGE_SERIES
+
+
+def _scalar(v: float | None) -> Series:
+    return () if v is None else (((), v),)
+
+
+def _milliseconds(v: float | None) -> Series:
+    return () if v is None else (((), v * MS),)
 
 
 MS = 0.001
-TASK_GAUGES: tuple[TaskGauge, ...] = (
-    TaskGauge("oms_task_progress_ratio", "Task progress from 0 to 1 (TaskResp.progress).", "progress"),
-    TaskGauge("oms_task_speed_bytes_per_second", "Current migration speed in bytes per second (migrate_speed).", "migrate_speed"),
-    TaskGauge("oms_task_objects", "Objects the task has to migrate (total_num).", "total_num"),
-    TaskGauge("oms_task_objects_succeeded", "Objects migrated successfully (successful_num).", "successful_num"),
-    TaskGauge("oms_task_objects_failed", "Objects that failed to migrate (failed_num).", "failed_num"),
-    TaskGauge("oms_task_objects_skipped", "Objects skipped, e.g. already present at the destination (skipped_num).", "skipped_num"),
-    TaskGauge("oms_task_size_bytes", "Bytes the task has to migrate (total_size).", "total_size"),
-    TaskGauge("oms_task_completed_bytes", "Bytes of objects processed so far (complete_size).", "complete_size"),
-    TaskGauge("oms_task_migrated_bytes", "Bytes actually migrated, skipped objects excluded (real_size).", "real_size"),
-    TaskGauge("oms_task_start_timestamp_seconds", "Unix time the task started (start_time).", "start_time_ms", MS),
-    TaskGauge("oms_task_elapsed_seconds", "Time the task has run so far (total_time).", "total_time_ms", MS),
-    TaskGauge("oms_task_remaining_seconds", "Estimated time left (left_time).", "left_time_ms", MS),
+_GAUGE_SERIES = (_scalar, _milliseconds)
+
+
+def gauge(name: str, help_text: str, field: str, *, kind: Kind = TASK, ms: bool = False,
+          source: str = "", example: str = "") -> Family:
+    """A record's numeric field (`ms`: milliseconds, served as seconds); no series when the field
+    is absent or null (never an invented 0)."""
+    return Family(name, help_text, (), kind, _milliseconds if ms else _scalar, (field,), MS if ms else 1.0,
+                  source=source, example=example)
+
+
+def record(name: str, help_text: str, labels: tuple[str, ...], fields: tuple[str, ...],
+           series: Callable[[Any], Series], *, kind: Kind = TASK, strict: bool = False,
+           source: str = "", example: str = "") -> Family:
+    return Family(name, help_text, labels, kind, series, fields, strict=strict, source=source, example=example)
+
+
+def project(name: str, help_text: str, labels: tuple[str, ...], series: Callable[[Listing], Series], *,
+            source: str = "", example: str = "") -> Family:
+    return Family(name, help_text, labels, None, series, source=source, example=example)
+
+
+def _when_up(series: Callable[[Listing], Series]) -> Callable[[Listing], Series]:
+    """Series only for a listing that succeeded: a failed one never passes partial data off as whole."""
+    return lambda listing: series(listing) if listing.up else ()
+
+
+def _status_set(status: int | None) -> Series:
+    if status is None:
+        return ()
+    return [((name,), 1 if code == status else 0) for code, name in STATUS_NAMES.items()]
+
+
+def _per_state(pick: Callable[[Listing], Mapping[int, float]]) -> Callable[[Listing], Series]:
+    return _when_up(lambda listing: [((STATUS_NAMES[code],), n) for code, n in pick(listing).items()])
+
+
+TASK_INFO_LABELS = (  # (label, Task attribute) in label order
+    ("name", "name"), ("group_id", "group_id"), ("group_type", "group_type"), ("task_type", "task_type"),
+    ("priority", "priority"), ("src_cloud", "src_cloud"), ("src_region", "src_region"),
+    ("src_bucket", "src_bucket"), ("dst_region", "dst_region"), ("dst_bucket", "dst_bucket"),
+)
+# (family, TaskResp field, help) of the per-project, per-state sums over every listed task.
+TASK_TOTALS = (
+    ("oms_tasks_size_bytes", "total_size", "bytes to migrate"),
+    ("oms_tasks_completed_bytes", "complete_size", "bytes processed"),
+    ("oms_tasks_migrated_bytes", "real_size", "bytes migrated, skipped objects excluded"),
+    ("oms_tasks_objects", "total_num", "objects to migrate"),
+    ("oms_tasks_objects_succeeded", "successful_num", "objects migrated"),
+    ("oms_tasks_objects_failed", "failed_num", "objects that failed"),
+    ("oms_tasks_objects_skipped", "skipped_num", "objects skipped"),
+    ("oms_tasks_speed_bytes_per_second", "migrate_speed", "bytes per second"),
+)
+TASK_TOTAL_FIELDS = tuple(field for _, field, _ in TASK_TOTALS)
+
+
+def _total(i: int) -> Callable[[Listing], Series]:
+    return _per_state(lambda listing: {code: sums[i] for code, sums in listing.totals.items()})
+
+
+FAMILIES: tuple[Family, ...] = (
+    # --- per project -------------------------------------------------------------------------
+    project("oms_up", "1 when the last listing of every task of the project succeeded, 0 otherwise.", (),
+            lambda listing: (((), 1 if listing.up else 0),),
+            source="per project: 1 when the whole listing succeeded", example="`oms_up == 0`"),
+    project("oms_scrape_duration_seconds", "How long listing the project's tasks took.", (),
+            lambda listing: (((), listing.duration),),
+            source="per project: listing time", example="`max_over_time(oms_scrape_duration_seconds[1h])`"),
+    project("oms_tasks", "Number of tasks of the project in each state, from the full listing.", ("status",),
+            _per_state(lambda listing: listing.counts),
+            source="per project: tasks per state, all 7 always present", example="`sum by (status) (oms_tasks)`"),
+    *(project(name, f"Sum of {field} ({what}) of every task of the project in each state, from the full "
+                    "listing, whatever the per-task series filters (absent values count as 0).",
+              ("status",), _total(i),
+              source=f"per project and state: the sum of `{field}` over **every** listed task",
+              example=f"`sum by (project_id) ({name})`")
+      for i, (name, field, what) in enumerate(TASK_TOTALS)),
+    project("oms_malformed_tasks", "Task records in the last listing that could not be read and were skipped.", (),
+            _when_up(lambda listing: (((), listing.malformed),)),
+            source="per project: records skipped in the last listing", example="`oms_malformed_tasks > 0`"),
+    project("oms_listing_timestamp_seconds",
+            "Unix time the listing these series come from was started. With --oms.min-interval a listing "
+            "younger than that interval is served again instead of asking OMS: time() - this is how old "
+            "the data is.", (), _when_up(lambda listing: (((), listing.taken_at),)),
+            source="per project: when the served listing was started (with `--oms.min-interval` a listing is "
+                   "served again until it is that old)",
+            example="`time() - oms_listing_timestamp_seconds`"),
+    # --- per task ----------------------------------------------------------------------------
+    record("oms_task_info", "Static facts of an OMS migration task; the value is always 1.",
+           tuple(label for label, _ in TASK_INFO_LABELS), tuple(attr for _, attr in TASK_INFO_LABELS),
+           lambda facts: ((facts, 1),), source="static facts, value 1", example='`oms_task_info{src_cloud="AWS"}`'),
+    record("oms_task_status", "Current state of an OMS task: 1 for the state it is in, 0 for the other six.",
+           ("status",), ("status",), _status_set,
+           source="`status`: one series per state (waiting, migrating, paused, failed, succeeded, retrying, "
+                  "pausing), 1 for the current", example='`oms_task_status{status="failed"} == 1`'),
+    record("oms_task_status_code", "Raw OMS task status code: 1 waiting, 2 migrating, 3 paused, 4 failed, "
+                                   "5 succeeded, 6 retrying, 7 pausing.", (), ("status",), _scalar,
+           source="`status` (1..7)", example="`oms_task_status_code` (Grafana state timeline)"),
+    gauge("oms_task_progress_ratio", "Task progress from 0 to 1 (TaskResp.progress).", "progress",
+          source="`progress` (0..1)",
+          example="`oms_task_progress_ratio * on(project_id, task_id) group_left(name) oms_task_info`"),
+    gauge("oms_task_speed_bytes_per_second", "Current migration speed in bytes per second (migrate_speed).",
+          "migrate_speed", source="`migrate_speed`",
+          example="`sum by (project_id) (oms_task_speed_bytes_per_second)`"),
+    gauge("oms_task_objects", "Objects the task has to migrate (total_num).", "total_num",
+          source="`total_num`", example="`sum(oms_task_objects)`"),
+    gauge("oms_task_objects_succeeded", "Objects migrated successfully (successful_num).", "successful_num",
+          source="`successful_num`", example="`oms_task_objects_succeeded / oms_task_objects`"),
+    gauge("oms_task_objects_failed", "Objects that failed to migrate (failed_num).", "failed_num",
+          source="`failed_num`", example="`increase(oms_task_objects_failed[30m]) > 0`"),
+    gauge("oms_task_objects_skipped", "Objects skipped, e.g. already present at the destination (skipped_num).",
+          "skipped_num", source="`skipped_num`", example="`topk(10, oms_task_objects_skipped)`"),
+    gauge("oms_task_size_bytes", "Bytes the task has to migrate (total_size).", "total_size",
+          source="`total_size`", example="`sum by (project_id) (oms_task_size_bytes)`"),
+    gauge("oms_task_completed_bytes", "Bytes of objects processed so far (complete_size).", "complete_size",
+          source="`complete_size`", example="`oms_task_completed_bytes / oms_task_size_bytes`"),
+    gauge("oms_task_migrated_bytes", "Bytes actually migrated, skipped objects excluded (real_size).", "real_size",
+          source="`real_size`", example="`rate(oms_task_migrated_bytes[5m])`"),
+    gauge("oms_task_start_timestamp_seconds", "Unix time the task started (start_time).", "start_time_ms",
+          ms=True, source="`start_time` (ms → s)", example="`time() - oms_task_start_timestamp_seconds`"),
+    gauge("oms_task_elapsed_seconds", "Time the task has run so far (total_time).", "total_time_ms",
+          ms=True, source="`total_time` (ms → s)", example="`oms_task_elapsed_seconds / 3600`"),
+    gauge("oms_task_remaining_seconds", "Estimated time left (left_time).", "left_time_ms",
+          ms=True, source="`left_time` (ms → s)", example="`max(oms_task_remaining_seconds) by (project_id)`"),
+    record("oms_task_bandwidth_limit_bytes_per_second",
+           "Bandwidth limit of one traffic-limiting window of the task (bandwidth_policy), bytes per second.",
+           ("start", "end"), ("bandwidth",), lambda windows: [((w.start, w.end), w.max_bandwidth) for w in windows],
+           strict=True, source="`bandwidth_policy[]`, one series per window",
+           example="`max by (project_id, task_id) (oms_task_bandwidth_limit_bytes_per_second)`"),
+    record("oms_task_error_info",
+           "Why the task failed (error_reason); present only when OMS reports an error, value 1.",
+           ("error_code", "error_msg"), ("error_code", "error_msg"),
+           lambda err: ((err, 1),) if err[0] or err[1] else (),
+           source="`error_reason`, only when non-empty", example="`count by (error_code) (oms_task_error_info)`"),
 )
 
-TASK_BANDWIDTH = "oms_task_bandwidth_limit_bytes_per_second"
-TASK_BANDWIDTH_HELP = "Bandwidth limit of one traffic-limiting window of the task (bandwidth_policy), bytes per second."
-TASK_BANDWIDTH_LABELS = ("project_id", "task_id", "start", "end")
-
-TASK_ERROR_INFO = "oms_task_error_info"
-TASK_ERROR_INFO_HELP = "Why the task failed (error_reason); present only when OMS reports an error, value 1."
-TASK_ERROR_INFO_LABELS = ("project_id", "task_id", "error_code", "error_msg")
-
-UP = "oms_up"
-UP_HELP = "1 when the last listing of every task of the project succeeded, 0 otherwise."
-SCRAPE_DURATION = "oms_scrape_duration_seconds"
-SCRAPE_DURATION_HELP = "How long listing the project's tasks took."
-TASKS = "oms_tasks"
-TASKS_HELP = "Number of tasks of the project in each state, from the full listing."
-MALFORMED_TASKS = "oms_malformed_tasks"
-MALFORMED_TASKS_HELP = "Task records in the last listing that could not be read and were skipped."
+PROJECT_FAMILIES = tuple(f for f in FAMILIES if f.kind is None)
+TASK_FAMILIES = tuple(f for f in FAMILIES if f.kind is TASK)
 
 
+def task_totals(tasks: Iterable[Task]) -> tuple[dict[int, int], dict[int, tuple[float, ...]]]:
+    """Per state: how many tasks, and the sum of each TASK_TOTALS field (absent values count as 0)."""
+    by_status: dict[int | None, list[Task]] = {code: [] for code in STATUS_NAMES}
+    for t in tasks:
+        by_status.setdefault(t.status, []).append(t)
+    counts = {code: len(by_status[code]) for code in STATUS_NAMES}
+    totals = {code: tuple(sum(filter(None, map(getter, by_status[code]))) for getter in _TOTAL_GETTERS)
+              for code in STATUS_NAMES}
+    return counts, totals
 
-@dataclass(frozen=True, slots=True)
-class TaskTotal:
-    """A per-project, per-state sum of one numeric TaskResp field over every listed task."""
 
-    name: str
-    help: str
-    attr: str  # attribute of model.Task; absent (None) counts as 0
+_TOTAL_GETTERS = tuple(attrgetter(field) for field in TASK_TOTAL_FIELDS)
 
 
-_TOTAL_HELP = (" of every task of the project in each state, from the full listing, whatever the "
-               "per-task series filters (absent values count as 0).")
-TASK_TOTALS: tuple[TaskTotal, ...] = (
-    TaskTotal("oms_tasks_size_bytes", "Sum of total_size (bytes to migrate)" + _TOTAL_HELP, "total_size"),
-    TaskTotal("oms_tasks_completed_bytes", "Sum of complete_size (bytes processed)" + _TOTAL_HELP, "complete_size"),
-    TaskTotal("oms_tasks_migrated_bytes", "Sum of real_size (bytes migrated, skipped objects excluded)"
-              + _TOTAL_HELP, "real_size"),
-    TaskTotal("oms_tasks_objects", "Sum of total_num (objects to migrate)" + _TOTAL_HELP, "total_num"),
-    TaskTotal("oms_tasks_objects_succeeded", "Sum of successful_num" + _TOTAL_HELP, "successful_num"),
-    TaskTotal("oms_tasks_objects_failed", "Sum of failed_num" + _TOTAL_HELP, "failed_num"),
-    TaskTotal("oms_tasks_objects_skipped", "Sum of skipped_num" + _TOTAL_HELP, "skipped_num"),
-    TaskTotal("oms_tasks_speed_bytes_per_second", "Sum of migrate_speed (bytes per second)" + _TOTAL_HELP,
-              "migrate_speed"),
-)
-
-LISTING_TIMESTAMP = "oms_listing_timestamp_seconds"
-LISTING_TIMESTAMP_HELP = (
-    "Unix time the listing these series come from was started. With --oms.min-interval a "
-    "listing younger than that interval is served again instead of asking OMS: "
-    "time() - this is how old the data is.")
-
-BUILD_INFO = "oms_exporter_build_info"
-API_REQUESTS = "oms_api_requests"  # counter, exposed as oms_api_requests_total
-API_REQUEST_DURATION = "oms_api_request_duration_seconds"
-SCRAPE_ERRORS = "oms_scrape_errors"  # counter, exposed as oms_scrape_errors_total
+# --- the exporter's own metrics --------------------------------------------------------------
 
 # Fixed set of `reason` label values of oms_scrape_errors_total.
 ERROR_REASONS = ("timeout", "throttled", "auth", "http_5xx", "http_4xx", "bad_payload", "network", "incomplete",
@@ -131,14 +245,53 @@ ERROR_REASONS = ("timeout", "throttled", "auth", "http_5xx", "http_4xx", "bad_pa
 # OMS API documents, and the two for requests without an answer. Others appear when first seen.
 KNOWN_API_CODES = ("200", "400", "401", "403", "404", "429", "500", "503", "timeout", "network")
 
-ALL_METRIC_NAMES: frozenset[str] = frozenset(
-    [TASK_INFO, TASK_STATUS, TASK_STATUS_CODE, TASK_BANDWIDTH, TASK_ERROR_INFO]
-    + [g.name for g in TASK_GAUGES]
-    + [UP, SCRAPE_DURATION, TASKS, MALFORMED_TASKS, LISTING_TIMESTAMP, BUILD_INFO]
-    + [t.name for t in TASK_TOTALS]
-    + [API_REQUESTS + "_total", SCRAPE_ERRORS + "_total"]
-    + [API_REQUEST_DURATION + s for s in ("_bucket", "_sum", "_count")]
+
+@dataclass(frozen=True, slots=True)
+class SelfFamily:
+    """One of the exporter's own metrics (README row and prometheus_client object from one place)."""
+
+    name: str  # as served (counters with _total)
+    type: str
+    help: str
+    labels: tuple[str, ...]
+    source: str
+    example: str
+
+
+SELF_FAMILIES = (
+    SelfFamily("oms_exporter_build_info", "gauge", "Version of oms-exporter; the value is always 1.", ("version",),
+               "the exporter's version", "`count by (version) (oms_exporter_build_info)`"),
+    SelfFamily("oms_api_requests_total", "counter", "Requests sent to the OMS API, by HTTP status code "
+               "(or 'timeout' / 'network' when no answer came).", ("project_id", "code"),
+               "OMS requests by HTTP code (`timeout`, `network` when no answer); the codes OMS documents "
+               "(200, 400, 401, 403, 404, 429, 500, 503) and `timeout`/`network` are exported at 0 from the "
+               "start, others appear when first seen",
+               "`sum by (code) (rate(oms_api_requests_total[5m]))`"),
+    SelfFamily("oms_api_request_duration_seconds", "histogram",
+               "Time from sending an OMS API request to reading its whole answer.", ("project_id",),
+               "histogram of OMS request time",
+               "`histogram_quantile(0.9, sum by (le) (rate(oms_api_request_duration_seconds_bucket[5m])))`"),
+    SelfFamily("oms_scrape_errors_total", "counter", "Project listings that failed, by reason.",
+               ("project_id", "reason"),
+               "failed listings by reason: " + ", ".join(ERROR_REASONS) + "; every reason of every target "
+               "at 0 from the first scrape", "`increase(oms_scrape_errors_total[1h]) > 0`"),
+    SelfFamily("oms_listings_total", "counter", "Listings of the project started upstream (concurrent scrapes "
+               "share one; with --oms.min-interval a young listing is served again).", ("project_id",),
+               "listings asked of OMS; fewer than scrapes when scrapes share them",
+               "`rate(oms_listings_total[5m])`"),
+    SelfFamily("oms_exporter_encodes_total", "counter", "Response bodies encoded (concurrent scrapes of the "
+               "same listings in the same format share one).", (),
+               "bodies encoded", "`rate(oms_exporter_encodes_total[5m])`"),
+    SelfFamily("oms_exporter_encoded_records_total", "counter", "Records written by the encoder: 'reused' "
+               "when the record had not changed since the last encode (its lines were kept), 'rendered' "
+               "when its lines were written anew.", ("kind", "result"),
+               "records encoded, by whether their cached lines were reused",
+               '`rate(oms_exporter_encoded_records_total{result="rendered"}[5m])`'),
 )
+
+ALL_METRIC_NAMES: frozenset[str] = frozenset(
+    [f.name for f in FAMILIES] + [f.name for f in SELF_FAMILIES if f.type != "histogram"]
+    + [f.name + s for f in SELF_FAMILIES if f.type == "histogram" for s in ("_bucket", "_sum", "_count")])
 
 
 class SelfMetrics:
@@ -148,19 +301,24 @@ class SelfMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        Gauge(BUILD_INFO, "Version of oms-exporter; the value is always 1.", ["version"],
-              registry=self.registry).labels(__version__).set(1)
-        self.api_requests = Counter(
-            API_REQUESTS, "Requests sent to the OMS API, by HTTP status code "
-            "(or 'timeout' / 'network' when no answer came).",
-            ["project_id", "code"], registry=self.registry)
-        self.api_request_duration = Histogram(
-            API_REQUEST_DURATION, "Time from sending an OMS API request to reading its whole answer.",
-            ["project_id"], registry=self.registry,
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.scrape_errors = Counter(
-            SCRAPE_ERRORS, "Project listings that failed, by reason.",
-            ["project_id", "reason"], registry=self.registry)
+        made: dict[str, Any] = {}
+        for f in SELF_FAMILIES:
+            if f.type == "counter":
+                made[f.name] = Counter(f.name.removesuffix("_total"), f.help, f.labels, registry=self.registry)
+            elif f.type == "histogram":
+                made[f.name] = Histogram(f.name, f.help, f.labels, registry=self.registry,
+                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+            else:
+                made[f.name] = Gauge(f.name, f.help, f.labels, registry=self.registry)
+        made["oms_exporter_build_info"].labels(__version__).set(1)
+        self.api_requests: Counter = made["oms_api_requests_total"]
+        self.api_request_duration: Histogram = made["oms_api_request_duration_seconds"]
+        self.scrape_errors: Counter = made["oms_scrape_errors_total"]
+        self.listings: Counter = made["oms_listings_total"]
+        self.encodes: Counter = made["oms_exporter_encodes_total"]
+        self.encoded_records: Counter = made["oms_exporter_encoded_records_total"]
+        for result in ("rendered", "reused"):
+            self.encoded_records.labels(TASK.name, result)
 
     def add_project(self, project_id: str) -> None:
         """Export every label set of `project_id` known in advance, at 0, from the first scrape on.
@@ -173,3 +331,4 @@ class SelfMetrics:
         for code in KNOWN_API_CODES:
             self.api_requests.labels(project_id, code)
         self.api_request_duration.labels(project_id)
+        self.listings.labels(project_id)

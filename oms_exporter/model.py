@@ -1,20 +1,20 @@
-"""The task record the rest of the exporter reads.
+"""The records the rest of the exporter reads, parsed from OMS's JSON.
 
-A `TaskResp` object from `GET /v2/{project_id}/tasks` is parsed here, into a frozen `Task`
-(with msgspec, from its JSON text; a record whose text did not change since the last
-listing is not parsed again). Parsing is strict about types (a string where a number belongs makes the
-record malformed) and lenient about presence (absent or null fields stay `None`, unknown
-fields are ignored), because newer API editions add fields and any field may be missing.
+A `TaskResp` object from `GET /v2/{project_id}/tasks` becomes a frozen `Task`. Parsing is
+strict about types (a string where a number belongs makes the record malformed) and lenient
+about presence (absent or null fields stay `None`, unknown fields are ignored), because
+newer API editions add fields and any field may be missing. `RecordParser` remembers the
+records of the last listing by a digest of their JSON text, so an unchanged record is
+neither decoded again nor a new object: the encoder keys its cached lines on that identity.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from itertools import compress, repeat
 from operator import is_
-from typing import Annotated, Any, cast
+from typing import Annotated, Generic, TypeVar, cast
 
 import msgspec
 from msgspec.structs import force_setattr
@@ -34,11 +34,12 @@ FAILED, SUCCEEDED = 4, 5
 FINISHED_STATUSES = frozenset({FAILED, SUCCEEDED})
 
 
-log = logging.getLogger(__name__)
+class MalformedRecord(ValueError):
+    """A record that cannot be read (wrong type for a known field, no usable id)."""
 
 
-class MalformedTask(ValueError):
-    """A task record that cannot be read (wrong type for a known field, no usable id)."""
+class BadPage(ValueError):
+    """A page that does not have the documented shape (not JSON, items or count missing, ...)."""
 
 
 # Records are frozen msgspec Structs: built ~9x faster than frozen dataclasses, and with
@@ -47,37 +48,37 @@ class MalformedTask(ValueError):
 class BandwidthWindow(msgspec.Struct, frozen=True, gc=False):
     start: str
     end: str
-    max_bandwidth: int | float | None
+    max_bandwidth: int | float | None  # None only before __post_init__ drops the window
 
 
-class Task(msgspec.Struct, frozen=True, gc=False):
+class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     id: int
-    name: str
-    group_id: str
-    group_type: str
-    task_type: str
-    priority: str
-    src_cloud: str
-    src_region: str
-    src_bucket: str
-    dst_region: str
-    dst_bucket: str
-    status: int | None
-    progress: float | None
-    migrate_speed: float | None
-    total_num: float | None
-    successful_num: float | None
-    failed_num: float | None
-    skipped_num: float | None
-    total_size: float | None
-    complete_size: float | None
-    real_size: float | None
-    start_time_ms: float | None
-    total_time_ms: float | None
-    left_time_ms: float | None
-    bandwidth: tuple[BandwidthWindow, ...]
-    error_code: str
-    error_msg: str
+    name: str = ""
+    group_id: str = ""
+    group_type: str = ""
+    task_type: str = ""
+    priority: str = ""
+    src_cloud: str = ""
+    src_region: str = ""
+    src_bucket: str = ""
+    dst_region: str = ""
+    dst_bucket: str = ""
+    status: int | None = None
+    progress: float | None = None
+    migrate_speed: float | None = None
+    total_num: float | None = None
+    successful_num: float | None = None
+    failed_num: float | None = None
+    skipped_num: float | None = None
+    total_size: float | None = None
+    complete_size: float | None = None
+    real_size: float | None = None
+    start_time_ms: float | None = None
+    total_time_ms: float | None = None
+    left_time_ms: float | None = None
+    bandwidth: tuple[BandwidthWindow, ...] = ()
+    error_code: str = ""
+    error_msg: str = ""
 
     def __post_init__(self) -> None:
         # Only windows with a limit, and the first of each start/end: two would be one
@@ -118,7 +119,7 @@ class _Error(msgspec.Struct):
     error_msg: str | None = None
 
 
-class _Wire(msgspec.Struct):
+class _TaskWire(msgspec.Struct):
     """The TaskResp fields the exporter reads, with their JSON types; others are skipped unread."""
 
     id: Annotated[int, msgspec.Meta(ge=0)]
@@ -148,11 +149,10 @@ class _Wire(msgspec.Struct):
     error_reason: _Error | str | None = None
 
 
-_decode = msgspec.json.Decoder(_Wire).decode
 _NO_NODE = _Node()
 
 
-def _task(w: _Wire) -> Task:
+def _task(w: _TaskWire) -> Task:
     src, dst = w.src_node or _NO_NODE, w.dst_node or _NO_NODE
     err = w.error_reason
     if isinstance(err, _Error):
@@ -160,95 +160,119 @@ def _task(w: _Wire) -> Task:
     else:
         error_code, error_msg = "", err or ""
     return Task(
-        w.id, w.name or "", w.group_id or "", w.group_type or "", w.task_type or "", w.task_priority or "",
-        src.cloud_type or "", src.region or "", src.bucket or "", dst.region or "", dst.bucket or "",
-        w.status, w.progress, w.migrate_speed, w.total_num, w.successful_num, w.failed_num, w.skipped_num,
-        w.total_size, w.complete_size, w.real_size, w.start_time, w.total_time, w.left_time,
-        tuple([BandwidthWindow(b.start or "", b.end or "", b.max_bandwidth) for b in w.bandwidth_policy])
-        if w.bandwidth_policy else (),
-        error_code, error_msg,
+        id=w.id, name=w.name or "", group_id=w.group_id or "", group_type=w.group_type or "",
+        task_type=w.task_type or "", priority=w.task_priority or "",
+        src_cloud=src.cloud_type or "", src_region=src.region or "", src_bucket=src.bucket or "",
+        dst_region=dst.region or "", dst_bucket=dst.bucket or "",
+        status=w.status, progress=w.progress, migrate_speed=w.migrate_speed, total_num=w.total_num,
+        successful_num=w.successful_num, failed_num=w.failed_num, skipped_num=w.skipped_num,
+        total_size=w.total_size, complete_size=w.complete_size, real_size=w.real_size,
+        start_time_ms=w.start_time, total_time_ms=w.total_time, left_time_ms=w.left_time,
+        bandwidth=tuple(BandwidthWindow(b.start or "", b.end or "", b.max_bandwidth)
+                        for b in w.bandwidth_policy or ()),
+        error_code=error_code, error_msg=error_msg,
     )
 
 
-def parse_task(d: Any) -> Task:
-    """Parse one TaskResp object (already decoded JSON); raise MalformedTask when it cannot be read."""
+_decode_task = msgspec.json.Decoder(_TaskWire).decode
+
+
+def parse_task(raw: bytes | msgspec.Raw) -> Task:
+    """One TaskResp object from its JSON text; MalformedRecord when it cannot be read."""
     try:
-        return _task(msgspec.convert(d, _Wire))
+        return _task(_decode_task(raw))
     except msgspec.ValidationError as exc:
-        raise MalformedTask(str(exc)) from None
+        raise MalformedRecord(str(exc)) from None
 
 
-def parse_task_json(raw: bytes | msgspec.Raw) -> Task:
-    """Parse one TaskResp object from its JSON text; raise MalformedTask when it cannot be read."""
+# --- pages -----------------------------------------------------------------------------------
+
+class _TaskPage(msgspec.Struct):
+    # Raw: each record's JSON text, checked for syntax but decoded only when it changed.
+    tasks: list[msgspec.Raw]
+    count: Annotated[int, msgspec.Meta(ge=0)]
+
+
+_decode_task_page = msgspec.json.Decoder(_TaskPage).decode
+
+
+def task_page(raw: bytes) -> tuple[list[msgspec.Raw], int]:
+    """The records (as JSON text) and `count` of a ListTasks answer; BadPage when it is not that shape."""
     try:
-        return _task(_decode(raw))
+        page = _decode_task_page(raw)
     except msgspec.ValidationError as exc:
-        raise MalformedTask(str(exc)) from None
+        raise BadPage(f"answer does not have the ListTasks shape: {exc}") from None
+    except msgspec.DecodeError:
+        raise BadPage("answer is not valid JSON") from None
+    return page.tasks, page.count
 
 
-class TaskParser:
-    """parse_task_json with memory: a record whose JSON text equals last listing's is not parsed again.
+# --- parsing with memory ---------------------------------------------------------------------
 
-    Most tasks do not change between scrapes (finished ones stay listed for good), so this
-    keeps parsing cost proportional to what changed. Reusing the same Task object also lets
-    the encoder reuse the text it rendered for it.
+R = TypeVar("R")
 
-    Records are remembered by a 128-bit XXH3 digest of their text, not the text itself:
-    ~80 bytes per task instead of ~1.2 KB (12 MB at 10,000 tasks, twice while a listing
-    replaces the last), hashed straight from the page buffer at ~7 GB/s (SHA-256 took 7x
-    longer, a fifth of a scrape's parsing). XXH3 is not a cryptographic hash, so the seed is
-    a per-process secret: a task name cannot be chosen to collide with another record.
+
+class RecordParser(Generic[R]):
+    """`parse` with memory: a record whose JSON text equals one of the last listing's is not parsed again.
+
+    Most records do not change between scrapes (finished tasks stay listed for good), so
+    parsing costs what changed. Handing back the same object for an unchanged record lets
+    the encoder reuse the lines it rendered for it.
+
+    Records are remembered by a 128-bit XXH3 digest of their text (~80 bytes per record
+    instead of ~1.2 KB), hashed straight from the page buffer. XXH3 is not a cryptographic
+    hash, so the seed is a per-process secret: a task name cannot be chosen to collide with
+    another record.
     """
 
-    def __init__(self, on_fresh: Callable[[list[Task]], None] | None = None) -> None:
-        # Called with each page's records that were parsed anew (changed since the last listing).
-        self._on_fresh = on_fresh
+    def __init__(self, parse: Callable[[msgspec.Raw], R]) -> None:
+        self._parse = parse
         self._seed = int.from_bytes(os.urandom(8), "little")
-        self._last: dict[int, Task] = {}
-        self._current: dict[int, Task] = {}
+        self._last: dict[int, R] = {}
+        self._current: dict[int, R] = {}
         # Malformed records of this listing, each once however many pages repeat it.
         self.malformed: set[int] = set()
 
     def begin(self) -> None:
-        """Start a listing; records not seen again until end() are forgotten."""
+        """Start a listing; records not seen again until end() are forgotten then."""
         self._current = {}
         self.malformed = set()
 
-    def end(self) -> None:
-        self._last, self._current = self._current, {}
+    def end(self, keep_last: bool = False) -> None:
+        """Finish a listing: its records are what the next one compares with.
 
-    def parse_all(self, raws: Sequence[bytes | msgspec.Raw]) -> tuple[list[Task], int]:
-        """The readable records of one page, and how many were malformed."""
+        `keep_last`: the listing failed; keep comparing with the last complete one, and
+        forget this one's partial records (they are not what the next listing will see).
+        """
+        if not keep_last:
+            self._last = self._current
+        self._current = {}
+
+    def parse_all(self, raws: Sequence[msgspec.Raw]) -> list[R]:
+        """The readable records of one page (malformed ones are counted in `malformed`)."""
         seed, last, current = self._seed, self._last, self._current
         # Hashing and looking up a page's records in C (map), not one Python step per record:
         # most records are unchanged, and this runs for every record of every listing.
         keys = list(map(xxh3_128_intdigest, raws, repeat(seed, len(raws))))
-        tasks: list[Task | None] = list(map(last.get, keys))
-        fresh: list[Task] = []
-        malformed = 0
-        for i in compress(range(len(tasks)), map(is_, tasks, repeat(None))):
+        records: list[R | None] = list(map(last.get, keys))
+        malformed = False
+        for i in compress(range(len(records)), map(is_, records, repeat(None))):
             # Not in the last listing: seen earlier in this one (a second pass, a page
             # repeated), or new or changed.
             key = keys[i]
-            task = current.get(key)
-            if task is None:
+            record = current.get(key)
+            if record is None:
                 try:
-                    task = parse_task_json(raws[i])
-                except MalformedTask:
+                    record = self._parse(raws[i])
+                except MalformedRecord:
                     self.malformed.add(key)
-                    malformed += 1
+                    malformed = True
                     continue
-                fresh.append(task)
-                current[key] = task  # the same record again in this page: the same object
-            tasks[i] = task
+                current[key] = record  # the same record again in this listing: the same object
+            records[i] = record
         if malformed:
-            keys = [k for k, t in zip(keys, tasks) if t is not None]
-            tasks = [t for t in tasks if t is not None]
-        readable = cast(list[Task], tasks)  # no None left
+            keys = [k for k, r in zip(keys, records) if r is not None]
+            records = [r for r in records if r is not None]
+        readable = cast(list[R], records)
         current.update(zip(keys, readable))
-        if fresh and self._on_fresh is not None:
-            try:
-                self._on_fresh(fresh)
-            except Exception:  # an optimisation must not cost the listing
-                log.exception("rendering changed tasks ahead failed")
-        return readable, malformed
+        return readable

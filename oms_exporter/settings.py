@@ -1,17 +1,22 @@
-"""Settings: the projects to watch (environment or YAML file) and the exporter's options (flags).
+"""Settings: every setting of the exporter, each defined once, and their validation.
 
-Everything is validated before the server starts. `load()` turns every problem into a
-`SettingsError` holding one line per bad setting, each naming the setting the way the
-user wrote it (`OMS_REGION`, `targets[1].endpoint`, `--oms.page-limit`).
+Each field of `Options` (exporter-wide, from command-line flags) and of `Target` (one
+project, from the `OMS_*` environment or a YAML file's `targets:`) carries its type,
+default, help and the names it goes by (`flag`, `env`): the flags, the environment loading
+and the README's configuration table are all made from these fields. Everything is
+validated before the server starts: `load()` turns every problem into a `SettingsError`
+holding one line per bad setting, each naming the setting the way the user wrote it
+(`OMS_REGION`, `targets[1].endpoint`, `--oms.page-limit`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -20,11 +25,29 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, env: str | None = None, shown: str | None = None,
+            **constraints: Any) -> Any:
+    """A setting: its default, help text, and the flag or environment variable it is read from.
+
+    `shown` is the default as the README states it, where the value alone would not say it.
+    """
+    extra: dict[str, Any] = {k: v for k, v in (("flag", flag), ("env", env), ("shown", shown)) if v is not None}
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+def meta(info: FieldInfo) -> dict[str, Any]:
+    """The flag, env and shown-default of a setting defined with `setting()`."""
+    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -55,6 +78,30 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
 
 
+def format_duration(seconds: float) -> str:
+    """`seconds` the way Prometheus writes a duration (`7d`, `15m`, `500ms`), or `0`."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return "0" if not seconds else f"{seconds:g}s"
+
+
+def shown_default(info: FieldInfo) -> str:
+    """The default of a setting as the README and --help state it."""
+    shown = meta(info).get("shown")
+    if shown is not None:
+        return str(shown).replace("`", "")
+    value = info.default
+    if value is None or info.is_required():
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and any(getattr(m, "func", None) is parse_duration for m in info.metadata):
+        return format_duration(value)
+    return str(value)
+
+
 def _check_http_url(value: str | None) -> str | None:
     if value is None:
         return None
@@ -83,37 +130,46 @@ AUTH_MODES = {
 
 
 class Target(BaseModel):
-    """One OMS project to list: where it is and how to authenticate."""
+    """One OMS project to list: where it is and how to authenticate (YAML keys are the field names)."""
 
     # hide_input_in_errors: the input holds secrets as plain strings.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-    project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")]
-    endpoint: HttpUrlStr = None
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = setting(
+        ..., "target name for `/probe?target=`", env="OMS_TARGET_NAME", shown="`default` (env)")
+    project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = setting(
+        ..., "project to list (required)", env="OMS_PROJECT_ID")
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")] = setting(
+        ..., "region, e.g. `cn-north-4` (required)", env="OMS_REGION")
+    endpoint: HttpUrlStr = setting(None, "OMS endpoint", env="OMS_ENDPOINT",
+                                   shown="`https://oms.{region}.myhuaweicloud.com`")
 
-    auth_token: SecretStr | None = None
-    auth_token_file: Path | None = None
-    ak: SecretStr | None = None
-    ak_file: Path | None = None
-    sk: SecretStr | None = None
-    sk_file: Path | None = None
-    security_token: SecretStr | None = None
-    security_token_file: Path | None = None
-    iam_username: str | None = None
-    iam_password: SecretStr | None = None
-    iam_password_file: Path | None = None
-    iam_domain: str | None = None
-    iam_endpoint: HttpUrlStr = None
+    auth_token: SecretStr | None = setting(None, "static IAM token (see Authentication)", env="OMS_AUTH_TOKEN")
+    auth_token_file: Path | None = setting(None, "file holding auth_token", env="OMS_AUTH_TOKEN_FILE")
+    ak: SecretStr | None = setting(None, "access key (AK/SK signing)", env="OMS_AK")
+    ak_file: Path | None = setting(None, "file holding ak", env="OMS_AK_FILE")
+    sk: SecretStr | None = setting(None, "secret key (AK/SK signing)", env="OMS_SK")
+    sk_file: Path | None = setting(None, "file holding sk", env="OMS_SK_FILE")
+    security_token: SecretStr | None = setting(None, "security token of temporary AK/SK credentials",
+                                               env="OMS_SECURITY_TOKEN")
+    security_token_file: Path | None = setting(None, "file holding security_token", env="OMS_SECURITY_TOKEN_FILE")
+    iam_username: str | None = setting(None, "IAM user (IAM password login)", env="OMS_IAM_USERNAME")
+    iam_password: SecretStr | None = setting(None, "IAM user's password", env="OMS_IAM_PASSWORD")
+    iam_password_file: Path | None = setting(None, "file holding iam_password", env="OMS_IAM_PASSWORD_FILE")
+    iam_domain: str | None = setting(None, "account (domain) name of the IAM user", env="OMS_IAM_DOMAIN")
+    iam_endpoint: HttpUrlStr = setting(None, "IAM endpoint", env="OMS_IAM_ENDPOINT",
+                                       shown="`https://iam.{region}.myhuaweicloud.com`")
 
     # Listing shape.
-    statuses: list[Annotated[int, Field(ge=1, le=7)]] | None = Field(default=None, min_length=1)
-    group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(default=None, min_length=1)
-    # Highest `offset` to ask for: the documented maximum by default. An API edition that
-    # caps it lower (one caps it at 10,000) answers 400; the lister then learns that cap and
+    statuses: list[Annotated[int, Field(ge=1, le=7)]] | None = setting(
+        None, "only list tasks in these states (codes 1..7)", min_length=1, shown="all")
+    group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = setting(
+        None, "only list tasks of these task groups", min_length=1, shown="all")
+    # An API edition that caps offsets lower answers 400; the lister then learns that cap and
     # lists per status. Set lower only to skip that one refused request.
-    max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = MAX_OFFSET
+    max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = setting(
+        MAX_OFFSET, "highest `offset` to ask for; an API edition that refuses a lower one is learned anyway "
+                    "(see *Listing every task*)", env="OMS_MAX_OFFSET", shown="`2147483647` (documented maximum)")
 
     @model_validator(mode="before")
     @classmethod
@@ -195,47 +251,35 @@ class FileConfig(BaseModel):
         return targets
 
 
-class EnvTarget(BaseSettings):
-    """One project from OMS_* environment variables (the SDK's CLOUD_SDK_AK/SK are read too)."""
+class _EnvBase(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
-    model_config = SettingsConfigDict(env_prefix="OMS_", extra="ignore", case_sensitive=False)
 
-    target_name: str = "default"
-    project_id: str | None = None
-    region: str | None = None
-    endpoint: str | None = None
-    auth_token: str | None = None
-    auth_token_file: str | None = None
-    ak: str | None = None
-    ak_file: str | None = None
-    sk: str | None = None
-    sk_file: str | None = None
-    security_token: str | None = None
-    security_token_file: str | None = None
+def _env_loader() -> type[BaseSettings]:
+    """A pydantic-settings model of every Target field read from the environment, as plain strings."""
+    fields: dict[str, Any] = {
+        name: (str | None, Field(None, validation_alias=AliasChoices(meta(info)["env"])))
+        for name, info in Target.model_fields.items() if "env" in meta(info)}
     # The official SDK samples' variables: a fallback used only when no OMS_* credential is
     # set, since they are often set for other tools on the same machine.
-    sdk_ak: str | None = Field(default=None, validation_alias=AliasChoices("CLOUD_SDK_AK"))
-    sdk_sk: str | None = Field(default=None, validation_alias=AliasChoices("CLOUD_SDK_SK"))
-    sdk_security_token: str | None = Field(default=None, validation_alias=AliasChoices("CLOUD_SDK_SECURITY_TOKEN"))
-    iam_username: str | None = None
-    iam_password: str | None = None
-    iam_password_file: str | None = None
-    iam_domain: str | None = None
-    iam_endpoint: str | None = None
-    max_offset: str | None = None
+    for field in ("ak", "sk", "security_token"):
+        fields[f"sdk_{field}"] = (str | None, Field(None, validation_alias=AliasChoices(f"CLOUD_SDK_{field.upper()}")))
+    return create_model("EnvTarget", __base__=_EnvBase, **fields)
 
-    def target_data(self) -> dict[str, Any] | None:
-        data = self.model_dump(exclude_none=True)
-        name = data.pop("target_name")
-        sdk = {k.removeprefix("sdk_"): data.pop(k) for k in ("sdk_ak", "sdk_sk", "sdk_security_token") if k in data}
-        # The SDK variables may be set for other tools: they alone do not define a project.
-        if not data:
-            return None
-        if not _ENV_CREDENTIALS & set(data):
-            for field, value in sdk.items():
-                if f"{field}_file" not in data:
-                    data.setdefault(field, value)
-        return {"name": name, **data}
+
+def env_target() -> dict[str, Any] | None:
+    """The target the OMS_* environment defines, as Target input, or None when it defines none."""
+    data = _env_loader()().model_dump(exclude_none=True)
+    name = data.pop("name", "default")
+    sdk = {k.removeprefix("sdk_"): data.pop(k) for k in ("sdk_ak", "sdk_sk", "sdk_security_token") if k in data}
+    # The SDK variables may be set for other tools: they alone do not define a project.
+    if not data:
+        return None
+    if not _ENV_CREDENTIALS & set(data):
+        for field, value in sdk.items():
+            if f"{field}_file" not in data:
+                data.setdefault(field, value)
+    return {"name": name, **data}
 
 
 # OMS_* credential settings that, when any is set, make the CLOUD_SDK_* variables ignored
@@ -251,24 +295,50 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    listen_address: str = ":10066"
-    telemetry_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = "/metrics"
-    log_level: Literal["debug", "info", "warn", "error"] = "info"
-    log_format: Literal["logfmt", "json"] = "logfmt"
-    max_concurrency: Annotated[int, Field(ge=1, le=100)] = 32
-    page_limit: Annotated[int, Field(ge=1, le=100)] = 100
-    # Scrape budget when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds header,
+    config_file: Path | None = setting(
+        None, "YAML file with `targets:` (projects to list); `OMS_*` variables add one more", flag="config.file")
+    web_config_file: Path | None = setting(
+        None, "TLS and basic auth of the exporter's endpoint (exporter-toolkit format, see below)",
+        flag="web.config.file")
+    check_config: bool = setting(
+        False, "validate the settings (and the web config file) and exit (0 good, 2 bad)", flag="check-config")
+    listen_address: str = setting(":10066", "address to listen on", flag="web.listen-address")
+    telemetry_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = setting(
+        "/metrics", "path of the metrics endpoint", flag="web.telemetry-path")
+    log_level: Literal["debug", "info", "warn", "error"] = setting(
+        "info", "`debug`, `info`, `warn` or `error`", flag="log.level")
+    log_format: Literal["logfmt", "json"] = setting("logfmt", "`logfmt` or `json`", flag="log.format")
+    max_concurrency: Annotated[int, Field(ge=1, le=100)] = setting(
+        32, "ListTasks requests in flight per project (1..100)", flag="oms.max-concurrency")
+    page_limit: Annotated[int, Field(ge=1, le=100)] = setting(
+        100, "tasks per ListTasks page (1..100)", flag="oms.page-limit")
+    # The scrape budget when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds header,
     # and the margin kept back from the header's value so that the answer arrives in time.
-    scrape_timeout: Annotated[Duration, Field(gt=0)] = 10.0
-    timeout_offset: Duration = 0.5
-    min_interval: Duration = 0.0
+    scrape_timeout: Annotated[Duration, Field(gt=0)] = setting(
+        10.0, "scrape budget when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds`",
+        flag="oms.scrape-timeout")
+    timeout_offset: Duration = setting(0.5, "margin kept back from the scrape timeout", flag="oms.timeout-offset")
+    min_interval: Duration = setting(
+        0.0, "reuse a listing younger than this (for tight API quotas); `0` always lists", flag="oms.min-interval")
     # Succeeded tasks that ended longer ago get no per-task series; failed tasks keep theirs
     # (a failed task is still failed) unless failed_task_max_age says otherwise.
-    finished_task_max_age: Duration = 7 * 86400.0
-    failed_task_max_age: Duration = 0.0
-    per_task_series: bool = True
-    ca_file: Path | None = None
-    insecure_skip_verify: bool = False
+    finished_task_max_age: Duration = setting(
+        7 * 86400.0, "succeeded tasks that ended longer ago get no per-task series (still counted in "
+        "`oms_tasks` and the `oms_tasks_*` totals); `0` keeps all", flag="oms.finished-task-max-age")
+    failed_task_max_age: Duration = setting(
+        0.0, "failed tasks that ended longer ago get no per-task series, so `OmsTaskFailed` resolves for them "
+        "(see its runbook); `0` (the default): a failed task keeps its series while it is failed",
+        flag="oms.failed-task-max-age")
+    per_task_series: bool = setting(True, "`false`: per-project aggregates only", flag="oms.per-task-series")
+    ca_file: Path | None = setting(None, "CA bundle for OMS/IAM TLS", flag="oms.ca-file", shown="system CAs")
+    insecure_skip_verify: bool = setting(
+        False, "skip TLS verification of OMS and IAM (logged loudly)", flag="oms.insecure-skip-verify")
+    demo: bool = setting(False, "run against the built-in OMS stand-in with moving tasks (no cloud account)",
+                         flag="demo")
+    demo_tasks: Annotated[int, Field(ge=1, le=1_000_000)] = setting(
+        300, "number of demo tasks", flag="demo.tasks")
+    demo_auth: Literal["aksk", "token", "iam"] = setting(
+        "aksk", "how the exporter authenticates to the demo stand-in: `aksk`, `token` or `iam`", flag="demo.auth")
 
     @field_validator("listen_address")
     @classmethod
@@ -340,12 +410,16 @@ def _lines(exc: ValidationError, name_of: Any) -> list[str]:
     return lines
 
 
-def load(flags: dict[str, Any], config_file: Path | None, *, only_target: Target | None = None) -> Settings:
+def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
+         only_target: Target | None = None) -> Settings:
     """Build and validate all settings (flags, YAML file, OMS_* environment), or raise SettingsError.
 
-    With `only_target` (the demo), that target replaces the file and the environment.
+    `config_file` defaults to the `config_file` flag. With `only_target` (the demo), that
+    target replaces the file and the environment.
     """
     errors: list[str] = []
+    if config_file is None and flags.get("config_file"):
+        config_file = Path(flags["config_file"])
 
     try:
         options = Options.model_validate(flags)
@@ -373,18 +447,18 @@ def load(flags: dict[str, Any], config_file: Path | None, *, only_target: Target
             except ValidationError as exc:
                 errors += _lines(exc, lambda loc: f"{config_file}: {_loc(loc) or 'file'}")
 
-    data = EnvTarget().target_data() if only_target is None else None
+    data = env_target() if only_target is None else None
     if data is not None:
         try:
-            env_target = Target.model_validate(data)
+            from_env = Target.model_validate(data)
         except ValidationError as exc:
             errors += _lines(exc, lambda loc: _env_name(str(loc[0])) if loc else "OMS_* environment")
         else:
-            if any(t.name == env_target.name for t in targets):
-                errors.append(f"OMS_TARGET_NAME: target name {env_target.name!r} is also in {config_file}")
-            elif any(t.project_id == env_target.project_id for t in targets):
-                errors.append(f"OMS_PROJECT_ID: project {env_target.project_id} is also in {config_file}")
-            targets.append(env_target)
+            if any(t.name == from_env.name for t in targets):
+                errors.append(f"OMS_TARGET_NAME: target name {from_env.name!r} is also in {config_file}")
+            elif any(t.project_id == from_env.project_id for t in targets):
+                errors.append(f"OMS_PROJECT_ID: project {from_env.project_id} is also in {config_file}")
+            targets.append(from_env)
 
     if not errors and not targets:
         errors.append("no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, "
@@ -396,27 +470,11 @@ def load(flags: dict[str, Any], config_file: Path | None, *, only_target: Target
 
 
 def _env_name(field: str) -> str:
-    return "OMS_TARGET_NAME" if field == "name" else "OMS_" + field.upper()
+    return meta(Target.model_fields[field]).get("env", field) if field in Target.model_fields else field
 
 
 def _flag_name(field: str) -> str:
-    return FLAG_NAMES.get(field, field)
+    return meta(Options.model_fields[field]).get("flag", field) if field in Options.model_fields else field
 
 
-# Options field -> command-line flag (without the leading dashes).
-FLAG_NAMES = {
-    "listen_address": "web.listen-address",
-    "telemetry_path": "web.telemetry-path",
-    "log_level": "log.level",
-    "log_format": "log.format",
-    "max_concurrency": "oms.max-concurrency",
-    "page_limit": "oms.page-limit",
-    "scrape_timeout": "oms.scrape-timeout",
-    "timeout_offset": "oms.timeout-offset",
-    "min_interval": "oms.min-interval",
-    "finished_task_max_age": "oms.finished-task-max-age",
-    "failed_task_max_age": "oms.failed-task-max-age",
-    "per_task_series": "oms.per-task-series",
-    "ca_file": "oms.ca-file",
-    "insecure_skip_verify": "oms.insecure-skip-verify",
-}
+FLAGS: Mapping[str, str] = {name: meta(info)["flag"] for name, info in Options.model_fields.items()}

@@ -1,27 +1,24 @@
-"""The OMS stand-in: an aiohttp app speaking the documented ListTasks wire format.
+"""The OMS stand-in: an aiohttp app speaking the documented wire format, with tasks that move.
 
-Used by the tests and by `oms-exporter --demo`. It checks credentials the way the API
-gateway does (X-Auth-Token, SDK-HMAC-SHA256 signatures with the 15-minute date window,
-IAM password tokens from `POST /v3/auth/tokens`), validates query parameters like OMS
-(400 `OMS.0064`), filters by `status` and `group_id`, orders tasks newest first, and can
-add latency or inject faults. Control it in-process through `Simulator`, or over HTTP
-under `/_sim/` (see `_admin_routes`) when it runs in another process.
+Used by `oms-exporter --demo`, by the tests and by the benchmark. It checks credentials the
+way the API gateway does (X-Auth-Token, SDK-HMAC-SHA256 signatures with the 15-minute date
+window, IAM password tokens from `POST /v3/auth/tokens`), validates query parameters like
+OMS (400 `OMS.0064`), filters by `status` and `group_id`, and orders tasks newest first.
+What only tests need (fault injection, request logs, added latency) is in tests/standin.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import copy
 import hmac
 import random
 import secrets
-import socket
-import struct
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -31,11 +28,16 @@ from oms_exporter.auth import ALGORITHM, DATE_FORMAT, signature, string_to_sign
 MAX_SKEW = 15 * 60
 
 
-def _error(status: int, code: str, msg: str, **extra: str) -> web.Response:
-    body = {"error_code": code, "error_msg": msg, **extra}
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _error(status: int, code: str, msg: str) -> web.Response:
+    body = {"error_code": code, "error_msg": msg}
     if code.startswith("APIGW"):
         body["request_id"] = secrets.token_hex(16)
-    return web.json_response(body, status=status, dumps=lambda o: msgspec.json.encode(o).decode())
+    return _json(body, status)
 
 
 def _bad_param(msg: str = "Invalid request parameters.") -> web.Response:
@@ -47,53 +49,30 @@ def _unauthorized(msg: str) -> web.Response:
 
 
 @dataclass
-class Fault:
-    """An injected answer to the next `times` ListTasks requests that `match`."""
-
-    status: int = 500
-    body: bytes = b"<html><body>502 Bad Gateway</body></html>"
-    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/html"})
-    times: int = 1
-    delay: float = 0.0  # seconds to wait before answering (a hanging API: make it large)
-    truncate: bool = False  # announce a longer body than sent, then close the connection
-    reset: bool = False  # close the connection without answering: the client sees a reset
-    match: Callable[[web.Request], bool] | None = None
-
-
-@dataclass
 class Credential:
     sk: str
     security_token: str | None = None
 
 
 class Simulator:
-    """State of the stand-in: projects with their tasks, accepted credentials, faults."""
+    """State of the stand-in: projects with their tasks, and the credentials it accepts."""
 
     def __init__(self, *, tokens: set[str] | None = None, credentials: dict[str, Credential] | None = None,
                  iam_users: dict[tuple[str, str], str] | None = None, token_lifetime: float = 86400.0,
-                 latency: float = 0.0, max_offset: int = 2147483647,
-                 clock: Callable[[], float] = time.time, cache_json: bool = False) -> None:
-        """`cache_json` keeps each task's JSON text until put_task/patch_task/remove_task changes it
-        (the demo and the benchmark change tasks only so): a real OMS does not spend the CPU of
-        the machine under test, and the benchmark's stand-in should not either."""
+                 max_offset: int = 2147483647, clock: Callable[[], float] = time.time,
+                 cache_json: bool = False) -> None:
+        """`clock`: Unix time, for signature dates and token expiry. `cache_json` keeps each task's
+        JSON text until put_task/patch_task/remove_task changes it (the demo and the benchmark
+        change tasks only so): a real OMS does not spend the CPU of the machine under test,
+        and the benchmark's stand-in should not either."""
         self.projects: dict[str, dict[int, dict[str, Any]]] = {}
         self._order: dict[str, list[int]] = {}  # task ids ascending (the newest is last)
         self.tokens: dict[str, float] = {t: float("inf") for t in (tokens or ())}  # token -> expiry
         self.credentials = credentials or {}
         self.iam_users = iam_users or {}  # (domain, user) -> password
         self.token_lifetime = token_lifetime
-        self.latency = latency
         self.max_offset = max_offset
         self.clock = clock
-        self.faults: list[Fault] = []
-        self.requests: list[tuple[str, str]] = []  # (path, query string) of each ListTasks call
-        self.auth_failures = 0
-        self.iam_logins = 0
-        # Called with each authenticated ListTasks request before it is answered: lets a test
-        # change the task list between pages, as users do by creating tasks mid-listing.
-        self.on_list: Callable[[web.Request], None] | None = None
-        self.in_flight = 0  # ListTasks requests being answered now, and the most at once
-        self.peak_in_flight = 0
         self._json: dict[tuple[str, int], msgspec.Raw] | None = {} if cache_json else None
 
     # --- state ---------------------------------------------------------------------------
@@ -122,6 +101,12 @@ class Simulator:
         self._order[project_id].remove(task_id)
         self._changed(project_id, task_id)
 
+    def clear(self, project_id: str) -> None:
+        self.projects[project_id].clear()
+        self._order[project_id].clear()
+        if self._json is not None:
+            self._json = {k: v for k, v in self._json.items() if k[0] != project_id}
+
     def _changed(self, project_id: str, task_id: int) -> None:
         if self._json is not None:
             self._json.pop((project_id, task_id), None)
@@ -135,44 +120,27 @@ class Simulator:
             raw = self._json[(project_id, task_id)] = msgspec.Raw(msgspec.json.encode(task))
         return raw
 
-    def inject(self, fault: Fault | None = None, **kwargs: Any) -> Fault:
-        fault = fault or Fault(**kwargs)
-        self.faults.append(fault)
-        return fault
-
     # --- HTTP ----------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v2/{project_id}/tasks", self._list_tasks)
         app.router.add_post("/v3/auth/tokens", self._iam_tokens)
-        self._admin_routes(app)
         return app
 
-    async def _list_tasks(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request.path, request.query_string))
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        try:
-            return await self._answer_list_tasks(request)
-        finally:
-            self.in_flight -= 1
-
-    async def _answer_list_tasks(self, request: web.Request) -> web.StreamResponse:
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        for fault in self.faults:
-            if fault.times > 0 and (fault.match is None or fault.match(request)):
-                fault.times -= 1
-                return await self._fault(request, fault)
+    async def _project(self, request: web.Request) -> tuple[str, web.Response | None]:
+        """The project of an OMS API request, or the error answer: credentials, then permission."""
         pid = request.match_info["project_id"]
         denied = await self._authenticate(request, pid)
         if denied is not None:
-            self.auth_failures += 1
-            return denied
+            return pid, denied
         if pid not in self.projects:
-            return _error(403, "OMS.0206", "Insufficient permissions.")
-        if self.on_list is not None:
-            self.on_list(request)
+            return pid, _error(403, "OMS.0206", "Insufficient permissions.")
+        return pid, None
+
+    async def _list_tasks(self, request: web.Request) -> web.Response:
+        pid, denied = await self._project(request)
+        if denied is not None:
+            return denied
         q = request.query
         try:
             limit = int(q.get("limit", "10"))
@@ -198,28 +166,7 @@ class Simulator:
                         and (group_id is None or tasks[i].get("group_id") == group_id)]
             count = len(matching)
             page_ids = matching[offset:offset + limit]
-        body = msgspec.json.encode({"tasks": [self._task_json(pid, i) for i in page_ids], "count": count})
-        return web.Response(body=body, content_type="application/json")
-
-    async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.reset:
-            assert request.transport is not None
-            sock = request.transport.get_extra_info("socket")
-            if sock is not None:  # SO_LINGER 0: close with RST instead of FIN
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            request.transport.abort()
-            return web.Response(status=fault.status)
-        if fault.truncate:
-            resp = web.StreamResponse(status=fault.status, headers=fault.headers)
-            resp.content_length = len(fault.body) + 1000
-            await resp.prepare(request)
-            await resp.write(fault.body)
-            assert request.transport is not None
-            request.transport.close()
-            return resp
-        return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
+        return _json({"tasks": [self._task_json(pid, i) for i in page_ids], "count": count})
 
     async def _authenticate(self, request: web.Request, project_id: str) -> web.Response | None:
         token = request.headers.get("X-Auth-Token")
@@ -244,7 +191,7 @@ class Simulator:
             return _unauthorized("Incorrect IAM authentication information: unknown access key")
         date = request.headers.get("X-Sdk-Date", "")
         try:
-            when = datetime.strptime(date, DATE_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+            when = datetime.strptime(date, DATE_FORMAT).replace(tzinfo=UTC).timestamp()
         except ValueError:
             return _unauthorized("Incorrect IAM authentication information: bad X-Sdk-Date")
         if abs(self.clock() - when) > MAX_SKEW:
@@ -275,47 +222,20 @@ class Simulator:
             if ident["methods"] != ["password"] or not isinstance(password, str):
                 raise TypeError
         except (msgspec.DecodeError, KeyError, TypeError):
-            return web.json_response({"error": {"code": 400, "message": "The request body is invalid.",
-                                                "title": "Bad Request"}}, status=400)
+            return _json({"error": {"code": 400, "message": "The request body is invalid.", "title": "Bad Request"}},
+                         400)
         expected = self.iam_users.get(key)
         if expected is None or not hmac.compare_digest(expected, password):
-            self.auth_failures += 1
-            return web.json_response({"error_msg": "The username or password is wrong.",
-                                      "error_code": "IAM.0101"}, status=401)
-        self.iam_logins += 1
+            return _json({"error_msg": "The username or password is wrong.", "error_code": "IAM.0101"}, 401)
         token = "MII" + secrets.token_urlsafe(96)
         expires = self.clock() + self.token_lifetime
         self.tokens[token] = expires
-        expires_at = datetime.fromtimestamp(expires, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        expires_at = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         body = {"token": {"expires_at": expires_at, "methods": ["password"],
-                          "issued_at": datetime.fromtimestamp(self.clock(), timezone.utc).isoformat(),
+                          "issued_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
                           "project": {"id": project.get("id", ""), "name": project.get("name", "")},
                           "user": {"name": key[1], "domain": {"name": key[0]}}}}
-        return web.json_response(body, status=201, headers={"X-Subject-Token": token})
-
-    # --- control over HTTP (for a stand-in running in another process) -----------------
-    def _admin_routes(self, app: web.Application) -> None:
-        async def patch(request: web.Request) -> web.Response:
-            pid, tid = request.match_info["project_id"], int(request.match_info["task_id"])
-            if tid not in self.projects.get(pid, {}):
-                return web.json_response({"error": "no such task"}, status=404)
-            fields = msgspec.json.decode(await request.read())
-            return web.json_response(self.patch_task(pid, tid, **fields))
-
-        async def get(request: web.Request) -> web.Response:
-            pid, tid = request.match_info["project_id"], int(request.match_info["task_id"])
-            task = self.projects.get(pid, {}).get(tid)
-            return web.json_response(task) if task else web.json_response({"error": "no such task"}, status=404)
-
-        async def fault(request: web.Request) -> web.Response:
-            doc = msgspec.json.decode(await request.read())
-            body = doc.pop("body", "")
-            self.inject(body=body.encode(), **doc)
-            return web.json_response({"ok": True})
-
-        app.router.add_get("/_sim/v2/{project_id}/tasks/{task_id}", get)
-        app.router.add_patch("/_sim/v2/{project_id}/tasks/{task_id}", patch)
-        app.router.add_post("/_sim/faults", fault)
+        return _json(body, 201, headers={"X-Subject-Token": token})
 
 
 # --- realistic task data -------------------------------------------------------------------

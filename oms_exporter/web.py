@@ -9,13 +9,11 @@ same format share that one body (and its gzip copy).
 from __future__ import annotations
 
 import asyncio
-import gc
 import html
 import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +21,8 @@ from prometheus_client.exposition import gzip_accepted
 
 from oms_exporter import __version__
 from oms_exporter.auth import make_auth
-from oms_exporter.client import OmsClient
+from oms_exporter.client import Http, OmsClient
+from oms_exporter.clock import Clock
 from oms_exporter.collector import SeriesPolicy
 from oms_exporter.exposition import Renderer
 from oms_exporter.lister import Lister
@@ -35,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", SelfMetrics)
+CLOCK = web.AppKey("clock", Clock)
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
 POLICY = web.AppKey("policy", SeriesPolicy)
 RENDERER = web.AppKey("renderer", Renderer)
@@ -42,7 +42,6 @@ RENDERER = web.AppKey("renderer", Renderer)
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 MAX_QUERY_LENGTH = 256
 MAX_HEADER_BUDGET = 120.0  # seconds: the most a scrape-timeout header may ask for
-GC_YOUNG_THRESHOLD = 10_000  # see _gc_policy
 WRITE_PIECE = 128 * 1024  # bytes of a response body written per turn of the event loop
 
 
@@ -57,17 +56,17 @@ def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
     return True
 
 
-def make_app(settings: Settings, *, stats: SelfMetrics | None = None) -> web.Application:
+def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clock | None = None) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app[STATS] = stats or SelfMetrics()
+    app[CLOCK] = clock or Clock()
     for t in settings.targets:
         app[STATS].add_project(t.project_id)
     opts = settings.options
     app[POLICY] = SeriesPolicy(opts.per_task_series, opts.finished_task_max_age, opts.failed_task_max_age)
-    app[RENDERER] = Renderer()
+    app[RENDERER] = Renderer(app[STATS])
     app.cleanup_ctx.append(_oms_clients)
-    app.cleanup_ctx.append(_gc_policy)  # after the clients, so that they are frozen too
     path = settings.options.telemetry_path
     app.router.add_get(path, metrics_handler)
     app.router.add_get("/probe", probe_handler)
@@ -79,7 +78,7 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None) -> web.App
 
 async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession for the app's life, one client + lister per target."""
-    settings, stats = app[SETTINGS], app[STATS]
+    settings, stats, clock = app[SETTINGS], app[STATS], app[CLOCK]
     opts = settings.options
     tls = outbound_ssl(settings)
     connector = aiohttp.TCPConnector(limit=opts.max_concurrency * len(settings.targets) + 4,
@@ -88,41 +87,15 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     # front of one project must not ride along to the next (or cost a jar lookup per page).
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False,
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
+        http = Http(session, clock, stats, ssl=tls)
         listers = {}
         for t in settings.targets:
-            client = OmsClient(session, t, make_auth(t, session, ssl=tls), stats, ssl=tls)
-            # Records that changed are rendered while the rest of the listing is still coming in.
-            listers[t.name] = Lister(client, t, page_limit=opts.page_limit, max_concurrency=opts.max_concurrency,
-                                     on_fresh=partial(app[RENDERER].lines.prerender, t.project_id))
-        app[SNAPSHOTS] = Snapshots(listers, stats, min_interval=opts.min_interval)
+            client = OmsClient(http, t, make_auth(t, http, clock), clock)
+            listers[t.name] = Lister(client, t, clock, page_limit=opts.page_limit,
+                                     max_concurrency=opts.max_concurrency)
+        app[SNAPSHOTS] = Snapshots(listers, stats, clock, min_interval=opts.min_interval)
         yield
         await app[SNAPSHOTS].aclose()
-
-
-async def _gc_policy(app: web.Application) -> AsyncIterator[None]:
-    """Garbage-collector settings for a process whose scrapes build a few big, short-lived lists.
-
-    - What start-up built (modules, settings, clients: ~50,000 objects that live as long as
-      the process) is frozen out of every full collection, which otherwise scanned it in
-      ~100 ms pauses of the event loop while a big scrape allocated.
-    - A young-generation collection starts after 10,000 new container objects instead of 700.
-      A scrape of 10,000 tasks makes a few thousand, among them lists of 10,000 items (the
-      listing's tasks, the encoder's copies of changed chunks): at 700 the collector ran 3 to
-      4 times per scrape, walking those lists each time (10-25 ms of the loop per scrape, in
-      pauses of up to 20 ms). At 10,000 it runs once in several scrapes. Reference cycles
-      (asyncio's, mostly) wait a little longer to be freed: at most 10,000 young objects.
-
-    Both are undone when the app stops (the tests run many apps in one process).
-    """
-    threshold = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
 
 
 def _deadline(request: web.Request) -> float:
@@ -138,14 +111,14 @@ def _deadline(request: web.Request) -> float:
         # a huge one: concurrent scrapes share the listing and so wait on its deadline.
         if math.isfinite(value) and value > 0:
             budget = min(value, max(opts.scrape_timeout, MAX_HEADER_BUDGET))
-    return asyncio.get_running_loop().time() + max(budget - opts.timeout_offset, 0.1)
+    return request.app[CLOCK].monotonic() + max(budget - opts.timeout_offset, 0.1)
 
 
 async def _respond(request: web.Request, names: Sequence[str], with_self: bool) -> web.StreamResponse:
     app = request.app
     listings = await app[SNAPSHOTS].get(names, _deadline(request))
     body, content_type, zipped = await app[RENDERER].render(
-        listings, app[POLICY], app[STATS] if with_self else None, request.headers.get("Accept", ""),
+        listings, app[POLICY], with_self, request.headers.get("Accept", ""),
         gzip_accepted(request.headers.get("Accept-Encoding", "")))
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     resp.content_length = len(body)
@@ -196,7 +169,8 @@ async def landing_handler(request: web.Request) -> web.Response:
 <html><head><meta charset="utf-8"><title>OMS exporter</title></head>
 <body><h1>OMS exporter {html.escape(__version__)}</h1>
 <p>Prometheus exporter for Huawei Cloud OMS migration tasks.</p>
-<ul><li><a href="{html.escape(path)}">{html.escape(path)}</a> (every configured project and the exporter's own metrics)</li>
+<ul><li><a href="{html.escape(path)}">{html.escape(path)}</a>
+ (every configured project and the exporter's own metrics)</li>
 {probes}
 <li><a href="/healthz">/healthz</a></li></ul>
 </body></html>

@@ -1,18 +1,53 @@
-"""Shared fixtures: the OMS stand-in on a real loopback port, and the exporter app in front of it."""
+"""Shared fixtures: the OMS stand-in on a real loopback port, the exporter app in front of it, a clock."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import prometheus_client
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from oms_exporter.clock import Clock
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Options, Settings, Target
-from oms_exporter.simulator import Credential, Simulator, make_tasks
+from oms_exporter.simulator import Credential, make_tasks
 from oms_exporter.web import make_app
+from tests.standin import StandIn
+
+# As cli.main sets it for the process: no _created series.
+prometheus_client.disable_created_metrics()
+
+
+class ManualClock(Clock):
+    """Real time plus an offset that the test moves; `sleep()` moves it instead of waiting.
+
+    A coroutine that sleeps resumes at once, with the clock at (at least) the time it asked
+    to wake up at, so back-off and pauses cost a test no real time; `slept` lists the waits.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        wake = self.monotonic() + seconds
+        await asyncio.sleep(0)
+        self.offset += max(0.0, wake - self.monotonic())
 
 PROJECT = "p0000000000000000000000000000001"
 TOKEN = "test-token-7d1f0c"
@@ -20,15 +55,21 @@ AK, SK = "TESTAK0000000001", "test-secret-key-93kd0"
 
 
 @pytest.fixture
-def sim() -> Simulator:
+def clock() -> ManualClock:
+    """The clock of the exporter and the stand-in; tests move it instead of sleeping."""
+    return ManualClock()
+
+
+@pytest.fixture
+def sim(clock: ManualClock) -> StandIn:
     """A stand-in with one project of 250 tasks; accepts TOKEN and the AK/SK pair."""
-    s = Simulator(tokens={TOKEN}, credentials={AK: Credential(SK)})
+    s = StandIn(tokens={TOKEN}, credentials={AK: Credential(SK)}, clock=clock.time)
     s.add_project(PROJECT, make_tasks(250, seed=3))
     return s
 
 
 @pytest.fixture
-async def oms(sim: Simulator, aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+async def oms(sim: StandIn, aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
     return await aiohttp_server(sim.app())
 
 
@@ -42,12 +83,12 @@ Exporter = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-def exporter(oms: TestServer, aiohttp_client: Callable[..., Awaitable[TestClient]]) -> Exporter:
-    """`await exporter(targets=None, **options)` -> test client of an exporter app."""
+def exporter(oms: TestServer, clock: ManualClock, aiohttp_client: Callable[..., Awaitable[TestClient]]) -> Exporter:
+    """`await exporter(targets=None, **options)` -> test client of an exporter app on `clock`."""
 
     async def make(targets: list[Target] | None = None, **options: Any) -> TestClient:
         settings = Settings(options=Options(**options), targets=targets or [target_for(oms)])
-        return await aiohttp_client(make_app(settings, stats=SelfMetrics()))
+        return await aiohttp_client(make_app(settings, stats=SelfMetrics(), clock=clock))
 
     return make
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from oms_exporter import __version__
-from oms_exporter.metrics import ALL_METRIC_NAMES, TASK_GAUGES
+from oms_exporter.metrics import ALL_METRIC_NAMES, TASK_FAMILIES
 from oms_exporter.simulator import make_task
 from tests.conftest import PROJECT, parse_metrics, scrape, target_for, value, values
 
@@ -29,8 +29,7 @@ TASK = dict(project_id=PROJECT, task_id="9001")
 
 @pytest.fixture
 def one_task(sim):
-    sim.projects[PROJECT].clear()
-    sim._order[PROJECT].clear()
+    sim.clear(PROJECT)
     sim.put_task(PROJECT, dict(FULL))
     return sim
 
@@ -50,7 +49,7 @@ async def test_every_task_field_maps_to_its_metric(one_task, exporter):
         "oms_task_migrated_bytes": 2**38, "oms_task_start_timestamp_seconds": NOW_MS / 1000,
         "oms_task_elapsed_seconds": 90.5, "oms_task_remaining_seconds": 1.25, "oms_task_status_code": 2,
     }
-    assert {g.name for g in TASK_GAUGES} | {"oms_task_status_code"} == set(expected)
+    assert {f.name for f in TASK_FAMILIES if f.gauge} | {"oms_task_status_code"} == set(expected)
     for name, want in expected.items():
         assert value(s, name, **TASK) == pytest.approx(want), name
     status = {dict(lab)["status"]: v for lab, v in values(s, "oms_task_status", **TASK).items()}
@@ -187,9 +186,7 @@ async def test_landing_page_and_healthz(exporter):
     assert resp.status == 200
 
 
-async def test_min_interval_serves_the_same_listing_and_says_how_old_it_is(sim, exporter):
-    import asyncio
-
+async def test_min_interval_serves_the_same_listing_and_says_how_old_it_is(sim, exporter, clock):
     client = await exporter(min_interval=0.5)
     first = await scrape(client)
     taken = value(first, "oms_listing_timestamp_seconds", project_id=PROJECT)
@@ -197,7 +194,7 @@ async def test_min_interval_serves_the_same_listing_and_says_how_old_it_is(sim, 
     again = await scrape(client)
     assert len(sim.requests) == requests  # served again, OMS not asked
     assert value(again, "oms_listing_timestamp_seconds", project_id=PROJECT) == taken
-    await asyncio.sleep(0.6)
+    clock.advance(0.6)
     later = await scrape(client)
     assert len(sim.requests) > requests
     assert value(later, "oms_listing_timestamp_seconds", project_id=PROJECT) > taken

@@ -27,7 +27,8 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from oms_exporter.simulator import Simulator, make_tasks
+from oms_exporter.simulator import make_tasks
+from tests.standin import StandIn
 from tests.test_grafana import dashboards, exprs_of, label_values_selector, referenced_metric_names, variable_queries
 from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary, shorten_for
 
@@ -135,14 +136,14 @@ async def wait_for(what: str, check: Callable[[], Awaitable[bool]], deadline: fl
         try:
             if await check():
                 return
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}\n{procs.logs()}")
         await asyncio.sleep(0.25)
 
 
-def pick_task(sim: Simulator) -> dict[str, Any]:
+def pick_task(sim: StandIn) -> dict[str, Any]:
     return next(t for t in sim.projects[PROJECT].values()
                 if t["status"] == 2 and re.fullmatch(r"[\w-]+", t["name"]))
 
@@ -154,7 +155,7 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
     started = time.monotonic()
     deadline = started + DEADLINE
 
-    sim = Simulator(tokens={TOKEN})
+    sim = StandIn(tokens={TOKEN})
     sim.add_project(PROJECT, make_tasks(50, seed=11))
     victim = pick_task(sim)
     tid = str(victim["id"])

@@ -7,6 +7,7 @@ import gzip
 import math
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,22 +20,11 @@ from oms_exporter import exposition as x
 from oms_exporter.client import Timeout
 from oms_exporter.collector import SeriesPolicy, SnapshotCollector
 from oms_exporter.lister import Listing
+from oms_exporter.metrics import TASK_FAMILIES
 from oms_exporter.model import BandwidthWindow, Task
 from oms_exporter.settings import Target
 
 NOW = 1_750_000_000.0  # listing time (s)
-
-IMPLS = ["c", "python"] if x.SPEEDUPS else ["python"]
-
-
-@pytest.fixture(autouse=True, params=IMPLS)
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test of this module runs on the C speedups (when built) and on the pure-Python code."""
-    if request.param == "python":
-        monkeypatch.setattr(x, "go_float", x._go_float_py)
-        monkeypatch.setattr(x, "_render_gauges", x._render_gauges_py)
-        monkeypatch.setattr(x, "_untrack", x._untrack_py)
-    return str(request.param)
 
 
 DAY_MS = 86_400_000
@@ -63,6 +53,10 @@ ODD_TEXTS = ['quote "q"', "back\\slash \\n not a newline", "line\nbreak", "迁�
 
 def target(pid: str = "p0000000000000000000000000000001", name: str = "main") -> Target:
     return Target(name=name, project_id=pid, region="cn-north-4", auth_token="t")
+
+
+def listing(tgt: Target, tasks: list[Task], **fields: Any) -> Listing:
+    return Listing.of(tgt, NOW, tasks, **fields)
 
 
 def task(task_id: int, **fields: object) -> Task:
@@ -106,9 +100,9 @@ def odd_tasks() -> list[Task]:
 
 
 def listings() -> list[Listing]:
-    ok = Listing(target(), tasks=odd_tasks(), malformed=2, duration=0.123456789, requests=3, taken_at=NOW)
-    other = Listing(target("p2", "second"), tasks=[task(7), task(8, status=1)], duration=1e-7, taken_at=NOW)
-    failed = Listing(target("p3", "third"), error=Timeout("x"), duration=10.5, taken_at=NOW)
+    ok = listing(target(), odd_tasks(), malformed=2, duration=0.123456789, requests=3)
+    other = listing(target("p2", "second"), [task(7), task(8, status=1)], duration=1e-7)
+    failed = Listing(target("p3", "third"), NOW, error=Timeout("x"), duration=10.5)
     return [ok, failed, other]
 
 
@@ -121,10 +115,36 @@ def reference(lsts: list[Listing], policy: SeriesPolicy, accept: str, extra: Col
     return encoder(registry)
 
 
-def fast(lsts: list[Listing], policy: SeriesPolicy, accept: str, cache: x.TaskLines | None = None) -> bytes:
+def fast(lsts: list[Listing], policy: SeriesPolicy, accept: str, cache: x.RecordLines | None = None) -> bytes:
     style, _, _ = x.negotiate(accept)
     assert style is not None
     return x.encode(lsts, policy, style, cache, tail=b"# EOF\n" if style.openmetrics else b"")
+
+
+def stats() -> Any:
+    """What the Renderer counts in, in one registry without process metrics (they move between encodes)."""
+    registry = CollectorRegistry(auto_describe=True)
+    Gauge("oms_exporter_build_info", "Version.", ["version"], registry=registry).labels("1").set(1)
+    Counter("oms_api_requests", "Requests.", ["project_id", "code"], registry=registry).labels("p", "200").inc(3)
+    Histogram("oms_api_request_duration_seconds", "Time.", ["project_id"], registry=registry).labels("p").observe(0.2)
+    return SimpleNamespace(
+        registry=registry, encodes=Counter("oms_exporter_encodes", "Encodes.", registry=registry),
+        encoded_records=Counter("oms_exporter_encoded_records", "Records.", ["kind", "result"], registry=registry))
+
+
+def rendered(st_: Any) -> float:
+    return st_.registry.get_sample_value("oms_exporter_encoded_records_total",
+                                         {"kind": "task", "result": "rendered"}) or 0
+
+
+def reused(st_: Any) -> float:
+    return st_.registry.get_sample_value("oms_exporter_encoded_records_total",
+                                         {"kind": "task", "result": "reused"}) or 0
+
+
+def encode_with(renderer: x.Renderer, lsts: list[Listing], policy: SeriesPolicy, accept: str) -> bytes:
+    style, _, encoder = x.negotiate(accept)
+    return renderer._encode(lsts, policy, False, style, encoder, False)
 
 
 POLICIES = [SeriesPolicy(), SeriesPolicy(finished_task_max_age=0), SeriesPolicy(per_task_series=False),
@@ -154,33 +174,35 @@ def test_the_cases_are_really_in_the_output() -> None:
 
 def test_reused_lines_follow_changes() -> None:
     """Second and later encodes reuse unchanged tasks' lines and still match the reference."""
-    cache = x.TaskLines()
+    counts = stats()
+    renderer = x.Renderer(counts)
     policy = SeriesPolicy(finished_task_max_age=0)
     lsts = listings()
-    assert fast(lsts, policy, "", cache) == reference(lsts, policy, "")
-    first = cache.rendered
+    assert encode_with(renderer, lsts, policy, "") == reference(lsts, policy, "")
+    first = rendered(counts)
+    assert first == len(odd_tasks()) + 2 and reused(counts) == 0
     tasks = list(lsts[0].tasks)
     tasks[0] = replace(tasks[0], progress=0.75, name='moved "on"')
     del tasks[3]
     tasks.append(task(999, name="新"))
-    lsts[0] = Listing(target(), tasks=tasks, duration=0.5, taken_at=NOW)
+    lsts[0] = listing(target(), tasks, duration=0.5)
     # A fresh but equal record is reused too (each listing parses new Task objects).
-    lsts[2] = Listing(target("p2", "second"), tasks=[task(7), task(8, status=1)], taken_at=NOW)
-    assert fast(lsts, policy, "", cache) == reference(lsts, policy, "")
-    assert cache.rendered - first == 2  # the changed task and the new one
+    lsts[2] = listing(target("p2", "second"), [task(7), task(8, status=1)])
+    assert encode_with(renderer, lsts, policy, "") == reference(lsts, policy, "")
+    assert rendered(counts) - first == 2  # the changed task and the new one
     # Another format with the same lines shares them; one with other names renders its own.
-    rendered = cache.rendered
+    before = rendered(counts)
     accept = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
-    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
-    assert cache.rendered == rendered
-    assert fast(lsts, policy, ACCEPTS[4], cache) == reference(lsts, policy, ACCEPTS[4])
-    assert cache.rendered > rendered
+    assert encode_with(renderer, lsts, policy, accept) == reference(lsts, policy, accept)
+    assert rendered(counts) == before
+    assert encode_with(renderer, lsts, policy, ACCEPTS[4]) == reference(lsts, policy, ACCEPTS[4])
+    assert rendered(counts) > before
 
 
 def test_changed_tasks_reuse_only_the_lines_of_unchanged_fields() -> None:
     """A changed record keeps the lines of its unchanged families; values that compare equal
     but are written differently (-0.0 and 0.0, 1 and 1.0) are not taken for unchanged."""
-    cache = x.TaskLines()
+    cache = x.RecordLines()
     policy = SeriesPolicy(finished_task_max_age=0)
     accept = ACCEPTS[6]
     before = [task(1, progress=0.0, total_num=1, failed_num=-0.0, bandwidth=(BandwidthWindow("a", "b", 0.0),)),
@@ -192,50 +214,44 @@ def test_changed_tasks_reuse_only_the_lines_of_unchanged_fields() -> None:
              replace(before[2], error_msg="m2", left_time_ms=None),
              replace(before[3], bandwidth=(BandwidthWindow("a", "b", 5.0),), name="renamed")]
     for tasks in (before, after, before):
-        lsts = [Listing(target(), tasks=list(tasks), duration=0.5, taken_at=NOW)]
+        lsts = [listing(target(), list(tasks), duration=0.5)]
         assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
     assert b'progress_ratio{project_id="p0000000000000000000000000000001",task_id="1"} -0.0' in \
-        fast([Listing(target(), tasks=after, taken_at=NOW)], policy, accept, cache)
+        fast([listing(target(), after)], policy, accept, cache)
 
 
 def test_many_tasks_in_several_chunks_and_gzip() -> None:
     """More tasks than one chunk holds, moving between encodes; the gzip body reads back identical."""
     policy = SeriesPolicy(finished_task_max_age=0)
-    renderer = x.Renderer()
-    tasks = [task(i, status=(i % 7) + 1, progress=i / 3000, name=f"t{i}") for i in range(1, 3 * x.CHUNK_TASKS + 7)]
+    counts = stats()
+    renderer = x.Renderer(counts)
+    tasks = [task(i, status=(i % 7) + 1, progress=i / 3000, name=f"t{i}") for i in range(1, 3 * x.CHUNK + 7)]
     for round_ in range(3):
-        lsts = [Listing(target(), tasks=list(tasks), duration=0.5, taken_at=NOW)]
+        lsts = [listing(target(), list(tasks), duration=0.5)]
         for accept in (ACCEPTS[0], ACCEPTS[-1]):
             style, _, encoder = x.negotiate(accept)
             want = reference(lsts, policy, accept)
-            assert renderer._encode(lsts, policy, None, style, encoder, False) == want
-            zipped = renderer._encode(lsts, policy, None, style, encoder, True)
+            assert renderer._encode(lsts, policy, False, style, encoder, False) == want
+            zipped = renderer._encode(lsts, policy, False, style, encoder, True)
             assert zipped[:2] == b"\x1f\x8b" and gzip.decompress(zipped) == want
         tasks = [replace(t, progress=t.progress + 0.25, total_time_ms=t.total_time_ms + 15_000) if t.id % 4 == round_
                  else t for t in tasks]
-    assert renderer.lines.reused > 0
-
-
-def self_metrics() -> SimpleNamespace:
-    registry = CollectorRegistry(auto_describe=True)
-    Gauge("oms_exporter_build_info", "Version.", ["version"], registry=registry).labels("1").set(1)
-    Counter("oms_api_requests", "Requests.", ["project_id", "code"], registry=registry).labels("p", "200").inc(3)
-    Histogram("oms_api_request_duration_seconds", "Time.", ["project_id"], registry=registry).labels("p").observe(0.2)
-    return SimpleNamespace(registry=registry)
+    assert reused(counts) > 0
 
 
 @pytest.mark.parametrize("accept", ACCEPTS)
 @pytest.mark.parametrize("gzip_ok", [False, True])
 def test_renderer_body_with_self_metrics(accept: str, gzip_ok: bool) -> None:
-    """The /metrics body: OMS families then the exporter's own, in one text (one # EOF)."""
-    stats = self_metrics()
+    """The /metrics body: OMS families then the exporter's own, in one text (one # EOF), counting this encode."""
+    counts = stats()
     lsts, policy = listings(), SeriesPolicy()
     style, _, encoder = x.negotiate(accept)
-    body = x.Renderer()._encode(lsts, policy, stats, style, encoder, gzip_ok)  # type: ignore[arg-type]
+    body = x.Renderer(counts)._encode(lsts, policy, True, style, encoder, gzip_ok)
     if gzip_ok:
         body = gzip.decompress(body)
-    assert body == reference(lsts, policy, accept, stats.registry)
-    probe = x.Renderer()._encode(lsts, policy, None, style, encoder, False)
+    assert body == reference(lsts, policy, accept, counts.registry)
+    assert b"oms_exporter_encodes_total 1.0" in body or b"oms_exporter_encodes_total 1.0" in body.replace(b"__", b"_")
+    probe = x.Renderer(stats())._encode(lsts, policy, False, style, encoder, False)
     assert probe == reference(lsts, policy, accept)
 
 
@@ -246,7 +262,7 @@ def test_unknown_encoder_falls_back_to_the_reference(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(x, "choose_encoder", lambda accept: (other, "text/x-other"))
     style, content_type, encoder = x.negotiate("")
     assert style is None and content_type == "text/x-other"
-    assert x.Renderer()._encode(listings(), SeriesPolicy(), None, style, encoder, False) == b"other\n"
+    assert x.Renderer(stats())._encode(listings(), SeriesPolicy(), False, style, encoder, False) == b"other\n"
 
 
 texts = st.text(st.characters(codec="utf-8"), max_size=12)
@@ -269,7 +285,7 @@ def tasks_strategy(draw: st.DrawFn) -> Task:
 @given(st.lists(tasks_strategy(), max_size=6, unique_by=lambda t: t.id),
        st.sampled_from([ACCEPTS[0], ACCEPTS[2], ACCEPTS[6], ACCEPTS[10]]), st.sampled_from(POLICIES))
 def test_any_task_data(tasks: list[Task], accept: str, policy: SeriesPolicy) -> None:
-    lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
+    lsts = [listing(target(), tasks, duration=0.25)]
     assert fast(lsts, policy, accept) == reference(lsts, policy, accept)
 
 
@@ -297,9 +313,9 @@ def test_any_change_between_encodes(first: list[Task], data: st.DataObject) -> N
         other = data.draw(tasks_strategy())
         moved = data.draw(st.sets(st.sampled_from(fields)))
         second.append(replace(t, **{f: getattr(other, f) for f in moved}))
-    cache, policy = x.TaskLines(), SeriesPolicy(finished_task_max_age=0)
+    cache, policy = x.RecordLines(), SeriesPolicy(finished_task_max_age=0)
     for tasks in (first, second, first):
-        lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
+        lsts = [listing(target(), tasks, duration=0.25)]
         assert fast(lsts, policy, ACCEPTS[6], cache) == reference(lsts, policy, ACCEPTS[6])
 
 
@@ -307,9 +323,9 @@ def test_concurrent_encodes_of_one_project_in_threads(monkeypatch: pytest.Monkey
     """Worker threads encoding different listings of one project at once (the renderer's thread
     pool: /metrics and /probe, or listings that overlap) share chunks and compressed segments;
     each body still equals the reference of its own listing."""
-    monkeypatch.setattr(x, "CHUNK_TASKS", 3)
+    monkeypatch.setattr(x, "CHUNK", 3)
     policy = SeriesPolicy(finished_task_max_age=0)
-    renderer = x.Renderer()
+    renderer = x.Renderer(stats())
     style, _, encoder = x.negotiate(ACCEPTS[0])
     assert style is not None
     failures: list[str] = []
@@ -319,8 +335,8 @@ def test_concurrent_encodes_of_one_project_in_threads(monkeypatch: pytest.Monkey
             for r in range(30):
                 n = 5 + (r * 7 + k * 13) % 30  # lists grow and shrink: chunks added and forgotten
                 tasks = [task(i, progress=(i + r + k) / 100) for i in range(1, n)]
-                lsts = [Listing(target(), tasks=tasks, duration=0.5, taken_at=NOW)]
-                body = renderer._encode(lsts, policy, None, style, encoder, gzip_ok=r % 2 == 0)
+                lsts = [listing(target(), tasks, duration=0.5)]
+                body = renderer._encode(lsts, policy, False, style, encoder, gzip_ok=r % 2 == 0)
                 text = gzip.decompress(body) if r % 2 == 0 else body
                 if text != reference(lsts, policy, ACCEPTS[0]):
                     failures.append(f"thread {k} round {r}")
@@ -335,130 +351,95 @@ def test_concurrent_encodes_of_one_project_in_threads(monkeypatch: pytest.Monkey
     assert failures == []
 
 
-def test_lists_of_lines_are_kept_from_the_garbage_collector(impl: str) -> None:
-    """Every chunk list and id list an encode builds (first encode, changes, growth, removals) is untracked
-    with the C module, and tracked without it; the output stays the reference's."""
-    policy, cache = SeriesPolicy(finished_task_max_age=0), x.TaskLines()
-    tasks = [task(i, progress=i / 9000) for i in range(1, 2 * x.CHUNK_TASKS + 11)]
-    grown = [*tasks, task(2 * x.CHUNK_TASKS + 50)]
+def test_chunks_of_lines_are_left_alone_by_the_garbage_collector() -> None:
+    """Chunks are tuples of bytes, id lists tuples of ints, record lists tuples of gc=False records:
+    after one collection the cyclic collector tracks none of them, whatever the encode did
+    (first encode, changes, growth, removals); the output stays the reference's."""
+    policy, cache = SeriesPolicy(finished_task_max_age=0), x.RecordLines()
+    tasks = [task(i, progress=i / 9000) for i in range(1, 2 * x.CHUNK + 11)]
+    grown = [*tasks, task(2 * x.CHUNK + 50)]
     changed = [replace(t, progress=0.5) if t.id % 3 == 0 else t for t in grown]
-    for listing in (tasks, tasks, changed, grown, changed[5:-9:2]):
-        lsts = [Listing(target(), tasks=list(listing), duration=0.5, taken_at=NOW)]
+    for tasks_ in (tasks, tasks, changed, grown, changed[5:-9:2]):
+        lsts = [listing(target(), list(tasks_), duration=0.5)]
         assert fast(lsts, policy, ACCEPTS[0], cache) == reference(lsts, policy, ACCEPTS[0])
-        project = next(iter(cache._maps.values()))
-        lists = [chunk for family in project.cols for chunk in family] + [project.ids, project.tasks]
-        assert [gc.is_tracked(c) for c in lists] == [impl == "python"] * len(lists)
-    gc.collect()
+        gc.collect()
+        entry = next(iter(cache._entries.values()))
+        held = [chunk for family in entry.cols for chunk in family] + [entry.ids, entry.records]
+        assert not any(gc.is_tracked(c) for c in held)
 
 
 def test_gzip_compresses_again_only_the_chunks_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks whose lines are the same objects as last time keep their compressed segment; the
     gzip body (segments from several encodes) still reads back as the reference."""
     policy = SeriesPolicy(finished_task_max_age=0)
-    renderer = x.Renderer()
+    renderer = x.Renderer(stats())
     style, _, encoder = x.negotiate(ACCEPTS[0])
     assert style is not None
     compressed: list[int] = []
     real = x._Segment.of
     monkeypatch.setattr(x._Segment, "of", lambda text, level, lines=None: (
         compressed.append(1) if lines is not None else None) or real(text, level, lines))
-    families = len(x.templates(style).task_headers)
+    families = len(TASK_FAMILIES)
 
     def encode(tasks: list[Task]) -> bytes:
         compressed.clear()
-        lsts = [Listing(target(), tasks=list(tasks), duration=0.5, taken_at=NOW)]
-        body = renderer._encode(lsts, policy, None, style, encoder, True)
+        lsts = [listing(target(), list(tasks), duration=0.5)]
+        body = renderer._encode(lsts, policy, False, style, encoder, True)
         assert gzip.decompress(body) == reference(lsts, policy, ACCEPTS[0])
         return body
 
-    tasks = [task(i, status=(i % 7) + 1, progress=i / 9000, name=f"t{i}") for i in range(1, 2 * x.CHUNK_TASKS + 11)]
+    tasks = [task(i, status=(i % 7) + 1, progress=i / 9000, name=f"t{i}") for i in range(1, 2 * x.CHUNK + 11)]
     first = encode(tasks)
     assert len(compressed) == 3 * families
     assert encode(tasks) == first and compressed == []  # nothing changed: every segment reused
-    tasks[x.CHUNK_TASKS + 5] = replace(tasks[x.CHUNK_TASKS + 5], progress=0.5)
+    tasks[x.CHUNK + 5] = replace(tasks[x.CHUNK + 5], progress=0.5)
     encode(tasks)
     assert len(compressed) == 1  # the progress lines of the second chunk
-    encode([*tasks, task(2 * x.CHUNK_TASKS + 50)])  # appended: the last chunk of every family
+    encode([*tasks, task(2 * x.CHUNK + 50)])  # appended: the last chunk of every family
     assert len(compressed) == families
     encode(tasks[:100])  # fewer tasks: one chunk per family, the stale ones forgotten
-    project = next(iter(renderer.lines._maps.values()))
+    project = next(iter(renderer.lines._entries.values()))
     assert sorted(project.segments) == [(f, 0) for f in range(families)]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(tasks_strategy(), min_size=1, max_size=8, unique_by=lambda t: t.id), st.data())
 def test_tasks_come_go_reorder_and_change_between_encodes(pool: list[Task], data: st.DataObject) -> None:
-    """Any sequence of listings drawn from a pool of tasks (some gone, some new, reordered, some
-    records changed, some rendered ahead by prerender): each encode equals the reference."""
-    cache, policy = x.TaskLines(), SeriesPolicy(finished_task_max_age=0)
+    """Any sequence of listings drawn from a pool of tasks (some gone, some new, some records
+    changed), with chunks small enough to cross: each encode equals the reference, and so
+    does the gzip body of reused and new segments."""
+    cache, policy = x.RecordLines(), SeriesPolicy(finished_task_max_age=0)
     accept = data.draw(st.sampled_from([ACCEPTS[0], ACCEPTS[6]]))
     style, _, _ = x.negotiate(accept)
     assert style is not None
-    chunk_tasks = x.CHUNK_TASKS
+    chunk = x.CHUNK
     # Small chunks, so that tasks cross chunk boundaries: shared, copied and regrouped chunks.
-    x.CHUNK_TASKS = data.draw(st.sampled_from([2, 3, chunk_tasks]))
+    x.CHUNK = data.draw(st.sampled_from([2, 3, chunk]))
     try:
         for _ in range(4):
-            tasks = data.draw(st.permutations(data.draw(st.lists(st.sampled_from(pool), unique_by=lambda t: t.id))))
+            tasks = data.draw(st.lists(st.sampled_from(pool), unique_by=lambda t: t.id))
             tasks = [replace(t, progress=data.draw(numbers)) if data.draw(st.booleans()) else t for t in tasks]
-            ahead = data.draw(st.lists(st.sampled_from(tasks))) if tasks else []
-            cache.prerender(target().project_id, ahead)
-            lsts = [Listing(target(), tasks=tasks, duration=0.25, taken_at=NOW)]
+            lsts = [listing(target(), tasks, duration=0.25)]
             want = reference(lsts, policy, accept)
             assert fast(lsts, policy, accept, cache) == want
-            # gzip of the same: segments of unchanged chunks reused, changed ones compressed again
             zipped = x.gzip_body(x._pieces(lsts, policy, style, cache, b"# EOF\n" if style.openmetrics else b""), 1)
             assert gzip.decompress(zipped) == want
     finally:
-        x.CHUNK_TASKS = chunk_tasks
+        x.CHUNK = chunk
 
 
-def test_prerendered_lines_are_used_and_stale_ones_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Records rendered ahead (while the listing ran) are not rendered again at encode time; lines
-    rendered for another record of the same task id are not taken."""
-    cache, policy, accept = x.TaskLines(), SeriesPolicy(finished_task_max_age=0), ACCEPTS[6]
+def test_an_unchanged_record_is_not_rendered_and_a_changed_one_only_in_its_changed_families() -> None:
+    """Record identity is the cache key; within a changed record, families whose inputs are the same keep their line."""
+    counts = stats()
+    renderer, policy = x.Renderer(counts), SeriesPolicy(finished_task_max_age=0)
     first = [task(i, progress=i / 100) for i in range(1, 201)]
-    lsts = [Listing(target(), tasks=first, taken_at=NOW)]
-    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
+    assert encode_with(renderer, [listing(target(), first)], policy, ACCEPTS[6])
+    assert rendered(counts) == 200
     second = [replace(t, progress=0.99) if t.id % 10 == 0 else t for t in first] + [task(501)]
-    cache.prerender(target().project_id, [t for t in second if t.id % 10 == 0])
-    cache.prerender(target().project_id, [replace(second[0], name="a record never listed")])
-    calls: list[int] = []
-    real = x.render_task
-    monkeypatch.setattr(x, "render_task", lambda t, *a: calls.append(t.id) or real(t, *a))
-    lsts = [Listing(target(), tasks=second, taken_at=NOW)]
-    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
-    assert calls == [501]  # only the task nobody rendered ahead
-    # Tasks appended after known ones (ids grow): positions of the old ones, and of 501, still known.
-    third = [*second[:-1], replace(second[-1], progress=0.5), task(502), task(503)]
-    cache.prerender(target().project_id, [third[-3], third[-1]])
-    calls.clear()
-    lsts = [Listing(target(), tasks=third, taken_at=NOW)]
-    assert fast(lsts, policy, accept, cache) == reference(lsts, policy, accept)
-    assert calls == [502]
-
-
-def test_lines_move_with_their_tasks() -> None:
-    """_runs/_moved: the old position of every id, in runs, and a list laid out by them."""
-    index = {10: 0, 11: 1, 12: 2, 13: 3, 14: 4}
-    ids = [10, 11, 99, 98, 13, 14, 12]
-    runs = x._runs(index, ids)
-    assert runs == [(0, 2), (-1, 2), (3, 2), (2, 1)]
-    assert x._moved(["a", "b", "c", "d", "e"], runs, "-") == ["a", "b", "-", "-", "d", "e", "c"]
-    assert x._runs({}, []) == [] and x._runs({}, [5]) == [(-1, 1)]
-
-
-def test_prerender_skips_styles_not_scraped_lately(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A format fetched once (curl) is not rendered ahead on every later listing."""
-    cache, policy = x.TaskLines(), SeriesPolicy(finished_task_max_age=0)
-    tasks = [task(i) for i in range(1, 4)]
-    lsts = [Listing(target(), tasks=tasks, taken_at=NOW)]
-    fast(lsts, policy, ACCEPTS[0], cache)  # once, long ago
-    for p in cache._maps.values():
-        p.encoded_at -= 3600
-    fast(lsts, policy, ACCEPTS[6], cache)  # the scraper's format, now
-    calls: list[object] = []
-    real = x.render_task
-    monkeypatch.setattr(x, "render_task", lambda t, pid, tp, *a: calls.append(tp) or real(t, pid, tp, *a))
-    cache.prerender(target().project_id, [replace(tasks[0], progress=0.9)])
-    assert calls == [x.templates(x.negotiate(ACCEPTS[6])[0])]  # type: ignore[arg-type]
+    lsts = [listing(target(), second)]
+    entry_before = next(iter(renderer.lines._entries.values()))
+    assert encode_with(renderer, lsts, policy, ACCEPTS[6]) == reference(lsts, policy, ACCEPTS[6])
+    assert rendered(counts) == 200 + 20 + 1 and reused(counts) == 180
+    entry = next(iter(renderer.lines._entries.values()))
+    info = [f.name for f in TASK_FAMILIES].index("oms_task_info")
+    assert entry.cols[info][0][9] is entry_before.cols[info][0][9]  # task 10's info line kept

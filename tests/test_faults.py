@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import logging
 import socket
 import time
@@ -25,7 +24,7 @@ from prometheus_client import generate_latest
 from oms_exporter import logs
 from oms_exporter.client import OmsClient
 from oms_exporter.logs import LogfmtFormatter
-from oms_exporter.simulator import Credential, Simulator, make_tasks
+from oms_exporter.simulator import Credential, make_tasks
 from oms_exporter.web import SNAPSHOTS, STATS, TIMEOUT_HEADER
 from tests.conftest import (
     AK,
@@ -33,12 +32,14 @@ from tests.conftest import (
     SK,
     TOKEN,
     Exporter,
+    ManualClock,
     Samples,
     parse_metrics,
     target_for,
     value,
     values,
 )
+from tests.standin import StandIn
 
 # Prometheus' scrape timeout as sent in the header; the exporter keeps 0.5 s back.
 SCRAPE_TIMEOUT = 2.0
@@ -97,11 +98,6 @@ async def settled_errors(client: TestClient, reason: str, project: str = PROJECT
 
 
 @pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(OmsClient, "BACKOFF", 0.05)
-
-
-@pytest.fixture
 def no_error_logs(caplog: pytest.LogCaptureFixture):
     """Yields; then fails if anything was logged at ERROR or with a traceback."""
     caplog.set_level(logging.DEBUG)
@@ -112,29 +108,30 @@ def no_error_logs(caplog: pytest.LogCaptureFixture):
 
 # --- 429 -------------------------------------------------------------------------------------
 
-THROTTLED = msgspec.json.encode({"error_code": "APIGW.0308", "error_msg": "policy user over ratelimit, limit:20, time:1 minute",
+THROTTLED = msgspec.json.encode({"error_code": "APIGW.0308",
+                                 "error_msg": "policy user over ratelimit, limit:20, time:1 minute",
                           "request_id": "4a1c"})
 
 
-async def test_429_retry_after_is_waited_when_the_deadline_allows(sim: Simulator, exporter: Exporter,
-                                                                   no_error_logs: Any) -> None:
+async def test_429_retry_after_is_waited_when_the_deadline_allows(sim: StandIn, exporter: Exporter,
+                                                                   clock: ManualClock, no_error_logs: Any) -> None:
     sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": "1"})
     client = await exporter()
     s, elapsed = await timed_scrape(client)
     assert up(s) == 1 and len(task_ids(s)) == 250
     assert requests(s, "429") == 1 and requests(s, "200") == 3
-    assert elapsed >= 1.0, "Retry-After: 1 was not honoured"
+    assert clock.slept == [1.0], "Retry-After: 1 was not honoured"
     assert errors(s, "throttled") == 0
 
 
-async def test_429_retry_after_beyond_the_deadline_gives_up_at_once(sim: Simulator, exporter: Exporter,
-                                                                     no_error_logs: Any) -> None:
+async def test_429_retry_after_beyond_the_deadline_gives_up_at_once(sim: StandIn, exporter: Exporter,
+                                                                     clock: ManualClock, no_error_logs: Any) -> None:
     sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": "60"})
     client = await exporter()
     s, elapsed = await timed_scrape(client)
     assert_down(s, "throttled")
     assert requests(s, "429") == 1
-    assert elapsed < 1.0, "waited for a Retry-After that could not fit in the scrape"
+    assert clock.slept == [] and elapsed < 1.0, "waited for a Retry-After that could not fit in the scrape"
     # The next scrapes keep to the pause OMS asked for: nothing is sent before it ends.
     sent = len(sim.requests)
     s, elapsed = await timed_scrape(client)
@@ -142,8 +139,7 @@ async def test_429_retry_after_beyond_the_deadline_gives_up_at_once(sim: Simulat
     assert len(sim.requests) == sent and elapsed < 1.0
 
 
-async def test_429_without_retry_after_backs_off_then_reports_throttled(sim: Simulator, exporter: Exporter,
-                                                                        fast_retries: None) -> None:
+async def test_429_without_retry_after_backs_off_then_reports_throttled(sim: StandIn, exporter: Exporter) -> None:
     sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json"}, times=100)
     client = await exporter()
     s, _ = await timed_scrape(client)
@@ -152,8 +148,8 @@ async def test_429_without_retry_after_backs_off_then_reports_throttled(sim: Sim
 
 
 @pytest.mark.parametrize("header", ["nan", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "1e999"])
-async def test_429_with_a_nonsense_retry_after_still_answers_in_time(sim: Simulator, exporter: Exporter,
-                                                                     fast_retries: None, header: str) -> None:
+async def test_429_with_a_nonsense_retry_after_still_answers_in_time(sim: StandIn, exporter: Exporter,
+                                                                     header: str) -> None:
     sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": header},
                times=100)
     client = await exporter()
@@ -164,21 +160,21 @@ async def test_429_with_a_nonsense_retry_after_still_answers_in_time(sim: Simula
 # --- 5xx with an HTML body -------------------------------------------------------------------
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-async def test_5xx_html_is_retried_a_bounded_number_of_times(sim: Simulator, exporter: Exporter, status: int,
-                                                              fast_retries: None, no_error_logs: Any) -> None:
-    sent: list[float] = []
-    sim.inject(status=status, body=HTML_502, times=1000, match=lambda r: sent.append(time.monotonic()) is None)
+async def test_5xx_html_is_retried_a_bounded_number_of_times(sim: StandIn, exporter: Exporter, status: int,
+                                                              clock: ManualClock, no_error_logs: Any) -> None:
+    sim.inject(status=status, body=HTML_502, times=1000)
     client = await exporter()
     s, _ = await timed_scrape(client)
     assert_down(s, "http_5xx")
-    assert requests(s, str(status)) == OmsClient.RETRIES + 1 == len(sent)
+    assert requests(s, str(status)) == OmsClient.RETRIES + 1 == len(sim.requests)
     # Jittered exponential backoff: the n-th wait is at most BACKOFF * 2**n.
-    for n, (a, b) in enumerate(itertools.pairwise(sent)):
-        assert b - a < OmsClient.BACKOFF * 2 ** n + 0.25
+    assert len(clock.slept) == OmsClient.RETRIES
+    for n, wait in enumerate(clock.slept):
+        assert 0 <= wait <= OmsClient.BACKOFF * 2 ** n
     assert "<html" not in no_error_logs.text
 
 
-async def test_a_transient_5xx_is_absorbed_by_a_retry(sim: Simulator, exporter: Exporter, fast_retries: None) -> None:
+async def test_a_transient_5xx_is_absorbed_by_a_retry(sim: StandIn, exporter: Exporter) -> None:
     sim.inject(status=503, body=HTML_502, times=1)
     client = await exporter()
     s, _ = await timed_scrape(client)
@@ -186,7 +182,7 @@ async def test_a_transient_5xx_is_absorbed_by_a_retry(sim: Simulator, exporter: 
     assert requests(s, "503") == 1 and errors(s, "http_5xx") == 0
 
 
-async def test_5xx_retries_stop_inside_the_deadline(sim: Simulator, exporter: Exporter,
+async def test_5xx_retries_stop_inside_the_deadline(sim: StandIn, exporter: Exporter, clock: ManualClock,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # Far more retries than fit: the deadline, not RETRIES, must end them, as a 5xx error.
     monkeypatch.setattr(OmsClient, "RETRIES", 1000)
@@ -195,8 +191,8 @@ async def test_5xx_retries_stop_inside_the_deadline(sim: Simulator, exporter: Ex
     client = await exporter(timeout_offset=OFFSET)
     s, elapsed = await timed_scrape(client)
     assert_down(s, "http_5xx")
-    assert elapsed < SCRAPE_TIMEOUT - OFFSET + 0.3
-    assert requests(s, "502") >= 2
+    assert sum(clock.slept) < SCRAPE_TIMEOUT - OFFSET  # every wait fitted before the deadline
+    assert 2 <= requests(s, "502") < 1000
 
 
 # --- network failures ------------------------------------------------------------------------
@@ -212,7 +208,7 @@ def _closed_port() -> int:
     pytest.param(lambda: "http://oms.cn-north-4.does-not-exist.invalid", id="dns"),
 ])
 async def test_unreachable_api_is_network_without_a_traceback(
-        oms: TestServer, exporter: Exporter, fast_retries: None, no_error_logs: Any,
+        oms: TestServer, exporter: Exporter, no_error_logs: Any,
         endpoint: Callable[[], str]) -> None:
     url = endpoint()
     client = await exporter(targets=[target_for(oms).model_copy(update={"endpoint": url})])
@@ -224,7 +220,7 @@ async def test_unreachable_api_is_network_without_a_traceback(
     assert "Traceback" not in no_error_logs.text
 
 
-async def test_connection_reset_is_network(sim: Simulator, exporter: Exporter, fast_retries: None,
+async def test_connection_reset_is_network(sim: StandIn, exporter: Exporter,
                                            no_error_logs: Any) -> None:
     sim.inject(reset=True, times=1000)
     client = await exporter()
@@ -233,7 +229,7 @@ async def test_connection_reset_is_network(sim: Simulator, exporter: Exporter, f
     assert requests(s, "network") == OmsClient.RETRIES + 1
 
 
-async def test_a_single_reset_is_absorbed_by_a_retry(sim: Simulator, exporter: Exporter, fast_retries: None) -> None:
+async def test_a_single_reset_is_absorbed_by_a_retry(sim: StandIn, exporter: Exporter) -> None:
     sim.inject(reset=True, times=1)
     client = await exporter()
     s, _ = await timed_scrape(client)
@@ -244,7 +240,7 @@ async def test_a_single_reset_is_absorbed_by_a_retry(sim: Simulator, exporter: E
 
 @pytest.mark.parametrize("where", ["first page", "later page"])
 async def test_a_hanging_api_still_gets_an_answer_before_the_deadline(
-        sim: Simulator, exporter: Exporter, no_error_logs: Any, where: str) -> None:
+        sim: StandIn, exporter: Exporter, no_error_logs: Any, where: str) -> None:
     match = None if where == "first page" else (lambda r: r.query.get("offset") == "200")
     sim.inject(delay=60, status=200, times=1000, match=match)
     client = await exporter(timeout_offset=OFFSET)
@@ -255,7 +251,7 @@ async def test_a_hanging_api_still_gets_an_answer_before_the_deadline(
     assert requests(s, "timeout") >= 1
 
 
-async def test_the_scrape_timeout_header_sets_the_deadline(sim: Simulator, exporter: Exporter) -> None:
+async def test_the_scrape_timeout_header_sets_the_deadline(sim: StandIn, exporter: Exporter) -> None:
     sim.inject(delay=60, status=200, times=1000)
     client = await exporter(timeout_offset=0.25, scrape_timeout=30)
     s, elapsed = await timed_scrape(client, timeout=1.5)
@@ -266,7 +262,7 @@ async def test_the_scrape_timeout_header_sets_the_deadline(sim: Simulator, expor
 @pytest.mark.parametrize("header", [
     "nan", "inf", "1e999", pytest.param("1" * 400, id="huge"), "-1", "0", "ten", ""])
 async def test_a_hostile_scrape_timeout_header_cannot_hold_the_scrape(
-        sim: Simulator, exporter: Exporter, header: str, caplog: pytest.LogCaptureFixture) -> None:
+        sim: StandIn, exporter: Exporter, header: str, caplog: pytest.LogCaptureFixture) -> None:
     sim.inject(delay=60, status=200, times=1000)
     client = await exporter(scrape_timeout=1, timeout_offset=OFFSET)
     started = time.monotonic()
@@ -298,7 +294,7 @@ BROKEN_PAGES = {
 
 @pytest.mark.parametrize("body", BROKEN_PAGES.values(), ids=BROKEN_PAGES.keys())
 @pytest.mark.parametrize("page", ["first", "second"])
-async def test_a_broken_page_is_bad_payload(sim: Simulator, exporter: Exporter, no_error_logs: Any,
+async def test_a_broken_page_is_bad_payload(sim: StandIn, exporter: Exporter, no_error_logs: Any,
                                             body: bytes, page: str) -> None:
     offset = "0" if page == "first" else "100"
     sim.inject(status=200, body=body, headers={"Content-Type": "application/json"}, times=1000,
@@ -309,7 +305,7 @@ async def test_a_broken_page_is_bad_payload(sim: Simulator, exporter: Exporter, 
     assert requests(s, "200") >= 1
 
 
-async def test_a_truncated_body_is_bad_payload(sim: Simulator, exporter: Exporter, fast_retries: None,
+async def test_a_truncated_body_is_bad_payload(sim: StandIn, exporter: Exporter,
                                                no_error_logs: Any) -> None:
     sim.inject(status=200, body=b'{"tasks": [{"id": 1, "name": "a"', truncate=True, times=1000,
                headers={"Content-Type": "application/json"})
@@ -318,7 +314,7 @@ async def test_a_truncated_body_is_bad_payload(sim: Simulator, exporter: Exporte
     assert_down(s, "bad_payload")
 
 
-async def test_one_bad_task_record_is_skipped_and_counted(sim: Simulator, exporter: Exporter) -> None:
+async def test_one_bad_task_record_is_skipped_and_counted(sim: StandIn, exporter: Exporter) -> None:
     sim.put_task(PROJECT, {"id": 9001, "name": "bad", "progress": "half", "status": 2})
     sim.put_task(PROJECT, {"id": 9002, "name": "worse", "src_node": "aws"})
     client = await exporter()
@@ -330,8 +326,7 @@ async def test_one_bad_task_record_is_skipped_and_counted(sim: Simulator, export
     assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == 250
 
 
-async def test_data_of_a_failed_scrape_is_not_served_later_as_fresh(sim: Simulator, exporter: Exporter,
-                                                                    fast_retries: None) -> None:
+async def test_data_of_a_failed_scrape_is_not_served_later_as_fresh(sim: StandIn, exporter: Exporter) -> None:
     client = await exporter()
     s, _ = await timed_scrape(client)
     assert up(s) == 1 and len(task_ids(s)) == 250
@@ -342,7 +337,7 @@ async def test_data_of_a_failed_scrape_is_not_served_later_as_fresh(sim: Simulat
 
 # --- paging shifts -----------------------------------------------------------------------------
 
-async def test_tasks_created_mid_listing_are_deduplicated(sim: Simulator, exporter: Exporter) -> None:
+async def test_tasks_created_mid_listing_are_deduplicated(sim: StandIn, exporter: Exporter) -> None:
     def grow(request: Any) -> None:
         # Tasks created while page 0 is on the wire push 60 tasks of page 0 onto page 1
         # and the count beyond the pages the first answer announced.
@@ -359,7 +354,7 @@ async def test_tasks_created_mid_listing_are_deduplicated(sim: Simulator, export
     assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == len(ids)
 
 
-async def test_duplicates_across_pages_are_deduplicated(sim: Simulator, exporter: Exporter) -> None:
+async def test_duplicates_across_pages_are_deduplicated(sim: StandIn, exporter: Exporter) -> None:
     ids = sorted(sim.projects[PROJECT], reverse=True)
     page0 = msgspec.json.encode({"tasks": [sim.projects[PROJECT][i] for i in ids[:100]], "count": 250})
     # The second page repeats the first one (offset paging drifted by a whole page).
@@ -372,7 +367,7 @@ async def test_duplicates_across_pages_are_deduplicated(sim: Simulator, exporter
     assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == 150
 
 
-async def test_count_shrinking_between_pages_is_not_an_error(sim: Simulator, exporter: Exporter) -> None:
+async def test_count_shrinking_between_pages_is_not_an_error(sim: StandIn, exporter: Exporter) -> None:
     def shrink(request: Any) -> None:
         if request.query.get("offset") == "0":
             for tid in range(1, 101):
@@ -388,7 +383,7 @@ async def test_count_shrinking_between_pages_is_not_an_error(sim: Simulator, exp
 
 # --- authentication ----------------------------------------------------------------------------
 
-async def test_an_iam_token_expiring_mid_listing_is_renewed_once(sim: Simulator, oms: TestServer,
+async def test_an_iam_token_expiring_mid_listing_is_renewed_once(sim: StandIn, oms: TestServer,
                                                                  exporter: Exporter) -> None:
     sim.iam_users[("acme", "ops")] = "iam-password-Secr3t"
     expired = False
@@ -411,7 +406,7 @@ async def test_an_iam_token_expiring_mid_listing_is_renewed_once(sim: Simulator,
     assert errors(s, "auth") == 0
 
 
-async def test_a_refused_token_is_auth_and_pauses_the_target(sim: Simulator, oms: TestServer,
+async def test_a_refused_token_is_auth_and_pauses_the_target(sim: StandIn, oms: TestServer,
                                                              exporter: Exporter) -> None:
     client = await exporter(targets=[target_for(oms, auth_token="revoked-token")])
     s, _ = await timed_scrape(client)
@@ -436,7 +431,7 @@ P3 = "p0000000000000000000000000000003"
     {"reset": True},
 ], ids=["5xx", "bad_payload", "hang", "reset"])
 async def test_one_failing_project_does_not_take_the_others_down(
-        sim: Simulator, oms: TestServer, exporter: Exporter, fast_retries: None, fault: dict[str, Any]) -> None:
+        sim: StandIn, oms: TestServer, exporter: Exporter, fault: dict[str, Any]) -> None:
     sim.add_project(P2, make_tasks(30, seed=5))
     sim.add_project(P3, make_tasks(40, seed=6))
     sim.inject(times=10_000, match=lambda r: P2 in r.path, **fault)
@@ -462,7 +457,7 @@ async def test_one_failing_project_does_not_take_the_others_down(
     "target=nope", "target=", "", "target=http://169.254.169.254/latest", "target=main&target=x" + "y" * 300,
     "target=" + "a" * 300, "target=%00%ff", "target=<script>alert(1)</script>",
 ])
-async def test_probe_refuses_unknown_targets_without_contacting_anyone(sim: Simulator, exporter: Exporter,
+async def test_probe_refuses_unknown_targets_without_contacting_anyone(sim: StandIn, exporter: Exporter,
                                                                        query: str) -> None:
     client = await exporter()
     resp = await client.get("/probe?" + query)
@@ -480,7 +475,7 @@ def ca() -> trustme.CA:
 
 
 @pytest.fixture
-async def https_oms(sim: Simulator, ca: trustme.CA,
+async def https_oms(sim: StandIn, ca: trustme.CA,
                     aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
     import ssl
 
@@ -489,8 +484,7 @@ async def https_oms(sim: Simulator, ca: trustme.CA,
     return await aiohttp_server(sim.app(), ssl=ctx)
 
 
-async def test_outbound_tls_is_verified_by_default(https_oms: TestServer, exporter: Exporter,
-                                                   fast_retries: None) -> None:
+async def test_outbound_tls_is_verified_by_default(https_oms: TestServer, exporter: Exporter) -> None:
     client = await exporter(targets=[target_for(https_oms)])
     assert target_for(https_oms).oms_endpoint.startswith("https://")
     s, _ = await timed_scrape(client)
@@ -521,8 +515,8 @@ async def test_skipping_outbound_tls_verification_is_logged_loudly(
 # --- secrets ---------------------------------------------------------------------------------------
 
 async def test_secrets_never_reach_logs_metrics_or_errors(
-        sim: Simulator, oms: TestServer, aiohttp_client: Callable[..., Awaitable[TestClient]],
-        caplog: pytest.LogCaptureFixture, fast_retries: None) -> None:
+        sim: StandIn, oms: TestServer, aiohttp_client: Callable[..., Awaitable[TestClient]],
+        caplog: pytest.LogCaptureFixture) -> None:
     from oms_exporter.metrics import SelfMetrics
     from oms_exporter.settings import Options, Settings
     from oms_exporter.web import make_app
@@ -564,16 +558,18 @@ async def test_secrets_never_reach_logs_metrics_or_errors(
         assert tok not in logged and tok not in "".join(texts)
 
 
-async def test_a_huge_retry_after_pauses_no_longer_than_the_cap(sim: Simulator, exporter: Exporter,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(OmsClient, "AUTH_BACKOFF_MAX", 0.5)  # the cap, shortened for the test
+async def test_a_huge_retry_after_pauses_no_longer_than_the_cap(sim: StandIn, exporter: Exporter,
+                                                                clock: ManualClock) -> None:
     sim.inject(status=429, body=THROTTLED, headers={"Content-Type": "application/json", "Retry-After": "315360000"})
     client = await exporter()
     s, _ = await timed_scrape(client)
     assert_down(s, "throttled")
-    await asyncio.sleep(0.6)
+    clock.advance(OmsClient.AUTH_BACKOFF_MAX - 1)
     s, _ = await timed_scrape(client)
-    assert up(s) == 1
+    assert up(s) == 0 and errors(s, "throttled") == 2  # still paused ...
+    clock.advance(2)
+    s, _ = await timed_scrape(client)
+    assert up(s) == 1  # ... but for 15 minutes at most
 
 
 # --- bad requests to the exporter ------------------------------------------------------------

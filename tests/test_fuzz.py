@@ -29,13 +29,14 @@ from prometheus_client.openmetrics.parser import (
 )
 
 from oms_exporter import exposition
-from oms_exporter.client import BadPayload, OmsClient, Page, parse_page
+from oms_exporter.client import BadPayload
 from oms_exporter.collector import SeriesPolicy, SnapshotCollector
-from oms_exporter.lister import Listing
+from oms_exporter.lister import Listing, read_task_page
+from oms_exporter.model import RecordParser, parse_task
 from oms_exporter.settings import Target
-from oms_exporter.simulator import Simulator
 from oms_exporter.web import TIMEOUT_HEADER
 from tests.conftest import PROJECT, Exporter, parse_metrics, target_for, value, values
+from tests.standin import StandIn
 
 settings.register_profile("oms-fuzz-ci", max_examples=50, deadline=None, derandomize=False,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -102,18 +103,21 @@ bodies = st.one_of(pages.map(encode), pages.map(encode), st.binary(max_size=200)
 # --- helpers ---------------------------------------------------------------------------------
 
 TARGET = Target(name="fuzz", project_id=PROJECT, region="cn-north-4", auth_token="t")
+NOW = 1_750_000_000.0
 
 
 def listing_of(body: bytes) -> Listing:
     """What the lister would make of `body` as the only page: a Listing, never an exception."""
+    parser = RecordParser(parse_task)
+    parser.begin()
     try:
-        page: Page = parse_page(body)
+        page, _ = read_task_page(body, parser)
     except BadPayload as exc:
-        return Listing(TARGET, error=exc)
+        return Listing(TARGET, NOW, error=exc)
     tasks = {}
-    for t in page.tasks:
+    for t in page:
         tasks.setdefault(t.id, t)
-    return Listing(TARGET, tasks=list(tasks.values()), malformed=page.malformed)
+    return Listing.of(TARGET, NOW, tasks.values(), malformed=len(parser.malformed))
 
 
 def render(listings: list[Listing], accept: str = "") -> str:
@@ -131,9 +135,9 @@ def render(listings: list[Listing], accept: str = "") -> str:
 
 def check_text(text: str) -> dict[Any, float]:
     samples = parse_metrics(text)  # also fails on a duplicate series
-    for (name, labels), v in samples.items():
+    for (_name, labels), v in samples.items():
         assert isinstance(v, float)
-        for k, lv in labels:
+        for _k, lv in labels:
             assert isinstance(lv, str)
     return samples
 
@@ -143,7 +147,8 @@ def promtool_check(text: str) -> None:
         if REQUIRE_E2E:
             pytest.fail(f"promtool not found at {PROMTOOL} and OMS_EXPORTER_REQUIRE_E2E=1")
         pytest.skip(f"promtool not found at {PROMTOOL}: exposition not checked by Prometheus' own linter")
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30, check=False)
+    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30,
+                          check=False)
     assert proc.returncode == 0, (proc.returncode, proc.stdout.decode()[-2000:], proc.stderr.decode()[-2000:])
 
 
@@ -192,7 +197,7 @@ def test_several_projects_of_generated_tasks_never_collide(records: list[dict[st
     for i, pid in enumerate(("p1", "p2", "p3")):
         target = Target(name=f"t{i}", project_id=pid, region="cn-north-4", auth_token="t")
         lst = listing_of(encode({"tasks": records[i::2], "count": len(records)}))
-        listings.append(Listing(target, tasks=lst.tasks, malformed=lst.malformed, error=lst.error))
+        listings.append(Listing.of(target, NOW, lst.tasks, malformed=lst.malformed, error=lst.error))
     samples = check_text(render(listings))
     assert {dict(lab)["project_id"] for lab in values(samples, "oms_up")} == {"p1", "p2", "p3"}
 
@@ -201,12 +206,10 @@ def test_several_projects_of_generated_tasks_never_collide(records: list[dict[st
 
 @given(body=bodies, status=st.sampled_from([200, 200, 200, 400, 404, 500, 503]))
 @HTTP_PROFILE
-async def test_any_upstream_answer_gives_a_200_scrape(sim: Simulator, oms: TestServer, exporter: Exporter,
-                                                      caplog: pytest.LogCaptureFixture,
-                                                      monkeypatch: pytest.MonkeyPatch, body: bytes,
+async def test_any_upstream_answer_gives_a_200_scrape(sim: StandIn, oms: TestServer, exporter: Exporter,
+                                                      caplog: pytest.LogCaptureFixture, body: bytes,
                                                       status: int) -> None:
     """The generated answer is served for every page of the listing, as the stand-in's fault."""
-    monkeypatch.setattr(OmsClient, "BACKOFF", 0.01)
     caplog.set_level(logging.WARNING)
     caplog.clear()
     sim.faults.clear()
@@ -239,7 +242,7 @@ SAMPLE_RECORDS = [
 def test_a_generated_sample_passes_promtool(records: list[dict[str, Any]]) -> None:
     listing = listing_of(encode({"tasks": records + SAMPLE_RECORDS, "count": 30}))
     text = render([listing, Listing(Target(name="down", project_id="p2", region="cn-north-4", auth_token="t"),
-                                    error=BadPayload("x"))])
+                                    NOW, error=BadPayload("x"))])
     check_text(text)
     promtool_check(text)
 

@@ -104,8 +104,7 @@ async def test_status_and_group_filters(sim, oms, exporter):
 
 
 async def test_empty_project(sim, exporter):
-    sim.projects[PROJECT].clear()
-    sim._order[PROJECT].clear()
+    sim.clear(PROJECT)
     s = await scrape(await exporter())
     assert value(s, "oms_up", project_id=PROJECT) == 1
     assert sum(values(s, "oms_tasks").values()) == 0

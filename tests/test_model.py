@@ -1,6 +1,12 @@
+import msgspec
 import pytest
 
-from oms_exporter.model import MalformedTask, parse_task
+from oms_exporter.model import MalformedRecord, RecordParser
+from oms_exporter.model import parse_task as parse_json
+
+
+def parse_task(doc):
+    return parse_json(msgspec.json.encode(doc))
 
 
 def test_full_record_from_the_reference_example():
@@ -38,7 +44,7 @@ def test_error_reason_as_empty_string_is_no_error():
     {"id": 1, "bandwidth_policy": {}}, {"id": 1, "bandwidth_policy": [1]}, {"id": 1, "error_reason": 3}, [], None,
 ])
 def test_malformed_records_raise(record):
-    with pytest.raises(MalformedTask):
+    with pytest.raises(MalformedRecord):
         parse_task(record)
 
 
@@ -59,34 +65,30 @@ def test_bandwidth_windows_without_limit_or_repeated_are_dropped():
     assert [(w.start, w.end, w.max_bandwidth) for w in t.bandwidth] == [("00:00", "08:00", 5), ("09:00", "10:00", 9)]
 
 
-def test_parser_reuses_records_and_reports_the_fresh_ones():
-    import msgspec
-
-    from oms_exporter.model import TaskParser
-
-    fresh: list[list[int]] = []
-    parser = TaskParser(on_fresh=lambda tasks: fresh.append([t.id for t in tasks]))
+def test_parser_reuses_records_and_counts_malformed_ones_once():
+    parser = RecordParser(parse_json)
     one, two = b'{"id": 1, "status": 2, "progress": 0.5}', b'{"id": 2, "status": 5}'
     parser.begin()
-    tasks, bad = parser.parse_all([one, two, b'{"id": "x"}'])
-    again, _ = parser.parse_all([msgspec.Raw(one)])  # a second pass of the same listing
+    tasks = parser.parse_all([msgspec.Raw(one), msgspec.Raw(two), msgspec.Raw(b'{"id": "x"}')])
+    again = parser.parse_all([msgspec.Raw(one), msgspec.Raw(b'{"id": "x"}')])  # a second pass of the same listing
     parser.end()
-    assert [t.id for t in tasks] == [1, 2] and bad == 1 and len(parser.malformed) == 1
-    assert again[0] is tasks[0] and fresh == [[1, 2]]
+    assert [t.id for t in tasks] == [1, 2] and len(parser.malformed) == 1
+    assert again[0] is tasks[0]
     parser.begin()
-    moved, _ = parser.parse_all([one, b'{"id": 2, "status": 4}'])
+    moved = parser.parse_all([msgspec.Raw(one), msgspec.Raw(b'{"id": 2, "status": 4}')])
     parser.end()
-    assert moved[0] is tasks[0] and moved[1].status == 4 and fresh[-1] == [2]
+    assert moved[0] is tasks[0] and moved[1].status == 4
 
 
-def test_a_failing_fresh_hook_does_not_cost_the_records(caplog):
-    from oms_exporter.model import TaskParser
-
-    def broken(tasks):
-        raise RuntimeError("bug")
-
-    parser = TaskParser(on_fresh=broken)
+def test_a_failed_listing_leaves_the_parser_comparing_with_the_last_complete_one():
+    parser = RecordParser(parse_json)
+    one = msgspec.Raw(b'{"id": 1, "status": 2}')
     parser.begin()
-    tasks, bad = parser.parse_all([b'{"id": 1}', b'{"id": 2}'])
-    assert [t.id for t in tasks] == [1, 2] and bad == 0
-    assert "rendering changed tasks ahead failed" in caplog.text
+    first = parser.parse_all([one])[0]
+    parser.end()
+    parser.begin()
+    parser.parse_all([msgspec.Raw(b'{"id": %d}' % i) for i in range(2, 1000)])  # a listing that fails
+    parser.end(keep_last=True)
+    assert len(parser._last) == 1 and not parser._current  # bounded by the last complete listing
+    parser.begin()
+    assert parser.parse_all([one])[0] is first

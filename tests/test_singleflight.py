@@ -7,12 +7,20 @@ import gzip
 
 from aiohttp.test_utils import TestClient
 
-from oms_exporter.simulator import Simulator
-from oms_exporter.web import RENDERER, SNAPSHOTS, WRITE_PIECE
-from tests.conftest import Exporter, parse_metrics, value
+from oms_exporter.web import WRITE_PIECE
+from tests.conftest import PROJECT, Exporter, Samples, parse_metrics, scrape, value
+from tests.standin import StandIn
 
 OM = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
 PAGES = 3  # 250 tasks of the `sim` fixture, 100 per page
+
+
+def listings(s: Samples) -> float:
+    return value(s, "oms_listings_total", project_id=PROJECT)
+
+
+def encodes(s: Samples) -> float:
+    return value(s, "oms_exporter_encodes_total")
 
 
 async def burst(client: TestClient, n: int, **headers: str) -> list[tuple[bytes, dict[str, str]]]:
@@ -24,20 +32,19 @@ async def burst(client: TestClient, n: int, **headers: str) -> list[tuple[bytes,
     return await asyncio.gather(*(one() for _ in range(n)))
 
 
-async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: Simulator, exporter: Exporter) -> None:
+async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: StandIn, exporter: Exporter) -> None:
     client = await exporter(finished_task_max_age=0)
-    app = client.server.app
-    await client.get("/metrics")  # warm-up: the lister learns the task count
+    first = await scrape(client)  # warm-up: the lister learns the task count
     sim.requests.clear()
     sim.latency = 0.2  # long enough that every scrape arrives while the listing is in flight
-    listings0, encodes0 = app[SNAPSHOTS].listings_started, app[RENDERER].encodes
 
     results = await burst(client, 50, **{"Accept-Encoding": "identity"})
 
-    assert app[SNAPSHOTS].listings_started - listings0 == 1
     assert len(sim.requests) == PAGES
-    assert app[RENDERER].encodes - encodes0 == 1
     bodies = {body for body, _ in results}
+    # Each body counts what was done for it: one more listing and one more encode than before.
+    shared = parse_metrics(next(iter(bodies)).decode())
+    assert listings(shared) == listings(first) + 1 and encodes(shared) == encodes(first) + 1
     assert len(bodies) == 1
     # Written in pieces, taking turns with the other scrapes: each arrives whole, with its length.
     assert len(next(iter(bodies))) > 3 * WRITE_PIECE
@@ -47,22 +54,22 @@ async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: Simulator, exp
     assert sum(v for (n, _), v in samples.items() if n == "oms_tasks") == 250
 
 
-async def test_one_body_per_content_type_and_encoding(sim: Simulator, exporter: Exporter) -> None:
+async def test_one_body_per_content_type_and_encoding(sim: StandIn, exporter: Exporter) -> None:
     client = await exporter(finished_task_max_age=0)
-    app = client.server.app
-    await client.get("/metrics")
+    first = await scrape(client)
     sim.requests.clear()
     sim.latency = 0.2
-    listings0, encodes0 = app[SNAPSHOTS].listings_started, app[RENDERER].encodes
 
     text, om, zipped = await asyncio.gather(
         burst(client, 10, **{"Accept-Encoding": "identity"}),
         burst(client, 10, Accept=OM, **{"Accept-Encoding": "identity"}),
         burst(client, 10, **{"Accept-Encoding": "gzip"}))
 
-    assert app[SNAPSHOTS].listings_started - listings0 == 1
     assert len(sim.requests) == PAGES
-    assert app[RENDERER].encodes - encodes0 == 3
+    sim.latency = 0
+    after = await scrape(client)  # one listing and one encode of its own
+    assert listings(after) == listings(first) + 2
+    assert encodes(after) == encodes(first) + 3 + 1
     for group in (text, om, zipped):
         assert len({body for body, _ in group}) == 1
     assert text[0][1]["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -74,7 +81,7 @@ async def test_one_body_per_content_type_and_encoding(sim: Simulator, exporter: 
     assert zipped[0][0].split(b"# HELP process_")[0] == text[0][0].split(b"# HELP process_")[0]
 
 
-async def test_gzip_on_the_wire(sim: Simulator, exporter: Exporter) -> None:
+async def test_gzip_on_the_wire(sim: StandIn, exporter: Exporter) -> None:
     client = await exporter()
     resp = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
     raw = await resp.read()
@@ -85,12 +92,10 @@ async def test_gzip_on_the_wire(sim: Simulator, exporter: Exporter) -> None:
     assert "Content-Encoding" not in plain.headers
 
 
-async def test_a_scrape_that_goes_away_does_not_break_the_others(sim: Simulator, exporter: Exporter) -> None:
+async def test_a_scrape_that_goes_away_does_not_break_the_others(sim: StandIn, exporter: Exporter) -> None:
     client = await exporter()
-    app = client.server.app
-    await client.get("/metrics")
+    first = await scrape(client)
     sim.latency = 0.2
-    listings0 = app[SNAPSHOTS].listings_started
 
     leaver = asyncio.create_task(client.get("/metrics"))
     stayers = asyncio.create_task(burst(client, 5))
@@ -98,23 +103,22 @@ async def test_a_scrape_that_goes_away_does_not_break_the_others(sim: Simulator,
     leaver.cancel()
     results = await stayers
 
-    assert app[SNAPSHOTS].listings_started - listings0 == 1
     assert all(value(parse_metrics(body.decode()), "oms_up") == 1 for body, _ in results)
+    assert {listings(parse_metrics(body.decode())) for body, _ in results} == {listings(first) + 1}
 
 
-async def test_sequential_scrapes_list_again(sim: Simulator, exporter: Exporter) -> None:
+async def test_sequential_scrapes_list_again(sim: StandIn, exporter: Exporter) -> None:
     """Sharing is for scrapes in flight together: the next scrape sees fresh data."""
     client = await exporter()
-    app = client.server.app
-    await client.get("/metrics")
+    first = await scrape(client)
     sim.patch_task(next(iter(sim.projects)), 1, name="renamed")
-    listings0 = app[SNAPSHOTS].listings_started
     resp = await client.get("/metrics")
-    assert 'name="renamed"' in await resp.text()
-    assert app[SNAPSHOTS].listings_started - listings0 == 1
+    text = await resp.text()
+    assert 'name="renamed"' in text
+    assert listings(parse_metrics(text)) == listings(first) + 1
 
 
-async def test_head_sends_the_headers_only(sim: Simulator, exporter: Exporter) -> None:
+async def test_head_sends_the_headers_only(sim: StandIn, exporter: Exporter) -> None:
     """HEAD: the length of the body GET would send, no body; the connection stays usable."""
     client = await exporter(finished_task_max_age=0, min_interval=60)  # one listing for both
     get = await client.get("/metrics", headers={"Accept-Encoding": "identity"})

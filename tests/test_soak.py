@@ -11,15 +11,15 @@ import gzip
 import os
 import resource
 import time
+from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from oms_exporter.client import OmsClient
-from oms_exporter.simulator import Evolution, Simulator, make_tasks
-from oms_exporter.web import SNAPSHOTS, TIMEOUT_HEADER
+from oms_exporter.simulator import Evolution, make_tasks
+from oms_exporter.web import TIMEOUT_HEADER
 from tests.conftest import PROJECT, Exporter, parse_metrics, scrape, target_for, value
+from tests.standin import StandIn
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -43,7 +43,7 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-async def test_200_concurrent_scrapes_share_one_listing(sim: Simulator, exporter: Exporter) -> None:
+async def test_200_concurrent_scrapes_share_one_listing(sim: StandIn, exporter: Exporter) -> None:
     sim.latency = 0.5  # the listing is in flight while all 200 scrapes arrive
     client = await exporter()
     gc.collect()
@@ -67,15 +67,16 @@ async def test_200_concurrent_scrapes_share_one_listing(sim: Simulator, exporter
         elapsed = time.monotonic() - started
     gc.collect()
     rss_after = rss_bytes()
-    snapshots = client.app[SNAPSHOTS]
-    print(f"\n200 concurrent scrapes: {elapsed:.2f}s, upstream listings {snapshots.listings_started}, "
+    s = parse_metrics(bodies[0].decode())
+    listings = value(s, "oms_listings_total", project_id=PROJECT)
+    print(f"\n200 concurrent scrapes: {elapsed:.2f}s, upstream listings {listings:g}, "
           f"ListTasks requests {len(sim.requests)}, RSS {mib(rss_before)} -> {mib(rss_after)} "
-          f"(+{mib(rss_after - rss_before)}), max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+          f"(+{mib(rss_after - rss_before)}), "
+          f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     assert results == [(200, True)] * 200
     assert up_line in bodies[0].decode()
-    assert snapshots.listings_started == 1
+    assert listings == 1
     assert len(sim.requests) == 3  # 250 tasks, 100 per page: one listing's pages, once
-    s = parse_metrics(bodies[0].decode())
     assert value(s, "oms_up", project_id=PROJECT) == 1
     assert sum(v for (n, _), v in s.items() if n == "oms_tasks") == 250
     # One encoded body is shared by all 200 answers (~1 MB each if each scrape built its own).
@@ -89,9 +90,8 @@ WARMUP = 300
 
 
 async def test_2000_scrapes_in_a_row_leak_neither_memory_nor_fds(
-        sim: Simulator, oms: TestServer, exporter: Exporter, monkeypatch: pytest.MonkeyPatch) -> None:
+        sim: StandIn, oms: TestServer, exporter: Exporter) -> None:
     """Scrapes against tasks that keep moving, with a fault now and then to exercise the error paths."""
-    monkeypatch.setattr(OmsClient, "BACKOFF", 0.001)
     sim.add_project(SOAK_PROJECT, make_tasks(SOAK_TASKS, seed=11))
     evolution = Evolution(sim, SOAK_PROJECT, seed=5)
     client: TestClient = await exporter(targets=[target_for(oms, name="soak", project_id=SOAK_PROJECT)])
@@ -149,13 +149,24 @@ async def test_2000_scrapes_in_a_row_leak_neither_memory_nor_fds(
     assert max(fd_counts + [len(fds1)]) <= len(fds0) + 2, (fds0, fds1, fd_counts)
 
 
-async def test_gc_policy_holds_while_the_app_runs_and_is_undone_after(exporter: Exporter) -> None:
-    """Start-up objects frozen and a larger young generation while serving; both undone at stop."""
-    from oms_exporter.web import GC_YOUNG_THRESHOLD
+async def test_gc_policy_is_the_command_line_s_and_is_undone_after(
+        oms: TestServer, aiohttp_client: Any) -> None:
+    """The app factory changes nothing process-wide; cli.main's gc_policy (start-up objects
+    frozen, a larger young generation) holds while the app runs and is undone at stop."""
+    from oms_exporter.cli import GC_YOUNG_THRESHOLD, gc_policy
+    from oms_exporter.metrics import SelfMetrics
+    from oms_exporter.settings import Options, Settings
+    from oms_exporter.web import make_app
 
     before = gc.get_threshold()
     assert before[0] != GC_YOUNG_THRESHOLD and gc.get_freeze_count() == 0
-    client = await exporter()
+    settings = Settings(options=Options(), targets=[target_for(oms)])
+    client = await aiohttp_client(make_app(settings, stats=SelfMetrics()))
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    await client.close()
+    app = make_app(settings, stats=SelfMetrics())
+    app.cleanup_ctx.append(gc_policy)
+    client = await aiohttp_client(app)
     assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
     assert gc.get_freeze_count() > 10_000
     assert value(await scrape(client), "oms_up", project_id=PROJECT) == 1

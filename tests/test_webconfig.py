@@ -183,8 +183,10 @@ async def test_basic_auth(serve: Serve, pki: dict[str, Any], tls: bool) -> None:
 
 @pytest.mark.parametrize("header", [
     "Basic", "Basic !!!notbase64", "Basic " + base64.b64encode(b"no-colon").decode(),
-    pytest.param("Basic " + base64.b64encode(b"prometheus:" + b"x" * 100).decode(), id="long-password"),  # beyond bcrypt's 72 bytes
-    "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(), "Bearer abc", pytest.param("Basic " + "A" * 6000, id="huge"),
+    # beyond bcrypt's 72 bytes:
+    pytest.param("Basic " + base64.b64encode(b"prometheus:" + b"x" * 100).decode(), id="long-password"),
+    "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(), "Bearer abc",
+    pytest.param("Basic " + "A" * 6000, id="huge"),
     "basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode() + "x",
 ])
 async def test_malformed_authorization_is_401_not_500(serve: Serve, header: str) -> None:
@@ -357,7 +359,8 @@ async def test_the_exporter_serves_tls_and_basic_auth_end_to_end(tmp_path: Path,
                 assert value(parse_metrics(await resp.text()), "oms_up",
                              project_id="0a1b2c3d4e5f60718293a4b5c6d7e8f9") == 1
             with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
-                async with session.get(url, ssl=client_ctx(pki), headers={"Authorization": basic("prometheus", PASSWORD)}):
+                auth = {"Authorization": basic("prometheus", PASSWORD)}
+                async with session.get(url, ssl=client_ctx(pki), headers=auth):
                     pass
     finally:
         proc.terminate()

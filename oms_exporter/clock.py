@@ -1,0 +1,29 @@
+"""Time as the exporter reads it, in one object that the client, auth and lister share.
+
+Deadlines and pauses are measured on `monotonic()`, timestamps on `time()`, and waits go
+through `sleep()`: tests hand in a clock they drive instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class Clock:
+    """The real clocks."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps: deadlines, back-off, pauses."""
+        return time.monotonic()
+
+    def time(self) -> float:
+        """Unix time: listing timestamps, task ages, request signatures, token expiry."""
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def remaining(self, deadline: float) -> float:
+        """Seconds left until `deadline` (a `monotonic()` time), never negative."""
+        return max(deadline - self.monotonic(), 0.0)

@@ -1,0 +1,115 @@
+"""The OMS stand-in as the tests and the benchmark drive it: faults, latency, a log of requests.
+
+`StandIn` is `oms_exporter.simulator.Simulator` (the wire format, the demo's stand-in) with
+a middleware in front of its OMS API routes that records each request, adds latency,
+answers with injected faults and lets a test change the account between pages. Nothing of
+this ships with the exporter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from oms_exporter.simulator import Simulator
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Fault:
+    """An injected answer to the next `times` OMS API requests that `match`."""
+
+    status: int = 500
+    body: bytes = b"<html><body>502 Bad Gateway</body></html>"
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/html"})
+    times: int = 1
+    delay: float = 0.0  # seconds to wait before answering (a hanging API: make it large)
+    truncate: bool = False  # announce a longer body than sent, then close the connection
+    reset: bool = False  # close the connection without answering: the client sees a reset
+    match: Callable[[web.Request], bool] | None = None
+
+
+class StandIn(Simulator):
+    """The stand-in with test controls; `requests` logs (path, query string) of OMS API calls."""
+
+    def __init__(self, *args: Any, latency: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.latency = latency
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str]] = []
+        # Called with each OMS API request before it is answered: lets a test change the
+        # task list between pages, as users do by creating tasks mid-listing.
+        self.on_list: Callable[[web.Request], None] | None = None
+        self.in_flight = 0  # OMS API requests being answered now, and the most at once
+        self.peak_in_flight = 0
+        self.auth_failures = 0  # 401 answers of OMS and IAM
+        self.iam_logins = 0  # tokens IAM issued
+
+    def inject(self, fault: Fault | None = None, **kwargs: Any) -> Fault:
+        fault = fault or Fault(**kwargs)
+        self.faults.append(fault)
+        return fault
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.middlewares.append(self._middleware)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v2/"):
+            resp = await handler(request)
+            if request.path == "/v3/auth/tokens":
+                self.iam_logins += resp.status == 201
+                self.auth_failures += resp.status == 401
+            return resp
+        self.requests.append((request.path, request.query_string))
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            for fault in self.faults:
+                if fault.times > 0 and (fault.match is None or fault.match(request)):
+                    fault.times -= 1
+                    return await self._fault(request, fault)
+            if self.on_list is not None:
+                self.on_list(request)
+            resp = await handler(request)
+            self.auth_failures += resp.status == 401
+            return resp
+        finally:
+            self.in_flight -= 1
+
+    async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.reset:
+            assert request.transport is not None
+            sock = request.transport.get_extra_info("socket")
+            if sock is not None:  # SO_LINGER 0: close with RST instead of FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
+            return web.Response(status=fault.status)
+        if fault.truncate:
+            resp = web.StreamResponse(status=fault.status, headers=fault.headers)
+            resp.content_length = len(fault.body) + 1000
+            await resp.prepare(request)
+            await resp.write(fault.body)
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return web.Response(status=fault.status, body=fault.body, headers=fault.headers)
+
+
+def json_fault(status: int, doc: Any, **kwargs: Any) -> Fault:
+    """A fault whose body is `doc` as JSON."""
+    return Fault(status=status, body=msgspec.json.encode(doc), headers={"Content-Type": "application/json"}, **kwargs)

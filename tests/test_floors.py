@@ -1,0 +1,100 @@
+"""Habits that keep the house in order: lint and types clean, and the declared dependency floors real.
+
+A floor in pyproject.toml is a promise that the exporter runs with that version: this test
+installs the package at the lowest versions its requirements allow (`uv pip install
+--resolution lowest-direct`) into a fresh virtualenv, runs the demo and scrapes it in the
+formats Prometheus asks for.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
+from tests.conftest import parse_metrics, value
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE = os.environ.get("OMS_EXPORTER_REQUIRE_E2E") == "1"
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_ruff() -> None:
+    res = run(sys.executable, "-m", "ruff", "check", "oms_exporter", "tests", "benchmarks", "scripts", "grafana")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_mypy() -> None:
+    res = run(sys.executable, "-m", "mypy")  # files and strictness from pyproject.toml
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, headers: dict[str, str]) -> tuple[str, str]:
+    """(content type, text) of a scrape."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+        body = resp.read()
+        if resp.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        return resp.headers.get("Content-Type", ""), body.decode()
+
+
+def test_the_lowest_declared_versions_run_the_demo(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    made = run(sys.executable, "-m", "uv", "venv", "-q", "--python", sys.executable, str(venv))
+    if made.returncode != 0 and not REQUIRE:
+        pytest.skip(f"uv cannot make a virtualenv here: {made.stderr.strip()[-300:]}")
+    assert made.returncode == 0, made.stderr
+    python = str(venv / "bin" / "python")
+    installed = run(sys.executable, "-m", "uv", "pip", "install", "-q", "--python", python,
+                    "--resolution", "lowest-direct", str(ROOT))
+    if installed.returncode != 0 and "network" in installed.stderr.lower() and not REQUIRE:
+        pytest.skip(f"PyPI not reachable: {installed.stderr.strip()[-300:]}")
+    assert installed.returncode == 0, installed.stderr
+    versions = run(sys.executable, "-m", "uv", "pip", "list", "--python", python).stdout
+    port = _free_port()
+    proc = subprocess.Popen([str(venv / "bin" / "oms-exporter"), "--demo", "--demo.tasks", "120",
+                             "--web.listen-address", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        give_up = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"exporter exited:\n{proc.stdout.read() if proc.stdout else ''}\n{versions}"
+            try:
+                _, text = _get(url, {})
+                break
+            except OSError:
+                assert time.monotonic() < give_up, "the exporter did not answer in 30 s"
+                time.sleep(0.2)
+        assert value(parse_metrics(text), "oms_up") == 1, versions
+        prometheus = {"Accept": "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+                                "text/plain;version=0.0.4;q=0.3,*/*;q=0.2", "Accept-Encoding": "gzip",
+                      "X-Prometheus-Scrape-Timeout-Seconds": "10"}
+        content_type, body = _get(url, prometheus)
+        assert content_type.startswith("application/openmetrics-text"), content_type
+        up = [s.value for f in openmetrics_families(body) for s in f.samples if s.name == "oms_up"]
+        assert up == [1], (up, versions)
+        assert value(parse_metrics(_get(url, {"Accept-Encoding": "gzip"})[1]), "oms_up") == 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,44 @@
+"""The README's configuration and metrics tables are written from their one definition, and stay so."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+from oms_exporter.metrics import FAMILIES, SELF_FAMILIES
+from oms_exporter.settings import Options, Target, meta
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_are_the_generated_ones() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert generator().render(text) == text, "run: python scripts/readme_tables.py"
+
+
+def test_every_setting_and_metric_is_in_the_readme() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for info in Options.model_fields.values():
+        assert f"`--{meta(info)['flag']}`" in text
+    for name, info in Target.model_fields.items():
+        assert f"`{name}`" in text and (("env" not in meta(info)) or f"`{meta(info)['env']}`" in text)
+    for name in [f.name for f in FAMILIES] + [f.name for f in SELF_FAMILIES]:
+        assert re.search(rf"\| `{name}[{{`]", text), name
+
+
+def test_a_changed_help_text_makes_the_check_fail(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    module = generator()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    info = Options.model_fields["page_limit"]
+    monkeypatch.setattr(info, "description", "tasks per page, changed")
+    assert module.render(text) != text
