@@ -12,9 +12,12 @@ Two dashboards:
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from oms_exporter.metrics import ALL_METRIC_NAMES
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -372,8 +375,13 @@ def render() -> dict[str, str]:
     """File name -> JSON text of every dashboard."""
     tasks = tasks_dashboard()
     tasks["tags"] = ["oms", "oms-exporter", "oms-tasks"]
-    return {f"{d['uid']}.json": json.dumps(d, indent=2, ensure_ascii=False) + "\n"
-            for d in (tasks, task_dashboard())}
+    out = {f"{d['uid']}.json": json.dumps(d, indent=2, ensure_ascii=False) + "\n"
+           for d in (tasks, task_dashboard())}
+    # Every metric the dashboards name is one the exporter serves (its table of families).
+    unknown = {name for text in out.values() for name in re.findall(r"\boms_\w+", text)} - ALL_METRIC_NAMES
+    if unknown:
+        raise SystemExit(f"the dashboards name metrics the exporter does not serve: {sorted(unknown)}")
+    return out
 
 
 def main() -> int:

@@ -103,6 +103,9 @@ def _escape_help(text: str, style: Style) -> str:
 
 _EXACT = 2 ** 53
 _INF = float("inf")
+# prometheus_client before 0.26 writes exponents of 10 and more as e+010 (a literal 0 before
+# the digits), later ones as e+10: write what the installed one writes.
+_EXPONENT = "e+0{}" if floatToGoString(1e10) == "1e+010" else "e+{:02d}"  # type: ignore[no-untyped-call]
 
 
 def go_float(v: float) -> str:
@@ -113,13 +116,13 @@ def go_float(v: float) -> str:
             return f"{v}.0"
         # floatToGoString: repr(float(v)) is the digits and ".0"; Go writes seven or more digits with an exponent.
         s = str(v)
-        return f"{(s[0] + '.' + s[1:] + '0').rstrip('0.')}e+{len(s) - 1:02d}"
+        return (s[0] + "." + s[1:] + "0").rstrip("0.") + _EXPONENT.format(len(s) - 1)
     if t is float and -_INF < v < _INF:
         s = repr(v)
         dot = s.find(".")
         if v <= 0 or dot <= 6:
             return s
-        return f"{(s[0] + '.' + s[1:dot] + s[dot + 1:]).rstrip('0.')}e+{dot - 1:02d}"
+        return (s[0] + "." + s[1:dot] + s[dot + 1:]).rstrip("0.") + _EXPONENT.format(dot - 1)
     return str(floatToGoString(v))  # type: ignore[no-untyped-call]
 
 

@@ -146,8 +146,9 @@ class Lister:
         return tasks, count
 
     async def _list_query(self, query: Query, tasks: dict[int, Task], deadline: float, split: bool) -> None:
+        mine: dict[int, Task] = {}
         try:
-            await self._page_through(query, tasks, deadline)
+            await self._page_through(query, mine, deadline)
         except _Unreachable as exc:
             if not split or query[0] is not None:
                 raise Incomplete(
@@ -167,16 +168,28 @@ class Lister:
             else:
                 raise Incomplete(f"listing per status found {len(found)} of {exc.count} tasks "
                                  f"(tasks without a known status, or changing status while listed)") from None
-            for t in found.values():
-                tasks.setdefault(t.id, t)
+            # The per-status pages, not the unfiltered ones: they are the fresher (a task deleted
+            # meanwhile is not among them).
+            mine = found
+        tasks.update(mine)
 
-    def _learn_offset_cap(self, answered: set[int], refused: list[int]) -> None:
-        """OMS answered 400 to offsets `refused` and 200 to `answered`: its cap is below the refused ones."""
-        cap = max((o for o in answered if o < min(refused)), default=0)
-        if cap < self._max_offset:
-            log.warning("OMS refused an offset it documents; listing per status from now on",
-                        extra={"target": self.target.name, "refused_offset": min(refused), "learned_max_offset": cap})
-            self._max_offset = cap
+    def _learn_offset_cap(self, answered: set[int], refused: list[int], count: int) -> None:
+        """OMS answered 400 to offsets `refused` and 200 to `answered`: learn its cap, or fail the listing.
+
+        Only a clean cut is a cap: every offset below the lowest refused one answered, none at
+        or above it, and every refused offset below the count (tasks are there). Anything else
+        is a 400 of another kind, and fails this listing as http_4xx without lowering the cap.
+        """
+        low = min(refused)
+        if answered and max(answered) < low and max(refused) < count:
+            cap = max(answered)
+            if cap < self._max_offset:
+                log.warning("OMS refused an offset it documents; listing per status from now on",
+                            extra={"target": self.target.name, "refused_offset": low, "learned_max_offset": cap})
+                self._max_offset = cap
+            return
+        raise RequestRejected(f"OMS rejected the page at offset {low} (HTTP 400) while offsets up to "
+                              f"{max(answered, default=0)} were answered", 400)
 
     async def _page_through(self, query: Query, tasks: dict[int, Task], deadline: float) -> None:
         limit, reach = self._limit, self._reach()
@@ -213,7 +226,7 @@ class Lister:
                 fetched.update(todo)
                 await _all(fetch(o) for o in todo)
                 if refused:
-                    self._learn_offset_cap(answered, refused)
+                    self._learn_offset_cap(answered, refused, max(counts))
                     raise _Unreachable(max(counts))
                 if max(counts) > reach:
                     raise _Unreachable(max(counts))

@@ -70,7 +70,8 @@ class Family:
     @property
     def gauge(self) -> bool:
         """A gauge of one numeric record field, no labels of its own (the encoder's fast path)."""
-        return self.kind is not None and len(self.fields) == 1 and not self.labels and self.series in _GAUGE_SERIES
+        return (self.kind is not None and len(self.fields) == 1 and not self.labels
+                and (self.series, self.scale) in _GAUGE_SERIES)
 
 
 def _scalar(v: float | None) -> Series:
@@ -82,7 +83,7 @@ def _milliseconds(v: float | None) -> Series:
 
 
 MS = 0.001
-_GAUGE_SERIES = (_scalar, _milliseconds)
+_GAUGE_SERIES = ((_scalar, 1.0), (_milliseconds, MS))  # what the encoder writes as value times scale
 
 
 def gauge(name: str, help_text: str, field: str, *, kind: Kind = TASK, ms: bool = False,

@@ -418,8 +418,11 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
     target replaces the file and the environment.
     """
     errors: list[str] = []
-    if config_file is None and flags.get("config_file"):
-        config_file = Path(flags["config_file"])
+    if config_file is None and flags.get("config_file") is not None:
+        if not str(flags["config_file"]).strip():
+            errors.append("--config.file: is empty (give the path of a YAML file with targets:)")
+        else:
+            config_file = Path(flags["config_file"])
 
     try:
         options = Options.model_validate(flags)

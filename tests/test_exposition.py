@@ -196,7 +196,8 @@ def test_reused_lines_follow_changes() -> None:
     assert encode_with(renderer, lsts, policy, accept) == reference(lsts, policy, accept)
     assert rendered(counts) == before
     assert encode_with(renderer, lsts, policy, ACCEPTS[4]) == reference(lsts, policy, ACCEPTS[4])
-    assert rendered(counts) > before
+    if x.negotiate(ACCEPTS[4])[0] != x.negotiate("")[0]:  # escaping=dots (prometheus_client 0.22 and later)
+        assert rendered(counts) > before
 
 
 def test_changed_tasks_reuse_only_the_lines_of_unchanged_fields() -> None:

@@ -3,7 +3,8 @@
 A floor in pyproject.toml is a promise that the exporter runs with that version: this test
 installs the package at the lowest versions its requirements allow (`uv pip install
 --resolution lowest-direct`) into a fresh virtualenv, runs the demo and scrapes it in the
-formats Prometheus asks for.
+formats Prometheus asks for, and runs the encoder's byte-identity tests against that
+prometheus_client.
 """
 
 from __future__ import annotations
@@ -98,3 +99,9 @@ def test_the_lowest_declared_versions_run_the_demo(tmp_path: Path) -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    # The encoder's byte-identity with prometheus_client, at the lowest prometheus_client allowed
+    # (pytest and hypothesis added; they bring none of the exporter's own dependencies).
+    tools = run(sys.executable, "-m", "uv", "pip", "install", "-q", "--python", python, "pytest", "hypothesis")
+    assert tools.returncode == 0, tools.stderr
+    identity = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_exposition.py")
+    assert identity.returncode == 0, identity.stdout[-3000:] + versions

@@ -238,6 +238,23 @@ async def test_12000_tasks_in_one_state_are_listed_with_default_settings(sim, ex
     assert max(_offsets(sim)) == 12_200
 
 
+async def test_a_stray_400_past_the_first_page_is_not_taken_for_an_offset_cap(sim, exporter, caplog):
+    """A 400 on one page while later offsets answer: that scrape fails as http_4xx, nothing is learned."""
+    from tests.standin import json_fault
+    sim.add_project(PROJECT, _many(450, status=5))  # 700 tasks
+    client = await exporter(per_task_series=False)
+    assert value(await scrape(client), "oms_up", project_id=PROJECT) == 1
+    sim.inject(json_fault(400, {"error_code": "OMS.0064", "error_msg": "Invalid request parameters."},
+                          times=1, match=lambda r: r.query.get("offset") == "200"))
+    with caplog.at_level(logging.INFO):
+        s = await scrape(client)
+        assert value(s, "oms_up", project_id=PROJECT) == 0
+        assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="http_4xx") == 1
+        s = await scrape(client)
+    assert value(s, "oms_up", project_id=PROJECT) == 1 and sum(values(s, "oms_tasks").values()) == 700
+    assert not [r for r in caplog.records if "refused an offset" in r.getMessage()]
+
+
 async def test_an_unannounced_offset_cap_is_learned_and_survived(sim, exporter, caplog):
     sim.max_offset = 10_000  # refuses larger offsets with 400 OMS.0064; the exporter is not told
     sim.add_project(PROJECT, _many(6_000, status=5) + _many(6_000, status=4, first_id=200_000))

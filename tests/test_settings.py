@@ -121,6 +121,11 @@ def test_several_bad_settings_one_line_each(monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 3
 
 
+def test_empty_config_file_flag(capsys):
+    code, _, err = run(["--config.file=", "--check-config"], capsys)
+    assert code == 2 and "--config.file: is empty" in err
+
+
 def test_missing_config_file(capsys):
     code, _, err = run(["--config.file", "/nonexistent.yml", "--check-config"], capsys)
     assert code == 2 and "--config.file: cannot read /nonexistent.yml" in err
