@@ -3,11 +3,13 @@
     git worktree add /tmp/old f027c68
     python benchmarks/compare.py /tmp/old .                       # 10,000 tasks, 24 scrapes each
     python benchmarks/compare.py /tmp/old . --tasks 1000 --scrapes 40
+    python benchmarks/compare.py /tmp/old . --account churn        # ~22 % of the tasks change per scrape
 
 This machine's speed drifts by ±15 % over minutes, so two separate runs of scrape.py
 cannot tell a 5 % change from noise. Here both exporters (each started from its own
-checkout's `benchmarks/scrape.py --role exporter`) list the same stand-in, which moves its
-tasks on once per round; each round scrapes both, in alternating order. CPU per scrape is
+checkout's `benchmarks/scrape.py --role exporter`, each with its own default listing mode
+and every finished task kept) list the same stand-in, which moves its account on once per
+round (benchmarks/accounts.py); each round scrapes both, in alternating order. CPU per scrape is
 read from /proc in clock ticks (10 ms), so the mean over many scrapes is the figure to
 compare, not the median.
 """
@@ -76,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--scrapes", type=int, default=24, help="scrapes of each exporter, after one warm-up")
     p.add_argument("--max-concurrency", type=int, default=Options().max_concurrency)
+    p.add_argument("--account", choices=["real", "churn"], default="real",
+                   help="the stand-in's account (see benchmarks/accounts.py; the new checkout's stand-in runs it)")
+    p.add_argument("--live-share", type=float, default=0.05)
     args = p.parse_args(argv)
     roots = [args.old.resolve(), args.new.resolve()]
     common = ["--tasks", str(args.tasks), "--latency-ms", str(args.latency_ms),
               "--max-concurrency", str(args.max_concurrency)]
-    sim, sim_port = scrape._spawn("standin", *common, root=roots[1])
+    sim, sim_port = scrape._spawn("standin", *common, "--account", args.account, "--live-share", str(args.live_share),
+                                  root=roots[1])
     exporters: list[tuple[subprocess.Popen[str], int]] = []
     try:
         for root in roots:
@@ -92,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         for proc, _ in exporters:
             scrape._stop(proc)
         scrape._stop(sim)
-    print(f"{args.tasks:,} tasks, {args.latency_ms:g} ms per ListTasks call, {args.scrapes} scrapes each, in turns")
+    print(f"{args.tasks:,} tasks ({args.account} account), {args.latency_ms:g} ms per OMS call, {args.scrapes} scrapes "
+          f"each, in turns; every finished task kept")
     for label, root, f, mb in zip(("old", "new"), roots, figures, rss):
         print(f"  {label} {root}: median scrape {statistics.median(f['wall']):.3f} s  "
               f"CPU/scrape mean {statistics.mean(f['cpu']):.3f} s  max loop lag {max(f['lag']) * 1000:.0f} ms "

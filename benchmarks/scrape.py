@@ -1,21 +1,24 @@
 """Scrape benchmark: the exporter against the OMS stand-in, next to the official-SDK baseline.
 
-    python benchmarks/scrape.py --tasks 10000 --latency-ms 50
-    python benchmarks/scrape.py --tasks 100 1000 10000 50000 --latency-ms 50   # scaling table
+    python benchmarks/scrape.py --tasks 10000 --latency-ms 50                    # both listing modes
+    python benchmarks/scrape.py --tasks 100000 --live-share 0.01 --scrapes 5 --listing liveness
+    python benchmarks/scrape.py --tasks 10000 --account churn --keep-finished    # the encoder's worst case
+    python benchmarks/scrape.py --tasks 100 1000 10000 50000                     # scaling table
 
 Three processes, so that each one's CPU and memory are its own: the stand-in (with the
-added latency per ListTasks call, tasks that move on by one scrape interval before every
-scrape, and each task's JSON text kept until it changes, so that the stand-in's own CPU
-on this shared machine stays small next to a real OMS's, which costs the exporter none),
-the exporter (the real app from `oms_exporter.web.make_app`, plus a
+added latency per OMS call, an account that moves on by one scrape interval before every
+scrape, see benchmarks/accounts.py, and each task's JSON text kept until it changes, so that
+the stand-in's own CPU on this shared machine stays small next to a real OMS's, which costs
+the exporter none), the exporter (the real app from `oms_exporter.web.make_app`, plus a
 loop-lag probe), and this driver, which scrapes like Prometheus does (its Accept and
-Accept-Encoding headers and the timeout header) and reads the exporter's CPU and peak RSS
-from /proc. The baseline runs in a fourth process: `huaweicloudsdkoms` OmsClient +
-ListTasksRequest signed with AK/SK, sequential pages of 100, then a prometheus-client
-custom collector with the same metric families and `generate_latest`.
+Accept-Encoding headers and the timeout header), checks every timed scrape against the
+stand-in's account (every task's state, deleted tasks gone, `oms_tasks` per state), and
+reads the exporter's CPU and peak RSS from /proc. The baseline runs in a fourth process:
+`huaweicloudsdkoms` OmsClient + ListTasksRequest signed with AK/SK, sequential pages of 100,
+then prometheus-client's `generate_latest` of the same families.
 
-Every finished task is kept (`--oms.finished-task-max-age 0`), so the body is the
-largest the task count can produce.
+The exporter runs with its defaults (listing by liveness, succeeded tasks' series for 7
+days), or with every finished task kept (`--keep-finished`: the largest body).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ PROM_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;
                "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;"
                "escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
 SCRAPE_INTERVAL = 15.0  # seconds the stand-in's tasks move on between two scrapes
+STATES = {1: "waiting", 2: "migrating", 3: "paused", 4: "failed", 5: "succeeded", 6: "retrying", 7: "pausing"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,12 +56,14 @@ def _ready(port: int) -> None:
 def role_standin(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    from oms_exporter.simulator import Credential, Evolution, make_tasks
+    from oms_exporter.simulator import Credential
     from tests.standin import StandIn
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import accounts
+
     sim = StandIn(credentials={AK: Credential(SK)}, latency=args.latency_ms / 1000, cache_json=True)
-    sim.add_project(PROJECT, make_tasks(args.tasks[0], seed=11))
-    evolution = Evolution(sim, PROJECT, seed=5)
+    evolution = accounts.account(sim, PROJECT, args.account, args.tasks[0], args.live_share)
     app = sim.app()
 
     async def stats(request: web.Request) -> web.Response:
@@ -67,8 +73,12 @@ def role_standin(args: argparse.Namespace) -> None:
         evolution.advance(float(request.query.get("seconds", SCRAPE_INTERVAL)))
         return web.json_response({"tasks": len(sim.projects[PROJECT])})
 
+    async def truth(request: web.Request) -> web.Response:
+        return web.json_response({tid: t["status"] for tid, t in sim.projects[PROJECT].items()})
+
     app.router.add_get("/_bench/stats", stats)
     app.router.add_post("/_bench/advance", advance)
+    app.router.add_get("/_bench/truth", truth)
     _serve(app)
 
 
@@ -85,7 +95,9 @@ def role_exporter(args: argparse.Namespace) -> None:
 
     target = Target(name="bench", project_id=PROJECT, region="cn-north-4", endpoint=args.endpoint,
                     ak=SecretStr(AK), sk=SecretStr(SK))
-    options = Options(finished_task_max_age=0, log_level="error", max_concurrency=args.max_concurrency)
+    extra = {"listing": args.listing} if args.listing in ("liveness", "full") else {}
+    options = Options(finished_task_max_age=args.finished_task_max_age, log_level="error",
+                      max_concurrency=args.max_concurrency, **extra)
     app = oms_web.make_app(Settings(options=options, targets=[target]))
     app.cleanup_ctx.append(cli.gc_policy)
     lag = {"max": 0.0}
@@ -217,7 +229,33 @@ def _hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def check_exact(body: bytes, truth: dict[str, int]) -> list[str]:
+    """What a scrape's text gets wrong about the account: states, deleted tasks, counts per state."""
+    import re
+
+    text = body.decode()
+    if f'oms_up{{project_id="{PROJECT}"}} 1.0' not in text:
+        return ["oms_up is not 1"]
+    problems = []
+    counts = {m[1]: float(m[2])
+              for m in re.finditer(r'^oms_tasks\{project_id="\w+",status="(\w+)"\} (\S+)$', text, re.M)}
+    want = {name: float(sum(1 for st in truth.values() if st == code)) for code, name in STATES.items()}
+    if counts != want:
+        problems.append(f"oms_tasks {counts} != {want}")
+    shown = {m[2]: m[1] for m in re.finditer(
+        r'^oms_task_status\{project_id="\w+",status="(\w+)",task_id="(\d+)"\} 1\.0$', text, re.M)}
+    wrong = [tid for tid, state in shown.items() if STATES.get(truth.get(tid, 0)) != state]
+    if wrong:
+        problems.append(f"{len(wrong)} tasks in the wrong state or deleted, e.g. {wrong[:3]}")
+    missing = [tid for tid, st in truth.items() if st not in (4, 5) and tid not in shown]
+    if missing:
+        problems.append(f"{len(missing)} live tasks missing, e.g. {missing[:3]}")
+    return problems
+
+
 async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: int, exp_pid: int) -> dict[str, Any]:
+    import gzip
+
     import aiohttp
 
     sim, exp = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{exp_port}"
@@ -227,26 +265,29 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
             async with s.get(url) as r:
                 return await r.json()
 
-        async def scrape() -> tuple[float, int, int]:
+        async def scrape() -> tuple[float, bytes]:
             t0 = time.perf_counter()
             async with s.get(f"{exp}/metrics", headers=headers) as r:
                 body = await r.read()
                 assert r.status == 200, body[:200]
-            return time.perf_counter() - t0, len(body), r.headers.get("Content-Encoding") == "gzip"
+                assert r.headers.get("Content-Encoding") == "gzip"
+            return time.perf_counter() - t0, body
 
         async def advance() -> None:
             async with s.post(f"{sim}/_bench/advance", params={"seconds": str(SCRAPE_INTERVAL)}) as r:
                 await r.read()
 
-        await scrape()  # warm-up: TLS-less connection pools, the last count for paging, caches
-        walls, cpus, reqs, lags, sizes, gcs, gc_pauses = [], [], [], [], [], [], []
+        t0 = time.perf_counter()
+        await scrape()  # warm-up: connection pools, the first (complete) listing, caches
+        first_s = time.perf_counter() - t0
+        walls, cpus, reqs, lags, sizes, gcs, gc_pauses, wrong = [], [], [], [], [], [], [], []
         steal0, total0 = _host_ticks()
         for _ in range(args.scrapes):
             await advance()
             await get_json(f"{exp}/_bench/stats?reset=1")
             r0 = (await get_json(f"{sim}/_bench/stats"))["requests"]
             c0 = _cpu_seconds(exp_pid)
-            wall, size, _ = await scrape()
+            wall, body = await scrape()
             await asyncio.sleep(0.02)  # let the probe timer run once more after the response
             walls.append(wall)
             cpus.append(_cpu_seconds(exp_pid) - c0)
@@ -255,8 +296,10 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
             lags.append(probe["max_loop_lag"])
             gcs.append(probe["gc_seconds"])
             gc_pauses.append(probe["gc_max_pause"])
-            sizes.append(size)
+            sizes.append(len(body))
+            wrong += check_exact(gzip.decompress(body), await get_json(f"{sim}/_bench/truth"))
         steal1, total1 = _host_ticks()
+        rss_timed = _hwm_mb(exp_pid)
 
         # Burst: concurrent scrapes must share one listing and, per content type, one body.
         await advance()
@@ -276,60 +319,74 @@ async def _measure(n: int, args: argparse.Namespace, sim_port: int, exp_port: in
             up = b'oms_up{project_id="%s"} 1.0' % PROJECT.encode() in text
     encodes = None if after["encodes"] is None else after["encodes"] - before["encodes"]
     return {
-        "tasks": n, "median_s": statistics.median(walls), "walls": walls,
-        "cpu_s": statistics.median(cpus), "cpus": cpus, "max_cpu_s": max(cpus),
-        "requests": statistics.median(reqs), "max_loop_lag_ms": max(lags) * 1000,
+        "tasks": n, "listing": args.listing_now, "first_s": first_s, "median_s": statistics.median(walls),
+        "walls": walls, "cpu_s": statistics.median(cpus), "cpus": cpus, "max_cpu_s": max(cpus),
+        "requests": statistics.median(reqs), "max_requests": max(reqs), "max_loop_lag_ms": max(lags) * 1000,
         "gc_ms": statistics.mean(gcs) * 1000, "gc_max_pause_ms": max(gc_pauses) * 1000,
-        "gzip_bytes": statistics.median(sizes), "raw_bytes": raw, "up": up, "rss_mb": rss,
-        "steal_pct": 100 * (steal1 - steal0) / max(total1 - total0, 1),
+        "gzip_bytes": statistics.median(sizes), "raw_bytes": raw, "up": up, "rss_mb": rss, "rss_timed_mb": rss_timed,
+        "steal_pct": 100 * (steal1 - steal0) / max(total1 - total0, 1), "wrong": wrong,
         "burst": {"scrapes": args.concurrent, "listings": after["listings"] - before["listings"],
                   "upstream_requests": burst_reqs, "encodes": encodes, "wall_s": burst_wall,
                   "max_loop_lag_ms": after["max_loop_lag"] * 1000},
     }
 
 
-def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    common = ["--tasks", str(n), "--latency-ms", str(args.latency_ms), "--max-concurrency", str(args.max_concurrency)]
-    sim, sim_port = _spawn("standin", *common)
-    try:
-        exp, exp_port = _spawn("exporter", *common, "--endpoint", f"http://127.0.0.1:{sim_port}")
-        try:
-            res = asyncio.run(_measure(n, args, sim_port, exp_port, exp.pid))
-        finally:
-            _stop(exp)
-        if n in args.baseline_at:
-            out = subprocess.run(
-                [sys.executable, __file__, "--role", "sdk", *common, "--runs", str(args.baseline_runs),
-                 "--endpoint", f"http://127.0.0.1:{sim_port}"],
-                capture_output=True, text=True, check=True,
-                env=_env(ROOT))
-            base = json.loads(out.stdout.strip().splitlines()[-1])
-            res["sdk"] = {"median_s": statistics.median(base["walls"]), "cpu_s": statistics.median(base["cpus"]),
-                          "rss_mb": base["rss_mb"], "raw_bytes": base["body"], "runs": len(base["walls"])}
-            res["ratio"] = res["sdk"]["median_s"] / res["median_s"]
-    finally:
-        _stop(sim)
-    return res
+def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from oms_exporter.settings import Options
 
+    common = ["--tasks", str(n), "--latency-ms", str(args.latency_ms), "--max-concurrency", str(args.max_concurrency)]
+    account = ["--account", args.account, "--live-share", str(args.live_share)]
+    results = []
+    for mode in (["liveness", "full"] if args.listing == "both" else [args.listing]):
+        args.listing_now = mode
+        # A fresh stand-in per mode: both see the same account move the same way.
+        sim, sim_port = _spawn("standin", *common, *account)
+        try:
+            max_age = 0.0 if args.keep_finished else Options().finished_task_max_age
+            exp, exp_port = _spawn("exporter", *common, "--endpoint", f"http://127.0.0.1:{sim_port}",
+                                   "--listing", mode, "--finished-task-max-age", str(max_age))
+            try:
+                res = asyncio.run(_measure(n, args, sim_port, exp_port, exp.pid))
+            finally:
+                _stop(exp)
+            if n in args.baseline_at and mode == (["liveness", "full"] if args.listing == "both"
+                                                  else [args.listing])[-1]:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--role", "sdk", *common, "--runs", str(args.baseline_runs),
+                     "--endpoint", f"http://127.0.0.1:{sim_port}"],
+                    capture_output=True, text=True, check=True,
+                    env=_env(ROOT))
+                base = json.loads(out.stdout.strip().splitlines()[-1])
+                res["sdk"] = {"median_s": statistics.median(base["walls"]), "cpu_s": statistics.median(base["cpus"]),
+                              "rss_mb": base["rss_mb"], "raw_bytes": base["body"], "runs": len(base["walls"])}
+                res["ratio"] = res["sdk"]["median_s"] / res["median_s"]
+        finally:
+            _stop(sim)
+        results.append(res)
+    return results
 
 def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [(f"oms-exporter scrape benchmark: stand-in latency {args.latency_ms:g} ms per ListTasks call, "
-              f"--oms.max-concurrency {args.max_concurrency}, "
-              f"{os.cpu_count()} CPUs, {args.scrapes} timed scrapes after 1 warm-up, tasks move on "
+    lines = [(f"oms-exporter scrape benchmark: {args.account} account"
+              + (f" ({args.live_share:.0%} live)" if args.account == "real" else "")
+              + f", stand-in latency {args.latency_ms:g} ms per OMS call, --oms.max-concurrency "
+              f"{args.max_concurrency}, {'every finished task kept' if args.keep_finished else 'exporter defaults'}, "
+              f"{os.cpu_count()} CPUs, {args.scrapes} timed scrapes after 1 warm-up, the account moves on "
               f"{SCRAPE_INTERVAL:g}s between scrapes"), ""]
     for r in results:
         b = r["burst"]
         lines += [
-            f"tasks {r['tasks']:,}: body {r['raw_bytes'] / 1e6:.1f} MB ({r['gzip_bytes'] / 1e6:.2f} MB gzip)"
+            f"tasks {r['tasks']:,}, --oms.listing={r['listing']}: body {r['raw_bytes'] / 1e6:.1f} MB "
+            f"({r['gzip_bytes'] / 1e6:.2f} MB gzip), first listing {r['first_s']:.2f} s"
             + ("" if r["up"] else "  LISTING FAILED (oms_up 0): figures are not comparable"),
             (f"  exporter   median scrape {r['median_s']:.3f} s (min {min(r['walls']):.3f}, "
              f"max {max(r['walls']):.3f})  CPU/scrape {r['cpu_s']:.3f} s (max {r['max_cpu_s']:.3f})  "
-             f"peak RSS {r['rss_mb']:.0f} MB"),
-            (f"             upstream requests/scrape {r['requests']:g}"
+             f"peak RSS {r['rss_mb']:.0f} MB (timed scrapes {r['rss_timed_mb']:.0f} MB)"),
+            (f"             upstream requests/scrape {r['requests']:g} (max {r['max_requests']})"
              f"  max event-loop lag {r['max_loop_lag_ms']:.1f} ms"
              f"  GC {r['gc_ms']:.1f} ms/scrape (longest pause {r['gc_max_pause_ms']:.1f} ms)"
              # CPU time the hypervisor gave to other guests: a slow run says so here.
              f"  host CPU steal {r['steal_pct']:.1f} %"),
+            f"  exact      {'every timed scrape' if not r['wrong'] else 'NO: ' + '; '.join(r['wrong'][:3])}",
             (f"  burst      {b['scrapes']} concurrent scrapes -> {b['listings']} listing(s), "
              f"{b['upstream_requests']} upstream requests, {b['encodes']} encode(s), {b['wall_s']:.3f} s, "
              f"loop lag {b['max_loop_lag_ms']:.1f} ms"),
@@ -341,12 +398,11 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(f"  ratio      exporter is {r['ratio']:.1f}x faster than the SDK baseline")
         lines.append("")
     if len(results) > 1:
-        lines += ["| tasks | scrape (median) | CPU/scrape | peak RSS | upstream requests/scrape | SDK baseline |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| tasks | listing | upstream requests/scrape | scrape (median) | CPU/scrape | peak RSS | exact |",
+                  "|---:|---|---:|---:|---:|---:|---|"]
         for r in results:
-            sdk = f"{r['sdk']['median_s']:.2f} s ({r['ratio']:.0f}x)" if "sdk" in r else "-"
-            lines.append(f"| {r['tasks']:,} | {r['median_s']:.3f} s | {r['cpu_s']:.3f} s | {r['rss_mb']:.0f} MB "
-                         f"| {r['requests']:g} | {sdk} |")
+            lines.append(f"| {r['tasks']:,} | {r['listing']} | {r['requests']:g} | {r['median_s']:.3f} s "
+                         f"| {r['cpu_s']:.3f} s | {r['rss_mb']:.0f} MB | {'yes' if not r['wrong'] else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -363,6 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-runs", type=int, default=3, help="SDK baseline scrapes per size")
     p.add_argument("--baseline-at", type=int, nargs="*", default=None,
                    help="task counts to run the SDK baseline at (default: every size up to 10000)")
+    p.add_argument("--account", choices=["real", "churn"], default="real",
+                   help="real: most tasks finished, a share live (default); churn: ~22%% change every scrape")
+    p.add_argument("--live-share", type=float, default=0.05, help="share of live tasks of a real account")
+    p.add_argument("--listing", choices=["both", "liveness", "full"], default="both",
+                   help="the exporter's --oms.listing (both: one run each, on the same account)")
+    p.add_argument("--keep-finished", action="store_true",
+                   help="--oms.finished-task-max-age 0 (every finished task's series: the largest body)")
+    p.add_argument("--finished-task-max-age", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write the raw figures to this file")
     p.add_argument("--role", choices=["standin", "exporter", "sdk"], help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
@@ -373,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.baseline_at is None:
         args.baseline_at = [n for n in args.tasks if n <= 10000]
-    results = [run_size(n, args) for n in args.tasks]
+    results = [r for n in args.tasks for r in run_size(n, args)]
     print(_report(results, args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -178,6 +178,7 @@ class OmsClient:
         self._clock = clock
         self._base = f"{target.oms_endpoint}/v2/{target.project_id}/"
         self._auth_failures = 0
+        self._auth_proven = False  # a request has been accepted with these credentials
         self._auth_blocked_until = 0.0
         self._throttled_until = 0.0  # monotonic time before which OMS asked not to be called
         self._auth_probe = asyncio.Lock()
@@ -193,15 +194,25 @@ class OmsClient:
             query["group_id"] = group_id
         return (await self.get("tasks", query, deadline)).body
 
+    async def show_task(self, task_id: int, deadline: float) -> bytes | None:
+        """ShowTask: the task's TaskResp, or None when OMS does not know it (404: deleted)."""
+        try:
+            return (await self.get(f"tasks/{task_id}", {}, deadline)).body
+        except RequestRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     # --- the one way to ask OMS ----------------------------------------------------------
     async def get(self, path: str, query: Mapping[str, str], deadline: float) -> Answer:
         """GET `path` (below /v2/{project_id}/) with retries; a 200 answer, or an OmsError."""
         url = URL(self._base + path).with_query(query)
-        if self._auth_failures:
-            # Credentials failed last time: one request tries them, the others wait for its
-            # outcome, so that a listing's concurrent pages are not a burst of failed logins.
+        if self._auth_failures or not self._auth_proven:
+            # Credentials not proven yet, or failed last time: one request tries them, the
+            # others wait for its outcome, so that a listing's concurrent requests are not a
+            # burst of failed logins (an AK/SK is locked after more than 5 in a row).
             async with self._auth_probe:
-                if self._auth_failures:  # still failing: this request is the probe
+                if self._auth_failures or not self._auth_proven:  # this request is the probe
                     return await self._get(url, deadline)
         return await self._get(url, deadline)
 
@@ -235,7 +246,7 @@ class OmsClient:
             else:
                 status = answer.status
                 if status == 200:
-                    self._auth_failures = 0
+                    self._auth_failures, self._auth_proven = 0, True
                     return answer
                 if status == 401:
                     if not renewed and await self._auth.unauthorized(headers):
@@ -250,6 +261,8 @@ class OmsClient:
                 elif status >= 500:
                     failure, wait = ServerError(f"OMS failed ({answer.describe()})"), self._backoff(attempt)
                 else:
+                    # Past authentication: the credentials were accepted (a 404 of ShowTask, say).
+                    self._auth_failures, self._auth_proven = 0, True
                     raise RequestRejected(f"OMS rejected the request ({answer.describe()})", status)
             if attempt >= self.RETRIES or clock.monotonic() + wait >= deadline:
                 if isinstance(failure, Throttled) and retry_after:

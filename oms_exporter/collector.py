@@ -14,8 +14,12 @@ project `p` with one migrating task 7 named "a", it yields lines such as:
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter, ge
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -23,6 +27,9 @@ from prometheus_client.registry import Collector
 from oms_exporter.lister import Listing
 from oms_exporter.metrics import FAMILIES, Kind
 from oms_exporter.model import FAILED, SUCCEEDED, Task
+
+_ended = attrgetter("ended_ms")
+_status = attrgetter("status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +52,10 @@ class SeriesPolicy:
         if not any(limits.values()):
             return listing.tasks
         now_ms = listing.taken_at * 1000
-        oldest = {code: now_ms - age * 1000 for code, age in limits.items() if age}
-        out = []
-        for t in listing.tasks:
-            ended = t.finished_at_ms()
-            if ended is None or t.status not in oldest or ended >= oldest[t.status]:
-                out.append(t)
-        return out
+        # The oldest end a task in each state may have (-inf: no limit); in C, task by task.
+        oldest = defaultdict(lambda: -math.inf, {code: now_ms - age * 1000 for code, age in limits.items() if age})
+        tasks = listing.tasks
+        return list(compress(tasks, map(ge, map(_ended, tasks), map(oldest.__getitem__, map(_status, tasks)))))
 
     def records(self, listing: Listing, kind: Kind) -> Sequence[Task]:
         """The records of `kind` of a listing that get series."""

@@ -48,6 +48,7 @@ class Listing:
     requests: int = 0
     counts: dict[int, int] = field(default_factory=dict)  # tasks per state
     totals: dict[int, tuple[float, ...]] = field(default_factory=dict)  # per state: sums of TASK_TOTALS
+    finished_listed_at: float | None = None  # Unix time the finished states were last listed in full
 
     @property
     def up(self) -> bool:
@@ -76,7 +77,13 @@ class _Unreachable(Exception):
 
 
 class Lister:
-    """Lists one target; keeps the last count per query to start the next listing sooner."""
+    """Lists one target: the paging both listing modes use, and one listing per `run`.
+
+    Subclasses say what a listing asks (`_collect`); this class pages through one query
+    (`_page_through`, with de-duplication, shift handling and the offset cap), keeps the
+    last count per query to start the next listing's pages at once, and turns the outcome
+    into a `Listing`.
+    """
 
     MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that tasks created mid-listing push out
 
@@ -96,6 +103,8 @@ class Lister:
         # The highest offset to ask for: the target's (the documented maximum by default),
         # lowered when OMS refuses an offset below it (an API edition with a lower cap).
         self._max_offset = target.max_offset
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._requests = 0
 
     async def run(self, deadline: float) -> Listing:
         """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
@@ -104,17 +113,20 @@ class Lister:
         started = clock.monotonic()
         self._sem = asyncio.Semaphore(self._max_concurrency)
         self._requests = 0
-        tasks: dict[int, Task] = {}
         self._parser.begin()
+        tasks: dict[int, Task] = {}
         try:
             async with asyncio.timeout(clock.remaining(deadline)):
-                await _all(self._list_query(q, tasks, deadline, split=True) for q in self._queries())
+                tasks = await self._collect(deadline, listing)
         except TimeoutError:
             listing.error = Timeout("listing did not finish before the scrape deadline")
         except OmsError as exc:
             listing.error = exc
-        # A failed listing saw only part of the tasks: the next compares with the last full one.
-        self._parser.end(keep_last=listing.error is not None)
+        if listing.error is None:
+            self._parser.forget(set(self._parser.ids()) - tasks.keys())  # gone upstream
+        else:
+            self._failed()
+        self._parser.end(ok=listing.error is None)
         listing.duration = clock.monotonic() - started
         listing.requests = self._requests
         if listing.error is None:
@@ -122,8 +134,19 @@ class Lister:
             # In id order, whatever order the pages came back in: a stable order lets the encoder
             # reuse the text of runs of unchanged tasks (and makes the output reproducible).
             listing.tasks = list(map(tasks.__getitem__, sorted(tasks)))
-            listing.counts, listing.totals = task_totals(listing.tasks)
+            listing.counts, listing.totals = self._totals(listing.tasks)
         return listing
+
+    def _totals(self, tasks: list[Task]) -> tuple[dict[int, int], dict[int, tuple[float, ...]]]:
+        """Tasks per state and the per-state sums of a complete listing's tasks."""
+        return task_totals(tasks)
+
+    async def _collect(self, deadline: float, listing: Listing) -> dict[int, Task]:
+        """Every task of the target by id (or an OmsError); may set fields of `listing`."""
+        raise NotImplementedError
+
+    def _failed(self) -> None:
+        """The listing failed: forget whatever it had learnt that the next one must not trust."""
 
     def _queries(self) -> list[Query]:
         statuses: list[int | None] = [*self.target.statuses] if self.target.statuses else [None]
@@ -134,12 +157,12 @@ class Lister:
         """Number of tasks that offset paging (offsets are multiples of the limit) can reach."""
         return (self._max_offset // self._limit + 1) * self._limit
 
-    async def _page(self, query: Query, offset: int, deadline: float) -> tuple[list[Task], int]:
-        """The readable tasks of one page and its `count`."""
+    async def _page(self, query: Query, offset: int, deadline: float, limit: int = 0) -> tuple[list[Task], int]:
+        """The readable tasks of one page (`limit` records, the page limit by default) and its `count`."""
         async with self._sem:
             self._requests += 1
-            raw = await self._client.list_tasks(
-                offset=offset, limit=self._limit, deadline=deadline, status=query[0], group_id=query[1])
+            raw = await self._client.list_tasks(offset=offset, limit=limit or self._limit, deadline=deadline,
+                                                status=query[0], group_id=query[1])
         async with self._parse_turn:
             tasks, count = read_task_page(raw, self._parser)
             await asyncio.sleep(0)
@@ -191,7 +214,11 @@ class Lister:
         raise RequestRejected(f"OMS rejected the page at offset {low} (HTTP 400) while offsets up to "
                               f"{max(answered, default=0)} were answered", 400)
 
-    async def _page_through(self, query: Query, tasks: dict[int, Task], deadline: float) -> None:
+    async def _page_through(self, query: Query, tasks: dict[int, Task], deadline: float) -> int:
+        """Put every task `query` matches into `tasks`; the query's count (the largest seen).
+
+        Raises _Unreachable when the count is beyond what offsets reach.
+        """
         limit, reach = self._limit, self._reach()
         counts: set[int] = set()
         answered: set[int] = set()
@@ -245,9 +272,20 @@ class Lister:
                       extra={"target": self.target.name, "counts": sorted(counts)})
             await one_pass(max(counts))
         self._last_count[query] = max(counts)
+        return max(counts)
 
 
-async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+class FullLister(Lister):
+    """`--oms.listing=full`: every task of every state, paged through on every scrape."""
+
+    async def _collect(self, deadline: float, listing: Listing) -> dict[int, Task]:
+        tasks: dict[int, Task] = {}
+        await _all(self._list_query(q, tasks, deadline, split=True) for q in self._queries())
+        listing.finished_listed_at = listing.taken_at
+        return tasks
+
+
+async def _all(coros: Iterable[Coroutine[Any, Any, Any]]) -> None:
     """Run concurrently; the first failure cancels the rest and is raised as itself."""
     try:
         async with asyncio.TaskGroup() as tg:

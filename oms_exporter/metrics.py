@@ -9,7 +9,7 @@ the counters of the exporter's own work (requests, failures, listings, encodes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -163,6 +163,16 @@ FAMILIES: tuple[Family, ...] = (
     project("oms_malformed_tasks", "Task records in the last listing that could not be read and were skipped.", (),
             _when_up(lambda listing: (((), listing.malformed),)),
             source="per project: records skipped in the last listing", example="`oms_malformed_tasks > 0`"),
+    project("oms_finished_tasks_listed_timestamp_seconds",
+            "Unix time the project's finished tasks (failed, succeeded) were last listed in full. Between full "
+            "listings they are kept exact by their counts and by following the tasks that leave the live states, "
+            "and listed in full again when a count does not add up, and at least every "
+            "--oms.finished-refresh-interval (default 15m). With --oms.listing=full: the listing's start.", (),
+            _when_up(lambda listing: () if listing.finished_listed_at is None
+                     else (((), listing.finished_listed_at),)),
+            source="per project: when the finished tasks were last listed in full (with `--oms.listing=liveness`, "
+                   "at least every `--oms.finished-refresh-interval`)",
+            example="`time() - oms_finished_tasks_listed_timestamp_seconds > 1200`"),
     project("oms_listing_timestamp_seconds",
             "Unix time the listing these series come from was started. With --oms.min-interval a listing "
             "younger than that interval is served again instead of asking OMS: time() - this is how old "
@@ -229,9 +239,13 @@ def task_totals(tasks: Iterable[Task]) -> tuple[dict[int, int], dict[int, tuple[
     for t in tasks:
         by_status.setdefault(t.status, []).append(t)
     counts = {code: len(by_status[code]) for code in STATUS_NAMES}
-    totals = {code: tuple(sum(filter(None, map(getter, by_status[code]))) for getter in _TOTAL_GETTERS)
-              for code in STATUS_NAMES}
+    totals = {code: state_totals(by_status[code]) for code in STATUS_NAMES}
     return counts, totals
+
+
+def state_totals(tasks: Collection[Task]) -> tuple[float, ...]:
+    """The sum of each TASK_TOTALS field over `tasks` (absent values count as 0)."""
+    return tuple(sum(filter(None, map(getter, tasks))) for getter in _TOTAL_GETTERS)
 
 
 _TOTAL_GETTERS = tuple(attrgetter(field) for field in TASK_TOTAL_FIELDS)

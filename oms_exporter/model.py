@@ -11,10 +11,10 @@ neither decoded again nor a new object: the encoder keys its cached lines on tha
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, KeysView, Sequence
 from itertools import compress, repeat
 from operator import is_
-from typing import Annotated, Generic, TypeVar, cast
+from typing import Annotated, Any, Generic, TypeVar, cast
 
 import msgspec
 from msgspec.structs import force_setattr
@@ -79,8 +79,13 @@ class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     bandwidth: tuple[BandwidthWindow, ...] = ()
     error_code: str = ""
     error_msg: str = ""
+    # When a succeeded/failed task ended (start + total time, ms); +inf for any other task.
+    ended_ms: float = float("inf")
 
     def __post_init__(self) -> None:
+        # start_time 0 means "not started" (waiting tasks carry it), not 1970.
+        if self.status in FINISHED_STATUSES and self.start_time_ms:
+            force_setattr(self, "ended_ms", self.start_time_ms + (self.total_time_ms or 0))
         # Only windows with a limit, and the first of each start/end: two would be one
         # series twice. Done here so that every encoder reads the same windows.
         if self.bandwidth:
@@ -93,10 +98,7 @@ class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
     def finished_at_ms(self) -> float | None:
         """When a succeeded/failed task ended (start + total time), else None."""
-        # start_time 0 means "not started" (waiting tasks carry it), not 1970.
-        if self.status not in FINISHED_STATUSES or not self.start_time_ms:
-            return None
-        return self.start_time_ms + (self.total_time_ms or 0)
+        return None if self.ended_ms == float("inf") else self.ended_ms
 
 
 Num = int | float
@@ -213,11 +215,16 @@ R = TypeVar("R")
 
 
 class RecordParser(Generic[R]):
-    """`parse` with memory: a record whose JSON text equals one of the last listing's is not parsed again.
+    """`parse` with memory: the latest record of each record id, found again by a digest of its JSON text.
 
     Most records do not change between scrapes (finished tasks stay listed for good), so
     parsing costs what changed. Handing back the same object for an unchanged record lets
     the encoder reuse the lines it rendered for it.
+
+    It remembers one record per record id: a changed record replaces the one before, and
+    the lister says which ids are gone (`forget`). A listing that fails forgets the ids it
+    saw first (`end(ok=False)`), so what a failing listing leaves behind is bounded by the
+    last successful one.
 
     Records are remembered by a 128-bit XXH3 digest of their text (~80 bytes per record
     instead of ~1.2 KB), hashed straight from the page buffer. XXH3 is not a cryptographic
@@ -228,39 +235,45 @@ class RecordParser(Generic[R]):
     def __init__(self, parse: Callable[[msgspec.Raw], R]) -> None:
         self._parse = parse
         self._seed = int.from_bytes(os.urandom(8), "little")
-        self._last: dict[int, R] = {}
-        self._current: dict[int, R] = {}
+        self._records: dict[int, R] = {}  # digest -> record
+        self._digests: dict[Any, int] = {}  # record id -> digest of its latest record
+        self._fresh: set[Any] = set()  # ids first seen in this listing
         # Malformed records of this listing, each once however many pages repeat it.
         self.malformed: set[int] = set()
 
     def begin(self) -> None:
-        """Start a listing; records not seen again until end() are forgotten then."""
-        self._current = {}
+        """Start a listing."""
         self.malformed = set()
+        self._fresh = set()
 
-    def end(self, keep_last: bool = False) -> None:
-        """Finish a listing: its records are what the next one compares with.
+    def end(self, ok: bool = True) -> None:
+        """Finish a listing; one that failed forgets the ids it saw first."""
+        if not ok:
+            self.forget(self._fresh)
+        self._fresh = set()
 
-        `keep_last`: the listing failed; keep comparing with the last complete one, and
-        forget this one's partial records (they are not what the next listing will see).
-        """
-        if not keep_last:
-            self._last = self._current
-        self._current = {}
+    def forget(self, ids: Iterable[Any]) -> None:
+        """Forget the records of ids that are gone."""
+        for rid in list(ids):
+            digest = self._digests.pop(rid, None)
+            if digest is not None:
+                self._records.pop(digest, None)
+
+    def ids(self) -> KeysView[Any]:
+        """The ids whose latest record is remembered."""
+        return self._digests.keys()
 
     def parse_all(self, raws: Sequence[msgspec.Raw]) -> list[R]:
         """The readable records of one page (malformed ones are counted in `malformed`)."""
-        seed, last, current = self._seed, self._last, self._current
+        known, digests = self._records, self._digests
         # Hashing and looking up a page's records in C (map), not one Python step per record:
         # most records are unchanged, and this runs for every record of every listing.
-        keys = list(map(xxh3_128_intdigest, raws, repeat(seed, len(raws))))
-        records: list[R | None] = list(map(last.get, keys))
+        keys = list(map(xxh3_128_intdigest, raws, repeat(self._seed, len(raws))))
+        records: list[R | None] = list(map(known.get, keys))
         malformed = False
         for i in compress(range(len(records)), map(is_, records, repeat(None))):
-            # Not in the last listing: seen earlier in this one (a second pass, a page
-            # repeated), or new or changed.
             key = keys[i]
-            record = current.get(key)
+            record = known.get(key)  # the same text earlier in this page
             if record is None:
                 try:
                     record = self._parse(raws[i])
@@ -268,11 +281,15 @@ class RecordParser(Generic[R]):
                     self.malformed.add(key)
                     malformed = True
                     continue
-                current[key] = record  # the same record again in this listing: the same object
+                rid = record.id  # type: ignore[attr-defined]
+                before = digests.get(rid)
+                if before is None:
+                    self._fresh.add(rid)
+                else:
+                    known.pop(before, None)
+                digests[rid] = key
+                known[key] = record
             records[i] = record
         if malformed:
-            keys = [k for k, r in zip(keys, records) if r is not None]
-            records = [r for r in records if r is not None]
-        readable = cast(list[R], records)
-        current.update(zip(keys, readable))
-        return readable
+            return [r for r in records if r is not None]
+        return cast(list[R], records)

@@ -169,7 +169,7 @@ class Target(BaseModel):
     # lists per status. Set lower only to skip that one refused request.
     max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = setting(
         MAX_OFFSET, "highest `offset` to ask for; an API edition that refuses a lower one is learned anyway "
-                    "(see *Listing every task*)", env="OMS_MAX_OFFSET", shown="`2147483647` (documented maximum)")
+                    "(see *Listing*)", env="OMS_MAX_OFFSET", shown="`2147483647` (documented maximum)")
 
     @model_validator(mode="before")
     @classmethod
@@ -318,6 +318,12 @@ class Options(BaseModel):
         10.0, "scrape budget when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds`",
         flag="oms.scrape-timeout")
     timeout_offset: Duration = setting(0.5, "margin kept back from the scrape timeout", flag="oms.timeout-offset")
+    listing: Literal["liveness", "full"] = setting(
+        "liveness", "`liveness`: live states every scrape, finished tasks kept and checked by counts (see *Listing*); "
+        "`full`: every task on every scrape", flag="oms.listing")
+    finished_refresh_interval: Duration = setting(
+        900.0, "with `--oms.listing=liveness`, list the finished states in full at least this often",
+        flag="oms.finished-refresh-interval")
     min_interval: Duration = setting(
         0.0, "reuse a listing younger than this (for tight API quotas); `0` always lists", flag="oms.min-interval")
     # Succeeded tasks that ended longer ago get no per-task series; failed tasks keep theirs

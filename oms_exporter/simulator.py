@@ -60,7 +60,7 @@ class Simulator:
     def __init__(self, *, tokens: set[str] | None = None, credentials: dict[str, Credential] | None = None,
                  iam_users: dict[tuple[str, str], str] | None = None, token_lifetime: float = 86400.0,
                  max_offset: int = 2147483647, clock: Callable[[], float] = time.time,
-                 cache_json: bool = False) -> None:
+                 cache_json: bool = False, status_filters: frozenset[int] = frozenset(range(1, 8))) -> None:
         """`clock`: Unix time, for signature dates and token expiry. `cache_json` keeps each task's
         JSON text until put_task/patch_task/remove_task changes it (the demo and the benchmark
         change tasks only so): a real OMS does not spend the CPU of the machine under test,
@@ -72,8 +72,14 @@ class Simulator:
         self.iam_users = iam_users or {}  # (domain, user) -> password
         self.token_lifetime = token_lifetime
         self.max_offset = max_offset
+        # The `status` values ListTasks accepts as a filter: the reference's range is 1..7, but
+        # its table of values leaves out 6 (retrying); an edition that refuses it is one option.
+        self.status_filters = status_filters
         self.clock = clock
         self._json: dict[tuple[str, int], msgspec.Raw] | None = {} if cache_json else None
+        # Filtered id lists, newest first, per (project, status, group), for as long as no task
+        # of the project is added, removed or changes state or group.
+        self._filtered: dict[tuple[str, int | None, str | None], list[int]] = {}
 
     # --- state ---------------------------------------------------------------------------
     def add_project(self, project_id: str, tasks: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
@@ -93,7 +99,7 @@ class Simulator:
     def patch_task(self, project_id: str, task_id: int, **fields: Any) -> dict[str, Any]:
         task = self.projects[project_id][task_id]
         task.update(fields)
-        self._changed(project_id, task_id)
+        self._changed(project_id, task_id, moved="status" in fields or "group_id" in fields)
         return task
 
     def remove_task(self, project_id: str, task_id: int) -> None:
@@ -104,12 +110,15 @@ class Simulator:
     def clear(self, project_id: str) -> None:
         self.projects[project_id].clear()
         self._order[project_id].clear()
+        self._filtered = {k: v for k, v in self._filtered.items() if k[0] != project_id}
         if self._json is not None:
             self._json = {k: v for k, v in self._json.items() if k[0] != project_id}
 
-    def _changed(self, project_id: str, task_id: int) -> None:
+    def _changed(self, project_id: str, task_id: int, moved: bool = True) -> None:
         if self._json is not None:
             self._json.pop((project_id, task_id), None)
+        if moved:
+            self._filtered = {k: v for k, v in self._filtered.items() if k[0] != project_id}
 
     def _task_json(self, project_id: str, task_id: int) -> dict[str, Any] | msgspec.Raw:
         task = self.projects[project_id][task_id]
@@ -124,6 +133,7 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v2/{project_id}/tasks", self._list_tasks)
+        app.router.add_get("/v2/{project_id}/tasks/{task_id}", self._show_task)
         app.router.add_post("/v3/auth/tokens", self._iam_tokens)
         return app
 
@@ -151,7 +161,7 @@ class Simulator:
         group_id = q.get("group_id")
         if not 1 <= limit <= 100 or not 0 <= offset <= self.max_offset:
             return _bad_param()
-        if status is not None and not 1 <= status <= 7:
+        if status is not None and status not in self.status_filters:
             return _bad_param()
         if group_id is not None and not 1 <= len(group_id) <= 100:
             return _bad_param()
@@ -161,12 +171,27 @@ class Simulator:
             count = len(ids)
             page_ids = ids[max(count - offset - limit, 0):max(count - offset, 0)][::-1]  # newest first
         else:
-            matching = [i for i in reversed(ids)
-                        if (status is None or tasks[i].get("status") == status)
-                        and (group_id is None or tasks[i].get("group_id") == group_id)]
+            matching = self._filtered.get((pid, status, group_id))
+            if matching is None:
+                matching = self._filtered[(pid, status, group_id)] = [
+                    i for i in reversed(ids) if (status is None or tasks[i].get("status") == status)
+                    and (group_id is None or tasks[i].get("group_id") == group_id)]
             count = len(matching)
             page_ids = matching[offset:offset + limit]
         return _json({"tasks": [self._task_json(pid, i) for i in page_ids], "count": count})
+
+    async def _show_task(self, request: web.Request) -> web.Response:
+        """ShowTask: one TaskResp; 404 when the project has no such task (deleted, or never there)."""
+        pid, denied = await self._project(request)
+        if denied is not None:
+            return denied
+        try:
+            task_id = int(request.match_info["task_id"])
+        except ValueError:
+            return _error(400, "OMS.0054", "Invalid task ID. Enter a valid task ID.")
+        if task_id not in self.projects[pid]:
+            return _error(404, "OMS.1009", "No resources found.")
+        return _json(self._task_json(pid, task_id))
 
     async def _authenticate(self, request: web.Request, project_id: str) -> web.Response | None:
         token = request.headers.get("X-Auth-Token")

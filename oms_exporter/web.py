@@ -25,7 +25,7 @@ from oms_exporter.client import Http, OmsClient
 from oms_exporter.clock import Clock
 from oms_exporter.collector import SeriesPolicy
 from oms_exporter.exposition import Renderer
-from oms_exporter.lister import Lister
+from oms_exporter.liveness import make_lister
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Settings
 from oms_exporter.snapshot import Snapshots
@@ -91,8 +91,9 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
         listers = {}
         for t in settings.targets:
             client = OmsClient(http, t, make_auth(t, http, clock), clock)
-            listers[t.name] = Lister(client, t, clock, page_limit=opts.page_limit,
-                                     max_concurrency=opts.max_concurrency)
+            listers[t.name] = make_lister(client, t, clock, mode=opts.listing, page_limit=opts.page_limit,
+                                          max_concurrency=opts.max_concurrency,
+                                          refresh_interval=opts.finished_refresh_interval)
         app[SNAPSHOTS] = Snapshots(listers, stats, clock, min_interval=opts.min_interval)
         yield
         await app[SNAPSHOTS].aclose()

@@ -160,7 +160,8 @@ async def test_iam_401_renews_once_for_many_concurrent_requests(
 
 async def test_iam_token_renewed_on_401_and_request_retried(
         sim: StandIn, oms: TestServer, exporter: Exporter) -> None:
-    client = await exporter([target_for(oms, **MODES["iam"](oms))], page_limit=10)
+    # The full listing: its 25 pages go out at once from the second scrape on.
+    client = await exporter([target_for(oms, **MODES["iam"](oms))], page_limit=10, listing="full")
     samples = await scrape(client)
     assert value(samples, "oms_up", project_id=PROJECT) == 1 and sim.iam_logins == 1
     revoke_all_tokens(sim)
@@ -256,7 +257,7 @@ async def test_auth_backoff_expires_doubles_and_resets(
 async def test_failing_burst_counts_once_and_then_one_request_probes(
         sim: StandIn, oms: TestServer, exporter: Exporter, clock: ManualClock) -> None:
     sim.credentials["ROTATEDAK"] = Credential("old-sk")
-    client = await exporter([target_for(oms, ak="ROTATEDAK", sk="old-sk")], page_limit=10)
+    client = await exporter([target_for(oms, ak="ROTATEDAK", sk="old-sk")], page_limit=10, listing="full")
     assert value(await scrape(client), "oms_up", project_id=PROJECT) == 1
     sim.credentials["ROTATEDAK"] = Credential("new-sk")
     # The next listing sends its 25 pages at once (the count is known): all are refused ...

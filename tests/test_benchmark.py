@@ -24,16 +24,18 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     assert "SDK baseline" in text and "faster than the SDK baseline" in text
-    assert "| tasks | scrape (median) |" in text  # the scaling table of several sizes
+    assert "| tasks | listing | upstream requests/scrape |" in text  # the table of several sizes and modes
     assert "host CPU steal" in text
     figures = json.loads(out_json.read_text())
-    assert [f["tasks"] for f in figures] == [30, 250]
+    assert [(f["tasks"], f["listing"]) for f in figures] == [
+        (30, "liveness"), (30, "full"), (250, "liveness"), (250, "full")]
     for f in figures:
+        assert f["wrong"] == []  # every timed scrape showed the account as it was
         assert f["burst"]["listings"] == 1  # five concurrent scrapes, one upstream listing
         assert f["burst"]["encodes"] == 1
         assert f["requests"] >= 1 and f["rss_mb"] > 0 and f["raw_bytes"] > 0
         assert 0 <= f["steal_pct"] <= 100
-        assert f["sdk"]["raw_bytes"] > 0
+    assert all(f["sdk"]["raw_bytes"] > 0 for f in figures if f["listing"] == "full")
 
 
 def test_compare_runs_two_checkouts_in_turns() -> None:

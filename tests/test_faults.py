@@ -119,7 +119,7 @@ async def test_429_retry_after_is_waited_when_the_deadline_allows(sim: StandIn, 
     client = await exporter()
     s, elapsed = await timed_scrape(client)
     assert up(s) == 1 and len(task_ids(s)) == 250
-    assert requests(s, "429") == 1 and requests(s, "200") == 3
+    assert requests(s, "429") == 1 and requests(s, "200") == len(sim.requests) - 1
     assert clock.slept == [1.0], "Retry-After: 1 was not honoured"
     assert errors(s, "throttled") == 0
 
@@ -163,7 +163,7 @@ async def test_429_with_a_nonsense_retry_after_still_answers_in_time(sim: StandI
 async def test_5xx_html_is_retried_a_bounded_number_of_times(sim: StandIn, exporter: Exporter, status: int,
                                                               clock: ManualClock, no_error_logs: Any) -> None:
     sim.inject(status=status, body=HTML_502, times=1000)
-    client = await exporter()
+    client = await exporter(listing="full")  # one request at a time: the first page
     s, _ = await timed_scrape(client)
     assert_down(s, "http_5xx")
     assert requests(s, str(status)) == OmsClient.RETRIES + 1 == len(sim.requests)
@@ -241,8 +241,13 @@ async def test_a_single_reset_is_absorbed_by_a_retry(sim: StandIn, exporter: Exp
 @pytest.mark.parametrize("where", ["first page", "later page"])
 async def test_a_hanging_api_still_gets_an_answer_before_the_deadline(
         sim: StandIn, exporter: Exporter, no_error_logs: Any, where: str) -> None:
-    match = None if where == "first page" else (lambda r: r.query.get("offset") == "200")
-    sim.inject(delay=60, status=200, times=1000, match=match)
+    answered = []  # the first request is answered, every later one hangs
+
+    def later(request: Any) -> bool:
+        answered.append(1)
+        return len(answered) > 1
+
+    sim.inject(delay=60, status=200, times=1000, match=None if where == "first page" else later)
     client = await exporter(timeout_offset=OFFSET)
     s, elapsed = await timed_scrape(client)
     assert_down(s, "timeout", counted=False)

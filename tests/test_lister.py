@@ -1,9 +1,21 @@
-"""Paging through every task: counts, concurrency bound, de-duplication, the 10,000-offset edition."""
+"""Paging through every task (--oms.listing=full): counts, concurrency bound, de-duplication, offset caps."""
 
 import logging
 
+import pytest
+
 from oms_exporter.simulator import make_task, make_tasks
 from tests.conftest import PROJECT, scrape, target_for, value, values
+
+
+@pytest.fixture
+def exporter(exporter):
+    """These tests page through every task: --oms.listing=full unless a test says otherwise."""
+    async def make(*args, **options):
+        options.setdefault("listing", "full")
+        return await exporter(*args, **options)
+
+    return make
 
 
 def _offsets(sim, **filters):
@@ -227,15 +239,16 @@ def _many(n, status, first_id=100_000):
     return [make_task(rng, first_id + i, 0, status=status) for i in range(n)]
 
 
-async def test_12000_tasks_in_one_state_are_listed_with_default_settings(sim, exporter):
+@pytest.mark.parametrize("listing", ["liveness", "full"])  # liveness: the default
+async def test_12000_tasks_in_one_state_are_listed_with_default_settings(sim, exporter, listing):
     sim.add_project(PROJECT, _many(12_000, status=5))
     # oms_tasks counts distinct listed tasks: complete without parsing 300,000 per-task lines here.
-    s = await scrape(await exporter(per_task_series=False, max_concurrency=50))
+    s = await scrape(await exporter(per_task_series=False, max_concurrency=50, listing=listing))
     assert value(s, "oms_up", project_id=PROJECT) == 1
     assert sum(values(s, "oms_tasks").values()) == 12_250
     assert value(s, "oms_tasks", project_id=PROJECT, status="succeeded") == 12_000 + sum(
         1 for t in sim.projects[PROJECT].values() if t["status"] == 5 and t["id"] < 100_000)
-    assert max(_offsets(sim)) == 12_200
+    assert max(_offsets(sim)) >= 12_000  # no cap assumed
 
 
 async def test_a_stray_400_past_the_first_page_is_not_taken_for_an_offset_cap(sim, exporter, caplog):
@@ -255,10 +268,13 @@ async def test_a_stray_400_past_the_first_page_is_not_taken_for_an_offset_cap(si
     assert not [r for r in caplog.records if "refused an offset" in r.getMessage()]
 
 
-async def test_an_unannounced_offset_cap_is_learned_and_survived(sim, exporter, caplog):
+@pytest.mark.parametrize("listing", ["full", "liveness"])
+async def test_an_unannounced_offset_cap_is_learned_and_survived(sim, exporter, caplog, listing):
+    """The full listing meets the cap (12,250 tasks unfiltered) and learns it; listing by
+    liveness lists per state from the start, where no state reaches the cap."""
     sim.max_offset = 10_000  # refuses larger offsets with 400 OMS.0064; the exporter is not told
     sim.add_project(PROJECT, _many(6_000, status=5) + _many(6_000, status=4, first_id=200_000))
-    client = await exporter(per_task_series=False, max_concurrency=50)
+    client = await exporter(per_task_series=False, max_concurrency=50, listing=listing)
     with caplog.at_level(logging.INFO):
         for _ in range(3):
             sim.requests.clear()
@@ -267,8 +283,11 @@ async def test_an_unannounced_offset_cap_is_learned_and_survived(sim, exporter, 
             assert sum(values(s, "oms_tasks").values()) == 12_250
             assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="http_4xx") == 0
     learned = [r for r in caplog.records if "refused an offset" in r.getMessage()]
+    assert max(_offsets(sim)) <= 10_000
+    if listing == "liveness":
+        assert learned == []
+        return
     assert len(learned) == 1 and learned[0].learned_max_offset == 10_000
     # From then on: one unfiltered page for the count, then per status, never beyond the cap.
-    assert max(_offsets(sim)) <= 10_000
     unfiltered = [qs for _, qs in sim.requests if "status=" not in qs]
     assert unfiltered == ["limit=100&offset=0"]

@@ -80,15 +80,23 @@ def test_parser_reuses_records_and_counts_malformed_ones_once():
     assert moved[0] is tasks[0] and moved[1].status == 4
 
 
-def test_a_failed_listing_leaves_the_parser_comparing_with_the_last_complete_one():
+def test_the_parser_remembers_the_latest_record_of_each_id_and_forgets_what_is_gone():
     parser = RecordParser(parse_json)
     one = msgspec.Raw(b'{"id": 1, "status": 2}')
     parser.begin()
-    first = parser.parse_all([one])[0]
+    first = parser.parse_all([one, msgspec.Raw(b'{"id": 2}')])[0]
     parser.end()
+    assert set(parser.ids()) == {1, 2}
     parser.begin()
-    parser.parse_all([msgspec.Raw(b'{"id": %d}' % i) for i in range(2, 1000)])  # a listing that fails
-    parser.end(keep_last=True)
-    assert len(parser._last) == 1 and not parser._current  # bounded by the last complete listing
+    changed = parser.parse_all([msgspec.Raw(b'{"id": 1, "status": 5}')])[0]
+    parser.end()
+    assert changed.status == 5 and len(parser._records) == 2  # the old record of 1 is replaced
+    parser.forget([2])
+    assert set(parser.ids()) == {1}
+    # A listing that fails forgets the ids it saw first; the known ones stay.
     parser.begin()
-    assert parser.parse_all([one])[0] is first
+    parser.parse_all([msgspec.Raw(b'{"id": %d}' % i) for i in range(3, 1000)] + [one])
+    parser.end(ok=False)
+    assert set(parser.ids()) == {1} and len(parser._records) == 1
+    parser.begin()
+    assert parser.parse_all([one])[0] is not first  # 1 moved on to status 1's record, then back

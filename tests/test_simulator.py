@@ -135,3 +135,37 @@ async def test_cached_json_follows_every_change():
     cached.patch_task(PROJECT, 5, progress=0.5)
     assert pages[0] == pages[1]
     assert msgspec.json.decode(msgspec.json.encode(cached._task_json(PROJECT, 5)))["progress"] == 0.5
+
+
+async def test_official_sdk_shows_one_task_and_sees_a_deleted_one_as_404(oms, sim):
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    from huaweicloudsdkoms.v2 import ShowTaskRequest, TaskResp
+
+    client = _sdk_client(oms)
+    shown = await asyncio.to_thread(client.show_task, ShowTaskRequest(task_id=42))
+    raw = sim.projects[PROJECT][42]
+    known = set(TaskResp.attribute_map.values())
+    for attr, key in TaskResp.attribute_map.items():
+        if key in raw and key in known:
+            assert _without_none(getattr(shown, attr) if not hasattr(getattr(shown, attr), "to_dict")
+                                 else getattr(shown, attr).to_dict()) == raw[key], key
+    sim.remove_task(PROJECT, 42)
+    with pytest.raises(ClientRequestException) as exc:
+        await asyncio.to_thread(client.show_task, ShowTaskRequest(task_id=42))
+    assert exc.value.status_code == 404
+
+
+async def test_an_edition_that_refuses_status_6_as_a_filter(oms, sim):
+    sim.status_filters = frozenset({1, 2, 3, 4, 5, 7})
+    assert (await _get(oms, "?status=6"))[0] == 400
+    assert (await _get(oms, "?status=7"))[0] == 200
+
+
+async def test_filtered_lists_follow_state_changes(oms, sim):
+    """The stand-in keeps filtered id lists between requests; a change of state or a new task renews them."""
+    count = (await _get(oms, "?status=2&limit=1"))[1]["count"]
+    tid = next(t for t, task in sim.projects[PROJECT].items() if task["status"] == 2)
+    sim.patch_task(PROJECT, tid, status=5)
+    assert (await _get(oms, "?status=2&limit=1"))[1]["count"] == count - 1
+    sim.put_task(PROJECT, {**sim.projects[PROJECT][tid], "id": 9999, "status": 2})
+    assert (await _get(oms, "?status=2&limit=1"))[1]["count"] == count

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from oms_exporter.web import WRITE_PIECE
@@ -32,15 +33,20 @@ async def burst(client: TestClient, n: int, **headers: str) -> list[tuple[bytes,
     return await asyncio.gather(*(one() for _ in range(n)))
 
 
-async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: StandIn, exporter: Exporter) -> None:
-    client = await exporter(finished_task_max_age=0)
-    first = await scrape(client)  # warm-up: the lister learns the task count
+@pytest.mark.parametrize("listing", ["liveness", "full"])
+async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: StandIn, exporter: Exporter, listing: str) -> None:
+    client = await exporter(finished_task_max_age=0, listing=listing)
+    await scrape(client)  # warm-up: the lister learns the counts
+    sim.requests.clear()
+    first = await scrape(client)
+    one_listing = len(sim.requests)  # what one listing asks OMS, once warm
+    assert one_listing == (PAGES if listing == "full" else 8)  # liveness: 5 live states, 2 finished, the total
     sim.requests.clear()
     sim.latency = 0.2  # long enough that every scrape arrives while the listing is in flight
 
     results = await burst(client, 50, **{"Accept-Encoding": "identity"})
 
-    assert len(sim.requests) == PAGES
+    assert len(sim.requests) == one_listing
     bodies = {body for body, _ in results}
     # Each body counts what was done for it: one more listing and one more encode than before.
     shared = parse_metrics(next(iter(bodies)).decode())
@@ -55,7 +61,7 @@ async def test_fifty_concurrent_scrapes_one_listing_one_body(sim: StandIn, expor
 
 
 async def test_one_body_per_content_type_and_encoding(sim: StandIn, exporter: Exporter) -> None:
-    client = await exporter(finished_task_max_age=0)
+    client = await exporter(finished_task_max_age=0, listing="full")
     first = await scrape(client)
     sim.requests.clear()
     sim.latency = 0.2
@@ -111,7 +117,8 @@ async def test_sequential_scrapes_list_again(sim: StandIn, exporter: Exporter) -
     """Sharing is for scrapes in flight together: the next scrape sees fresh data."""
     client = await exporter()
     first = await scrape(client)
-    sim.patch_task(next(iter(sim.projects)), 1, name="renamed")
+    live = next(tid for tid, t in sim.projects[PROJECT].items() if t["status"] == 2)
+    sim.patch_task(PROJECT, live, name="renamed")
     resp = await client.get("/metrics")
     text = await resp.text()
     assert 'name="renamed"' in text

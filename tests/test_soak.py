@@ -45,7 +45,7 @@ def mib(n: float) -> str:
 
 async def test_200_concurrent_scrapes_share_one_listing(sim: StandIn, exporter: Exporter) -> None:
     sim.latency = 0.5  # the listing is in flight while all 200 scrapes arrive
-    client = await exporter()
+    client = await exporter(listing="full")  # three pages: one listing's requests are easy to tell
     gc.collect()
     rss_before = rss_bytes()
     up_line = f'oms_up{{project_id="{PROJECT}"}} 1.0'

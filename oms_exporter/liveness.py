@@ -1,0 +1,261 @@
+"""Listing by liveness: a scrape costs what changed, not every task ever created.
+
+Tasks in a live state (waiting, migrating, paused, retrying, pausing) are listed in full on
+every scrape. Finished tasks (failed, succeeded) do not change until their owner restarts
+them (they leave the finished state) or deletes them, so the lister keeps them from one
+scrape to the next and keeps them exact cheaply:
+
+- every scrape asks the first page of each finished state: its `count`, and its newest
+  tasks (a task created and finished between two scrapes is among them);
+- a task that was live and is no longer listed in a live state is followed to where it
+  went with ShowTask (`GET /v2/{project_id}/tasks/{task_id}`): a finished state, another
+  live state, or gone (404); when many left at once, the finished states are listed again
+  instead, which is then cheaper;
+- a finished state whose `count` differs from what the lister saw arrive and leave (a
+  deletion, say) is listed again in full, and all finished states are at least every
+  `refresh_interval`;
+- the unfiltered `count` must equal the sum of the states' counts; if it does not, some
+  tasks are in a state the lister did not list (retrying, where the API refuses `status=6`
+  as a filter; a state OMS added), and the scrape pages through every task instead.
+
+Counts per state are therefore exact on every scrape, and a listing that fails in any of
+these steps fails whole: the next one starts again from the last complete view.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from oms_exporter.client import BadPayload, Incomplete, OmsClient, RequestRejected
+from oms_exporter.clock import Clock
+from oms_exporter.lister import FullLister, Lister, Listing, Query, _all, _Unreachable
+from oms_exporter.metrics import state_totals, task_totals
+from oms_exporter.model import FINISHED_STATUSES, STATUS_NAMES, Task
+from oms_exporter.settings import Target
+
+log = logging.getLogger(__name__)
+
+RETRYING = 6
+
+
+class LiveLister(Lister):
+    """`--oms.listing=liveness` (the default): live states every scrape, finished ones kept and checked."""
+
+    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int, max_concurrency: int,
+                 refresh_interval: float) -> None:
+        super().__init__(client, target, clock, page_limit=page_limit, max_concurrency=max_concurrency)
+        self._refresh_interval = refresh_interval
+        self._live: dict[int, Task] = {}  # tasks of the last complete listing in a state not finished
+        self._finished: dict[int, dict[int, Task]] = {}  # finished state -> its tasks, in the last listing
+        self._listed_at: float | None = None  # Unix time the finished states were last listed in full
+        self._status6 = True  # False once OMS refused status=6 as a filter
+        # The last listing's tasks per state (None after a listing of every task); for its finished
+        # states kept from the listing before, the records that left and came; the sums per state.
+        self._by_state: dict[int, dict[int, Task]] | None = None
+        self._moved: dict[int, tuple[list[Task], list[Task]]] = {}
+        self._sums: dict[int, tuple[int, tuple[float, ...]]] = {}
+
+    async def _collect(self, deadline: float, listing: Listing) -> dict[int, Task]:
+        t = self.target
+        states = [*t.statuses] if t.statuses else list(STATUS_NAMES)
+        groups: list[str | None] = [*t.group_ids] if t.group_ids else [None]
+        if RETRYING in states and not self._status6 and t.statuses:
+            # Retrying tasks cannot be listed alone, nor counted from the total of a subset of states.
+            return await self._everything(groups, deadline, listing)
+        now = listing.taken_at
+        refresh = self._listed_at is None or now - self._listed_at >= self._refresh_interval
+        live = [s for s in states if s not in FINISHED_STATUSES and (s != RETRYING or self._status6)]
+        finished = [s for s in states if s in FINISHED_STATUSES]
+
+        seen: dict[int, dict[int, Task]] = {s: {} for s in states}  # tasks listed this scrape, per state
+        moved: dict[int, tuple[list[Task], list[Task]]] = {}  # finished state kept -> (records out, records in)
+        counts: dict[Query, int] = {}
+        totals: dict[str | None, int] = {}
+
+        async def whole(s: int, g: str | None) -> None:
+            try:
+                counts[(s, g)] = await self._whole((s, g), seen[s], deadline)
+            except RequestRejected as exc:
+                if s != RETRYING or exc.status != 400:
+                    raise
+                self._refuse_status6()
+
+        async def head(s: int, g: str | None) -> None:
+            tasks, counts[(s, g)] = await self._page((s, g), 0, deadline)
+            seen[s].update((task.id, task) for task in tasks)
+
+        async def total(g: str | None) -> None:
+            _, totals[g] = await self._page((None, g), 0, deadline, limit=1)
+
+        jobs = [whole(s, g) for s in live for g in groups]
+        jobs += [(whole if refresh else head)(s, g) for s in finished for g in groups]
+        if not t.statuses:
+            jobs += [total(g) for g in groups]
+        await _all(jobs)
+
+        for g in (groups if not t.statuses else ()):
+            listed = sum(n for (_, gg), n in counts.items() if gg == g)
+            if listed != totals[g]:
+                # Tasks in no state listed here (retrying ones where status=6 is refused, a state
+                # OMS added), or tasks that moved while listed: page through every task instead.
+                log.debug("state counts do not add up to the total; listing every task",
+                          extra={"target": t.name, "group_id": g, "states": listed, "total": totals[g]})
+                return await self._everything(groups, deadline, listing)
+
+        # Where each task was listed; one listed in two states moved while they were listed.
+        where, ambiguous = _where(seen)
+        departed = self._live.keys() - where.keys()  # left the live states (or the scope)
+        if not refresh and len(departed) > max(16, sum(counts[(s, g)] for s in finished for g in groups)
+                                               // self._limit // 2):
+            # Listing the finished states again is cheaper than following each task.
+            refresh = True
+            for s in finished:
+                seen[s] = {}
+            await _all(whole(s, g) for s in finished for g in groups)
+            where, ambiguous = _where(seen)
+            departed = self._live.keys() - where.keys()
+        follow = ambiguous | departed
+        for tid in ambiguous:
+            for found in seen.values():
+                found.pop(tid, None)
+        for tid, task in (await self._follow(follow, deadline)).items():
+            if task is not None and task.status in seen and (not t.group_ids or task.group_id in t.group_ids):
+                seen[task.status][tid] = task
+                where[tid] = task.status
+            else:
+                where.pop(tid, None)  # gone, or out of the listing's scope
+
+        if not refresh:
+            # A finished state keeps its tasks unless they are seen elsewhere now; its count says
+            # whether something happened that was not seen (a deletion): then it is listed again.
+            again = []
+            for s in finished:
+                kept = dict(self._finished.get(s, {}))
+                out = [kept.pop(tid) for tid in where.keys() & kept.keys() if where[tid] != s]
+                came = []
+                for tid, task in seen[s].items():
+                    old = kept.get(tid)
+                    if old is not task:
+                        if old is not None:
+                            out.append(old)
+                        came.append(task)
+                kept.update(seen[s])
+                if len(kept) == sum(counts[(s, g)] for g in groups):
+                    seen[s] = kept
+                    moved[s] = (out, came)
+                else:
+                    again.append(s)
+            if again:
+                log.debug("finished state counts changed unseen; listing them again",
+                          extra={"target": t.name, "states": ",".join(STATUS_NAMES[s] for s in again)})
+                fresh: dict[int, dict[int, Task]] = {s: {} for s in again}
+                await _all(self._whole((s, g), fresh[s], deadline) for s in again for g in groups)
+                for s in again:
+                    # Seen in another state this scrape beats the listing again (moved meanwhile).
+                    seen[s] = {tid: task for tid, task in fresh[s].items() if where.get(tid, s) == s}
+        else:
+            self._listed_at = now
+        self._live = {}
+        for s in states:
+            if s not in FINISHED_STATUSES:
+                self._live.update(seen[s])
+        self._finished = {s: seen[s] for s in finished}
+        self._by_state, self._moved = seen, moved
+        listing.finished_listed_at = self._listed_at
+        view: dict[int, Task] = {}
+        for found in seen.values():
+            view.update(found)
+        return view
+
+    def _totals(self, tasks: list[Task]) -> tuple[dict[int, int], dict[int, tuple[float, ...]]]:
+        """Per state, from this listing's states. A finished state kept from the last listing moves its
+        sums by the records that left and came (when all are integers, so the result is exact)."""
+        if self._by_state is None:
+            return task_totals(tasks)
+        sums = {}
+        for code in STATUS_NAMES:
+            found = self._by_state.get(code, {})
+            cached, moved = self._sums.get(code), self._moved.get(code)
+            if cached is not None and moved is not None:
+                out, came = state_totals(moved[0]), state_totals(moved[1])
+                if all(type(v) is int for v in (*cached[1], *out, *came)):
+                    sums[code] = (len(found), tuple(t - o + c for t, o, c in zip(cached[1], out, came)))
+                    continue
+            sums[code] = (len(found), state_totals(found.values()))
+        self._sums = sums
+        return {code: n for code, (n, _) in sums.items()}, {code: t for code, (_, t) in sums.items()}
+
+    def _failed(self) -> None:
+        """The next listing starts from the last complete one (the state above is only replaced on success)."""
+
+    async def _everything(self, groups: list[str | None], deadline: float, listing: Listing) -> dict[int, Task]:
+        """Every task of the target's states, paged through unfiltered (as --oms.listing=full lists them)."""
+        tasks: dict[int, Task] = {}
+        await _all(self._list_query((None, g), tasks, deadline, split=True) for g in groups)
+        if self.target.statuses:
+            wanted = set(self.target.statuses)
+            tasks = {tid: task for tid, task in tasks.items() if task.status in wanted}
+        self._live = {tid: task for tid, task in tasks.items() if task.status not in FINISHED_STATUSES}
+        self._finished = {s: {tid: task for tid, task in tasks.items() if task.status == s} for s in FINISHED_STATUSES}
+        self._by_state = None  # some tasks may be in no state listed per state: counted from the tasks
+        self._sums = {}
+        self._listed_at = listing.taken_at
+        listing.finished_listed_at = self._listed_at
+        return tasks
+
+    async def _whole(self, query: Query, into: dict[int, Task], deadline: float) -> int:
+        """Every task of one state (and group); its count."""
+        try:
+            return await self._page_through(query, into, deadline)
+        except _Unreachable as exc:
+            raise Incomplete(f"{exc.count} tasks in state {STATUS_NAMES.get(query[0] or 0, query[0])} "
+                             f"(group_id={query[1]}), but offset paging reaches only {self._reach()} "
+                             f"(max_offset {self._max_offset})") from None
+
+    async def _follow(self, ids: set[int], deadline: float) -> dict[int, Task | None]:
+        """ShowTask of each task: its record now, or None when it is gone (or unreadable, counted as malformed)."""
+        out: dict[int, Task | None] = {}
+
+        async def one(tid: int) -> None:
+            async with self._sem:
+                self._requests += 1
+                raw = await self._client.show_task(tid, deadline)
+            if raw is None:
+                out[tid] = None
+                return
+            try:
+                records = self._parser.parse_all([msgspec.Raw(raw)])
+            except msgspec.DecodeError:
+                raise BadPayload(f"the ShowTask answer for task {tid} is not valid JSON") from None
+            out[tid] = records[0] if records else None
+
+        await _all(one(tid) for tid in ids)
+        return out
+
+    def _refuse_status6(self) -> None:
+        if self._status6:
+            log.warning("OMS refuses status=6 (retrying) as a ListTasks filter; retrying tasks are counted "
+                        "from the total and listed with every task while there are any",
+                        extra={"target": self.target.name})
+        self._status6 = False
+
+
+def _where(seen: dict[int, dict[int, Task]]) -> tuple[dict[int, int], set[int]]:
+    """Task id -> the state it was listed in this scrape, and the ids listed in more than one state."""
+    where: dict[int, int] = {}
+    ambiguous: set[int] = set()
+    for s, found in seen.items():
+        ambiguous.update(where.keys() & found.keys())
+        where.update(dict.fromkeys(found, s))
+    return where, ambiguous
+
+
+def make_lister(client: OmsClient, target: Target, clock: Clock, *, mode: str, page_limit: int,
+                max_concurrency: int, refresh_interval: float) -> Lister:
+    """The lister of one target in the listing mode of the settings."""
+    if mode == "full":
+        return FullLister(client, target, clock, page_limit=page_limit, max_concurrency=max_concurrency)
+    return LiveLister(client, target, clock, page_limit=page_limit, max_concurrency=max_concurrency,
+                      refresh_interval=refresh_interval)
