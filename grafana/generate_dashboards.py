@@ -4,9 +4,15 @@ Run `python grafana/generate_dashboards.py` after editing; it rewrites
 grafana/dashboards/*.json, which are committed and provisioned as they are.
 tests/test_grafana.py fails when the committed files differ from this output.
 
-Two dashboards:
-- oms-tasks: every task of the selected projects (overview, table, trends, exporter health);
-- oms-task: one task in detail, opened from the table's task names.
+Three dashboards:
+- oms-tasks: every task of the selected projects (overview, table, trends), their task groups
+  and sync tasks, exporter health;
+- oms-task: one task in detail, opened from the table's task names;
+- oms-task-group: one task group in detail with the progress of its tasks, opened from the
+  task-group table.
+
+Group totals and task totals describe the same objects (every task of a group is also listed
+as a task): no panel adds them together.
 """
 
 from __future__ import annotations
@@ -25,6 +31,15 @@ STATUSES = ["waiting", "migrating", "paused", "failed", "succeeded", "retrying",
 STATUS_COLORS = {"waiting": "blue", "migrating": "green", "paused": "yellow", "failed": "red",
                  "succeeded": "dark-green", "retrying": "orange", "pausing": "light-yellow"}
 TASK_DASHBOARD_UID = "oms-task"
+GROUP_DASHBOARD_UID = "oms-task-group"
+GROUP_STATUSES = ["waiting", "creating", "migrating", "paused", "create_failed", "failed", "succeeded", "pausing",
+                  "delete_pending", "deleting"]  # codes 0..9
+GROUP_STATUS_COLORS = {"waiting": "blue", "creating": "purple", "migrating": "green", "paused": "yellow",
+                       "create_failed": "dark-red", "failed": "red", "succeeded": "dark-green",
+                       "pausing": "light-yellow", "delete_pending": "gray", "deleting": "gray"}
+SYNC_STATUS_COLORS = {"synchronizing": "green", "stopped": "yellow"}
+SAME_OBJECTS = ("Group totals and task totals describe the same objects (every task of a group is also a "
+                "task): never add them together.")
 
 Panel = dict[str, Any]
 
@@ -65,12 +80,18 @@ def target(expr: str, ref: str = "A", legend: str = "", *, instant: bool = False
     return t
 
 
-def status_mappings(by_code: bool) -> list[dict[str, Any]]:
+def status_mappings(by_code: bool, names: list[str] = STATUSES, colors: dict[str, str] = STATUS_COLORS,
+                    first: int = 1) -> list[dict[str, Any]]:
+    """Value mappings of a state: by code (first, first + 1, ...) or by name."""
     options = {}
-    for i, name in enumerate(STATUSES, start=1):
-        key = str(i) if by_code else name
-        options[key] = {"text": name, "color": STATUS_COLORS[name], "index": i - 1}
+    for i, name in enumerate(names):
+        key = str(i + first) if by_code else name
+        options[key] = {"text": name, "color": colors[name], "index": i}
     return [{"type": "value", "options": options}]
+
+
+def group_mappings(by_code: bool) -> list[dict[str, Any]]:
+    return status_mappings(by_code, GROUP_STATUSES, GROUP_STATUS_COLORS, first=0)
 
 
 def panel(kind: str, title: str, targets: list[dict[str, Any]], grid: tuple[int, int, int, int], *,
@@ -119,8 +140,9 @@ def timeseries(title: str, targets: list[dict[str, Any]], grid: tuple[int, int, 
     return panel("timeseries", title, targets, grid, **kw)
 
 
-def state_timeline(title: str, targets: list[dict[str, Any]], grid: tuple[int, int, int, int], **kw: Any) -> Panel:
-    return panel("state-timeline", title, targets, grid, mappings=status_mappings(by_code=True),
+def state_timeline(title: str, targets: list[dict[str, Any]], grid: tuple[int, int, int, int], *,
+                   mappings: list[dict[str, Any]] | None = None, **kw: Any) -> Panel:
+    return panel("state-timeline", title, targets, grid, mappings=mappings or status_mappings(by_code=True),
                  custom={"fillOpacity": 80, "lineWidth": 0},
                  options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9, "alignValue": "left",
                           "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
@@ -152,6 +174,51 @@ def query_variable(name: str, label: str, query: str, *, multi: bool = True, hid
     return v
 
 
+RED_ABOVE_0 = {"mode": "absolute", "steps": [{"color": "text", "value": None}, {"color": "red", "value": 1}]}
+ROUTE_LABELS = ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket")
+
+
+def status_column(mappings: list[dict[str, Any]]) -> dict[str, Any]:
+    return override("Status", mappings=mappings, custom__cellOptions={"type": "color-background"})
+
+
+def progress_column() -> dict[str, Any]:
+    return override("Progress", unit="percentunit", min=0, max=1,
+                    custom__cellOptions={"type": "gauge", "mode": "basic"})
+
+
+def red_above_0_column(name: str) -> dict[str, Any]:
+    return override(name, custom__cellOptions={"type": "color-text"}, thresholds=RED_ABOVE_0)
+
+
+def with_route(expr: str) -> str:
+    """`expr` (joined with an info series) with its source and destination labels as two."""
+    return (f'label_join(label_join({expr}, "source", "/", "src_cloud", "src_region", "src_bucket"),'
+            f' "destination", "/", "dst_region", "dst_bucket")')
+
+
+def record_table(title: str, columns: list[tuple[str, str]], grid: tuple[int, int, int, int], *,
+                 names: dict[str, str], order: list[str], description: str, overrides: list[dict[str, Any]],
+                 sort_by: str | None = None, hidden: tuple[str, ...] = ROUTE_LABELS) -> Panel:
+    """One row per record: instant queries (`columns`: refId, expr) merged on their labels,
+    renamed (`names`) and ordered (`order`); column A gives the labels, its value is hidden."""
+    options: dict[str, Any] = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+    if sort_by:
+        options["sortBy"] = [{"displayName": sort_by, "desc": True}]
+    return panel(
+        "table", title, [target(e, ref, instant=True, table=True) for ref, e in columns], grid,
+        description=description, custom={"align": "auto", "filterable": True, "cellOptions": {"type": "auto"}},
+        options=options,
+        transformations=[
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {
+                "excludeByName": {"Time": True, "Value #A": True, **dict.fromkeys(hidden, True)},
+                "renameByName": names,
+                "indexByName": {name: i for i, name in enumerate(order)}}},
+        ],
+        overrides=overrides)
+
+
 def dashboard(uid: str, title: str, description: str, variables: list[dict[str, Any]], panels: list[Panel],
               links: list[dict[str, Any]]) -> dict[str, Any]:
     for i, p in enumerate(panels, start=1):
@@ -170,11 +237,9 @@ def dashboard(uid: str, title: str, description: str, variables: list[dict[str, 
 
 # --- the task list dashboard -------------------------------------------------------------------
 def tasks_table(y: int) -> Panel:
-    route = (f"(oms_task_status{{project_id=~\"$project_id\", status=~\"$status\"}} == 1)"
-             f" * on (project_id, task_id) group_left (name, group_id, src_cloud, src_region, src_bucket,"
-             f" dst_region, dst_bucket) {INFO}")
-    route = (f'label_join(label_join({route}, "source", "/", "src_cloud", "src_region", "src_bucket"),'
-             f' "destination", "/", "dst_region", "dst_bucket")')
+    route = with_route(f"(oms_task_status{{project_id=~\"$project_id\", status=~\"$status\"}} == 1)"
+                       f" * on (project_id, task_id) group_left (name, group_id, {', '.join(ROUTE_LABELS)})"
+                       f" {INFO}")
     columns = [("A", route), ("B", per_task("oms_task_progress_ratio")),
                ("C", per_task("oms_task_speed_bytes_per_second")), ("D", per_task("oms_task_remaining_seconds")),
                ("E", per_task("oms_task_objects_failed")), ("F", per_task("oms_task_objects_skipped")),
@@ -186,31 +251,82 @@ def tasks_table(y: int) -> Panel:
              "ETA", "Failed objects", "Skipped objects", "Succeeded objects"]
     link = (f"/d/{TASK_DASHBOARD_UID}/oms-task?var-datasource=${{datasource}}"
             "&var-project_id=${__data.fields.project_id}&var-task_id=${__data.fields.task_id}&${__url_time_range}")
-    return panel(
-        "table", "Tasks", [target(e, ref, instant=True, table=True) for ref, e in columns], (0, y, 24, 12),
+    return record_table(
+        "Tasks", columns, (0, y, 24, 12), names=names, order=order, sort_by="Speed",
         description="One row per task selected by the variables. Click a task name for its detail dashboard.",
-        custom={"align": "auto", "filterable": True, "cellOptions": {"type": "auto"}},
-        options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False},
-                 "sortBy": [{"displayName": "Speed", "desc": True}]},
-        transformations=[
-            {"id": "merge", "options": {}},
-            {"id": "organize", "options": {
-                "excludeByName": {"Time": True, "Value #A": True, "src_cloud": True, "src_region": True,
-                                  "src_bucket": True, "dst_region": True, "dst_bucket": True},
-                "renameByName": names,
-                "indexByName": {name: i for i, name in enumerate(order)}}},
-        ],
         overrides=[
             override("Task", links=[{"title": "Task detail", "url": link}]),
-            override("Status", mappings=status_mappings(by_code=False),
-                     custom__cellOptions={"type": "color-background"}),
-            override("Progress", unit="percentunit", min=0, max=1,
-                     custom__cellOptions={"type": "gauge", "mode": "basic"}),
+            status_column(status_mappings(by_code=False)),
+            progress_column(),
             override("Speed", unit="binBps"),
             override("ETA", unit="dtdurations"),
-            override("Failed objects", custom__cellOptions={"type": "color-text"},
-                     thresholds={"mode": "absolute", "steps": [{"color": "text", "value": None},
-                                                               {"color": "red", "value": 1}]}),
+            red_above_0_column("Failed objects"),
+        ])
+
+
+# Task groups: their own series carry project_id and group_id; the dashboard's group filter
+# applies to them directly.
+GROUP_SEL = 'project_id=~"$project_id", group_id=~"$group_id"'
+
+
+def groups_table(y: int) -> Panel:
+    route = with_route(f"(oms_task_group_status{{{GROUP_SEL}}} == 1) * on (project_id, group_id) group_left"
+                       f" ({', '.join(ROUTE_LABELS)}, task_type) oms_task_group_info{{{GROUP_SEL}}}")
+    columns = [("A", route), ("B", f"oms_task_group_progress_ratio{{{GROUP_SEL}}}"),
+               ("C", f"oms_task_group_speed_bytes_per_second{{{GROUP_SEL}}}"),
+               ("D", f"oms_task_group_tasks_created{{{GROUP_SEL}}}"), ("E", f"oms_task_group_tasks{{{GROUP_SEL}}}"),
+               ("F", f"oms_task_group_tasks_failed{{{GROUP_SEL}}}"),
+               ("G", f"oms_task_group_objects_failed{{{GROUP_SEL}}}"),
+               ("H", f"oms_task_group_elapsed_seconds{{{GROUP_SEL}}}")]
+    names = {"Value #B": "Progress", "Value #C": "Speed", "Value #D": "Tasks created", "Value #E": "Tasks",
+             "Value #F": "Tasks failed", "Value #G": "Failed objects", "Value #H": "Running for",
+             "group_id": "Group", "source": "Source", "destination": "Destination", "status": "Status",
+             "task_type": "Type"}
+    order = ["Group", "project_id", "Type", "Source", "Destination", "Status", "Progress", "Speed", "Tasks created",
+             "Tasks", "Tasks failed", "Failed objects", "Running for"]
+    link = (f"/d/{GROUP_DASHBOARD_UID}/oms-task-group?var-datasource=${{datasource}}"
+            "&var-project_id=${__data.fields.project_id}&var-group_id=${__data.fields.group_id}"
+            "&${__url_time_range}")
+    return record_table(
+        "Task groups", columns, (6, y, 18, 10), names=names, order=order, sort_by="Speed",
+        description="One row per task group (the OMS way to migrate a bucket over 3 TB or 5 million objects: "
+                    "many tasks run as one). Click a group for its detail and the progress of its tasks. "
+                    + SAME_OBJECTS,
+        overrides=[
+            override("Group", links=[{"title": "Task group detail", "url": link}]),
+            status_column(group_mappings(by_code=False)),
+            progress_column(),
+            override("Speed", unit="binBps"),
+            override("Running for", unit="dtdurations"),
+            red_above_0_column("Tasks failed"), red_above_0_column("Failed objects"),
+        ])
+
+
+SYNC_SEL = 'project_id=~"$project_id"'
+
+
+def syncs_table(y: int) -> Panel:
+    route = with_route(f"(oms_sync_task_status{{{SYNC_SEL}}} == 1) * on (project_id, sync_task_id) group_left"
+                       f" ({', '.join(ROUTE_LABELS)}) oms_sync_task_info{{{SYNC_SEL}}}")
+    columns = [("A", route)] + [
+        (ref, f'oms_sync_task_monthly_objects{{{SYNC_SEL}, result="{result}"}}')
+        for ref, result in (("B", "requested"), ("C", "succeeded"), ("D", "failed"), ("E", "skipped"))] + [
+        ("F", f"oms_sync_task_monthly_bytes{{{SYNC_SEL}}}"),
+        ("G", f"oms_sync_task_last_start_timestamp_seconds{{{SYNC_SEL}}} * 1000")]
+    names = {"Value #B": "Requested", "Value #C": "Succeeded", "Value #D": "Failed", "Value #E": "Skipped",
+             "Value #F": "Bytes", "Value #G": "Last started", "sync_task_id": "Sync task", "source": "Source",
+             "destination": "Destination", "status": "Status"}
+    order = ["Sync task", "project_id", "Source", "Destination", "Status", "Requested", "Succeeded", "Failed",
+             "Skipped", "Bytes", "Last started"]
+    return record_table(
+        "Sync tasks (this month)", columns, (0, y, 14, 8), names=names, order=order,
+        description="Synchronization tasks and their objects of the current month (OMS counts them month to "
+                    "date: they start again from 0 when a month begins). Sync tasks exist in some regions only.",
+        overrides=[
+            status_column(status_mappings(False, list(SYNC_STATUS_COLORS), SYNC_STATUS_COLORS)),
+            override("Bytes", unit="bytes"),
+            override("Last started", unit="dateTimeAsIso"),
+            red_above_0_column("Failed"),
         ])
 
 
@@ -258,30 +374,55 @@ def tasks_dashboard() -> dict[str, Any]:
     p.append(state_timeline("Task status", [target(per_task("oms_task_status_code"), legend="{{name}}")],
                             (12, 29, 12, 9), description="Status of each selected task over time."))
 
-    p.append(row("Exporter", 38))
+    p.append(row("Task groups", 38))
+    p.append(stat("Task groups per status", [target(
+        'sum by (status) (oms_task_groups{project_id=~"$project_id"})', legend="{{status}}")],
+        (0, 39, 6, 10), description="All task groups of the projects, by state (the group filter does not "
+                                    "apply). " + SAME_OBJECTS,
+        options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                 "colorMode": "value", "graphMode": "none", "textMode": "value_and_name",
+                 "justifyMode": "auto", "orientation": "horizontal"},
+        overrides=[override(s, color={"mode": "fixed", "fixedColor": c}) for s, c in GROUP_STATUS_COLORS.items()]))
+    p.append(groups_table(39))
+
+    p.append(row("Sync tasks", 49))
+    p.append(syncs_table(50))
+    p.append(timeseries("Sync objects failed this month", [target(
+        f'oms_sync_task_monthly_objects{{{SYNC_SEL}, result="failed"}}', legend="{{sync_task_id}}")],
+        (14, 50, 10, 8), description="Month to date: the line drops to 0 when a month begins. A rising line "
+                                     "is what OmsSyncTaskObjectsFailing alerts on."))
+
+    p.append(row("Exporter", 58))
     p.append(timeseries("OMS API requests", [target(
         'sum by (project_id, code) (rate(oms_api_requests_total{project_id=~"$project_id"}[$__rate_interval]))',
-        legend="{{project_id}} {{code}}")], (0, 39, 6, 8), unit="reqps"))
+        legend="{{project_id}} {{code}}")], (0, 59, 6, 8), unit="reqps"))
     p.append(timeseries("OMS API latency", [
         target('histogram_quantile(0.5, sum by (project_id, le) (rate('
                'oms_api_request_duration_seconds_bucket{project_id=~"$project_id"}[$__rate_interval])))',
                "A", "p50 {{project_id}}"),
         target('histogram_quantile(0.99, sum by (project_id, le) (rate('
                'oms_api_request_duration_seconds_bucket{project_id=~"$project_id"}[$__rate_interval])))',
-               "B", "p99 {{project_id}}")], (6, 39, 6, 8), unit="s"))
+               "B", "p99 {{project_id}}")], (6, 59, 6, 8), unit="s"))
     p.append(timeseries("Listing errors", [target(
         'sum by (project_id, reason) (increase(oms_scrape_errors_total{project_id=~"$project_id"}'
-        '[$__rate_interval]))', legend="{{project_id}} {{reason}}")], (12, 39, 5, 8),
+        '[$__rate_interval]))', legend="{{project_id}} {{reason}}")], (12, 59, 5, 8),
         description="Failed listings by reason (timeout, throttled, auth, http_5xx, ...)."))
     p.append(timeseries("Listing duration and malformed tasks", [
         target('oms_scrape_duration_seconds{project_id=~"$project_id"}', "A", "duration {{project_id}}"),
         target('oms_malformed_tasks{project_id=~"$project_id"}', "B", "malformed {{project_id}}")],
-        (17, 39, 4, 8), unit="s", overrides=[override("B", "byFrameRefID", unit="short")]))
+        (17, 59, 4, 8), unit="s", overrides=[override("B", "byFrameRefID", unit="short")]))
     p.append(stat("Exporter version", [target("count by (version) (oms_exporter_build_info)",
-                                              legend="{{version}}", instant=True)], (21, 39, 3, 8),
+                                              legend="{{version}}", instant=True)], (21, 59, 3, 8),
                   options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                            "colorMode": "none", "graphMode": "none", "textMode": "name",
                            "justifyMode": "auto", "orientation": "auto"}))
+    p.append(state_timeline("Collectors", [target(
+        'oms_collector_success{project_id=~"$project_id"}', legend="{{project_id}} {{collector}}")],
+        (0, 67, 24, 5), mappings=[{"type": "value", "options": {
+            "0": {"text": "failed", "color": "red", "index": 0}, "1": {"text": "listed", "color": "green",
+                                                                      "index": 1}}}],
+        description="Whether each API area (tasks, task_groups, sync_tasks) of each project was listed at "
+                    "each scrape; the reason of a failure is in Listing errors."))
 
     variables = [
         datasource_variable(),
@@ -301,32 +442,51 @@ def tasks_dashboard() -> dict[str, Any]:
                      "Huawei Cloud OMS migration tasks, from oms-exporter.", variables, p, links)
 
 
+# --- the drill-down dashboards' panels -----------------------------------------------------------
+GREEN_RED_ABOVE_0 = {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}]}
+
+
+def labels_table(title: str, expr: str, grid: tuple[int, int, int, int], description: str = "") -> Panel:
+    """Every label of the series of `expr` (an info series), one row."""
+    return panel("table", title, [target(expr, instant=True, table=True)], grid, description=description,
+                 options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+                 transformations=[{"id": "organize", "options": {"excludeByName": {
+                     "Time": True, "Value": True, "__name__": True, "job": True, "instance": True}}}])
+
+
+def state_stat(expr: str, grid: tuple[int, int, int, int], mappings: list[dict[str, Any]]) -> Panel:
+    return stat("Status", [target(expr)], grid, mappings=mappings,
+                options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                         "colorMode": "background", "graphMode": "none", "textMode": "value",
+                         "justifyMode": "auto", "orientation": "auto"})
+
+
+def progress_gauge(expr: str, grid: tuple[int, int, int, int], description: str = "") -> Panel:
+    return panel("gauge", "Progress", [target(expr)], grid, unit="percentunit", min_=0, max_=1, decimals=1,
+                 description=description,
+                 options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                          "showThresholdLabels": False, "showThresholdMarkers": False})
+
+
+def started_stat(expr: str, grid: tuple[int, int, int, int]) -> Panel:
+    """A start time in seconds (none while 0: not started)."""
+    return stat("Started", [target(f"{expr} * 1000 > 0")], grid, unit="dateTimeAsIso",
+                options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                         "colorMode": "none", "graphMode": "none", "textMode": "value",
+                         "justifyMode": "auto", "orientation": "auto"})
+
+
 # --- the one-task dashboard --------------------------------------------------------------------
 def task_dashboard() -> dict[str, Any]:
     p: list[Panel] = [row("Task ${name}", 0)]
-    p.append(panel("table", "Task", [target(one_task("oms_task_info"), instant=True, table=True)], (0, 1, 24, 3),
-                   options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
-                   transformations=[{"id": "organize", "options": {
-                       "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True,
-                                         "instance": True}}}]))
-    p.append(stat("Status", [target(one_task("oms_task_status_code"))], (0, 4, 4, 4),
-                  mappings=status_mappings(by_code=True),
-                  options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                           "colorMode": "background", "graphMode": "none", "textMode": "value",
-                           "justifyMode": "auto", "orientation": "auto"}))
-    p.append(panel("gauge", "Progress", [target(one_task("oms_task_progress_ratio"))], (4, 4, 4, 4),
-                   unit="percentunit", min_=0, max_=1, decimals=1,
-                   options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                            "showThresholdLabels": False, "showThresholdMarkers": False}))
+    p.append(labels_table("Task", one_task("oms_task_info"), (0, 1, 24, 3)))
+    p.append(state_stat(one_task("oms_task_status_code"), (0, 4, 4, 4), status_mappings(by_code=True)))
+    p.append(progress_gauge(one_task("oms_task_progress_ratio"), (4, 4, 4, 4)))
     p.append(stat("Speed", [target(one_task("oms_task_speed_bytes_per_second"))], (8, 4, 4, 4), unit="binBps"))
     p.append(stat("ETA", [target(one_task("oms_task_remaining_seconds"))], (12, 4, 3, 4), unit="dtdurations"))
     p.append(stat("Running for", [target(one_task("oms_task_elapsed_seconds"))], (15, 4, 3, 4),
                   unit="dtdurations"))
-    p.append(stat("Started", [target(f'{one_task("oms_task_start_timestamp_seconds")} * 1000 > 0')],
-                  (18, 4, 6, 4), unit="dateTimeAsIso",
-                  options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                           "colorMode": "none", "graphMode": "none", "textMode": "value",
-                           "justifyMode": "auto", "orientation": "auto"}))
+    p.append(started_stat(one_task("oms_task_start_timestamp_seconds"), (18, 4, 6, 4)))
     p.append(stat("Bytes", [
         target(one_task("oms_task_size_bytes"), "A", "total"),
         target(one_task("oms_task_completed_bytes"), "B", "completed"),
@@ -336,13 +496,9 @@ def task_dashboard() -> dict[str, Any]:
         target(one_task("oms_task_objects_succeeded"), "B", "succeeded"),
         target(one_task("oms_task_objects_failed"), "C", "failed"),
         target(one_task("oms_task_objects_skipped"), "D", "skipped")], (12, 8, 12, 4),
-        overrides=[override("failed", thresholds={"mode": "absolute", "steps": [
-            {"color": "green", "value": None}, {"color": "red", "value": 1}]})]))
-    p.append(panel("table", "Error", [target(one_task("oms_task_error_info"), instant=True, table=True)],
-                   (0, 12, 24, 3), description="Why OMS says the task failed; empty while it has not.",
-                   options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
-                   transformations=[{"id": "organize", "options": {"excludeByName": {
-                       "Time": True, "Value": True, "__name__": True, "job": True, "instance": True}}}]))
+        overrides=[override("failed", thresholds=GREEN_RED_ABOVE_0)]))
+    p.append(labels_table("Error", one_task("oms_task_error_info"), (0, 12, 24, 3),
+                          "Why OMS says the task failed; empty while it has not."))
     p.append(timeseries("Speed and bandwidth limits", [
         target(one_task("oms_task_speed_bytes_per_second"), "A", "speed"),
         target(one_task("oms_task_bandwidth_limit_bytes_per_second"), "B", "limit {{start}}-{{end}}")],
@@ -371,12 +527,114 @@ def task_dashboard() -> dict[str, Any]:
     return d
 
 
+# --- the one-group dashboard -------------------------------------------------------------------
+def one_group(metric: str, extra: str = "") -> str:
+    return f'{metric}{{project_id="$project_id", group_id="$group_id"{extra}}}'
+
+
+# The tasks of the group: their task_id and name from oms_task_info, by the group's id.
+GROUP_TASKS = 'oms_task_info{project_id="$project_id", group_id="$group_id", group_type="GROUP_TASK"}'
+
+
+def of_group_tasks(metric: str) -> str:
+    return f'{metric}{{project_id="$project_id"}} * on (project_id, task_id) group_left (name) {GROUP_TASKS}'
+
+
+def group_dashboard() -> dict[str, Any]:
+    value_stat = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                  "colorMode": "none", "graphMode": "none", "textMode": "value_and_name",
+                  "justifyMode": "auto", "orientation": "auto"}
+    p: list[Panel] = [row("Task group ${group_id}", 0)]
+    p.append(labels_table("Task group", one_group("oms_task_group_info"), (0, 1, 24, 3)))
+    p.append(state_stat(one_group("oms_task_group_status_code"), (0, 4, 4, 4), group_mappings(by_code=True)))
+    p.append(progress_gauge(one_group("oms_task_group_progress_ratio"), (4, 4, 4, 4),
+                            "Bytes completed / bytes to migrate (complete_size / total_size)."))
+    p.append(stat("Speed", [target(one_group("oms_task_group_speed_bytes_per_second"))], (8, 4, 4, 4),
+                  unit="binBps"))
+    p.append(stat("Running for", [target(one_group("oms_task_group_elapsed_seconds"))], (12, 4, 4, 4),
+                  unit="dtdurations"))
+    p.append(started_stat(one_group("oms_task_group_start_timestamp_seconds"), (16, 4, 8, 4)))
+    task_counts = ["created", "migrating", "waiting", "paused", "failed", "succeeded"]  # oms_task_group_tasks_*
+    p.append(stat("Tasks", [target(one_group("oms_task_group_tasks"), "A", "planned")] + [
+        target(one_group(f"oms_task_group_tasks_{c}"), chr(ord("B") + i), c) for i, c in enumerate(task_counts)],
+        (0, 8, 12, 4),
+        description="While the group is creating its tasks, created grows towards planned.", options=value_stat,
+        overrides=[override("failed", thresholds=GREEN_RED_ABOVE_0)]))
+    p.append(stat("Objects", [
+        target(one_group("oms_task_group_objects"), "A", "total"),
+        target(one_group("oms_task_group_objects_created"), "B", "in tasks created"),
+        target(one_group("oms_task_group_objects_succeeded"), "C", "succeeded"),
+        target(one_group("oms_task_group_objects_failed"), "D", "failed"),
+        target(one_group("oms_task_group_objects_skipped"), "E", "skipped")], (12, 8, 12, 4), options=value_stat,
+        overrides=[override("failed", thresholds=GREEN_RED_ABOVE_0)]))
+    p.append(stat("Bytes", [
+        target(one_group("oms_task_group_size_bytes"), "A", "total"),
+        target(one_group("oms_task_group_created_bytes"), "B", "in tasks created"),
+        target(one_group("oms_task_group_completed_bytes"), "C", "completed")], (0, 12, 12, 4), unit="bytes",
+        options=value_stat))
+    p.append(labels_table("Error", one_group("oms_task_group_error_info"), (12, 12, 12, 4),
+                          "Why OMS says the group failed; empty while it has not."))
+    p.append(timeseries("Progress of the group and of its tasks", [
+        target(one_group("oms_task_group_progress_ratio"), "A", "group"),
+        target(of_group_tasks("oms_task_progress_ratio"), "B", "{{name}}")], (0, 16, 12, 9),
+        unit="percentunit", min_=0, max_=1,
+        description="The group's progress (bytes) and that of each of its tasks (listed with this group_id "
+                    "and group_type GROUP_TASK).",
+        overrides=[override("group", custom__lineWidth=3)]))
+    p.append(timeseries("Tasks by state", [
+        target(one_group(f"oms_task_group_tasks_{c}"), chr(ord("A") + i), c) for i, c in enumerate(task_counts)],
+        (12, 16, 12, 9),
+        overrides=[override(s, color={"mode": "fixed", "fixedColor": STATUS_COLORS[s]})
+                   for s in ("migrating", "waiting", "paused", "failed", "succeeded")]))
+    p.append(timeseries("Speed of the group and of its tasks", [
+        target(one_group("oms_task_group_speed_bytes_per_second"), "A", "group"),
+        target(of_group_tasks("oms_task_speed_bytes_per_second"), "B", "{{name}}")], (0, 25, 12, 8),
+        unit="binBps", description="The group's speed is that of its tasks: the lines are not to be added.",
+        overrides=[override("group", custom__lineWidth=3)]))
+    p.append(timeseries("Objects", [
+        target(one_group("oms_task_group_objects_succeeded"), "A", "succeeded"),
+        target(one_group("oms_task_group_objects_failed"), "B", "failed"),
+        target(one_group("oms_task_group_objects_skipped"), "C", "skipped")], (12, 25, 12, 8)))
+    p.append(state_timeline("Status", [target(one_group("oms_task_group_status_code"), legend="status")],
+                            (0, 33, 24, 5), mappings=group_mappings(by_code=True)))
+    route = (f'(oms_task_status{{project_id="$project_id"}} == 1) * on (project_id, task_id) group_left (name) '
+             f'{GROUP_TASKS}')
+    link = (f"/d/{TASK_DASHBOARD_UID}/oms-task?var-datasource=${{datasource}}"
+            "&var-project_id=${__data.fields.project_id}&var-task_id=${__data.fields.task_id}&${__url_time_range}")
+    p.append(record_table(
+        "Tasks of the group", [("A", route), ("B", of_group_tasks("oms_task_progress_ratio")),
+                               ("C", of_group_tasks("oms_task_speed_bytes_per_second")),
+                               ("D", of_group_tasks("oms_task_objects_failed"))], (0, 38, 24, 10),
+        names={"name": "Task", "status": "Status", "Value #B": "Progress", "Value #C": "Speed",
+               "Value #D": "Failed objects"},
+        order=["Task", "project_id", "task_id", "Status", "Progress", "Speed", "Failed objects"],
+        description="Click a task for its detail.", hidden=(),
+        overrides=[
+            override("Task", links=[{"title": "Task detail", "url": link}]),
+            status_column(status_mappings(by_code=False)),
+            progress_column(),
+            override("Speed", unit="binBps"),
+            red_above_0_column("Failed objects")]))
+    variables = [
+        datasource_variable(),
+        query_variable("project_id", "Project", "label_values(oms_up, project_id)", multi=False),
+        query_variable("group_id", "Task group",
+                       'label_values(oms_task_group_info{project_id="$project_id"}, group_id)', multi=False),
+    ]
+    links = [{"title": "All tasks", "type": "dashboards", "tags": ["oms-tasks"], "asDropdown": False,
+              "includeVars": False, "keepTime": True, "icon": "external link", "targetBlank": False}]
+    d = dashboard(GROUP_DASHBOARD_UID, "OMS task group", "One OMS task group in detail, with its tasks. "
+                  + SAME_OBJECTS, variables, p, links)
+    d["tags"] = ["oms", "oms-exporter", "oms-task-group"]
+    return d
+
+
 def render() -> dict[str, str]:
     """File name -> JSON text of every dashboard."""
     tasks = tasks_dashboard()
     tasks["tags"] = ["oms", "oms-exporter", "oms-tasks"]
     out = {f"{d['uid']}.json": json.dumps(d, indent=2, ensure_ascii=False) + "\n"
-           for d in (tasks, task_dashboard())}
+           for d in (tasks, task_dashboard(), group_dashboard())}
     # Every metric the dashboards name is one the exporter serves (its table of families).
     unknown = {name for text in out.values() for name in re.findall(r"\boms_\w+", text)} - ALL_METRIC_NAMES
     if unknown:

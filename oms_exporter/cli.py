@@ -160,6 +160,7 @@ def _listen(host: str | None, port: int) -> socket.socket:
 def _describe(settings: Settings) -> str:
     lines = ["configuration OK"]
     for t in settings.targets:
+        collectors = ", ".join(["tasks", *(c for c in ("task_groups", "sync_tasks") if settings.lists(t, c))])
         lines.append(f"target {t.name}: project {t.project_id} in {t.region}, endpoint {t.oms_endpoint}, "
-                     f"auth {t.auth_mode}")
+                     f"auth {t.auth_mode}, collectors {collectors}")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from ssl import SSLContext
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -61,9 +62,10 @@ class ServerError(OmsError):
 class RequestRejected(OmsError):
     reason = "http_4xx"
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code  # the answer's error code (OMS.0064, APIGW.0101, ...), when it had one
 
 
 class BadPayload(OmsError):
@@ -171,7 +173,7 @@ class OmsClient:
     AUTH_BACKOFF = 30.0
     AUTH_BACKOFF_MAX = 900.0
 
-    def __init__(self, http: Http, target: Target, auth: Auth, clock: Clock) -> None:
+    def __init__(self, http: Http, target: Target, auth: Auth, clock: Clock, *, max_concurrency: int = 8) -> None:
         self._http = http
         self._target = target
         self._auth = auth
@@ -182,6 +184,9 @@ class OmsClient:
         self._auth_blocked_until = 0.0
         self._throttled_until = 0.0  # monotonic time before which OMS asked not to be called
         self._auth_probe = asyncio.Lock()
+        # Every request of the target (each API area's pages, ShowTask, ShowSyncTask) holds
+        # one of these slots, retries and their backoff included.
+        self._slots = asyncio.Semaphore(max_concurrency)
 
     # --- the OMS API paths ---------------------------------------------------------------
     async def list_tasks(self, *, offset: int, limit: int, deadline: float, status: int | None = None,
@@ -193,6 +198,22 @@ class OmsClient:
         if group_id is not None:
             query["group_id"] = group_id
         return (await self.get("tasks", query, deadline)).body
+
+    async def list_task_groups(self, *, offset: int, limit: int, deadline: float, status: int | None = None) -> bytes:
+        """ListTaskGroup: one page of task groups and `count`."""
+        query = {"limit": str(limit), "offset": str(offset)}
+        if status is not None:
+            query["status"] = str(status)
+        return (await self.get("taskgroups", query, deadline)).body
+
+    async def list_sync_tasks(self, *, offset: int, limit: int, deadline: float) -> bytes:
+        """ListSyncTasks: one page of synchronization tasks and `count`."""
+        return (await self.get("sync-tasks", {"limit": str(limit), "offset": str(offset)}, deadline)).body
+
+    async def show_sync_task(self, sync_task_id: str, query_time_ms: int, deadline: float) -> bytes:
+        """ShowSyncTask: one synchronization task, with the counters of the month holding `query_time_ms`."""
+        return (await self.get(f"sync-tasks/{quote(sync_task_id, safe='')}", {"query_time": str(query_time_ms)},
+                               deadline)).body
 
     async def show_task(self, task_id: int, deadline: float) -> bytes | None:
         """ShowTask: the task's TaskResp, or None when OMS does not know it (404: deleted)."""
@@ -213,8 +234,10 @@ class OmsClient:
             # burst of failed logins (an AK/SK is locked after more than 5 in a row).
             async with self._auth_probe:
                 if self._auth_failures or not self._auth_proven:  # this request is the probe
-                    return await self._get(url, deadline)
-        return await self._get(url, deadline)
+                    async with self._slots:
+                        return await self._get(url, deadline)
+        async with self._slots:
+            return await self._get(url, deadline)
 
     async def _get(self, url: URL, deadline: float) -> Answer:
         clock = self._clock
@@ -263,7 +286,8 @@ class OmsClient:
                 else:
                     # Past authentication: the credentials were accepted (a 404 of ShowTask, say).
                     self._auth_failures, self._auth_proven = 0, True
-                    raise RequestRejected(f"OMS rejected the request ({answer.describe()})", status)
+                    raise RequestRejected(f"OMS rejected the request ({answer.describe()})", status,
+                                          error_code(answer.body))
             if attempt >= self.RETRIES or clock.monotonic() + wait >= deadline:
                 if isinstance(failure, Throttled) and retry_after:
                     # Capped like the auth pause: a bogus header must not silence a project for days.

@@ -20,12 +20,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter, ge
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from oms_exporter.lister import Listing
-from oms_exporter.metrics import FAMILIES, Kind
+from oms_exporter.metrics import FAMILIES, GROUP, SYNC, TASK, Kind
 from oms_exporter.model import FAILED, SUCCEEDED, Task
 
 _ended = attrgetter("ended_ms")
@@ -57,9 +58,16 @@ class SeriesPolicy:
         tasks = listing.tasks
         return list(compress(tasks, map(ge, map(_ended, tasks), map(oldest.__getitem__, map(_status, tasks)))))
 
-    def records(self, listing: Listing, kind: Kind) -> Sequence[Task]:
-        """The records of `kind` of a listing that get series."""
-        return self.exported(listing)
+    def records(self, listing: Listing, kind: Kind) -> Sequence[Any] | None:
+        """The records of `kind` of a listing that get series; None when that area was not listed
+        (failed, switched off, not offered), which serves none and keeps what the encoder cached."""
+        if kind is TASK:
+            return self.exported(listing) if listing.up else None
+        if kind is GROUP:
+            return listing.groups
+        if kind is SYNC:
+            return listing.sync_tasks
+        raise ValueError(f"no records of kind {kind.name}")
 
 
 class SnapshotCollector(Collector):
@@ -70,7 +78,7 @@ class SnapshotCollector(Collector):
         self._policy = policy
 
     def collect(self) -> Iterator[Metric]:
-        records: dict[tuple[int, Kind], Sequence[Task]] = {}
+        records: dict[tuple[int, Kind], Sequence[Any] | None] = {}
         for family in FAMILIES:
             fam = GaugeMetricFamily(family.name, family.help, labels=list(family.label_names))
             read = family.read
@@ -83,7 +91,7 @@ class SnapshotCollector(Collector):
                 key = (id(listing), family.kind)
                 if key not in records:
                     records[key] = self._policy.records(listing, family.kind)
-                for record in records[key]:
+                for record in records[key] or ():
                     for labels, value in family.series(read(record)):
                         fam.add_metric([pid, str(record.id), *labels], value)
             yield fam

@@ -1,7 +1,9 @@
 """`--demo`: the OMS stand-in, in-process on loopback, with a few hundred tasks that move.
 
-Progress advances every second, some tasks fail, some finish and new ones appear, so a
-newcomer sees live metrics without a cloud account. The exporter reaches the stand-in over
+Progress advances every second, some tasks fail, some finish and new ones appear; task
+groups (one creating its tasks, one whose creation failed, others migrating or done) and
+two sync tasks counting this month's objects come with them, so a newcomer sees live
+metrics without a cloud account. The exporter reaches the stand-in over
 real HTTP with the chosen authentication mode (AK/SK signing by default).
 """
 
@@ -17,7 +19,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from oms_exporter.settings import Target
-from oms_exporter.simulator import Credential, Evolution, Simulator, make_tasks
+from oms_exporter.simulator import Credential, Evolution, Simulator, add_groups_and_syncs, make_tasks
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class Demo:
     def __init__(self, n_tasks: int = 300, auth: str = "aksk") -> None:
         self.sim = Simulator(cache_json=True)
         self.sim.add_project(PROJECT_ID, make_tasks(n_tasks, seed=42))
+        add_groups_and_syncs(self.sim, PROJECT_ID)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
@@ -66,6 +69,8 @@ class Demo:
         ticker = asyncio.create_task(tick())
         log.info("demo OMS stand-in running", extra={"endpoint": self.target.oms_endpoint,
                                                       "tasks": len(self.sim.projects[PROJECT_ID]),
+                                                      "task_groups": len(self.sim.groups[PROJECT_ID]),
+                                                      "sync_tasks": len(self.sim.sync_tasks[PROJECT_ID]),
                                                       "auth": self.target.auth_mode})
         try:
             yield

@@ -202,7 +202,7 @@ class _KindRenderer:
         gauges = [(i, f) for i, f in enumerate(self.families) if f.gauge]
         self.gauge_index = tuple(i for i, _ in gauges)
         self.gauge_prefix = tuple(tp.gauge_prefix[f.name].encode() for _, f in gauges)
-        self.gauge_scale = tuple(None if f.scale == 1 else f.scale for _, f in gauges)
+        self.gauge_divisor = tuple(None if f.divisor == 1 else f.divisor for _, f in gauges)
         self.gauges_of = _getter([f.fields[0] for _, f in gauges])
         self.others = tuple((i, f, tp.line[f.name], f.read) for i, f in enumerate(self.families) if not f.gauge)
         # Everything the other families read, in one tuple: for most changed records (a task
@@ -217,13 +217,14 @@ class _KindRenderer:
         if p is None:
             rid = escape_value(str(r.id))
             ids = self.ids.format(pid, rid).encode()
-            for f, prefix, scale, v in zip(self.gauge_index, self.gauge_prefix, self.gauge_scale, values):
+            for f, prefix, divisor, v in zip(self.gauge_index, self.gauge_prefix, self.gauge_divisor, values):
                 if v is not None:
-                    out[f] = prefix + ids + go_float(v if scale is None else v * scale).encode() + b"\n"
+                    out[f] = prefix + ids + go_float(v if divisor is None else v / divisor).encode() + b"\n"
         else:
             before = self.gauges_of(p)
             ids = b""
-            for f, prefix, scale, v, pv in zip(self.gauge_index, self.gauge_prefix, self.gauge_scale, values, before):
+            for f, prefix, divisor, v, pv in zip(self.gauge_index, self.gauge_prefix, self.gauge_divisor, values,
+                                                 before):
                 # Written alike (see _same), inline: this runs for every gauge of every changed record.
                 # Equal zeros differ only by sign (-0.0 is written "-0.0").
                 if v is pv or (v == pv and (v or copysign(1.0, v) == copysign(1.0, pv))):
@@ -234,7 +235,7 @@ class _KindRenderer:
                 if not ids:
                     rid = escape_value(str(r.id))
                     ids = self.ids.format(pid, rid).encode()
-                out[f] = prefix + ids + go_float(v if scale is None else v * scale).encode() + b"\n"
+                out[f] = prefix + ids + go_float(v if divisor is None else v / divisor).encode() + b"\n"
         rest_alike = p is not None and self.rest_of(r) == self.rest_of(p)
         for f, family, line, read in self.others:
             if p is not None and rest_alike and not family.strict:
@@ -417,9 +418,9 @@ def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cac
             # A failed listing exports nothing and leaves the project's cached lines for its next success.
             projects[kind] = []
             for lst in listings:
-                if not lst.up:
-                    continue
                 records = policy.records(lst, kind)
+                if records is None:
+                    continue
                 entry, rendered = cache.columns(tp, lst.target.project_id, kind, records)
                 projects[kind].append(entry)
                 if stats is not None:

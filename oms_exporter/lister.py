@@ -1,8 +1,9 @@
 """Pages through every task of one project, concurrently, de-duplicated by task id.
 
-The first page's `count` says how many pages follow; they are fetched with at most
-`max_concurrency` requests in flight. The previous listing's count lets the next one
-start every page at once instead of waiting for the first. Offset paging shifts while
+The first page's `count` says how many pages follow; they are fetched concurrently (the
+client keeps at most `max_concurrency` requests of a target in flight). The previous
+listing's count lets the next one start every page at once instead of waiting for the
+first. The same pager reads task groups and sync tasks (`groups.py`). Offset paging shifts while
 tasks are created or deleted, so tasks are keyed by id, pages that a growing `count` adds
 are fetched, and when the count changed during the listing every page is fetched a second
 time (a live task can fall between two shifted pages). Offsets go up to the documented
@@ -17,20 +18,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from oms_exporter.client import BadPayload, Incomplete, OmsClient, OmsError, RequestRejected, Timeout
 from oms_exporter.clock import Clock
 from oms_exporter.metrics import task_totals
-from oms_exporter.model import STATUS_NAMES, BadPage, RecordParser, Task, parse_task, task_page
+from oms_exporter.model import STATUS_NAMES, BadPage, RecordParser, SyncTask, Task, TaskGroup, page, parse_task
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
 
-_task_id = attrgetter("id")
+_task_id = _record_id = attrgetter("id")
+R = TypeVar("R")
 
 Query = tuple[int | None, str | None]  # (status filter, group_id filter)
 
@@ -49,6 +51,12 @@ class Listing:
     counts: dict[int, int] = field(default_factory=dict)  # tasks per state
     totals: dict[int, tuple[float, ...]] = field(default_factory=dict)  # per state: sums of TASK_TOTALS
     finished_listed_at: float | None = None  # Unix time the finished states were last listed in full
+    # The other API areas: their records in id order, None when not listed (switched off,
+    # failed, not offered in the region); and every area switched on -> its error (None: listed).
+    groups: list[TaskGroup] | None = None
+    sync_tasks: list[SyncTask] | None = None
+    collectors: dict[str, OmsError | None] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # collector -> unreadable records left out
 
     @property
     def up(self) -> bool:
@@ -62,13 +70,18 @@ class Listing:
         return cls(target, taken_at, ordered, counts=counts, totals=totals, **fields)
 
 
-def read_task_page(raw: bytes, parser: RecordParser[Task]) -> tuple[list[Task], int]:
-    """The readable tasks and the `count` of one ListTasks answer; BadPayload when it is not that shape."""
+def read_page(raw: bytes, parser: RecordParser[R], api: str = "ListTasks") -> tuple[list[R], int]:
+    """The readable records and the `count` of one list answer; BadPayload when it is not that shape."""
     try:
-        raws, count = task_page(raw)
+        raws, count = page(raw, api)
     except BadPage as exc:
         raise BadPayload(str(exc)) from None
     return parser.parse_all(raws), count
+
+
+def read_task_page(raw: bytes, parser: RecordParser[Task]) -> tuple[list[Task], int]:
+    """The readable tasks and the `count` of one ListTasks answer; BadPayload when it is not that shape."""
+    return read_page(raw, parser, "ListTasks")
 
 
 class _Unreachable(Exception):
@@ -76,26 +89,27 @@ class _Unreachable(Exception):
         self.count = count
 
 
-class Lister:
-    """Lists one target: the paging both listing modes use, and one listing per `run`.
+class Pager(Generic[R]):
+    """Pages through one of a target's OMS lists: what every lister here shares.
 
-    Subclasses say what a listing asks (`_collect`); this class pages through one query
-    (`_page_through`, with de-duplication, shift handling and the offset cap), keeps the
-    last count per query to start the next listing's pages at once, and turns the outcome
-    into a `Listing`.
+    `_page_through` fetches every page of one query concurrently (the client bounds
+    the requests in flight), de-duplicated by record id, with shift handling and the offset cap; the last
+    count per query starts the next listing's pages at once. `_run` runs one listing of the
+    subclass's `_collect` before a deadline and turns any OmsError into its outcome.
+    Subclasses say what a page is: `_fetch` (the request) and `_parser` (its records).
     """
 
-    MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that tasks created mid-listing push out
+    MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that records created mid-listing push out
+    API = "ListTasks"  # the list this pager reads (page shape, log lines)
 
-    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int,
-                 max_concurrency: int) -> None:
+    def __init__(self, client: OmsClient, target: Target, clock: Clock, parser: RecordParser[R], *,
+                 page_limit: int) -> None:
         self._client = client
         self.target = target
         self._clock = clock
         self._limit = page_limit
-        self._max_concurrency = max_concurrency
         self._last_count: dict[Query, int] = {}
-        self._parser: RecordParser[Task] = RecordParser(parse_task)
+        self._parser = parser
         # Pages are parsed on the event loop, one at a time with a turn of the loop between
         # them (about a millisecond each): pages that arrive together neither hold the loop
         # for long nor pay for a thread hop and fight the event loop for the GIL.
@@ -103,98 +117,49 @@ class Lister:
         # The highest offset to ask for: the target's (the documented maximum by default),
         # lowered when OMS refuses an offset below it (an API edition with a lower cap).
         self._max_offset = target.max_offset
-        self._sem = asyncio.Semaphore(max_concurrency)
         self._requests = 0
 
-    async def run(self, deadline: float) -> Listing:
-        """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
+    async def _fetch(self, query: Query, offset: int, limit: int, deadline: float) -> bytes:
+        raise NotImplementedError
+
+    async def _run(self, deadline: float, collect: Callable[[], Awaitable[dict[Any, R]]]
+                   ) -> tuple[dict[Any, R], OmsError | None, float]:
+        """(the records by id, the error that stopped the listing, its duration); never raises an OmsError."""
         clock = self._clock
-        listing = Listing(self.target, taken_at=clock.time())
         started = clock.monotonic()
-        self._sem = asyncio.Semaphore(self._max_concurrency)
         self._requests = 0
         self._parser.begin()
-        tasks: dict[int, Task] = {}
+        records: dict[Any, R] = {}
+        error: OmsError | None = None
         try:
             async with asyncio.timeout(clock.remaining(deadline)):
-                tasks = await self._collect(deadline, listing)
+                records = await collect()
         except TimeoutError:
-            listing.error = Timeout("listing did not finish before the scrape deadline")
+            error = Timeout("listing did not finish before the scrape deadline")
         except OmsError as exc:
-            listing.error = exc
-        if listing.error is None:
-            self._parser.forget(set(self._parser.ids()) - tasks.keys())  # gone upstream
+            error = exc
+        if error is None:
+            self._parser.forget(set(self._parser.ids()) - records.keys())  # gone upstream
         else:
             self._failed()
-        self._parser.end(ok=listing.error is None)
-        listing.duration = clock.monotonic() - started
-        listing.requests = self._requests
-        if listing.error is None:
-            listing.malformed = len(self._parser.malformed)
-            # In id order, whatever order the pages came back in: a stable order lets the encoder
-            # reuse the text of runs of unchanged tasks (and makes the output reproducible).
-            listing.tasks = list(map(tasks.__getitem__, sorted(tasks)))
-            listing.counts, listing.totals = self._totals(listing.tasks)
-        return listing
-
-    def _totals(self, tasks: list[Task]) -> tuple[dict[int, int], dict[int, tuple[float, ...]]]:
-        """Tasks per state and the per-state sums of a complete listing's tasks."""
-        return task_totals(tasks)
-
-    async def _collect(self, deadline: float, listing: Listing) -> dict[int, Task]:
-        """Every task of the target by id (or an OmsError); may set fields of `listing`."""
-        raise NotImplementedError
+        self._parser.end(ok=error is None)
+        return records, error, clock.monotonic() - started
 
     def _failed(self) -> None:
         """The listing failed: forget whatever it had learnt that the next one must not trust."""
-
-    def _queries(self) -> list[Query]:
-        statuses: list[int | None] = [*self.target.statuses] if self.target.statuses else [None]
-        groups: list[str | None] = [*self.target.group_ids] if self.target.group_ids else [None]
-        return list(itertools.product(statuses, groups))
 
     def _reach(self) -> int:
         """Number of tasks that offset paging (offsets are multiples of the limit) can reach."""
         return (self._max_offset // self._limit + 1) * self._limit
 
-    async def _page(self, query: Query, offset: int, deadline: float, limit: int = 0) -> tuple[list[Task], int]:
-        """The readable tasks of one page (`limit` records, the page limit by default) and its `count`."""
-        async with self._sem:
-            self._requests += 1
-            raw = await self._client.list_tasks(offset=offset, limit=limit or self._limit, deadline=deadline,
-                                                status=query[0], group_id=query[1])
+    async def _page(self, query: Query, offset: int, deadline: float, limit: int = 0) -> tuple[list[R], int]:
+        """The readable records of one page (`limit` records, the page limit by default) and its `count`."""
+        self._requests += 1
+        raw = await self._fetch(query, offset, limit or self._limit, deadline)
         async with self._parse_turn:
-            tasks, count = read_task_page(raw, self._parser)
+            records, count = read_page(raw, self._parser, self.API)
             await asyncio.sleep(0)
-        return tasks, count
-
-    async def _list_query(self, query: Query, tasks: dict[int, Task], deadline: float, split: bool) -> None:
-        mine: dict[int, Task] = {}
-        try:
-            await self._page_through(query, mine, deadline)
-        except _Unreachable as exc:
-            if not split or query[0] is not None:
-                raise Incomplete(
-                    f"{exc.count} tasks match status={query[0]} group_id={query[1]}, but offset paging "
-                    f"reaches only {self._reach()} (max_offset {self._max_offset})") from None
-            log.debug("task count beyond offset reach, listing per status",
-                     extra={"target": self.target.name, "count": exc.count, "reach": self._reach()})
-            # Count distinct tasks: a task that changes status mid-listing can be missed by
-            # both status lists while their counts still add up. One more round catches it.
-            found: dict[int, Task] = {}
-            for _ in range(2):
-                await _all(self._list_query((s, query[1]), found, deadline, split=False)
-                           for s in STATUS_NAMES)
-                # Malformed records are in the count but not among the tasks.
-                if len(found) + len(self._parser.malformed) >= exc.count:
-                    break
-            else:
-                raise Incomplete(f"listing per status found {len(found)} of {exc.count} tasks "
-                                 f"(tasks without a known status, or changing status while listed)") from None
-            # The per-status pages, not the unfiltered ones: they are the fresher (a task deleted
-            # meanwhile is not among them).
-            mine = found
-        tasks.update(mine)
+        return records, count
 
     def _learn_offset_cap(self, answered: set[int], refused: list[int], count: int) -> None:
         """OMS answered 400 to offsets `refused` and 200 to `answered`: learn its cap, or fail the listing.
@@ -214,7 +179,7 @@ class Lister:
         raise RequestRejected(f"OMS rejected the page at offset {low} (HTTP 400) while offsets up to "
                               f"{max(answered, default=0)} were answered", 400)
 
-    async def _page_through(self, query: Query, tasks: dict[int, Task], deadline: float) -> int:
+    async def _page_through(self, query: Query, tasks: dict[Any, R], deadline: float) -> int:
         """Put every task `query` matches into `tasks`; the query's count (the largest seen).
 
         Raises _Unreachable when the count is beyond what offsets reach.
@@ -236,8 +201,8 @@ class Lister:
                 return
             answered.add(offset)
             counts.add(count)
-            # A task on two pages (the list shifted between them): the later page is the fresher.
-            tasks.update(zip(map(_task_id, page_tasks), page_tasks))
+            # A record on two pages (the list shifted between them): the later page is the fresher.
+            tasks.update(zip(map(_record_id, page_tasks), page_tasks))
 
         async def one_pass(start_count: int) -> None:
             """Fetch pages until every offset below the largest count seen has been fetched."""
@@ -273,6 +238,75 @@ class Lister:
             await one_pass(max(counts))
         self._last_count[query] = max(counts)
         return max(counts)
+
+
+class Lister(Pager[Task]):
+    """Lists one target's tasks: the two listing modes share this, and each `run` makes a `Listing`.
+
+    Subclasses say what a listing asks (`_collect`).
+    """
+
+    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int) -> None:
+        super().__init__(client, target, clock, RecordParser(parse_task), page_limit=page_limit)
+
+    async def _fetch(self, query: Query, offset: int, limit: int, deadline: float) -> bytes:
+        return await self._client.list_tasks(offset=offset, limit=limit, deadline=deadline, status=query[0],
+                                             group_id=query[1])
+
+    async def run(self, deadline: float) -> Listing:
+        """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
+        listing = Listing(self.target, taken_at=self._clock.time())
+        tasks, listing.error, listing.duration = await self._run(deadline, lambda: self._collect(deadline, listing))
+        listing.requests = self._requests
+        if listing.error is None:
+            listing.malformed = len(self._parser.malformed)
+            # In id order, whatever order the pages came back in: a stable order lets the encoder
+            # reuse the text of runs of unchanged tasks (and makes the output reproducible).
+            listing.tasks = list(map(tasks.__getitem__, sorted(tasks)))
+            listing.counts, listing.totals = self._totals(listing.tasks)
+        return listing
+
+    def _totals(self, tasks: list[Task]) -> tuple[dict[int, int], dict[int, tuple[float, ...]]]:
+        """Tasks per state and the per-state sums of a complete listing's tasks."""
+        return task_totals(tasks)
+
+    async def _collect(self, deadline: float, listing: Listing) -> dict[int, Task]:
+        """Every task of the target by id (or an OmsError); may set fields of `listing`."""
+        raise NotImplementedError
+
+    def _queries(self) -> list[Query]:
+        statuses: list[int | None] = [*self.target.statuses] if self.target.statuses else [None]
+        groups: list[str | None] = [*self.target.group_ids] if self.target.group_ids else [None]
+        return list(itertools.product(statuses, groups))
+
+    async def _list_query(self, query: Query, tasks: dict[int, Task], deadline: float, split: bool) -> None:
+        mine: dict[int, Task] = {}
+        try:
+            await self._page_through(query, mine, deadline)
+        except _Unreachable as exc:
+            if not split or query[0] is not None:
+                raise Incomplete(
+                    f"{exc.count} tasks match status={query[0]} group_id={query[1]}, but offset paging "
+                    f"reaches only {self._reach()} (max_offset {self._max_offset})") from None
+            log.debug("task count beyond offset reach, listing per status",
+                     extra={"target": self.target.name, "count": exc.count, "reach": self._reach()})
+            # Count distinct tasks: a task that changes status mid-listing can be missed by
+            # both status lists while their counts still add up. One more round catches it.
+            found: dict[int, Task] = {}
+            for _ in range(2):
+                await _all(self._list_query((s, query[1]), found, deadline, split=False)
+                           for s in STATUS_NAMES)
+                # Malformed records are in the count but not among the tasks.
+                if len(found) + len(self._parser.malformed) >= exc.count:
+                    break
+            else:
+                raise Incomplete(f"listing per status found {len(found)} of {exc.count} tasks "
+                                 f"(tasks without a known status, or changing status while listed)") from None
+            # The per-status pages, not the unfiltered ones: they are the fresher (a task deleted
+            # meanwhile is not among them).
+            mine = found
+        tasks.update(mine)
+
 
 
 class FullLister(Lister):

@@ -43,9 +43,9 @@ RETRYING = 6
 class LiveLister(Lister):
     """`--oms.listing=liveness` (the default): live states every scrape, finished ones kept and checked."""
 
-    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int, max_concurrency: int,
+    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int,
                  refresh_interval: float) -> None:
-        super().__init__(client, target, clock, page_limit=page_limit, max_concurrency=max_concurrency)
+        super().__init__(client, target, clock, page_limit=page_limit)
         self._refresh_interval = refresh_interval
         self._live: dict[int, Task] = {}  # tasks of the last complete listing in a state not finished
         self._finished: dict[int, dict[int, Task]] = {}  # finished state -> its tasks, in the last listing
@@ -219,9 +219,8 @@ class LiveLister(Lister):
         out: dict[int, Task | None] = {}
 
         async def one(tid: int) -> None:
-            async with self._sem:
-                self._requests += 1
-                raw = await self._client.show_task(tid, deadline)
+            self._requests += 1
+            raw = await self._client.show_task(tid, deadline)
             if raw is None:
                 out[tid] = None
                 return
@@ -253,9 +252,8 @@ def _where(seen: dict[int, dict[int, Task]]) -> tuple[dict[int, int], set[int]]:
 
 
 def make_lister(client: OmsClient, target: Target, clock: Clock, *, mode: str, page_limit: int,
-                max_concurrency: int, refresh_interval: float) -> Lister:
+                refresh_interval: float) -> Lister:
     """The lister of one target in the listing mode of the settings."""
     if mode == "full":
-        return FullLister(client, target, clock, page_limit=page_limit, max_concurrency=max_concurrency)
-    return LiveLister(client, target, clock, page_limit=page_limit, max_concurrency=max_concurrency,
-                      refresh_interval=refresh_interval)
+        return FullLister(client, target, clock, page_limit=page_limit)
+    return LiveLister(client, target, clock, page_limit=page_limit, refresh_interval=refresh_interval)

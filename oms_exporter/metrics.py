@@ -9,6 +9,7 @@ the counters of the exporter's own work (requests, failures, listings, encodes).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from oms_exporter import __version__
-from oms_exporter.model import STATUS_NAMES, Task
+from oms_exporter.model import GROUP_STATUS_NAMES, STATUS_NAMES, SYNC_STATUS_NAMES, Task
 
 if TYPE_CHECKING:
     from oms_exporter.lister import Listing
@@ -34,6 +35,8 @@ class Kind:
 
 
 TASK = Kind("task", "task_id")
+GROUP = Kind("task_group", "group_id")
+SYNC = Kind("sync_task", "sync_task_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,7 @@ class Family:
     kind: Kind | None
     series: Callable[[Any], Series]
     fields: tuple[str, ...] = ()  # the record fields a record family reads
-    scale: float = 1.0  # a gauge of one numeric field: the value times this (ms -> s)
+    divisor: float = 1.0  # a gauge of one numeric field: the value divided by this (ms -> s: 1000)
     strict: bool = False
     source: str = ""  # README: where the value comes from
     example: str = ""  # README: a PromQL example
@@ -71,7 +74,7 @@ class Family:
     def gauge(self) -> bool:
         """A gauge of one numeric record field, no labels of its own (the encoder's fast path)."""
         return (self.kind is not None and len(self.fields) == 1 and not self.labels
-                and (self.series, self.scale) in _GAUGE_SERIES)
+                and (self.series, self.divisor) in _GAUGE_SERIES)
 
 
 def _scalar(v: float | None) -> Series:
@@ -79,11 +82,12 @@ def _scalar(v: float | None) -> Series:
 
 
 def _milliseconds(v: float | None) -> Series:
-    return () if v is None else (((), v * MS),)
+    # Divided, not multiplied by 0.001: 1764000000123 ms is 1764000000.123 s, not ...0.1230001.
+    return () if v is None else (((), v / MS),)
 
 
-MS = 0.001
-_GAUGE_SERIES = ((_scalar, 1.0), (_milliseconds, MS))  # what the encoder writes as value times scale
+MS = 1000.0  # milliseconds per second
+_GAUGE_SERIES = ((_scalar, 1.0), (_milliseconds, MS))  # what the encoder writes as value / divisor
 
 
 def gauge(name: str, help_text: str, field: str, *, kind: Kind = TASK, ms: bool = False,
@@ -110,16 +114,29 @@ def _when_up(series: Callable[[Listing], Series]) -> Callable[[Listing], Series]
     return lambda listing: series(listing) if listing.up else ()
 
 
-def _status_set(status: int | None) -> Series:
-    if status is None:
-        return ()
-    return [((name,), 1 if code == status else 0) for code, name in STATUS_NAMES.items()]
+def _state_set(names: Mapping[Any, str]) -> Callable[[Any], Series]:
+    """One series per state: 1 for the one the record is in; none while it reports no state."""
+    def series(status: Any) -> Series:
+        return () if status is None else [((name,), 1 if code == status else 0) for code, name in names.items()]
+    return series
+
+
+def _records_per_state(records: Callable[[Listing], Sequence[Any] | None], names: Mapping[Any, str]
+                       ) -> Callable[[Listing], Series]:
+    def series(listing: Listing) -> Series:
+        found = records(listing)
+        if found is None:
+            return ()
+        n = collections.Counter(r.status for r in found)
+        return [((name,), n[code]) for code, name in names.items()]
+    return series
 
 
 def _per_state(pick: Callable[[Listing], Mapping[int, float]]) -> Callable[[Listing], Series]:
     return _when_up(lambda listing: [((STATUS_NAMES[code],), n) for code, n in pick(listing).items()])
 
 
+SYNC_RESULTS = ("requested", "succeeded", "failed", "skipped")  # oms_sync_task_monthly_objects{result}
 TASK_INFO_LABELS = (  # (label, Task attribute) in label order
     ("name", "name"), ("group_id", "group_id"), ("group_type", "group_type"), ("task_type", "task_type"),
     ("priority", "priority"), ("src_cloud", "src_cloud"), ("src_region", "src_region"),
@@ -185,7 +202,7 @@ FAMILIES: tuple[Family, ...] = (
            tuple(label for label, _ in TASK_INFO_LABELS), tuple(attr for _, attr in TASK_INFO_LABELS),
            lambda facts: ((facts, 1),), source="static facts, value 1", example='`oms_task_info{src_cloud="AWS"}`'),
     record("oms_task_status", "Current state of an OMS task: 1 for the state it is in, 0 for the other six.",
-           ("status",), ("status",), _status_set,
+           ("status",), ("status",), _state_set(STATUS_NAMES),
            source="`status`: one series per state (waiting, migrating, paused, failed, succeeded, retrying, "
                   "pausing), 1 for the current", example='`oms_task_status{status="failed"} == 1`'),
     record("oms_task_status_code", "Raw OMS task status code: 1 waiting, 2 migrating, 3 paused, 4 failed, "
@@ -227,9 +244,98 @@ FAMILIES: tuple[Family, ...] = (
            ("error_code", "error_msg"), ("error_code", "error_msg"),
            lambda err: ((err, 1),) if err[0] or err[1] else (),
            source="`error_reason`, only when non-empty", example="`count by (error_code) (oms_task_error_info)`"),
+    # --- the API areas of a project ------------------------------------------------------------
+    project("oms_collector_success",
+            "1 when the collector (API area: tasks, task_groups, sync_tasks) listed the project in the last "
+            "scrape, 0 when that failed (its reason is in oms_scrape_errors_total). Only collectors switched on.",
+            ("collector",), lambda listing: [((c,), 0 if e is not None else 1) for c, e in listing.collectors.items()],
+            source="per project and collector (`tasks`, `task_groups`, `sync_tasks`): 1 when that API area was "
+                   "listed; a region without sync tasks counts as listed",
+            example='`oms_collector_success{collector="task_groups"} == 0`'),
+    # --- task groups ---------------------------------------------------------------------------
+    project("oms_task_groups", "Number of task groups of the project in each state.", ("status",),
+            _records_per_state(lambda listing: listing.groups, GROUP_STATUS_NAMES),
+            source="per project: task groups per state, all 10 always present",
+            example="`sum by (status) (oms_task_groups)`"),
+    record("oms_task_group_info", "Static facts of an OMS task group; the value is always 1.",
+           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket", "task_type"),
+           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket", "task_type"),
+           lambda facts: ((facts, 1),), kind=GROUP, source="static facts of a group, value 1",
+           example='`oms_task_group_info{src_cloud="AWS"}`'),
+    record("oms_task_group_status", "Current state of an OMS task group: 1 for the state it is in, 0 for the "
+           "other nine.", ("status",), ("status",), _state_set(GROUP_STATUS_NAMES), kind=GROUP,
+           source="`status`: one series per state (waiting, creating, migrating, paused, create_failed, failed, "
+                  "succeeded, pausing, delete_pending, deleting), 1 for the current",
+           example='`oms_task_group_status{status=~"create_failed|failed"} == 1`'),
+    record("oms_task_group_status_code", "Raw OMS task group status code: 0 waiting, 1 creating, 2 migrating, "
+           "3 paused, 4 create_failed, 5 failed, 6 succeeded, 7 pausing, 8 delete_pending, 9 deleting.",
+           (), ("status",), _scalar, kind=GROUP, source="`status` (0..9)", example="`oms_task_group_status_code`"),
+    gauge("oms_task_group_progress_ratio", "complete_size / total_size of the group, 0 to 1; no series while "
+          "total_size is 0 or absent.", "progress", kind=GROUP, source="`complete_size / total_size`",
+          example="`oms_task_group_progress_ratio`"),
+    *(gauge(name, f"{what} ({field}).", field, kind=GROUP, source=f"`{field}`", example=f"`{name}`")
+      for name, field, what in (
+          ("oms_task_group_tasks", "total_task_num", "Tasks of the group"),
+          ("oms_task_group_tasks_created", "create_task_num", "Tasks of the group created so far"),
+          ("oms_task_group_tasks_migrating", "executing_task_num", "Tasks of the group migrating now"),
+          ("oms_task_group_tasks_waiting", "waiting_task_num", "Tasks of the group waiting to run"),
+          ("oms_task_group_tasks_paused", "paused_task_num", "Tasks of the group paused"),
+          ("oms_task_group_tasks_failed", "failed_task_num", "Tasks of the group that failed"),
+          ("oms_task_group_tasks_succeeded", "complete_task_num", "Tasks of the group that succeeded"),
+          ("oms_task_group_objects", "total_num", "Objects the group has to migrate"),
+          ("oms_task_group_objects_created", "create_complete_num", "Objects covered by the tasks created so far"),
+          ("oms_task_group_objects_succeeded", "success_num", "Objects of the group migrated successfully"),
+          ("oms_task_group_objects_failed", "fail_num", "Objects of the group that failed"),
+          ("oms_task_group_objects_skipped", "skip_num", "Objects of the group skipped"),
+          ("oms_task_group_size_bytes", "total_size", "Bytes the group has to migrate"),
+          ("oms_task_group_created_bytes", "create_complete_size", "Bytes covered by the tasks created so far"),
+          ("oms_task_group_completed_bytes", "complete_size", "Bytes of the group processed so far"),
+          ("oms_task_group_speed_bytes_per_second", "migrate_speed", "Migration speed of the group, bytes per second"),
+      )),
+    gauge("oms_task_group_start_timestamp_seconds", "Unix time the group started (start_time).", "start_time_ms",
+          kind=GROUP, ms=True, source="`start_time` (ms → s)",
+          example="`time() - oms_task_group_start_timestamp_seconds`"),
+    gauge("oms_task_group_elapsed_seconds", "Time the group has run so far (total_time).", "total_time_ms",
+          kind=GROUP, ms=True, source="`total_time` (ms → s)", example="`oms_task_group_elapsed_seconds / 3600`"),
+    record("oms_task_group_error_info",
+           "Why the task group failed (error_reason); present only when OMS reports an error, value 1.",
+           ("error_code", "error_msg"), ("error_code", "error_msg"),
+           lambda err: ((err, 1),) if err[0] or err[1] else (), kind=GROUP,
+           source="`error_reason`, only when non-empty", example="`oms_task_group_error_info`"),
+    # --- synchronization tasks -------------------------------------------------------------------
+    project("oms_sync_tasks", "Number of synchronization tasks of the project in each state.", ("status",),
+            _records_per_state(lambda listing: listing.sync_tasks, SYNC_STATUS_NAMES),
+            source="per project: sync tasks per state (synchronizing, stopped); none where the region has no "
+                   "sync tasks", example="`sum by (status) (oms_sync_tasks)`"),
+    record("oms_sync_task_info", "Static facts of an OMS synchronization task; the value is always 1.",
+           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket"),
+           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket"),
+           lambda facts: ((facts, 1),), kind=SYNC, source="static facts of a sync task, value 1",
+           example="`oms_sync_task_info`"),
+    record("oms_sync_task_status", "Current state of a synchronization task: 1 for the state it is in, 0 for "
+           "the other.", ("status",), ("status",), _state_set(SYNC_STATUS_NAMES), kind=SYNC,
+           source="`status`: synchronizing, stopped", example='`oms_sync_task_status{status="stopped"} == 1`'),
+    gauge("oms_sync_task_last_start_timestamp_seconds", "Unix time the sync task was last started "
+          "(last_start_time).", "last_start_time_ms", kind=SYNC, ms=True, source="`last_start_time` (ms → s)",
+          example="`time() - oms_sync_task_last_start_timestamp_seconds`"),
+    record("oms_sync_task_monthly_objects",
+           "Objects of the sync task this month, by result: requested, succeeded, failed, skipped "
+           "(monthly_acceptance_request, monthly_success_object, monthly_failure_object, monthly_skip_object). "
+           "Month to date: they start again from 0 when a month begins.", ("result",),
+           ("monthly_requested", "monthly_succeeded", "monthly_failed", "monthly_skipped"),
+           lambda counts: [((result,), n) for result, n in zip(SYNC_RESULTS, counts) if n is not None],
+           kind=SYNC, strict=True,
+           source="`monthly_acceptance_request`, `monthly_success_object`, `monthly_failure_object`, "
+                  "`monthly_skip_object` as `result` requested, succeeded, failed, skipped (month to date)",
+           example='`oms_sync_task_monthly_objects{result="failed"}`'),
+    gauge("oms_sync_task_monthly_bytes", "Bytes the sync task synchronized this month (monthly_size). Month to "
+          "date: it starts again from 0 when a month begins.", "monthly_bytes", kind=SYNC,
+          source="`monthly_size` (month to date)", example="`oms_sync_task_monthly_bytes`"),
 )
 
 PROJECT_FAMILIES = tuple(f for f in FAMILIES if f.kind is None)
+GROUP_FAMILIES = tuple(f for f in FAMILIES if f.kind is GROUP)
+SYNC_FAMILIES = tuple(f for f in FAMILIES if f.kind is SYNC)
 TASK_FAMILIES = tuple(f for f in FAMILIES if f.kind is TASK)
 
 
@@ -286,7 +392,8 @@ SELF_FAMILIES = (
                "Time from sending an OMS API request to reading its whole answer.", ("project_id",),
                "histogram of OMS request time",
                "`histogram_quantile(0.9, sum by (le) (rate(oms_api_request_duration_seconds_bucket[5m])))`"),
-    SelfFamily("oms_scrape_errors_total", "counter", "Project listings that failed, by reason.",
+    SelfFamily("oms_scrape_errors_total", "counter",
+               "Project listings in which an API area failed, by reason (areas failing for one reason count once).",
                ("project_id", "reason"),
                "failed listings by reason: " + ", ".join(ERROR_REASONS) + "; every reason of every target "
                "at 0 from the first scrape", "`increase(oms_scrape_errors_total[1h]) > 0`"),
@@ -332,8 +439,9 @@ class SelfMetrics:
         self.listings: Counter = made["oms_listings_total"]
         self.encodes: Counter = made["oms_exporter_encodes_total"]
         self.encoded_records: Counter = made["oms_exporter_encoded_records_total"]
-        for result in ("rendered", "reused"):
-            self.encoded_records.labels(TASK.name, result)
+        for kind in (TASK, GROUP, SYNC):
+            for result in ("rendered", "reused"):
+                self.encoded_records.labels(kind.name, result)
 
     def add_project(self, project_id: str) -> None:
         """Export every label set of `project_id` known in advance, at 0, from the first scrape on.

@@ -187,6 +187,170 @@ def parse_task(raw: bytes | msgspec.Raw) -> Task:
         raise MalformedRecord(str(exc)) from None
 
 
+# --- task groups and synchronization tasks --------------------------------------------------
+
+# Task group status codes of TaskGroupResp.status (0..9).
+GROUP_STATUS_NAMES: dict[int, str] = {
+    0: "waiting",
+    1: "creating",
+    2: "migrating",
+    3: "paused",
+    4: "create_failed",
+    5: "failed",
+    6: "succeeded",
+    7: "pausing",
+    8: "delete_pending",
+    9: "deleting",
+}
+# Synchronization task states (SyncTaskInfo.status), as OMS spells them, and as served.
+SYNC_STATUS_NAMES: dict[str, str] = {"SYNCHRONIZING": "synchronizing", "STOPPED": "stopped"}
+
+
+class TaskGroup(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A task group (TaskGroupResp): OMS splits one migration into many tasks and runs them as one."""
+
+    id: str  # group_id
+    status: int | None = None
+    src_cloud: str = ""
+    src_region: str = ""
+    src_bucket: str = ""
+    dst_region: str = ""
+    dst_bucket: str = ""
+    task_type: str = ""
+    total_task_num: float | None = None
+    create_task_num: float | None = None
+    executing_task_num: float | None = None
+    waiting_task_num: float | None = None
+    paused_task_num: float | None = None
+    failed_task_num: float | None = None
+    complete_task_num: float | None = None
+    total_num: float | None = None
+    create_complete_num: float | None = None
+    success_num: float | None = None
+    fail_num: float | None = None
+    skip_num: float | None = None
+    total_size: float | None = None
+    create_complete_size: float | None = None
+    complete_size: float | None = None
+    migrate_speed: float | None = None
+    start_time_ms: float | None = None
+    total_time_ms: float | None = None
+    progress: float | None = None  # complete_size / total_size; None when total_size is 0 or absent
+    error_code: str = ""
+    error_msg: str = ""
+
+
+class SyncTask(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A synchronization task (ShowSyncTask): keeps a destination bucket in step with a source."""
+
+    id: str  # sync_task_id
+    status: str | None = None  # SYNCHRONIZING, STOPPED
+    src_cloud: str = ""
+    src_region: str = ""
+    src_bucket: str = ""
+    dst_region: str = ""
+    dst_bucket: str = ""
+    last_start_time_ms: float | None = None
+    # Month to date (the month holding the query time): they start again from 0 every month.
+    monthly_requested: float | None = None
+    monthly_succeeded: float | None = None
+    monthly_failed: float | None = None
+    monthly_skipped: float | None = None
+    monthly_bytes: float | None = None
+
+
+class _GroupWire(msgspec.Struct):
+    group_id: Annotated[str, msgspec.Meta(min_length=1)]
+    status: int | None = None
+    task_type: str | None = None
+    src_node: _Node | None = None
+    dst_node: _Node | None = None
+    total_task_num: Num | None = None
+    create_task_num: Num | None = None
+    executing_task_num: Num | None = None
+    waiting_task_num: Num | None = None
+    paused_task_num: Num | None = None
+    failed_task_num: Num | None = None
+    complete_task_num: Num | None = None
+    total_num: Num | None = None
+    create_complete_num: Num | None = None
+    success_num: Num | None = None
+    fail_num: Num | None = None
+    skip_num: Num | None = None
+    total_size: Num | None = None
+    create_complete_size: Num | None = None
+    complete_size: Num | None = None
+    migrate_speed: Num | None = None
+    start_time: Num | None = None
+    total_time: Num | None = None
+    error_reason: _Error | str | None = None
+
+
+class _SyncWire(msgspec.Struct):
+    sync_task_id: Annotated[str, msgspec.Meta(min_length=1)]
+    status: str | None = None
+    src_cloud_type: str | None = None
+    src_region: str | None = None
+    src_bucket: str | None = None
+    dst_region: str | None = None
+    dst_bucket: str | None = None
+    last_start_time: Num | None = None
+    monthly_acceptance_request: Num | None = None
+    monthly_success_object: Num | None = None
+    monthly_failure_object: Num | None = None
+    monthly_skip_object: Num | None = None
+    monthly_size: Num | None = None
+
+
+def _group(w: _GroupWire) -> TaskGroup:
+    src, dst = w.src_node or _NO_NODE, w.dst_node or _NO_NODE
+    err = w.error_reason
+    error_code, error_msg = (err.error_code or "", err.error_msg or "") if isinstance(err, _Error) else ("", err or "")
+    progress = w.complete_size / w.total_size if w.total_size and w.complete_size is not None else None
+    return TaskGroup(
+        id=w.group_id, status=w.status, src_cloud=src.cloud_type or "", src_region=src.region or "",
+        src_bucket=src.bucket or "", dst_region=dst.region or "", dst_bucket=dst.bucket or "",
+        task_type=w.task_type or "", total_task_num=w.total_task_num, create_task_num=w.create_task_num,
+        executing_task_num=w.executing_task_num, waiting_task_num=w.waiting_task_num,
+        paused_task_num=w.paused_task_num, failed_task_num=w.failed_task_num, complete_task_num=w.complete_task_num,
+        total_num=w.total_num, create_complete_num=w.create_complete_num, success_num=w.success_num,
+        fail_num=w.fail_num, skip_num=w.skip_num, total_size=w.total_size,
+        create_complete_size=w.create_complete_size, complete_size=w.complete_size, migrate_speed=w.migrate_speed,
+        start_time_ms=w.start_time, total_time_ms=w.total_time, progress=progress,
+        error_code=error_code, error_msg=error_msg)
+
+
+def _sync(w: _SyncWire) -> SyncTask:
+    return SyncTask(
+        # The two states are documented upper case; read them whatever the case.
+        id=w.sync_task_id, status=w.status.upper() if w.status else None, src_cloud=w.src_cloud_type or "",
+        src_region=w.src_region or "", src_bucket=w.src_bucket or "", dst_region=w.dst_region or "",
+        dst_bucket=w.dst_bucket or "",
+        last_start_time_ms=w.last_start_time, monthly_requested=w.monthly_acceptance_request,
+        monthly_succeeded=w.monthly_success_object, monthly_failed=w.monthly_failure_object,
+        monthly_skipped=w.monthly_skip_object, monthly_bytes=w.monthly_size)
+
+
+_decode_group = msgspec.json.Decoder(_GroupWire).decode
+_decode_sync = msgspec.json.Decoder(_SyncWire).decode
+
+
+def parse_group(raw: bytes | msgspec.Raw) -> TaskGroup:
+    """One TaskGroupResp from its JSON text; MalformedRecord when it cannot be read."""
+    try:
+        return _group(_decode_group(raw))
+    except msgspec.ValidationError as exc:
+        raise MalformedRecord(str(exc)) from None
+
+
+def parse_sync(raw: bytes | msgspec.Raw) -> SyncTask:
+    """One ShowSyncTask answer (or SyncTaskInfo) from its JSON text; MalformedRecord when it cannot be read."""
+    try:
+        return _sync(_decode_sync(raw))
+    except msgspec.ValidationError as exc:
+        raise MalformedRecord(str(exc)) from None
+
+
 # --- pages -----------------------------------------------------------------------------------
 
 class _TaskPage(msgspec.Struct):
@@ -195,18 +359,33 @@ class _TaskPage(msgspec.Struct):
     count: Annotated[int, msgspec.Meta(ge=0)]
 
 
-_decode_task_page = msgspec.json.Decoder(_TaskPage).decode
+class _GroupPage(msgspec.Struct):
+    taskgroups: list[msgspec.Raw]
+    count: Annotated[int, msgspec.Meta(ge=0)]
+
+
+_PAGES: dict[str, Callable[[bytes], msgspec.Struct]] = {
+    "ListTasks": msgspec.json.Decoder(_TaskPage).decode, "ListTaskGroup": msgspec.json.Decoder(_GroupPage).decode,
+    "ListSyncTasks": msgspec.json.Decoder(_TaskPage).decode}
+
+
+def page(raw: bytes, api: str = "ListTasks") -> tuple[list[msgspec.Raw], int]:
+    """The records (as JSON text) and `count` of a list answer of `api`; BadPage when it is not that shape."""
+    try:
+        doc = _PAGES[api](raw)
+    except msgspec.ValidationError as exc:
+        raise BadPage(f"answer does not have the {api} shape: {exc}") from None
+    except msgspec.DecodeError:
+        raise BadPage("answer is not valid JSON") from None
+    if isinstance(doc, _GroupPage):
+        return doc.taskgroups, doc.count
+    assert isinstance(doc, _TaskPage)
+    return doc.tasks, doc.count
 
 
 def task_page(raw: bytes) -> tuple[list[msgspec.Raw], int]:
     """The records (as JSON text) and `count` of a ListTasks answer; BadPage when it is not that shape."""
-    try:
-        page = _decode_task_page(raw)
-    except msgspec.ValidationError as exc:
-        raise BadPage(f"answer does not have the ListTasks shape: {exc}") from None
-    except msgspec.DecodeError:
-        raise BadPage("answer is not valid JSON") from None
-    return page.tasks, page.count
+    return page(raw, "ListTasks")
 
 
 # --- parsing with memory ---------------------------------------------------------------------

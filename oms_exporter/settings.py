@@ -165,6 +165,12 @@ class Target(BaseModel):
         None, "only list tasks in these states (codes 1..7)", min_length=1, shown="all")
     group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = setting(
         None, "only list tasks of these task groups", min_length=1, shown="all")
+    task_groups: bool | None = setting(
+        None, "list this project's task groups (true/false), whatever `--collector.task-groups` says",
+        shown="`--collector.task-groups`")
+    sync_tasks: bool | None = setting(
+        None, "list this project's synchronization tasks (true/false), whatever `--collector.sync-tasks` says",
+        shown="`--collector.sync-tasks`")
     # An API edition that caps offsets lower answers 400; the lister then learns that cap and
     # lists per status. Set lower only to skip that one refused request.
     max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = setting(
@@ -309,9 +315,9 @@ class Options(BaseModel):
         "info", "`debug`, `info`, `warn` or `error`", flag="log.level")
     log_format: Literal["logfmt", "json"] = setting("logfmt", "`logfmt` or `json`", flag="log.format")
     max_concurrency: Annotated[int, Field(ge=1, le=100)] = setting(
-        32, "ListTasks requests in flight per project (1..100)", flag="oms.max-concurrency")
+        32, "OMS requests in flight per project, every API together (1..100)", flag="oms.max-concurrency")
     page_limit: Annotated[int, Field(ge=1, le=100)] = setting(
-        100, "tasks per ListTasks page (1..100)", flag="oms.page-limit")
+        100, "records per list page: tasks, task groups, sync tasks (1..100)", flag="oms.page-limit")
     # The scrape budget when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds header,
     # and the margin kept back from the header's value so that the answer arrives in time.
     scrape_timeout: Annotated[Duration, Field(gt=0)] = setting(
@@ -336,6 +342,12 @@ class Options(BaseModel):
         "(see its runbook); `0` (the default): a failed task keeps its series while it is failed",
         flag="oms.failed-task-max-age")
     per_task_series: bool = setting(True, "`false`: per-project aggregates only", flag="oms.per-task-series")
+    collector_task_groups: bool = setting(
+        True, "list task groups (`--no-collector.task-groups`: not); a target's `task_groups` overrides it",
+        flag="collector.task-groups")
+    collector_sync_tasks: bool = setting(
+        True, "list synchronization tasks (`--no-collector.sync-tasks`: not); a target's `sync_tasks` overrides it",
+        flag="collector.sync-tasks")
     ca_file: Path | None = setting(None, "CA bundle for OMS/IAM TLS", flag="oms.ca-file", shown="system CAs")
     insecure_skip_verify: bool = setting(
         False, "skip TLS verification of OMS and IAM (logged loudly)", flag="oms.insecure-skip-verify")
@@ -388,6 +400,11 @@ class Settings(BaseModel):
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
+
+    def lists(self, target: Target, collector: str) -> bool:
+        """Whether `collector` (task_groups, sync_tasks) lists `target`: its own setting, else the flag's."""
+        own = getattr(target, collector)
+        return bool(getattr(self.options, f"collector_{collector}") if own is None else own)
 
 
 class SettingsError(Exception):

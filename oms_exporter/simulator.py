@@ -26,6 +26,31 @@ from aiohttp import web
 from oms_exporter.auth import ALGORITHM, DATE_FORMAT, signature, string_to_sign
 
 MAX_SKEW = 15 * 60
+SYNC_COUNTERS = ("monthly_acceptance_request", "monthly_success_object", "monthly_failure_object",
+                 "monthly_skip_object", "monthly_size")
+# The TaskGroupResp fields of a new group that are neither counted from its tasks nor given.
+GROUP_DEFAULTS: dict[str, Any] = {
+    "description": "", "task_type": "PREFIX", "start_time": 0, "total_time": 0, "migrate_since": 0,
+    "src_node": {"cloud_type": "AWS", "region": "", "bucket": "", "object_key": []},
+    "dst_node": {"region": "", "bucket": "", "save_prefix": ""},
+    "error_reason": {"error_code": "", "error_msg": ""},
+    "enable_metadata_migration": False, "enable_failed_object_recording": True, "enable_restore": False,
+    "enable_requester_pays": False, "bandwidth_policy": [],
+    "smn_config": {"notify_result": True, "notify_error_message": "", "topic_name": ""},
+    "source_cdn": {"domain": "", "protocol": "https", "authentication_type": "NONE"},
+    "failed_object_record": {"result": True, "list_file_key": "", "error_code": ""},
+    "object_overwrite_mode": "SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE", "dst_storage_policy": "STANDARD",
+    "consistency_check": "size_last_modified", "obs_system": "BUCKET",
+}
+# The SyncTaskInfo fields of a new sync task that are not given.
+SYNC_DEFAULTS: dict[str, Any] = {
+    "src_cloud_type": "AWS", "src_region": "", "src_bucket": "", "dst_region": "", "dst_bucket": "",
+    "description": "", "status": "SYNCHRONIZING", "create_time": 0, "last_start_time": 0,
+    "enable_metadata_migration": False, "enable_restore": False, "app_id": "",
+    "source_cdn": {"domain": "", "protocol": "https", "authentication_type": "NONE"},
+    "object_overwrite_mode": "SIZE_LAST_MODIFIED_COMPARISON_OVERWRITE", "dst_storage_policy": "STANDARD",
+    "consistency_check": "size_last_modified", "monthly": {},
+}
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -80,17 +105,39 @@ class Simulator:
         # Filtered id lists, newest first, per (project, status, group), for as long as no task
         # of the project is added, removed or changes state or group.
         self._filtered: dict[tuple[str, int | None, str | None], list[int]] = {}
+        # Task groups: what is not counted from their tasks (TaskGroupResp fields), per project.
+        self.groups: dict[str, dict[str, dict[str, Any]]] = {}
+        # Synchronization tasks (SyncTaskInfo fields), with "monthly": {"YYYY-MM": counters}.
+        self.sync_tasks: dict[str, dict[str, dict[str, Any]]] = {}
+        # False: the region does not publish the sync-task APIs (the gateway answers 404 APIGW.0101).
+        self.sync_supported = True
+        # The GROUP_TASK tasks of each group, per project, until a task of the project changes.
+        self._members: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     # --- state ---------------------------------------------------------------------------
     def add_project(self, project_id: str, tasks: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
         self.projects.setdefault(project_id, {})
         self._order.setdefault(project_id, [])
+        self.groups.setdefault(project_id, {})
+        self.sync_tasks.setdefault(project_id, {})
         for t in tasks:
             self.put_task(project_id, t)
 
     def put_task(self, project_id: str, task: dict[str, Any]) -> None:
         tasks = self.projects[project_id]
         tid = task["id"]
+        group_id = task.get("group_id")
+        if task.get("group_type") == "GROUP_TASK" and group_id and group_id not in self.groups[project_id]:
+            # A task of a group the account does not have yet: the group, as OMS made it.
+            src, dst = task.get("src_node") or {}, task.get("dst_node") or {}
+            self.put_group(project_id, {
+                "group_id": group_id,
+                "src_node": {"cloud_type": str(src.get("cloud_type", "")).upper(), "region": src.get("region", ""),
+                             "bucket": src.get("bucket", ""), "object_key": src.get("object_key", [])},
+                "dst_node": {"region": dst.get("region", ""), "bucket": dst.get("bucket", ""), "save_prefix": ""},
+                # Groups know three task types: LIST, URL_LIST and PREFIX (the default).
+                "task_type": {"list": "LIST", "url_list": "URL_LIST"}.get(task.get("task_type", ""), "PREFIX"),
+                "start_time": task.get("start_time", 0), "total_time": task.get("total_time", 0)})
         if tid not in tasks:
             bisect.insort(self._order[project_id], tid)
         tasks[tid] = task
@@ -107,14 +154,58 @@ class Simulator:
         self._order[project_id].remove(task_id)
         self._changed(project_id, task_id)
 
+    def put_group(self, project_id: str, group: dict[str, Any]) -> None:
+        """A task group: its own fields (group_id, status, src_node, dst_node, task_type, the planned
+        total_task_num / total_num / total_size, ...) over the defaults of a new group; what is not
+        given is counted from its tasks (the status too)."""
+        self.groups[project_id][group["group_id"]] = copy.deepcopy(GROUP_DEFAULTS) | group
+
+    def put_sync_task(self, project_id: str, sync: dict[str, Any]) -> None:
+        """A synchronization task (SyncTaskInfo fields over the defaults, and "monthly":
+        {"YYYY-MM": the monthly counters of that month, UTC})."""
+        self.sync_tasks[project_id][sync["sync_task_id"]] = copy.deepcopy(SYNC_DEFAULTS) | sync
+
+    def group_resp(self, project_id: str, group_id: str) -> dict[str, Any]:
+        """The TaskGroupResp of a group: its own fields, and the counts of its tasks in ListTasks."""
+        group = self.groups[project_id][group_id]
+        index = self._members.get(project_id)
+        if index is None:
+            index = self._members[project_id] = {}
+            for t in self.projects[project_id].values():
+                if t.get("group_type") == "GROUP_TASK" and t.get("group_id"):
+                    index.setdefault(t["group_id"], []).append(t)
+        members = index.get(group_id, [])
+
+        def count(*states: int) -> int:
+            return sum(1 for t in members if t.get("status") in states)
+
+        def total(field: str) -> int:
+            return sum(t.get(field) or 0 for t in members)
+
+        derived = {
+            "create_task_num": len(members), "executing_task_num": count(2, 6), "waiting_task_num": count(1),
+            "paused_task_num": count(3, 7), "failed_task_num": count(4), "complete_task_num": count(5),
+            "success_num": total("successful_num"), "fail_num": total("failed_num"), "skip_num": total("skipped_num"),
+            "complete_size": total("complete_size"), "create_complete_num": total("total_num"),
+            "create_complete_size": total("total_size"), "migrate_speed": total("migrate_speed"),
+        }
+        resp = {**derived, "total_task_num": len(members), "total_num": derived["create_complete_num"],
+                "total_size": derived["create_complete_size"], **group}
+        if "status" not in group:
+            live = count(1, 2, 3, 6, 7)
+            resp["status"] = (0 if not members else 2 if live else 5 if count(4) else 6)
+        return resp
+
     def clear(self, project_id: str) -> None:
         self.projects[project_id].clear()
         self._order[project_id].clear()
         self._filtered = {k: v for k, v in self._filtered.items() if k[0] != project_id}
+        self._members.pop(project_id, None)
         if self._json is not None:
             self._json = {k: v for k, v in self._json.items() if k[0] != project_id}
 
     def _changed(self, project_id: str, task_id: int, moved: bool = True) -> None:
+        self._members.pop(project_id, None)
         if self._json is not None:
             self._json.pop((project_id, task_id), None)
         if moved:
@@ -134,6 +225,10 @@ class Simulator:
         app = web.Application()
         app.router.add_get("/v2/{project_id}/tasks", self._list_tasks)
         app.router.add_get("/v2/{project_id}/tasks/{task_id}", self._show_task)
+        app.router.add_get("/v2/{project_id}/taskgroups", self._list_task_groups)
+        app.router.add_get("/v2/{project_id}/taskgroups/{group_id}", self._show_task_group)
+        app.router.add_get("/v2/{project_id}/sync-tasks", self._list_sync_tasks)
+        app.router.add_get("/v2/{project_id}/sync-tasks/{sync_task_id}", self._show_sync_task)
         app.router.add_post("/v3/auth/tokens", self._iam_tokens)
         return app
 
@@ -192,6 +287,75 @@ class Simulator:
         if task_id not in self.projects[pid]:
             return _error(404, "OMS.1009", "No resources found.")
         return _json(self._task_json(pid, task_id))
+
+    async def _list_task_groups(self, request: web.Request) -> web.Response:
+        """ListTaskGroup: `limit` 1..100, `offset` 0..2147483647, `status` 0..9; newest first."""
+        pid, denied = await self._project(request)
+        if denied is not None:
+            return denied
+        q = request.query
+        try:
+            limit, offset = int(q.get("limit", "10")), int(q.get("offset", "0"))
+            status = int(q["status"]) if "status" in q else None
+        except ValueError:
+            return _bad_param()
+        if not 1 <= limit <= 100 or not 0 <= offset <= 2147483647 or not (status is None or 0 <= status <= 9):
+            return _bad_param()
+        ids = list(reversed(self.groups[pid]))
+        if status is None:
+            return _json({"count": len(ids), "taskgroups": [self.group_resp(pid, gid)
+                                                            for gid in ids[offset:offset + limit]]})
+        groups = [g for g in map(lambda gid: self.group_resp(pid, gid), ids) if g["status"] == status]
+        return _json({"count": len(groups), "taskgroups": groups[offset:offset + limit]})
+
+    async def _show_task_group(self, request: web.Request) -> web.Response:
+        pid, denied = await self._project(request)
+        if denied is not None:
+            return denied
+        group_id = request.match_info["group_id"]
+        if group_id not in self.groups[pid]:
+            return _error(404, "OMS.1009", "No resources found.")
+        return _json(self.group_resp(pid, group_id))
+
+    async def _sync_project(self, request: web.Request) -> tuple[str, web.Response | None]:
+        """The project of a sync-task request, or the answer: the API not published here, or refused."""
+        if not self.sync_supported:
+            return "", _error(404, "APIGW.0101",
+                              "The API does not exist or has not been published in the environment")
+        return await self._project(request)
+
+    async def _list_sync_tasks(self, request: web.Request) -> web.Response:
+        """ListSyncTasks: `limit` 1..100, `offset` 0..10000, `status` SYNCHRONIZING or STOPPED."""
+        pid, denied = await self._sync_project(request)
+        if denied is not None:
+            return denied
+        q = request.query
+        try:
+            limit, offset = int(q.get("limit", "10")), int(q.get("offset", "0"))
+        except ValueError:
+            return _bad_param()
+        status = q.get("status")
+        if not 1 <= limit <= 100 or not 0 <= offset <= 10000 or status not in (None, "SYNCHRONIZING", "STOPPED"):
+            return _bad_param()
+        syncs = [{k: v for k, v in sync.items() if k != "monthly"} for sync in reversed(self.sync_tasks[pid].values())]
+        syncs = [sync for sync in syncs if status is None or sync["status"] == status]
+        return _json({"tasks": syncs[offset:offset + limit], "count": len(syncs)})
+
+    async def _show_sync_task(self, request: web.Request) -> web.Response:
+        """ShowSyncTask: `query_time` (ms, required): the counters of the month (UTC) holding it."""
+        pid, denied = await self._sync_project(request)
+        if denied is not None:
+            return denied
+        query_time = request.query.get("query_time", "")
+        if not query_time.isdigit() or len(query_time) > 19:
+            return _bad_param("Invalid request parameters: query_time.")
+        sync = self.sync_tasks[pid].get(request.match_info["sync_task_id"])
+        if sync is None:
+            return _error(404, "OMS.1009", "No resources found.")
+        month = datetime.fromtimestamp(int(query_time) / 1000, UTC).strftime("%Y-%m")
+        counters = dict.fromkeys(SYNC_COUNTERS, 0) | sync.get("monthly", {}).get(month, {})
+        body = {k: v for k, v in sync.items() if k not in ("monthly", "source_cdn")} | counters
+        return _json(body)
 
     async def _authenticate(self, request: web.Request, project_id: str) -> web.Response | None:
         token = request.headers.get("X-Auth-Token")
@@ -341,8 +505,65 @@ def make_tasks(n: int, *, seed: int = 1, now_ms: int | None = None, first_id: in
     return out
 
 
+def _month(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m")
+
+
+def add_groups_and_syncs(sim: Simulator, project_id: str, *, seed: int = 11, now_ms: int | None = None) -> None:
+    """What the demo shows beside its tasks: a task group still creating its tasks, one whose
+    tasks could not be created, and two synchronization tasks (one stopped) with their own
+    SYNC_TASK tasks and counters for this month."""
+    rng = random.Random(seed)
+    now_ms = int(sim.clock() * 1000) if now_ms is None else now_ms
+    first = max(sim.projects[project_id], default=0) + 1
+    creating = "3f0c9a6e5b7d4c21a8e90f1b2c3d4e5f"
+    # Tasks are created one by one until the planned 24; the planned totals are the group's.
+    sim.put_group(project_id, {
+        "group_id": creating, "status": 1, "task_type": "PREFIX", "total_task_num": 24,
+        "total_num": 4_800_000, "total_size": 24 * 400 * GIB, "start_time": now_ms - 600_000, "total_time": 600_000,
+        "src_node": {"cloud_type": "AWS", "region": "us-east-1", "bucket": "datalake-raw", "object_key": ["raw/"]},
+        "dst_node": {"region": "cn-north-4", "bucket": "obs-datalake", "save_prefix": ""}})
+    for i in range(6):
+        sim.put_task(project_id, _group_member(rng, first + i, now_ms, creating))
+    failed = "5e6f7a8b9c0d4e1f8a2b3c4d5e6f7a8b"  # its tasks ran; one failed: migration failed
+    for i, code in enumerate((5, 5, 4)):
+        task = _group_member(rng, first + 6 + i, now_ms, failed)
+        task.update(status=code, progress=1.0 if code == 5 else 0.62, migrate_speed=0, left_time=0)
+        sim.put_task(project_id, task)
+    sim.groups[project_id][failed].update(
+        status=5, error_reason={"error_code": "TRF.0159", "error_msg": "The source object storage throttled the "
+                                                                        "migration."})
+    sim.put_group(project_id, {
+        "group_id": "9d8e7f6a5b4c43d2a1f0e9d8c7b6a5f4", "status": 4, "task_type": "LIST",
+        "total_task_num": 0, "total_num": 0, "total_size": 0, "start_time": now_ms - 7_200_000, "total_time": 35_000,
+        "src_node": {"cloud_type": "ALIYUN", "region": "cn-hangzhou", "bucket": "media-archive", "object_key": []},
+        "dst_node": {"region": "cn-east-3", "bucket": "obs-media", "save_prefix": "archive/"},
+        "error_reason": {"error_code": "TRF.0013", "error_msg": "The object list file is missing or unreadable."}})
+    month = _month(now_ms)
+    for n, (sid, state, cloud, region, bucket) in enumerate((
+            ("4fb05cd2-c94e-44e4-a07f-e65a2f01ebcb", "SYNCHRONIZING", "AWS", "eu-west-1", "orders-events"),
+            ("a2c4e6f8-1b3d-4f5a-9c7e-0d2f4b6d8e1a", "STOPPED", "Tencent", "ap-guangzhou", "app-uploads"))):
+        sim.put_sync_task(project_id, {
+            "sync_task_id": sid, "src_cloud_type": cloud, "src_region": region, "src_bucket": bucket,
+            "dst_region": "cn-north-4", "dst_bucket": f"obs-{bucket}",
+            "status": state, "create_time": now_ms - 40 * 86_400_000, "last_start_time": now_ms - 3 * 86_400_000,
+            "monthly": {month: dict(zip(SYNC_COUNTERS, (v // (n + 1) for v in (
+                120_000, 118_900, 40, 1_060, 310 * GIB))))}})
+        for i in range(2):  # the migration tasks a sync task runs (group_type SYNC_TASK)
+            task = make_task(rng, first + 9 + 2 * n + i, now_ms, status=5)
+            task.update(group_type="SYNC_TASK", group_id=sid)
+            sim.put_task(project_id, task)
+
+
+def _group_member(rng: random.Random, task_id: int, now_ms: int, group_id: str) -> dict[str, Any]:
+    task = make_task(rng, task_id, now_ms, status=rng.choice([1, 1, 2]), group_id=group_id)
+    task.update(total_num=200_000, total_size=400 * GIB)
+    return task
+
+
 class Evolution:
-    """Moves a project's tasks forward in time, for the demo: progress, failures, new tasks."""
+    """Moves a project forward in time, for the demo: task progress, failures, new tasks; groups
+    creating their tasks; sync tasks counting this month's objects."""
 
     def __init__(self, sim: Simulator, project_id: str, seed: int = 7) -> None:
         self._sim = sim
@@ -363,6 +584,24 @@ class Evolution:
         if rng.random() < 0.05 * seconds:
             new_id = max(tasks, default=0) + 1
             self._sim.put_task(self._pid, make_task(rng, new_id, now_ms, status=1))
+        for gid, group in self._sim.groups[self._pid].items():
+            if group.get("status") == 1 and rng.random() < 0.1 * seconds:  # creating: one more task
+                created = sum(1 for t in tasks.values() if t.get("group_id") == gid)
+                self._sim.put_task(self._pid, _group_member(rng, max(tasks, default=0) + 1, now_ms, gid))
+                if created + 1 >= group.get("total_task_num", 0):
+                    del group["status"]  # every task created: the group's state follows its tasks
+        for sync in self._sim.sync_tasks[self._pid].values():
+            if sync["status"] != "SYNCHRONIZING":
+                continue
+            counts = sync.setdefault("monthly", {}).setdefault(_month(now_ms), dict.fromkeys(SYNC_COUNTERS, 0))
+            requested = rng.randint(0, int(40 * seconds))
+            failed = rng.randint(0, 2) if rng.random() < 0.1 * seconds else 0
+            skipped = rng.randint(0, requested // 20)
+            counts["monthly_acceptance_request"] += requested
+            counts["monthly_failure_object"] += failed
+            counts["monthly_skip_object"] += skipped
+            counts["monthly_success_object"] += max(requested - failed - skipped, 0)
+            counts["monthly_size"] += requested * rng.randint(10_000, 4_000_000)
 
     def _patch(self, task: dict[str, Any], **fields: Any) -> None:
         self._sim.patch_task(self._pid, task["id"], **fields)

@@ -1,8 +1,10 @@
 """Takes listings of the configured projects, shared by every scrape that asks at the same time.
 
-One listing per project is in flight at any moment: concurrent scrapes (an HA Prometheus
-pair, a dashboard refresh storm) wait for the same one. With `min_interval`, a listing
-younger than that is served again instead of asking OMS.
+A project's listing lists its API areas side by side (`Project`): the tasks, and the task
+groups and synchronization tasks when those collectors are on; each area's failure is its
+own. One listing per project is in flight at any moment: concurrent scrapes (an HA
+Prometheus pair, a dashboard refresh storm) wait for the same one. With `min_interval`, a
+listing younger than that is served again instead of asking OMS.
 """
 
 from __future__ import annotations
@@ -10,19 +12,71 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from oms_exporter.client import InternalError, Timeout
+from oms_exporter.client import InternalError, OmsError, Timeout
 from oms_exporter.clock import Clock
+from oms_exporter.groups import Area, GroupLister, SyncLister
 from oms_exporter.lister import Lister, Listing
 from oms_exporter.metrics import SelfMetrics
+from oms_exporter.model import SyncTask, TaskGroup
+from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Project:
+    """The listers of one target: its tasks, and its task groups and sync tasks when switched on."""
+
+    tasks: Lister
+    groups: GroupLister | None = None
+    syncs: SyncLister | None = None
+
+    @property
+    def target(self) -> Target:
+        return self.tasks.target
+
+    @property
+    def collectors(self) -> list[str]:
+        """The collectors (API areas) switched on for this target."""
+        return ["tasks"] + ["task_groups"] * (self.groups is not None) + ["sync_tasks"] * (self.syncs is not None)
+
+    async def run(self, deadline: float) -> Listing:
+        """Every area side by side, before `deadline`; never raises an OmsError."""
+        listing, groups, syncs = await asyncio.gather(
+            self.tasks.run(deadline), _groups(self.groups, deadline), _syncs(self.syncs, deadline))
+        listing.collectors["tasks"] = listing.error
+        listing.skipped["tasks"] = listing.malformed if listing.up else 0
+        if groups is not None:
+            listing.collectors["task_groups"] = groups.error
+            listing.groups = groups.records
+            listing.skipped["task_groups"] = groups.malformed
+        if syncs is not None:
+            listing.collectors["sync_tasks"] = syncs.error
+            listing.sync_tasks = syncs.records
+            listing.skipped["sync_tasks"] = syncs.malformed
+        return listing
+
+    def failed(self, error: OmsError, taken_at: float) -> Listing:
+        """A listing of this target in which every area failed with `error`."""
+        return Listing(self.target, taken_at, error=error, collectors=dict.fromkeys(self.collectors, error))
+
+
+async def _groups(lister: GroupLister | None, deadline: float) -> Area[TaskGroup] | None:
+    return None if lister is None else await lister.run(deadline)
+
+
+async def _syncs(lister: SyncLister | None, deadline: float) -> Area[SyncTask] | None:
+    return None if lister is None else await lister.run(deadline)
+
+
 class Snapshots:
-    def __init__(self, listers: dict[str, Lister], stats: SelfMetrics, clock: Clock,
+    SETTLE = 0.1  # seconds a scrape waits past its deadline for the listing's areas to stop
+
+    def __init__(self, projects: dict[str, Project], stats: SelfMetrics, clock: Clock,
                  min_interval: float = 0.0) -> None:
-        self._listers = listers
+        self._projects = projects
         self._stats = stats
         self._clock = clock
         self._min_interval = min_interval
@@ -46,17 +100,20 @@ class Snapshots:
         fut, listing_deadline = entry
         try:
             # shield: a scrape that gives up must not cancel the listing others wait for.
-            return await asyncio.wait_for(asyncio.shield(fut), clock.remaining(deadline))
+            # Each area of a listing stops itself at its deadline; SETTLE is the moment that
+            # takes, so that an area that hung is served as failed beside those that finished,
+            # instead of the whole project as failed (it is well inside --oms.timeout-offset).
+            wait = clock.remaining(deadline) + (self.SETTLE if deadline >= listing_deadline else 0.0)
+            return await asyncio.wait_for(asyncio.shield(fut), wait)
         except TimeoutError:
-            lister = self._listers[name]
+            project = self._projects[name]
             if deadline < listing_deadline:
                 # The shared listing goes on for the scrape that started it; this earlier
                 # deadline is a failed listing of its own, as far as this scrape can tell.
-                self._stats.scrape_errors.labels(lister.target.project_id, "timeout").inc()
+                self._stats.scrape_errors.labels(project.target.project_id, "timeout").inc()
                 log.info("scrape deadline reached while a shared listing was still running",
                          extra={"target": name})
-            return Listing(lister.target, taken_at=clock.time(),
-                           error=Timeout("listing still running at this scrape's deadline"))
+            return project.failed(Timeout("listing still running at this scrape's deadline"), clock.time())
 
     async def aclose(self) -> None:
         """Cancel listings still running (at shutdown, before their HTTP session closes)."""
@@ -66,23 +123,28 @@ class Snapshots:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _list(self, name: str, deadline: float) -> Listing:
-        lister = self._listers[name]
-        pid = lister.target.project_id
+        project = self._projects[name]
+        pid = project.target.project_id
         self._stats.listings.labels(pid).inc()
         try:
-            listing = await lister.run(deadline)
+            listing = await project.run(deadline)
         except Exception:  # a bug must cost one scrape's data, not the exporter
             log.exception("listing failed unexpectedly", extra={"target": name})
-            listing = Listing(lister.target, taken_at=self._clock.time(),
-                              error=InternalError("internal error, see the exporter's log"))
+            listing = project.failed(InternalError("internal error, see the exporter's log"), self._clock.time())
         finally:
             self._inflight.pop(name, None)
-        if listing.error is not None:
-            self._stats.scrape_errors.labels(pid, listing.error.reason).inc()
+        reasons: set[str] = set()
+        for collector, error in listing.collectors.items():
+            if error is None:
+                continue
+            reasons.add(error.reason)
             log.warning("listing failed", extra={
-                "target": name, "reason": listing.error.reason, "error": str(listing.error),
+                "target": name, "collector": collector, "reason": error.reason, "error": str(error),
                 "requests": listing.requests, "duration_seconds": round(listing.duration, 3)})
-        elif listing.malformed:
-            log.warning("skipped malformed task records", extra={"target": name, "count": listing.malformed})
+        for reason in sorted(reasons):  # one failed listing: each of its reasons once
+            self._stats.scrape_errors.labels(pid, reason).inc()
+        for collector, count in listing.skipped.items():
+            if count:
+                log.warning("skipped malformed records", extra={"target": name, "collector": collector, "count": count})
         self._last[name] = (self._clock.monotonic(), listing)
         return listing

@@ -25,10 +25,11 @@ from oms_exporter.client import Http, OmsClient
 from oms_exporter.clock import Clock
 from oms_exporter.collector import SeriesPolicy
 from oms_exporter.exposition import Renderer
+from oms_exporter.groups import GroupLister, SyncLister
 from oms_exporter.liveness import make_lister
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Settings
-from oms_exporter.snapshot import Snapshots
+from oms_exporter.snapshot import Project, Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,16 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False,
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
         http = Http(session, clock, stats, ssl=tls)
-        listers = {}
+        projects = {}
         for t in settings.targets:
-            client = OmsClient(http, t, make_auth(t, http, clock), clock)
-            listers[t.name] = make_lister(client, t, clock, mode=opts.listing, page_limit=opts.page_limit,
-                                          max_concurrency=opts.max_concurrency,
-                                          refresh_interval=opts.finished_refresh_interval)
-        app[SNAPSHOTS] = Snapshots(listers, stats, clock, min_interval=opts.min_interval)
+            client = OmsClient(http, t, make_auth(t, http, clock), clock, max_concurrency=opts.max_concurrency)
+            limit = opts.page_limit
+            projects[t.name] = Project(
+                make_lister(client, t, clock, mode=opts.listing, page_limit=limit,
+                            refresh_interval=opts.finished_refresh_interval),
+                GroupLister(client, t, clock, page_limit=limit) if settings.lists(t, "task_groups") else None,
+                SyncLister(client, t, clock, page_limit=limit) if settings.lists(t, "sync_tasks") else None)
+        app[SNAPSHOTS] = Snapshots(projects, stats, clock, min_interval=opts.min_interval)
         yield
         await app[SNAPSHOTS].aclose()
 

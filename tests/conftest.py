@@ -32,13 +32,18 @@ class ManualClock(Clock):
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.wall_offset = 0.0  # moves the wall clock only (set_time), as a clock set by NTP would
         self.slept: list[float] = []
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset
 
     def time(self) -> float:
-        return time.time() + self.offset
+        return time.time() + self.offset + self.wall_offset
+
+    def set_time(self, unix: float) -> None:
+        """The wall clock reads `unix` now (monotonic time goes on as it was)."""
+        self.wall_offset += unix - self.time()
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds

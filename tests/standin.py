@@ -9,6 +9,7 @@ this ships with the exporter.
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -35,21 +36,29 @@ class Fault:
     truncate: bool = False  # announce a longer body than sent, then close the connection
     reset: bool = False  # close the connection without answering: the client sees a reset
     match: Callable[[web.Request], bool] | None = None
+    api: str = "tasks"  # the OMS API it applies to: tasks, taskgroups, sync-tasks, or * for all
 
 
 class StandIn(Simulator):
-    """The stand-in with test controls; `requests` logs (path, query string) of OMS API calls."""
+    """The stand-in with test controls.
+
+    `requests` logs (path, query string) of the task API calls (ListTasks, ShowTask), `calls`
+    those of every OMS API (task groups and sync tasks too).
+    """
 
     def __init__(self, *args: Any, latency: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.latency = latency
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str]] = []
         # Called with each OMS API request before it is answered: lets a test change the
         # task list between pages, as users do by creating tasks mid-listing.
         self.on_list: Callable[[web.Request], None] | None = None
-        self.in_flight = 0  # OMS API requests being answered now, and the most at once
+        self.in_flight = 0  # OMS API requests (of every API) being answered now, and the most at once
         self.peak_in_flight = 0
+        self.api_in_flight: collections.Counter[str] = collections.Counter()  # the same, per API
+        self.api_peak_in_flight: collections.Counter[str] = collections.Counter()
         self.auth_failures = 0  # 401 answers of OMS and IAM
         self.iam_logins = 0  # tokens IAM issued
 
@@ -71,14 +80,19 @@ class StandIn(Simulator):
                 self.iam_logins += resp.status == 201
                 self.auth_failures += resp.status == 401
             return resp
-        self.requests.append((request.path, request.query_string))
+        api = request.path.split("/")[3] if request.path.count("/") >= 3 else ""
+        self.calls.append((request.path, request.query_string))
+        if api == "tasks":
+            self.requests.append((request.path, request.query_string))
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self.api_in_flight[api] += 1
+        self.api_peak_in_flight[api] = max(self.api_peak_in_flight[api], self.api_in_flight[api])
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
             for fault in self.faults:
-                if fault.times > 0 and (fault.match is None or fault.match(request)):
+                if fault.times > 0 and fault.api in (api, "*") and (fault.match is None or fault.match(request)):
                     fault.times -= 1
                     return await self._fault(request, fault)
             if self.on_list is not None:
@@ -88,6 +102,7 @@ class StandIn(Simulator):
             return resp
         finally:
             self.in_flight -= 1
+            self.api_in_flight[api] -= 1
 
     async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.delay:

@@ -140,7 +140,7 @@ async def test_iam_one_renewal_in_flight(sim: StandIn, oms: TestServer, http: Ht
 async def test_iam_401_renews_once_for_many_concurrent_requests(
         sim: StandIn, oms: TestServer, http: Http, clock: ManualClock) -> None:
     auth = iam_auth(oms, http, clock)
-    client = OmsClient(http, target_for(oms, **MODES["iam"](oms)), auth, clock)
+    client = OmsClient(http, target_for(oms, **MODES["iam"](oms)), auth, clock, max_concurrency=25)
 
     async def pages() -> None:
         deadline = clock.monotonic() + 10
@@ -168,7 +168,7 @@ async def test_iam_token_renewed_on_401_and_request_retried(
     samples = await scrape(client)  # all 25 pages at once (the count is known): one renewal
     assert value(samples, "oms_up", project_id=PROJECT) == 1
     assert sim.iam_logins == 2
-    assert sim.auth_failures == 25
+    assert sim.auth_failures == 27  # the 25 pages, the task-group page, the sync-task page: each refused once
     assert auth_errors(samples) == 0
 
 
@@ -263,19 +263,19 @@ async def test_failing_burst_counts_once_and_then_one_request_probes(
     # The next listing sends its 25 pages at once (the count is known): all are refused ...
     samples = await scrape(client)
     assert value(samples, "oms_up", project_id=PROJECT) == 0 and auth_errors(samples) == 1
-    assert sim.auth_failures == 25
-    # ... but count as one failure: the pause is the first one (30 s), not 2**24 times it.
+    assert sim.auth_failures == 27  # with the task-group and sync-task pages
+    # ... but count as one failure: the pause is the first one (30 s), not 2**26 times it.
     clock.advance(30.1)
-    sent = len(sim.requests)
+    sent = len(sim.calls)
     samples = await scrape(client)
     assert auth_errors(samples) == 2
-    # After a failure, one request tries the credentials before the others may go.
-    assert len(sim.requests) - sent == 1 and sim.auth_failures == 26
+    # After a failure, one request (of any API area) tries the credentials before the others may go.
+    assert len(sim.calls) - sent == 1 and sim.auth_failures == 28
     sim.credentials["ROTATEDAK"] = Credential("old-sk")  # rotated back
     clock.advance(60.1)
     samples = await scrape(client)
     assert value(samples, "oms_up", project_id=PROJECT) == 1
-    assert sim.auth_failures == 26
+    assert sim.auth_failures == 28
 
 
 async def test_client_raises_auth_failed_during_backoff(sim: StandIn, oms: TestServer, http: Http,

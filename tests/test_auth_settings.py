@@ -259,4 +259,5 @@ def test_check_config_ok_names_the_mode() -> None:
                             "CLOUD_SDK_AK": "SDKAK", "CLOUD_SDK_SK": "sdk-sk"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1] == (
-        "target default: project p1 in cn-north-4, endpoint https://oms.cn-north-4.myhuaweicloud.com, auth aksk")
+        "target default: project p1 in cn-north-4, endpoint https://oms.cn-north-4.myhuaweicloud.com, auth aksk, "
+        "collectors tasks, task_groups, sync_tasks")

@@ -4,8 +4,10 @@ The stand-in and the webhook receiver run in the test's event loop (so the test 
 task); the exporter, Prometheus (scraping every second, loaded with the shipped rules, their
 `for:` shortened) and Alertmanager run as processes, all on loopback with temporary storage.
 Asserted: the target is up; a task the stand-in fails reaches the webhook as OmsTaskFailed,
-named; every metric the dashboards and rules name exists in Prometheus; every dashboard query
-(variables filled in) returns data. Skips without the binaries unless OMS_EXPORTER_REQUIRE_E2E=1.
+named; a task group it fails reaches it as OmsTaskGroupFailed; failing sync objects and a
+failing collector fire their alerts; every metric the dashboards and rules name exists in
+Prometheus; every dashboard query (variables filled in) returns data. Skips without the
+binaries unless OMS_EXPORTER_REQUIRE_E2E=1.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from oms_exporter.simulator import make_tasks
-from tests.standin import StandIn
+from oms_exporter.simulator import add_groups_and_syncs, make_tasks
+from tests.standin import Fault, StandIn
 from tests.test_grafana import dashboards, exprs_of, label_values_selector, referenced_metric_names, variable_queries
 from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary, shorten_for
 
@@ -157,6 +159,9 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
 
     sim = StandIn(tokens={TOKEN})
     sim.add_project(PROJECT, make_tasks(50, seed=11))
+    add_groups_and_syncs(sim, PROJECT)  # a group creating its tasks, a failed one, two sync tasks
+    group = "3f0c9a6e5b7d4c21a8e90f1b2c3d4e5f"  # creating its tasks: failed below
+    syncing = next(s for s in sim.sync_tasks[PROJECT].values() if s["status"] == "SYNCHRONIZING")
     victim = pick_task(sim)
     tid = str(victim["id"])
     sim.patch_task(PROJECT, victim["id"], bandwidth_policy=[
@@ -166,6 +171,8 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
     # overview's totals must not need them. (No listing fails here: the panel of listing
     # errors has data because every reason is exported at 0 from the start.)
     sim.add_project(AGGREGATES_PROJECT, make_tasks(40, seed=12))
+    # Its task groups cannot be listed: OmsCollectorFailing (its tasks and sync tasks are served).
+    sim.inject(Fault(status=503, times=10**9, api="taskgroups", match=lambda r: AGGREGATES_PROJECT in r.path))
     oms = await aiohttp_server(sim.app())
 
     received: list[dict[str, Any]] = []
@@ -230,18 +237,36 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
         sim.patch_task(PROJECT, victim["id"], status=4, migrate_speed=0, left_time=0,
                        error_reason={"error_code": "OMS.1105", "error_msg": "The destination bucket does not exist."})
 
-        def failed_alert() -> dict[str, Any] | None:
+        await wait_for("the group to be seen creating its tasks",
+                       lambda: has(f'oms_task_group_status{{group_id="{group}", status="creating"}} == 1'),
+                       deadline, processes)
+        sim.groups[PROJECT][group].update(status=5, error_reason={
+            "error_code": "TRF.0159", "error_msg": "The source throttled the migration."})
+        month = next(iter(syncing["monthly"]))
+        syncing["monthly"][month]["monthly_failure_object"] += 5
+
+        def arrived(name: str, **labels: str) -> dict[str, Any] | None:
             for message in received:
                 for alert in message["alerts"]:
-                    labels = alert["labels"]
-                    if labels.get("alertname") == "OmsTaskFailed" and labels.get("task_id") == tid:
+                    if alert["labels"].get("alertname") == name and labels.items() <= alert["labels"].items():
                         return alert
             return None
 
-        async def alert_arrived() -> bool:
-            return failed_alert() is not None
+        def failed_alert() -> dict[str, Any] | None:
+            return arrived("OmsTaskFailed", task_id=tid)
 
-        await wait_for("OmsTaskFailed at the webhook", alert_arrived, deadline, processes)
+        async def alert_arrived() -> bool:
+            return failed_alert() is not None and arrived("OmsTaskGroupFailed", group_id=group) is not None
+
+        await wait_for("OmsTaskFailed and OmsTaskGroupFailed at the webhook", alert_arrived, deadline, processes)
+        group_alert = arrived("OmsTaskGroupFailed", group_id=group)
+        assert group_alert is not None and group_alert["status"] == "firing"
+        assert group_alert["labels"]["status"] == "failed" and group_alert["labels"]["src_bucket"] == "datalake-raw"
+        assert "TRF.0159 The source throttled the migration." in group_alert["annotations"]["description"]
+        for name, labels in (("OmsSyncTaskObjectsFailing", f'sync_task_id="{syncing["sync_task_id"]}"'),
+                             ("OmsCollectorFailing", f'project_id="{AGGREGATES_PROJECT}", collector="task_groups"')):
+            firing = f'ALERTS{{alertname="{name}", alertstate="firing", {labels}}}'
+            await wait_for(f"{name} firing", lambda firing=firing: has(firing), deadline, processes)
         alert = failed_alert()
         assert alert is not None
         assert alert["status"] == "firing"
@@ -263,13 +288,15 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
         empty = []
         checked = 0
         for name, d in dashboards().items():
+            # The group dashboard shows one group: the failed one.
+            filled = {**values, "group_id": group} if name == "oms-task-group.json" else values
             for expr in exprs_of(d):
                 checked += 1
-                if not await query(fill_variables(expr, values)):
+                if not await query(fill_variables(expr, filled)):
                     empty.append(f"{name}: {expr}")
             for q in variable_queries(d):
                 selector, label = label_values_selector(q)
-                result = await query(fill_variables(selector, values))
+                result = await query(fill_variables(selector, filled))
                 checked += 1
                 if not any(label in s["metric"] for s in result):
                     empty.append(f"{name}: variable {q}")

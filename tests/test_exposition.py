@@ -21,7 +21,7 @@ from oms_exporter.client import Timeout
 from oms_exporter.collector import SeriesPolicy, SnapshotCollector
 from oms_exporter.lister import Listing
 from oms_exporter.metrics import TASK_FAMILIES
-from oms_exporter.model import BandwidthWindow, Task
+from oms_exporter.model import BandwidthWindow, SyncTask, Task, TaskGroup
 from oms_exporter.settings import Target
 
 NOW = 1_750_000_000.0  # listing time (s)
@@ -99,10 +99,43 @@ def odd_tasks() -> list[Task]:
     return tasks
 
 
+def groups() -> list[TaskGroup]:
+    """Task groups with every kind of value: odd texts, nulls, an unknown state, huge and tiny numbers."""
+    full = TaskGroup(
+        id="0f1e2d3c4b5a69788796a5b4c3d2e1f0", status=2, src_cloud="AWS", src_region="us-east-1",
+        src_bucket="src", dst_region="cn-north-4", dst_bucket="dst", task_type="PREFIX", total_task_num=40,
+        create_task_num=12, executing_task_num=5, waiting_task_num=4, paused_task_num=1, failed_task_num=1,
+        complete_task_num=1, total_num=4_000_000, create_complete_num=1_200_000, success_num=300_000, fail_num=7,
+        skip_num=12, total_size=2 ** 64, create_complete_size=2 ** 60, complete_size=1e-7, migrate_speed=104857600,
+        start_time_ms=(NOW - 7200) * 1000, total_time_ms=7_200_000, progress=1e-7 / 2 ** 64,
+        error_code="", error_msg="")
+    return [
+        full,
+        TaskGroup(id='odd "id" \\ 迁移', status=5, src_bucket=ODD_TEXTS[2], dst_bucket=ODD_TEXTS[7],
+                  error_code="TRF.0159", error_msg=ODD_TEXTS[9], fail_num=-0.0),
+        TaskGroup(id="unknown-state", status=12, total_size=0, complete_size=0),
+        TaskGroup(id="no-state"),
+    ]
+
+
+def syncs() -> list[SyncTask]:
+    return [
+        SyncTask(id="4fb05cd2-c94e-44e4-a07f-e65a2f01ebcb", status="SYNCHRONIZING", src_cloud="AWS",
+                 src_region="eu-west-1", src_bucket=ODD_TEXTS[0], dst_region="cn-north-4", dst_bucket="dst",
+                 last_start_time_ms=(NOW - 86400) * 1000, monthly_requested=120_000, monthly_succeeded=118_000,
+                 monthly_failed=40, monthly_skipped=1960, monthly_bytes=3.1e11),
+        SyncTask(id="stopped", status="STOPPED", monthly_failed=0, monthly_bytes=None),
+        SyncTask(id="paused?", status="PAUSED"),
+    ]
+
+
 def listings() -> list[Listing]:
-    ok = listing(target(), odd_tasks(), malformed=2, duration=0.123456789, requests=3)
+    ok = listing(target(), odd_tasks(), malformed=2, duration=0.123456789, requests=3, groups=groups(),
+                 sync_tasks=syncs(), collectors={"tasks": None, "task_groups": None, "sync_tasks": None})
     other = listing(target("p2", "second"), [task(7), task(8, status=1)], duration=1e-7)
-    failed = Listing(target("p3", "third"), NOW, error=Timeout("x"), duration=10.5)
+    # The tasks failed, the groups did not: the groups are served; the sync tasks failed too.
+    failed = Listing(target("p3", "third"), NOW, error=Timeout("x"), duration=10.5, groups=groups()[:1],
+                     collectors={"tasks": Timeout("x"), "task_groups": None, "sync_tasks": Timeout("x")})
     return [ok, failed, other]
 
 
@@ -170,6 +203,21 @@ def test_the_cases_are_really_in_the_output() -> None:
     assert 'task_id="204"' not in body and 'task_id="205"' in body  # 7-day max age
     assert 'oms_up{project_id="p3"} 0.0' in body
     assert 'oms_task_info{dst_bucket="dst"' in body  # labels sorted, as prometheus_client writes them
+    # Groups and sync tasks, also of a project whose task listing failed.
+    p1 = 'project_id="p0000000000000000000000000000001"'
+    assert 'oms_task_group_status{group_id="0f1e2d3c4b5a69788796a5b4c3d2e1f0",project_id="p3",status="migrating"} 1.0' \
+        in body
+    assert (r'oms_task_group_error_info{error_code="TRF.0159",error_msg="all \"\\\n\" three",'
+            r'group_id="odd \"id\" \\ 迁移"') in body
+    assert f'oms_task_group_status_code{{group_id="unknown-state",{p1}}} 12.0' in body
+    assert f'group_id="unknown-state",{p1},status="failed"}} 0.0' in body
+    assert 'oms_task_group_progress_ratio{group_id="unknown-state"' not in body  # total_size 0: no ratio
+    assert 'oms_task_group_status{group_id="no-state"' not in body
+    assert f'oms_sync_task_monthly_objects{{{p1},result="failed",sync_task_id="stopped"}} 0.0' in body
+    assert f'oms_sync_task_monthly_bytes{{{p1},sync_task_id="stopped"}}' not in body
+    assert f'oms_sync_tasks{{{p1},status="synchronizing"}} 1.0' in body
+    assert 'oms_sync_tasks{project_id="p3"' not in body
+    assert 'oms_collector_success{collector="sync_tasks",project_id="p3"} 0.0' in body
 
 
 def test_reused_lines_follow_changes() -> None:
@@ -288,6 +336,41 @@ def tasks_strategy(draw: st.DrawFn) -> Task:
 def test_any_task_data(tasks: list[Task], accept: str, policy: SeriesPolicy) -> None:
     lsts = [listing(target(), tasks, duration=0.25)]
     assert fast(lsts, policy, accept) == reference(lsts, policy, accept)
+
+
+@st.composite
+def groups_strategy(draw: st.DrawFn) -> TaskGroup:
+    n = {f: draw(numbers) for f in ("total_task_num", "create_task_num", "executing_task_num", "waiting_task_num",
+                                   "paused_task_num", "failed_task_num", "complete_task_num", "total_num",
+                                   "create_complete_num", "success_num", "fail_num", "skip_num", "total_size",
+                                   "create_complete_size", "complete_size", "migrate_speed", "start_time_ms",
+                                   "total_time_ms", "progress")}
+    return TaskGroup(id=draw(texts), status=draw(st.one_of(st.none(), st.integers(-1, 11))), src_bucket=draw(texts),
+                     task_type=draw(texts), error_code=draw(texts), error_msg=draw(texts), **n)
+
+
+@st.composite
+def syncs_strategy(draw: st.DrawFn) -> SyncTask:
+    n = {f: draw(numbers) for f in ("last_start_time_ms", "monthly_requested", "monthly_succeeded", "monthly_failed",
+                                   "monthly_skipped", "monthly_bytes")}
+    return SyncTask(id=draw(texts), status=draw(st.sampled_from([None, "SYNCHRONIZING", "STOPPED", "", "x"])),
+                    dst_bucket=draw(texts), **n)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(groups_strategy(), max_size=5, unique_by=lambda g: g.id),
+       st.lists(syncs_strategy(), max_size=5, unique_by=lambda s: s.id),
+       st.lists(groups_strategy(), max_size=5, unique_by=lambda g: g.id),
+       st.sampled_from([ACCEPTS[0], ACCEPTS[2], ACCEPTS[6], ACCEPTS[10]]))
+def test_any_group_and_sync_data(first: list[TaskGroup], syncs_: list[SyncTask], then: list[TaskGroup],
+                                 accept: str) -> None:
+    """Any records, and any change of them between two encodes that share the line cache."""
+    cache = x.RecordLines()
+    for grps in (first, then):
+        grps = sorted(grps, key=lambda g: g.id)
+        lsts = [listing(target(), [task(1)], groups=grps, sync_tasks=sorted(syncs_, key=lambda s: s.id),
+                        collectors={"tasks": None, "task_groups": None, "sync_tasks": None})]
+        assert fast(lsts, SeriesPolicy(), accept, cache) == reference(lsts, SeriesPolicy(), accept)
 
 
 def test_go_float_matches_prometheus_client() -> None:

@@ -119,7 +119,7 @@ async def test_429_retry_after_is_waited_when_the_deadline_allows(sim: StandIn, 
     client = await exporter()
     s, elapsed = await timed_scrape(client)
     assert up(s) == 1 and len(task_ids(s)) == 250
-    assert requests(s, "429") == 1 and requests(s, "200") == len(sim.requests) - 1
+    assert requests(s, "429") == 1 and requests(s, "200") == len(sim.calls) - 1
     assert clock.slept == [1.0], "Retry-After: 1 was not honoured"
     assert errors(s, "throttled") == 0
 
@@ -214,9 +214,11 @@ async def test_unreachable_api_is_network_without_a_traceback(
     client = await exporter(targets=[target_for(oms).model_copy(update={"endpoint": url})])
     s, _ = await timed_scrape(client)
     assert_down(s, "network")
-    assert requests(s, "network") == OmsClient.RETRIES + 1
+    assert errors(s, "network") == 1  # one failed listing, though each of its three areas failed
+    assert requests(s, "network") == 3 * (OmsClient.RETRIES + 1)  # tasks, task groups, sync tasks
     warnings = [r for r in no_error_logs.records if r.getMessage() == "listing failed"]
-    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert {r.__dict__["collector"] for r in warnings} == {"tasks", "task_groups", "sync_tasks"}
+    assert all(r.levelno == logging.WARNING for r in warnings) and len(warnings) == 3
     assert "Traceback" not in no_error_logs.text
 
 

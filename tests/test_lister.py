@@ -38,12 +38,12 @@ async def test_pages_with_limit_100_and_uses_count(sim, exporter):
 async def test_second_scrape_starts_every_page_at_once_from_last_count(sim, exporter):
     client = await exporter()
     await scrape(client)
-    assert sim.peak_in_flight == 1  # the first listing had to wait for the first page's count
+    assert sim.api_peak_in_flight["tasks"] == 1  # the first listing had to wait for the first page's count
     sim.requests.clear()
     sim.latency = 0.05
     await scrape(client)
     # 3 pages, all in flight together: one round trip, not two.
-    assert sim.peak_in_flight == 3
+    assert sim.api_peak_in_flight["tasks"] == 3
     assert _offsets(sim) == [0, 100, 200]
 
 
@@ -54,6 +54,7 @@ async def test_requests_in_flight_are_bounded(sim, exporter):
     for _ in range(2):
         s = await scrape(client)
         assert value(s, "oms_up", project_id=PROJECT) == 1
+    # The bound is the target's, over every API: task pages, task groups, sync tasks.
     assert sim.peak_in_flight == 3
 
 

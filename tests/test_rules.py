@@ -28,8 +28,12 @@ ALERTMANAGER_CONFIG = ROOT / "grafana" / "alertmanager" / "alertmanager.yml"
 RUNBOOK_FILES = (ROOT / "README.md",)
 
 REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
-# Alerts about one task: they must name it (joined from oms_task_info).
-PROJECT_ALERTS = {"OmsExporterDown", "OmsTaskListingFailing"}
+# Alerts about a project (or the exporter), not one task, group or sync task.
+PROJECT_ALERTS = {"OmsExporterDown", "OmsTaskListingFailing", "OmsCollectorFailing"}
+# Alerts about one group or sync task: the labels that name it come from its info series.
+RECORD_ALERTS = {"OmsTaskGroupFailed": ("group_id", "oms_task_group_info"),
+                 "OmsTaskGroupStalled": ("group_id", "oms_task_group_info"),
+                 "OmsSyncTaskObjectsFailing": ("sync_task_id", "oms_sync_task_info")}
 SEVERITIES = {"critical", "warning", "info"}
 
 
@@ -121,7 +125,8 @@ def test_alertmanager_config() -> None:
 def test_the_required_alerts_exist() -> None:
     names = {a["alert"] for a in alerts()}
     assert names == {"OmsExporterDown", "OmsTaskListingFailing", "OmsTaskFailed", "OmsTaskStalled",
-                     "OmsTaskFailedObjectsIncreasing", "OmsTaskWaitingTooLong", "OmsTaskSpeedFarBelowLimit"}
+                     "OmsTaskFailedObjectsIncreasing", "OmsTaskWaitingTooLong", "OmsTaskSpeedFarBelowLimit",
+                     "OmsTaskGroupFailed", "OmsTaskGroupStalled", "OmsSyncTaskObjectsFailing", "OmsCollectorFailing"}
 
 
 @pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
@@ -129,8 +134,15 @@ def test_alert_has_severity_summary_description(alert: dict[str, Any]) -> None:
     assert alert["labels"]["severity"] in SEVERITIES
     assert alert["annotations"]["summary"].strip()
     assert alert["annotations"]["description"].strip()
-    if alert["alert"] not in PROJECT_ALERTS:
-        expr = " ".join(alert["expr"].split())
+    expr = " ".join(alert["expr"].split())
+    if alert["alert"] in RECORD_ALERTS:
+        # Source and destination from the last info sample of a few minutes, as for tasks.
+        id_label, info = RECORD_ALERTS[alert["alert"]]
+        assert re.search(rf"group_left \(src_bucket, dst_bucket\)\s*"
+                         rf"topk by \(project_id, {id_label}\) \(1, last_over_time\({info}\[\d+m\]\)\)", expr), expr
+        assert f"$labels.{id_label}" in alert["annotations"]["summary"]
+        assert "$labels.src_bucket" in alert["annotations"]["description"]
+    elif alert["alert"] not in PROJECT_ALERTS:
         # The name comes from the last oms_task_info sample of a few minutes, one series per task,
         # so that a failed listing (series absent for a scrape or two) does not drop it.
         assert re.search(r"group_left \([^)]*\bname\b[^)]*\)\s*"
