@@ -198,6 +198,12 @@ class Target(BaseModel):
             data[field] = value
         return data
 
+    @field_validator("statuses", "group_ids")
+    @classmethod
+    def _once_each(cls, values: list[Any] | None) -> list[Any] | None:
+        # A state or group named twice would be listed (and counted) twice.
+        return None if values is None else list(dict.fromkeys(values))
+
     @model_validator(mode="after")
     def _one_auth_mode(self) -> Target:
         present = {
