@@ -349,7 +349,7 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 res = asyncio.run(_measure(n, args, sim_port, exp_port, exp.pid))
             finally:
                 _stop(exp)
-            if n in args.baseline_at and mode == (["liveness", "full"] if args.listing == "both"
+            if args.baseline_runs and n in args.baseline_at and mode == (["liveness", "full"] if args.listing == "both"
                                                   else [args.listing])[-1]:
                 out = subprocess.run(
                     [sys.executable, __file__, "--role", "sdk", *common, "--runs", str(args.baseline_runs),

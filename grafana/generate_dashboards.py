@@ -428,7 +428,9 @@ def tasks_dashboard() -> dict[str, Any]:
         datasource_variable(),
         query_variable("project_id", "Project", "label_values(oms_up, project_id)"),
         query_variable("group_id", "Task group",
-                       'label_values(oms_task_info{project_id=~"$project_id"}, group_id)'),
+                       # groups of the tasks, and groups served by the task-group collector
+                       'label_values({__name__=~"oms_task_info|oms_task_group_info", '
+                       'project_id=~"$project_id"}, group_id)'),
         query_variable("task", "Task", 'label_values(oms_task_info{project_id=~"$project_id", '
                                        'group_id=~"$group_id"}, name)'),
         {"name": "status", "label": "Status", "type": "custom", "query": ",".join(STATUSES),

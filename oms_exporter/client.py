@@ -172,6 +172,7 @@ class OmsClient:
     # again: an AK/SK is locked after more than 5 consecutive failures.
     AUTH_BACKOFF = 30.0
     AUTH_BACKOFF_MAX = 900.0
+    PROBE_WAIT = 2.0  # seconds the other requests wait for a credentials probe before going on
 
     def __init__(self, http: Http, target: Target, auth: Auth, clock: Clock, *, max_concurrency: int = 8) -> None:
         self._http = http
@@ -184,9 +185,14 @@ class OmsClient:
         self._auth_blocked_until = 0.0
         self._throttled_until = 0.0  # monotonic time before which OMS asked not to be called
         self._auth_probe = asyncio.Lock()
-        # Every request of the target (each API area's pages, ShowTask, ShowSyncTask) holds
-        # one of these slots, retries and their backoff included.
-        self._slots = asyncio.Semaphore(max_concurrency)
+        # Every request of the target holds a slot of its API area, retries and their backoff
+        # included: the tasks' pages and ShowTask share `max_concurrency` slots; task groups
+        # and sync tasks have a few of their own, so that a slow area never starves another.
+        self._slots = {
+            "tasks": asyncio.Semaphore(max_concurrency),
+            "taskgroups": asyncio.Semaphore(max(1, max_concurrency // 4)),
+            "sync-tasks": asyncio.Semaphore(min(2, max_concurrency)),
+        }
 
     # --- the OMS API paths ---------------------------------------------------------------
     async def list_tasks(self, *, offset: int, limit: int, deadline: float, status: int | None = None,
@@ -228,15 +234,31 @@ class OmsClient:
     async def get(self, path: str, query: Mapping[str, str], deadline: float) -> Answer:
         """GET `path` (below /v2/{project_id}/) with retries; a 200 answer, or an OmsError."""
         url = URL(self._base + path).with_query(query)
-        if self._auth_failures or not self._auth_proven:
-            # Credentials not proven yet, or failed last time: one request tries them, the
-            # others wait for its outcome, so that a listing's concurrent requests are not a
-            # burst of failed logins (an AK/SK is locked after more than 5 in a row).
-            async with self._auth_probe:
-                if self._auth_failures or not self._auth_proven:  # this request is the probe
-                    async with self._slots:
-                        return await self._get(url, deadline)
-        async with self._slots:
+        slots = self._slots[path.partition("/")[0]]
+        if not (self._auth_failures or not self._auth_proven):
+            async with slots:
+                return await self._get(url, deadline)
+        # Credentials not proven yet, or failed last time: one request tries them, the others
+        # wait for its outcome, so that a listing's concurrent requests are not a burst of
+        # failed logins (an AK/SK is locked after more than 5 in a row). A probe that hangs
+        # hands on after PROBE_WAIT: the others then try on their own.
+        probe: asyncio.Future[Answer] | None = None
+        async with self._auth_probe:
+            if self._auth_failures or not self._auth_proven:  # this request is the probe
+                probe = asyncio.ensure_future(self._slotted(slots, url, deadline))
+                try:
+                    await asyncio.wait([probe], timeout=self.PROBE_WAIT)
+                except asyncio.CancelledError:
+                    probe.cancel()
+                    raise
+                if probe.done():
+                    return probe.result()
+        if probe is None:
+            return await self._slotted(slots, url, deadline)
+        return await probe  # cancelling this request cancels the probe too
+
+    async def _slotted(self, slots: asyncio.Semaphore, url: URL, deadline: float) -> Answer:
+        async with slots:
             return await self._get(url, deadline)
 
     async def _get(self, url: URL, deadline: float) -> Answer:

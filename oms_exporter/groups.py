@@ -41,6 +41,7 @@ class Area(Generic[R]):
     offered: bool = True  # False: the region does not publish this API
     malformed: int = 0
     duration: float = 0.0
+    requests: int = 0
 
 
 class GroupLister(Pager[TaskGroup]):
@@ -65,9 +66,11 @@ class GroupLister(Pager[TaskGroup]):
 
         groups, error, duration = await self._run(deadline, collect)
         if error is not None:
-            return Area(error=error, duration=duration)
-        return Area(records=[groups[gid] for gid in sorted(groups)], malformed=len(self._parser.malformed),
-                    duration=duration)
+            return Area(error=error, duration=duration, requests=self._requests)
+        # A target scoped to some groups (`group_ids`) serves those groups only.
+        wanted = sorted(groups) if not self.target.group_ids else sorted(set(self.target.group_ids) & groups.keys())
+        return Area(records=[groups[gid] for gid in wanted], malformed=len(self._parser.malformed),
+                    duration=duration, requests=self._requests)
 
 
 class SyncLister(Pager[SyncTask]):
@@ -93,6 +96,7 @@ class SyncLister(Pager[SyncTask]):
             listed: dict[str, SyncTask] = {}
             try:
                 await self._page_through((None, None), listed, deadline)
+                return await self._details_of(sorted(listed), deadline)
             except _Unreachable as exc:
                 raise Incomplete(f"{exc.count} sync tasks, but offset paging reaches only {self._reach()}") from None
             except RequestRejected as exc:
@@ -100,23 +104,24 @@ class SyncLister(Pager[SyncTask]):
                     raise
                 offered = False
                 return {}
-            return await self._details_of(sorted(listed), deadline)
 
         self._details.begin()
         syncs, error, duration = await self._run(deadline, collect)
         if error is None:
             self._details.forget(set(self._details.ids()) - syncs.keys())
         self._details.end(ok=error is None)
+        if error is not None:
+            # A failed listing says nothing about whether the region offers the API.
+            return Area(error=error, duration=duration, requests=self._requests)
         if offered != self._offered:
             self._offered = offered
             log.info("sync tasks are not offered in this region: no sync-task series" if not offered
                      else "sync tasks are offered in this region again", extra={"target": self.target.name})
-        if error is not None:
-            return Area(error=error, duration=duration)
         if not offered:
-            return Area(offered=False, duration=duration)
+            return Area(offered=False, duration=duration, requests=self._requests)
         return Area(records=[syncs[sid] for sid in sorted(syncs)],
-                    malformed=len(self._parser.malformed) + len(self._details.malformed), duration=duration)
+                    malformed=len(self._parser.malformed) + len(self._details.malformed), duration=duration,
+                    requests=self._requests)
 
     async def _details_of(self, ids: list[str], deadline: float) -> dict[str, SyncTask]:
         """ShowSyncTask of each: this month's counters (a sync task deleted meanwhile is left out)."""
@@ -128,9 +133,9 @@ class SyncLister(Pager[SyncTask]):
             try:
                 raw = await self._client.show_sync_task(sid, query_time, deadline)
             except RequestRejected as exc:
-                if exc.status == 404:
+                if exc.status == 404 and exc.code != NOT_PUBLISHED:
                     return  # deleted since it was listed
-                raise
+                raise  # the gateway's "not published here" is the region's answer: see run
             try:
                 records = self._details.parse_all([msgspec.Raw(raw)])
             except msgspec.DecodeError:

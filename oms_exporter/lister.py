@@ -57,6 +57,7 @@ class Listing:
     sync_tasks: list[SyncTask] | None = None
     collectors: dict[str, OmsError | None] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # collector -> unreadable records left out
+    costs: dict[str, tuple[int, float]] = field(default_factory=dict)  # collector -> (requests, seconds)
 
     @property
     def up(self) -> bool:
@@ -118,6 +119,10 @@ class Pager(Generic[R]):
         # lowered when OMS refuses an offset below it (an API edition with a lower cap).
         self._max_offset = target.max_offset
         self._requests = 0
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     async def _fetch(self, query: Query, offset: int, limit: int, deadline: float) -> bytes:
         raise NotImplementedError

@@ -229,7 +229,7 @@ FAMILIES: tuple[Family, ...] = (
     gauge("oms_task_migrated_bytes", "Bytes actually migrated, skipped objects excluded (real_size).", "real_size",
           source="`real_size`", example="`rate(oms_task_migrated_bytes[5m])`"),
     gauge("oms_task_start_timestamp_seconds", "Unix time the task started (start_time).", "start_time_ms",
-          ms=True, source="`start_time` (ms → s)", example="`time() - oms_task_start_timestamp_seconds`"),
+          ms=True, source="`start_time` (ms → s)", example="`time() - (oms_task_start_timestamp_seconds > 0)`"),
     gauge("oms_task_elapsed_seconds", "Time the task has run so far (total_time).", "total_time_ms",
           ms=True, source="`total_time` (ms → s)", example="`oms_task_elapsed_seconds / 3600`"),
     gauge("oms_task_remaining_seconds", "Estimated time left (left_time).", "left_time_ms",
@@ -294,7 +294,7 @@ FAMILIES: tuple[Family, ...] = (
       )),
     gauge("oms_task_group_start_timestamp_seconds", "Unix time the group started (start_time).", "start_time_ms",
           kind=GROUP, ms=True, source="`start_time` (ms → s)",
-          example="`time() - oms_task_group_start_timestamp_seconds`"),
+          example="`time() - (oms_task_group_start_timestamp_seconds > 0)`"),
     gauge("oms_task_group_elapsed_seconds", "Time the group has run so far (total_time).", "total_time_ms",
           kind=GROUP, ms=True, source="`total_time` (ms → s)", example="`oms_task_group_elapsed_seconds / 3600`"),
     record("oms_task_group_error_info",
@@ -317,7 +317,7 @@ FAMILIES: tuple[Family, ...] = (
            source="`status`: synchronizing, stopped", example='`oms_sync_task_status{status="stopped"} == 1`'),
     gauge("oms_sync_task_last_start_timestamp_seconds", "Unix time the sync task was last started "
           "(last_start_time).", "last_start_time_ms", kind=SYNC, ms=True, source="`last_start_time` (ms → s)",
-          example="`time() - oms_sync_task_last_start_timestamp_seconds`"),
+          example="`time() - (oms_sync_task_last_start_timestamp_seconds > 0)`"),
     record("oms_sync_task_monthly_objects",
            "Objects of the sync task this month, by result: requested, succeeded, failed, skipped "
            "(monthly_acceptance_request, monthly_success_object, monthly_failure_object, monthly_skip_object). "

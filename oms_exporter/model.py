@@ -101,7 +101,9 @@ class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         return None if self.ended_ms == float("inf") else self.ended_ms
 
 
-Num = int | float
+# A number field: an integer within int64 (a larger one is no count OMS can mean, and would
+# overflow float arithmetic), or a finite float. Anything else makes the record malformed.
+Num = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | float
 
 
 class _Node(msgspec.Struct):

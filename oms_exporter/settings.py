@@ -164,7 +164,7 @@ class Target(BaseModel):
     statuses: list[Annotated[int, Field(ge=1, le=7)]] | None = setting(
         None, "only list tasks in these states (codes 1..7)", min_length=1, shown="all")
     group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = setting(
-        None, "only list tasks of these task groups", min_length=1, shown="all")
+        None, "only list tasks (and serve task groups) of these task groups", min_length=1, shown="all")
     task_groups: bool | None = setting(
         None, "list this project's task groups (true/false), whatever `--collector.task-groups` says",
         shown="`--collector.task-groups`")
@@ -321,7 +321,8 @@ class Options(BaseModel):
         "info", "`debug`, `info`, `warn` or `error`", flag="log.level")
     log_format: Literal["logfmt", "json"] = setting("logfmt", "`logfmt` or `json`", flag="log.format")
     max_concurrency: Annotated[int, Field(ge=1, le=100)] = setting(
-        32, "OMS requests in flight per project, every API together (1..100)", flag="oms.max-concurrency")
+        32, "ListTasks/ShowTask requests in flight per project (1..100); task groups and sync tasks "
+        "have a few slots of their own", flag="oms.max-concurrency")
     page_limit: Annotated[int, Field(ge=1, le=100)] = setting(
         100, "records per list page: tasks, task groups, sync tasks (1..100)", flag="oms.page-limit")
     # The scrape budget when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds header,

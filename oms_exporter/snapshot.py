@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from oms_exporter.client import InternalError, OmsError, Timeout
 from oms_exporter.clock import Clock
@@ -43,19 +44,34 @@ class Project:
         return ["tasks"] + ["task_groups"] * (self.groups is not None) + ["sync_tasks"] * (self.syncs is not None)
 
     async def run(self, deadline: float) -> Listing:
-        """Every area side by side, before `deadline`; never raises an OmsError."""
-        listing, groups, syncs = await asyncio.gather(
-            self.tasks.run(deadline), _groups(self.groups, deadline), _syncs(self.syncs, deadline))
+        """Every area side by side, before `deadline`; never raises an OmsError.
+
+        An area that raises (a bug) costs that area, not the others: each is awaited to its end.
+        """
+        tasks, groups, syncs = await asyncio.gather(
+            self.tasks.run(deadline), _area(self.groups, deadline), _area(self.syncs, deadline),
+            return_exceptions=True)
+        if isinstance(tasks, BaseException):
+            _unexpected(tasks, self.target.name, "tasks")
+            listing = Listing(self.target, self.tasks.clock.time(), error=_INTERNAL)
+        else:
+            listing = tasks
         listing.collectors["tasks"] = listing.error
         listing.skipped["tasks"] = listing.malformed if listing.up else 0
-        if groups is not None:
-            listing.collectors["task_groups"] = groups.error
-            listing.groups = groups.records
-            listing.skipped["task_groups"] = groups.malformed
-        if syncs is not None:
-            listing.collectors["sync_tasks"] = syncs.error
-            listing.sync_tasks = syncs.records
-            listing.skipped["sync_tasks"] = syncs.malformed
+        listing.costs["tasks"] = (listing.requests, listing.duration)
+        for name, area in (("task_groups", groups), ("sync_tasks", syncs)):
+            if area is None:
+                continue
+            if isinstance(area, BaseException):
+                _unexpected(area, self.target.name, name)
+                area = Area(error=_INTERNAL)
+            listing.collectors[name] = area.error
+            listing.skipped[name] = area.malformed
+            listing.costs[name] = (area.requests, area.duration)
+            if name == "task_groups":
+                listing.groups = cast(list[TaskGroup] | None, area.records)
+            else:
+                listing.sync_tasks = cast(list[SyncTask] | None, area.records)
         return listing
 
     def failed(self, error: OmsError, taken_at: float) -> Listing:
@@ -63,16 +79,22 @@ class Project:
         return Listing(self.target, taken_at, error=error, collectors=dict.fromkeys(self.collectors, error))
 
 
-async def _groups(lister: GroupLister | None, deadline: float) -> Area[TaskGroup] | None:
+_INTERNAL = InternalError("internal error, see the exporter's log")
+
+
+async def _area(lister: GroupLister | SyncLister | None, deadline: float) -> Area[Any] | None:
     return None if lister is None else await lister.run(deadline)
 
 
-async def _syncs(lister: SyncLister | None, deadline: float) -> Area[SyncTask] | None:
-    return None if lister is None else await lister.run(deadline)
+def _unexpected(exc: BaseException, target: str, collector: str) -> None:
+    """An area raised: a bug (or a cancellation, passed on). Logged with its traceback."""
+    if not isinstance(exc, Exception):
+        raise exc
+    log.error("listing failed unexpectedly", exc_info=exc, extra={"target": target, "collector": collector})
 
 
 class Snapshots:
-    SETTLE = 0.1  # seconds a scrape waits past its deadline for the listing's areas to stop
+    SETTLE = 0.1  # seconds before a scrape's deadline that its listing's areas stop
 
     def __init__(self, projects: dict[str, Project], stats: SelfMetrics, clock: Clock,
                  min_interval: float = 0.0) -> None:
@@ -95,16 +117,15 @@ class Snapshots:
             return last[1]
         entry = self._inflight.get(name)
         if entry is None:
-            entry = (asyncio.get_running_loop().create_task(self._list(name, deadline)), deadline)
+            # Each area of a listing stops itself at the listing's deadline; SETTLE before the
+            # scrape's is the moment that takes, so that an area that hung is served as failed
+            # beside those that finished, instead of the whole project as failed.
+            entry = (asyncio.get_running_loop().create_task(self._list(name, deadline - self.SETTLE)), deadline)
             self._inflight[name] = entry
-        fut, listing_deadline = entry
+        fut, listing_deadline = entry  # the deadline of the scrape that started the listing
         try:
             # shield: a scrape that gives up must not cancel the listing others wait for.
-            # Each area of a listing stops itself at its deadline; SETTLE is the moment that
-            # takes, so that an area that hung is served as failed beside those that finished,
-            # instead of the whole project as failed (it is well inside --oms.timeout-offset).
-            wait = clock.remaining(deadline) + (self.SETTLE if deadline >= listing_deadline else 0.0)
-            return await asyncio.wait_for(asyncio.shield(fut), wait)
+            return await asyncio.wait_for(asyncio.shield(fut), clock.remaining(deadline))
         except TimeoutError:
             project = self._projects[name]
             if deadline < listing_deadline:
@@ -138,9 +159,10 @@ class Snapshots:
             if error is None:
                 continue
             reasons.add(error.reason)
+            requests, duration = listing.costs.get(collector, (listing.requests, listing.duration))
             log.warning("listing failed", extra={
                 "target": name, "collector": collector, "reason": error.reason, "error": str(error),
-                "requests": listing.requests, "duration_seconds": round(listing.duration, 3)})
+                "requests": requests, "duration_seconds": round(duration, 3)})
         for reason in sorted(reasons):  # one failed listing: each of its reasons once
             self._stats.scrape_errors.labels(pid, reason).inc()
         for collector, count in listing.skipped.items():

@@ -5,16 +5,21 @@ the others are served."""
 from __future__ import annotations
 
 import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
+from oms_exporter.client import OmsClient
+from oms_exporter.groups import GroupLister
 from oms_exporter.metrics import GROUP_FAMILIES, SYNC_FAMILIES
 from oms_exporter.model import GROUP_STATUS_NAMES
 from oms_exporter.settings import load
-from tests.conftest import PROJECT, Exporter, ManualClock, Samples, scrape, target_for, value, values
+from oms_exporter.simulator import make_task
+from tests.conftest import PROJECT, Exporter, ManualClock, Samples, parse_metrics, scrape, target_for, value, values
 from tests.standin import Fault, StandIn, json_fault
 
 GROUP = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -434,8 +439,6 @@ async def test_a_hanging_group_api_times_out_alone(sim: StandIn, exporter: Expor
     sim.inject(delay=60, status=200, times=100, api="taskgroups")
     client = await exporter()
     resp = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
-    from tests.conftest import parse_metrics
-
     s = parse_metrics(await resp.text())
     assert value(s, "oms_collector_success", project_id=PROJECT, collector="task_groups") == 0
     assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
@@ -459,3 +462,115 @@ async def test_the_probe_serves_groups_and_sync_tasks_of_its_target(sim: StandIn
     s = await scrape(await exporter(), "/probe?target=main")
     assert group_value(s, "oms_task_group_tasks") == 40
     assert sync_value(s, "oms_sync_task_monthly_bytes") == 987_654_321
+
+
+# --- review findings: edges between the areas ------------------------------------------------
+
+async def test_show_sync_task_not_published_means_not_offered(sim: StandIn, exporter: Exporter, clock: ManualClock,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway's 404 APIGW.0101 to ShowSyncTask is the region's answer, not a deleted sync task."""
+    put_known_sync(sim, clock)
+    sim.inject(json_fault(404, {"error_code": "APIGW.0101", "error_msg": "The API does not exist"}, times=100,
+                          api="sync-tasks", match=lambda r: "/sync-tasks/" in r.path))
+    caplog.set_level(logging.INFO)
+    s = await scrape(await exporter())
+    assert value(s, "oms_collector_success", project_id=PROJECT, collector="sync_tasks") == 1
+    assert not any(n.startswith("oms_sync_task") for n in names(s))
+    assert sum(values(s, "oms_scrape_errors_total", project_id=PROJECT).values()) == 0
+    assert any("sync tasks are not offered" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_failed_sync_listing_does_not_flip_the_offered_state(sim: StandIn, exporter: Exporter,
+                                                                     clock: ManualClock,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    put_known_sync(sim, clock)
+    sim.sync_supported = False
+    caplog.set_level(logging.INFO)
+    client = await exporter()
+    await scrape(client)
+    sim.inject(status=503, times=100, api="sync-tasks")
+    for _ in range(2):
+        s = await scrape(client)
+        assert value(s, "oms_collector_success", project_id=PROJECT, collector="sync_tasks") == 0
+    sim.faults.clear()
+    s = await scrape(client)
+    assert value(s, "oms_collector_success", project_id=PROJECT, collector="sync_tasks") == 1
+    offered = [r.getMessage() for r in caplog.records if "offered in this region" in r.getMessage()]
+    assert offered == ["sync tasks are not offered in this region: no sync-task series"]
+
+
+async def test_a_hanging_credentials_probe_does_not_hold_up_the_other_areas(
+        sim: StandIn, exporter: Exporter, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request tries the credentials alone; if it hangs, the others go on after a moment."""
+    monkeypatch.setattr(OmsClient, "PROBE_WAIT", 0.2)
+    put_known_group(sim)
+    put_known_sync(sim, clock)
+    sim.inject(delay=60, status=200, times=1, api="*")  # the very first OMS request hangs
+    client = await exporter()
+    resp = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
+    s = parse_metrics(await resp.text())
+    served = {dict(lab)["collector"]: v for lab, v in values(s, "oms_collector_success", project_id=PROJECT).items()}
+    assert sorted(served.values()) == [0, 1, 1]  # the area of the hung probe times out, alone
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
+
+
+async def test_hanging_areas_do_not_starve_the_tasks_of_request_slots(sim: StandIn, exporter: Exporter,
+                                                                       clock: ManualClock) -> None:
+    put_known_group(sim)
+    put_known_sync(sim, clock)
+    sim.inject(delay=60, status=200, times=100, api="taskgroups")
+    sim.inject(delay=60, status=200, times=100, api="sync-tasks")
+    client = await exporter(max_concurrency=2)
+    resp = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
+    s = parse_metrics(await resp.text())
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert len(values(s, "oms_task_info")) == 250
+    assert value(s, "oms_collector_success", project_id=PROJECT, collector="task_groups") == 0
+    assert value(s, "oms_collector_success", project_id=PROJECT, collector="sync_tasks") == 0
+
+
+@pytest.mark.parametrize("number", [b"1" + b"0" * 400, b"-" + b"9" * 30, b"1e400"])
+async def test_numbers_beyond_any_count_make_the_record_malformed(number: bytes, sim: StandIn, exporter: Exporter,
+                                                                  clock: ManualClock) -> None:
+    huge = msgspec.Raw(number)
+    put_known_group(sim)
+    sim.put_group(PROJECT, {"group_id": "huge", "total_size": 10, "complete_size": huge})
+    put_known_sync(sim, clock)
+    put_known_sync(sim, clock, "huge-sync", monthly_size=huge)  # type: ignore[arg-type]
+    task = make_task(random.Random(3), 9_000_001, int(clock.time() * 1000), status=2)
+    task["total_size"] = huge
+    sim.put_task(PROJECT, task)
+    resp = await (await exporter()).get("/metrics")
+    assert resp.status == 200
+    s = parse_metrics(await resp.text())
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert value(s, "oms_malformed_tasks", project_id=PROJECT) == 1
+    assert values(s, "oms_task_info", task_id="9000001") == {}
+    assert values(s, "oms_task_group_info", group_id="huge") == {} and group_value(s, "oms_task_group_tasks") == 40
+    assert values(s, "oms_sync_task_info", sync_task_id="huge-sync") == {}
+    assert sync_value(s, "oms_sync_task_monthly_bytes") == 987_654_321
+
+
+async def test_an_area_that_raises_costs_that_area_only(sim: StandIn, exporter: Exporter, clock: ManualClock,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in one collector (here: made to raise) fails it as `internal`; the others are served."""
+    async def broken(self: GroupLister, deadline: float) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(GroupLister, "run", broken)
+    put_known_sync(sim, clock)
+    s = await scrape(await exporter())
+    assert value(s, "oms_collector_success", project_id=PROJECT, collector="task_groups") == 0
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="internal") == 1
+    assert value(s, "oms_up", project_id=PROJECT) == 1 and len(values(s, "oms_task_info")) == 250
+    assert sync_value(s, "oms_sync_task_status", status="synchronizing") == 1
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+
+
+async def test_a_target_scoped_to_groups_serves_those_groups(sim: StandIn, oms: Any, exporter: Exporter) -> None:
+    put_known_group(sim)
+    sim.put_group(PROJECT, {"group_id": "other", "status": 5})
+    s = await scrape(await exporter(targets=[target_for(oms, group_ids=[GROUP])]))
+    assert set(dict(lab)["group_id"] for lab in values(s, "oms_task_group_info")) == {GROUP}
+    assert sum(values(s, "oms_task_groups", project_id=PROJECT).values()) == 1
