@@ -14,6 +14,8 @@ import asyncio
 import logging
 import math
 import random
+import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -72,8 +74,18 @@ class BadPayload(OmsError):
     reason = "bad_payload"
 
 
+class Redirected(OmsError):
+    """A 3xx: not followed (credentials must not travel to another location), and no answer."""
+
+    reason = "http_3xx"
+
+
 class NetworkError(OmsError):
     reason = "network"
+
+
+class TooLarge(Exception):
+    """An answer beyond --oms.max-response-size (a BadPayload once counted)."""
 
 
 class Incomplete(OmsError):
@@ -105,7 +117,7 @@ def error_code(body: bytes) -> str:
     """
     try:
         doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return ""
     if type(doc) is not dict:
         return ""
@@ -113,18 +125,28 @@ def error_code(body: bytes) -> str:
     if code is None and type(doc.get("error")) is dict:
         code = doc["error"].get("code")
     code = str(code) if type(code) in (str, int) else ""
-    return code if 0 < len(code) <= 32 and code.replace(".", "").isalnum() and code.isascii() else ""
+    return code if _ERROR_CODE.fullmatch(code) else ""
+
+
+# OMS.0064, APIGW.0301, IAM.0001 (a service word, a dot, digits), or an HTTP status (IAM's `code`).
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9]{1,11}\.[0-9]{1,6}|[0-9]{3}", re.ASCII)
 
 
 class Http:
     """Sends every request of the exporter: deadline-bound, no redirects, OMS requests counted."""
 
+    CHUNK = 64 * 1024  # bytes decompressed per step, with a turn of the event loop between steps
+    MAX_BODY = 8 * 1024**2  # the default of --oms.max-response-size
+
     def __init__(self, session: aiohttp.ClientSession, clock: Clock, stats: SelfMetrics,
-                 ssl: SSLContext | bool = True) -> None:
+                 ssl: SSLContext | bool = True, *, max_body: int = MAX_BODY) -> None:
+        # The session must not decompress by itself (auto_decompress=False): `_read` does,
+        # within max_body, a step at a time.
         self._session = session
         self._clock = clock
         self._stats = stats
         self._ssl = ssl
+        self._max_body = max_body
 
     async def request(self, method: str, url: URL, *, headers: Mapping[str, str], deadline: float,
                       body: bytes = b"", project_id: str | None = None) -> Answer:
@@ -137,13 +159,17 @@ class Http:
         if remaining <= 0:
             raise Timeout("scrape deadline reached before the request was sent")
         started = self._clock.monotonic()
+        status = 0
         try:
             # No redirects: credentials must not follow a request to another host.
-            async with self._session.request(method, url, headers=headers, data=body or None, ssl=self._ssl,
-                                             allow_redirects=False,
+            async with self._session.request(method, url, headers={"Accept-Encoding": "gzip, deflate", **headers},
+                                             data=body or None, ssl=self._ssl, allow_redirects=False,
                                              timeout=aiohttp.ClientTimeout(total=remaining)) as resp:
-                raw = await resp.read()
-                answer = Answer(resp.status, raw, resp.headers)
+                status = resp.status
+                answer = Answer(status, await self._read(resp, url), resp.headers)
+        except TooLarge as exc:
+            self._count(project_id, str(status))
+            raise BadPayload(str(exc)) from None
         except TimeoutError:
             self._count(project_id, "timeout")
             raise Timeout(f"{url.host} did not answer before the scrape deadline") from None
@@ -156,7 +182,61 @@ class Http:
         if project_id is not None:
             self._stats.api_request_duration.labels(project_id).observe(self._clock.monotonic() - started)
         self._count(project_id, str(answer.status))
+        if 300 <= answer.status < 400:
+            raise Redirected(f"{url.host} answered HTTP {answer.status} (a redirect, not followed)")
         return answer
+
+    async def _read(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
+        """The answer's body, decompressed; TooLarge beyond max_body (compressed or not), BadPayload if unreadable.
+
+        Read as it arrives and decompressed a step at a time: a body that never ends, or a
+        small one that unpacks to gigabytes, costs at most max_body of memory and a few
+        steps of the event loop before it is refused.
+        """
+        limit = self._max_body
+        if resp.content_length is not None and resp.content_length > limit:
+            raise TooLarge(f"the answer of {url.host} announces {resp.content_length} bytes, more than "
+                           f"--oms.max-response-size ({limit})")
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            inflate = zlib.decompressobj()
+        elif encoding in ("identity", ""):
+            inflate = None
+        else:
+            raise BadPayload(f"the answer of {url.host} has a Content-Encoding it was not offered: {encoding[:20]!r}")
+        parts: list[bytes] = []
+        received = produced = 0
+        too_large = TooLarge(f"the answer of {url.host} is larger than --oms.max-response-size ({limit} bytes)")
+        async for chunk in resp.content.iter_chunked(self.CHUNK):
+            received += len(chunk)
+            if received > limit:
+                raise too_large
+            if inflate is None:
+                parts.append(chunk)
+                continue
+            data = chunk
+            while data:
+                try:
+                    # At most what is left of the limit (plus one byte, to tell "over"), a step at a time.
+                    piece = inflate.decompress(data, min(self.CHUNK, limit - produced + 1))
+                except zlib.error:
+                    raise BadPayload(f"the answer of {url.host} is not valid {encoding}") from None
+                produced += len(piece)
+                if produced > limit:
+                    raise too_large
+                parts.append(piece)
+                data = inflate.unconsumed_tail
+                if data:
+                    await asyncio.sleep(0)
+        if inflate is not None:
+            parts.append(inflate.flush())  # what zlib still holds of fully read input (< its window)
+            if not inflate.eof:
+                raise BadPayload(f"the {encoding} answer of {url.host} was cut short")
+            if produced + len(parts[-1]) > limit:
+                raise too_large
+        return b"".join(parts)
 
     def _count(self, project_id: str | None, code: str) -> None:
         if project_id is not None:

@@ -16,12 +16,10 @@ import logging
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import msgspec
-
 from oms_exporter.client import BadPayload, Incomplete, OmsClient, OmsError, RequestRejected
 from oms_exporter.clock import Clock
 from oms_exporter.lister import Pager, Query, _all, _Unreachable
-from oms_exporter.model import RecordParser, SyncTask, TaskGroup, parse_group, parse_sync
+from oms_exporter.model import BadPage, RecordParser, SyncTask, TaskGroup, one_record, parse_group, parse_sync
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
@@ -137,8 +135,8 @@ class SyncLister(Pager[SyncTask]):
                     return  # deleted since it was listed
                 raise  # the gateway's "not published here" is the region's answer: see run
             try:
-                records = self._details.parse_all([msgspec.Raw(raw)])
-            except msgspec.DecodeError:
+                records = self._details.parse_all([one_record(raw)])
+            except BadPage:
                 raise BadPayload(f"the ShowSyncTask answer for {sid!r} is not valid JSON") from None
             if records:
                 out[sid] = records[0]

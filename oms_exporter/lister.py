@@ -159,12 +159,22 @@ class Pager(Generic[R]):
 
     async def _page(self, query: Query, offset: int, deadline: float, limit: int = 0) -> tuple[list[R], int]:
         """The readable records of one page (`limit` records, the page limit by default) and its `count`."""
+        records, count, _ = await self._read_page(query, offset, deadline, limit)
+        return records, count
+
+    async def _read_page(self, query: Query, offset: int, deadline: float, limit: int = 0
+                         ) -> tuple[list[R], int, int]:
+        """`_page`, and how many of the page's records were unreadable."""
         self._requests += 1
         raw = await self._fetch(query, offset, limit or self._limit, deadline)
         async with self._parse_turn:
-            records, count = read_page(raw, self._parser, self.API)
+            try:
+                raws, count = page(raw, self.API)
+            except BadPage as exc:
+                raise BadPayload(str(exc)) from None
+            records = self._parser.parse_all(raws)
             await asyncio.sleep(0)
-        return records, count
+        return records, count, len(raws) - len(records)
 
     def _learn_offset_cap(self, answered: set[int], refused: list[int], count: int) -> None:
         """OMS answered 400 to offsets `refused` and 200 to `answered`: learn its cap, or fail the listing.
@@ -193,10 +203,13 @@ class Pager(Generic[R]):
         counts: set[int] = set()
         answered: set[int] = set()
         refused: list[int] = []
+        ids: set[Any] = set()  # distinct records seen
+        unreadable = 0  # records of the pages that could not be read (some maybe twice)
 
         async def fetch(offset: int) -> None:
+            nonlocal unreadable
             try:
-                page_tasks, count = await self._page(query, offset, deadline)
+                page_tasks, count, bad = await self._read_page(query, offset, deadline)
             except RequestRejected as exc:
                 if exc.status != 400 or offset == 0:
                     raise
@@ -206,8 +219,10 @@ class Pager(Generic[R]):
                 return
             answered.add(offset)
             counts.add(count)
+            unreadable += bad
             # A record on two pages (the list shifted between them): the later page is the fresher.
             tasks.update(zip(map(_record_id, page_tasks), page_tasks))
+            ids.update(map(_record_id, page_tasks))
 
         async def one_pass(start_count: int) -> None:
             """Fetch pages until every offset below the largest count seen has been fetched."""
@@ -241,6 +256,12 @@ class Pager(Generic[R]):
             log.debug("task list changed while listing, listing again",
                       extra={"target": self.target.name, "counts": sorted(counts)})
             await one_pass(max(counts))
+        # Every page fetched: the distinct records must account for the count (its smallest
+        # value: records deleted meanwhile lower it). Pages that repeat records while `count`
+        # says there are more are a listing that missed records, not a complete one.
+        if len(ids) + unreadable < min(counts):
+            raise Incomplete(f"{self.API} answered {len(ids)} distinct records (and {unreadable} unreadable) "
+                             f"over every page, but its count says {min(counts)}")
         self._last_count[query] = max(counts)
         return max(counts)
 

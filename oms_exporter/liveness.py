@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
-
 from oms_exporter.client import BadPayload, Incomplete, OmsClient, RequestRejected
 from oms_exporter.clock import Clock
 from oms_exporter.lister import FullLister, Lister, Listing, Query, _all, _Unreachable
 from oms_exporter.metrics import state_totals, task_totals
-from oms_exporter.model import FINISHED_STATUSES, STATUS_NAMES, Task
+from oms_exporter.model import FINISHED_STATUSES, STATUS_NAMES, BadPage, Task, one_record
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
@@ -330,8 +328,8 @@ class LiveLister(Lister):
                 out[tid] = None
                 return
             try:
-                records = self._parser.parse_all([msgspec.Raw(raw)])
-            except msgspec.DecodeError:
+                records = self._parser.parse_all([one_record(raw)])
+            except BadPage:
                 raise BadPayload(f"the ShowTask answer for task {tid} is not valid JSON") from None
             if records and records[0].id != tid:
                 # Another task's record would be served twice under two ids (and Prometheus

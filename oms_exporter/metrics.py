@@ -109,6 +109,13 @@ def project(name: str, help_text: str, labels: tuple[str, ...], series: Callable
     return Family(name, help_text, labels, None, series, source=source, example=example)
 
 
+def _clipped(records: Iterable[Any]) -> int:
+    return sum(map(_is_clipped, records))
+
+
+_is_clipped = attrgetter("clipped")
+
+
 def _when_up(series: Callable[[Listing], Series]) -> Callable[[Listing], Series]:
     """Series only for a listing that succeeded: a failed one never passes partial data off as whole."""
     return lambda listing: series(listing) if listing.up else ()
@@ -180,6 +187,13 @@ FAMILIES: tuple[Family, ...] = (
     project("oms_malformed_tasks", "Task records in the last listing that could not be read and were skipped.", (),
             _when_up(lambda listing: (((), listing.malformed),)),
             source="per project: records skipped in the last listing", example="`oms_malformed_tasks > 0`"),
+    project("oms_clipped_records", "Records of the last listing (tasks, task groups, sync tasks) with a value cut "
+            "to the exporter's limits: label values to 1024 characters, error messages to 512, bandwidth windows "
+            "to 5 per task.", (),
+            _when_up(lambda listing: (((), _clipped(listing.tasks) + _clipped(listing.groups or ())
+                                       + _clipped(listing.sync_tasks or ())),)),
+            source="per project: records with a value cut to the exporter's limits (see *Failure modes*)",
+            example="`oms_clipped_records > 0`"),
     project("oms_finished_tasks_listed_timestamp_seconds",
             "Unix time the project's finished tasks (failed, succeeded) were last listed in full. Between full "
             "listings they are kept exact by their counts and by following the tasks that leave the live states, "
@@ -360,8 +374,8 @@ _TOTAL_GETTERS = tuple(attrgetter(field) for field in TASK_TOTAL_FIELDS)
 # --- the exporter's own metrics --------------------------------------------------------------
 
 # Fixed set of `reason` label values of oms_scrape_errors_total.
-ERROR_REASONS = ("timeout", "throttled", "auth", "http_5xx", "http_4xx", "bad_payload", "network", "incomplete",
-                 "internal")
+ERROR_REASONS = ("timeout", "throttled", "auth", "http_3xx", "http_4xx", "http_5xx", "bad_payload", "network",
+                 "incomplete", "internal")
 # `code` values of oms_api_requests_total exported (at 0) from the start: the HTTP statuses the
 # OMS API documents, and the two for requests without an answer. Others appear when first seen.
 KNOWN_API_CODES = ("200", "400", "401", "403", "404", "429", "500", "503", "timeout", "network")

@@ -11,6 +11,7 @@ neither decoded again nor a new object: the encoder keys its cached lines on tha
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, KeysView, Sequence
 from itertools import compress, repeat
 from operator import is_
@@ -32,6 +33,18 @@ STATUS_NAMES: dict[int, str] = {
 }
 FAILED, SUCCEEDED = 4, 5
 FINISHED_STATUSES = frozenset({FAILED, SUCCEEDED})
+
+
+# What one record may add to /metrics (a hostile or broken upstream must not turn one record
+# into megabytes of labels or thousands of series). Beyond these a value is cut, and the
+# record counts in oms_clipped_records.
+LABEL_MAX = 1024  # characters of a label value (OMS names are at most 255)
+MESSAGE_MAX = 512  # characters of an error message
+WINDOWS_MAX = 5  # bandwidth windows of a task (the API allows 5)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 class MalformedRecord(ValueError):
@@ -81,6 +94,7 @@ class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     error_msg: str = ""
     # When a succeeded/failed task ended (start + total time, ms); +inf for any other task.
     ended_ms: float = float("inf")
+    clipped: bool = False  # a value was cut to LABEL_MAX/MESSAGE_MAX/WINDOWS_MAX
 
     def __post_init__(self) -> None:
         # start_time 0 means "not started" (waiting tasks carry it), not 1970.
@@ -93,6 +107,9 @@ class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
             for w in self.bandwidth:
                 if w.max_bandwidth is not None:
                     kept.setdefault((w.start, w.end), w)
+            if len(kept) > WINDOWS_MAX:
+                kept = dict(list(kept.items())[:WINDOWS_MAX])
+                force_setattr(self, "clipped", True)
             if len(kept) != len(self.bandwidth):
                 force_setattr(self, "bandwidth", tuple(kept.values()))
 
@@ -163,17 +180,28 @@ def _task(w: _TaskWire) -> Task:
         error_code, error_msg = err.error_code or "", err.error_msg or ""
     else:
         error_code, error_msg = "", err or ""
+    labels = [w.name or "", w.group_id or "", w.group_type or "", w.task_type or "", w.task_priority or "",
+              src.cloud_type or "", src.region or "", src.bucket or "", dst.region or "", dst.bucket or "",
+              error_code]
+    clipped = max(map(len, labels)) > LABEL_MAX or len(error_msg) > MESSAGE_MAX
+    if clipped:
+        labels = [_clip(v, LABEL_MAX) for v in labels]
+        error_msg = _clip(error_msg, MESSAGE_MAX)
+    name, group_id, group_type, task_type, priority, src_cloud, src_region, src_bucket, dst_region, dst_bucket, \
+        error_code = labels
+    windows = w.bandwidth_policy or []
+    if len(windows) > 4 * WINDOWS_MAX:  # Task keeps WINDOWS_MAX of them: build no more than a few
+        windows, clipped = windows[:4 * WINDOWS_MAX], True
     return Task(
-        id=w.id, name=w.name or "", group_id=w.group_id or "", group_type=w.group_type or "",
-        task_type=w.task_type or "", priority=w.task_priority or "",
-        src_cloud=src.cloud_type or "", src_region=src.region or "", src_bucket=src.bucket or "",
-        dst_region=dst.region or "", dst_bucket=dst.bucket or "",
+        id=w.id, name=name, group_id=group_id, group_type=group_type, task_type=task_type, priority=priority,
+        src_cloud=src_cloud, src_region=src_region, src_bucket=src_bucket, dst_region=dst_region,
+        dst_bucket=dst_bucket, clipped=clipped,
         status=w.status, progress=w.progress, migrate_speed=w.migrate_speed, total_num=w.total_num,
         successful_num=w.successful_num, failed_num=w.failed_num, skipped_num=w.skipped_num,
         total_size=w.total_size, complete_size=w.complete_size, real_size=w.real_size,
         start_time_ms=w.start_time, total_time_ms=w.total_time, left_time_ms=w.left_time,
-        bandwidth=tuple(BandwidthWindow(b.start or "", b.end or "", b.max_bandwidth)
-                        for b in w.bandwidth_policy or ()),
+        bandwidth=tuple(BandwidthWindow(_clip(b.start or "", LABEL_MAX), _clip(b.end or "", LABEL_MAX),
+                                        b.max_bandwidth) for b in windows),
         error_code=error_code, error_msg=error_msg,
     )
 
@@ -185,8 +213,17 @@ def parse_task(raw: bytes | msgspec.Raw) -> Task:
     """One TaskResp object from its JSON text; MalformedRecord when it cannot be read."""
     try:
         return _task(_decode_task(raw))
-    except msgspec.ValidationError as exc:
-        raise MalformedRecord(str(exc)) from None
+    except _UNREADABLE as exc:
+        raise MalformedRecord(_why(exc)) from None
+
+
+# Every way one record's text can be unreadable: a wrong type, invalid UTF-8 inside a string
+# (the page's syntax check does not look inside strings), nesting deeper than the decoder goes.
+_UNREADABLE = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+
+
+def _why(exc: Exception) -> str:
+    return "nested too deep" if isinstance(exc, RecursionError) else str(exc)
 
 
 # --- task groups and synchronization tasks --------------------------------------------------
@@ -240,6 +277,7 @@ class TaskGroup(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     progress: float | None = None  # complete_size / total_size; None when total_size is 0 or absent
     error_code: str = ""
     error_msg: str = ""
+    clipped: bool = False  # a value was cut to LABEL_MAX/MESSAGE_MAX
 
 
 class SyncTask(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -259,10 +297,11 @@ class SyncTask(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     monthly_failed: float | None = None
     monthly_skipped: float | None = None
     monthly_bytes: float | None = None
+    clipped: bool = False  # a value was cut to LABEL_MAX
 
 
 class _GroupWire(msgspec.Struct):
-    group_id: Annotated[str, msgspec.Meta(min_length=1)]
+    group_id: Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX)]  # a key: never cut
     status: int | None = None
     task_type: str | None = None
     src_node: _Node | None = None
@@ -289,7 +328,7 @@ class _GroupWire(msgspec.Struct):
 
 
 class _SyncWire(msgspec.Struct):
-    sync_task_id: Annotated[str, msgspec.Meta(min_length=1)]
+    sync_task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX)]  # a key: never cut
     status: str | None = None
     src_cloud_type: str | None = None
     src_region: str | None = None
@@ -309,10 +348,17 @@ def _group(w: _GroupWire) -> TaskGroup:
     err = w.error_reason
     error_code, error_msg = (err.error_code or "", err.error_msg or "") if isinstance(err, _Error) else ("", err or "")
     progress = w.complete_size / w.total_size if w.total_size and w.complete_size is not None else None
+    labels = [src.cloud_type or "", src.region or "", src.bucket or "", dst.region or "",
+              dst.bucket or "", w.task_type or "", error_code]
+    clipped = max(map(len, labels)) > LABEL_MAX or len(error_msg) > MESSAGE_MAX
+    if clipped:
+        labels = [_clip(v, LABEL_MAX) for v in labels]
+        error_msg = _clip(error_msg, MESSAGE_MAX)
+    src_cloud, src_region, src_bucket, dst_region, dst_bucket, task_type, error_code = labels
     return TaskGroup(
-        id=w.group_id, status=w.status, src_cloud=src.cloud_type or "", src_region=src.region or "",
-        src_bucket=src.bucket or "", dst_region=dst.region or "", dst_bucket=dst.bucket or "",
-        task_type=w.task_type or "", total_task_num=w.total_task_num, create_task_num=w.create_task_num,
+        id=w.group_id, status=w.status, src_cloud=src_cloud, src_region=src_region, src_bucket=src_bucket,
+        dst_region=dst_region, dst_bucket=dst_bucket, task_type=task_type, clipped=clipped,
+        total_task_num=w.total_task_num, create_task_num=w.create_task_num,
         executing_task_num=w.executing_task_num, waiting_task_num=w.waiting_task_num,
         paused_task_num=w.paused_task_num, failed_task_num=w.failed_task_num, complete_task_num=w.complete_task_num,
         total_num=w.total_num, create_complete_num=w.create_complete_num, success_num=w.success_num,
@@ -323,11 +369,15 @@ def _group(w: _GroupWire) -> TaskGroup:
 
 
 def _sync(w: _SyncWire) -> SyncTask:
+    labels = [w.src_cloud_type or "", w.src_region or "", w.src_bucket or "", w.dst_region or "", w.dst_bucket or ""]
+    clipped = max(map(len, labels)) > LABEL_MAX
+    if clipped:
+        labels = [_clip(v, LABEL_MAX) for v in labels]
+    src_cloud, src_region, src_bucket, dst_region, dst_bucket = labels
     return SyncTask(
         # The two states are documented upper case; read them whatever the case.
-        id=w.sync_task_id, status=w.status.upper() if w.status else None, src_cloud=w.src_cloud_type or "",
-        src_region=w.src_region or "", src_bucket=w.src_bucket or "", dst_region=w.dst_region or "",
-        dst_bucket=w.dst_bucket or "",
+        id=w.sync_task_id, status=w.status.upper() if w.status else None, src_cloud=src_cloud, src_region=src_region,
+        src_bucket=src_bucket, dst_region=dst_region, dst_bucket=dst_bucket, clipped=clipped,
         last_start_time_ms=w.last_start_time, monthly_requested=w.monthly_acceptance_request,
         monthly_succeeded=w.monthly_success_object, monthly_failed=w.monthly_failure_object,
         monthly_skipped=w.monthly_skip_object, monthly_bytes=w.monthly_size)
@@ -341,16 +391,16 @@ def parse_group(raw: bytes | msgspec.Raw) -> TaskGroup:
     """One TaskGroupResp from its JSON text; MalformedRecord when it cannot be read."""
     try:
         return _group(_decode_group(raw))
-    except msgspec.ValidationError as exc:
-        raise MalformedRecord(str(exc)) from None
+    except _UNREADABLE as exc:
+        raise MalformedRecord(_why(exc)) from None
 
 
 def parse_sync(raw: bytes | msgspec.Raw) -> SyncTask:
     """One ShowSyncTask answer (or SyncTaskInfo) from its JSON text; MalformedRecord when it cannot be read."""
     try:
         return _sync(_decode_sync(raw))
-    except msgspec.ValidationError as exc:
-        raise MalformedRecord(str(exc)) from None
+    except _UNREADABLE as exc:
+        raise MalformedRecord(_why(exc)) from None
 
 
 # --- pages -----------------------------------------------------------------------------------
@@ -371,6 +421,9 @@ _PAGES: dict[str, Callable[[bytes], msgspec.Struct]] = {
     "ListSyncTasks": msgspec.json.Decoder(_TaskPage).decode}
 
 
+_RECORDS_KEY = {"ListTasks": b"tasks", "ListTaskGroup": b"taskgroups", "ListSyncTasks": b"tasks"}
+
+
 def page(raw: bytes, api: str = "ListTasks") -> tuple[list[msgspec.Raw], int]:
     """The records (as JSON text) and `count` of a list answer of `api`; BadPage when it is not that shape."""
     try:
@@ -379,10 +432,89 @@ def page(raw: bytes, api: str = "ListTasks") -> tuple[list[msgspec.Raw], int]:
         raise BadPage(f"answer does not have the {api} shape: {exc}") from None
     except msgspec.DecodeError:
         raise BadPage("answer is not valid JSON") from None
+    except RecursionError:
+        # Something nests deeper than the decoder goes: if it is inside one record, that record
+        # is malformed and the others are read; anywhere else the page is unreadable.
+        return _split_page(raw, _RECORDS_KEY[api], api)
     if isinstance(doc, _GroupPage):
         return doc.taskgroups, doc.count
     assert isinstance(doc, _TaskPage)
     return doc.tasks, doc.count
+
+
+# A JSON string, or one structural character: enough to find the records of a page without
+# decoding them (and without recursion, whatever the nesting).
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+class _Skeleton(msgspec.Struct):
+    records: list[int]
+    count: Annotated[int, msgspec.Meta(ge=0)]
+
+
+def _split_page(raw: bytes, key: bytes, api: str) -> tuple[list[msgspec.Raw], int]:
+    """`page` for a page holding something nested too deep: each record's text found by a flat scan.
+
+    The page must be valid JSON around its records (checked on a copy with each record
+    replaced by 0), and each record must be valid JSON syntax but may nest too deep (it is
+    then malformed when parsed). Slow (a Python step per token), and only for such pages.
+    """
+    depth = 0
+    name = b""  # the last string seen in the top-level object (its key, before ':')
+    in_records = False
+    start = 0
+    spans: list[tuple[int, int]] = []
+    for m in _TOKEN.finditer(raw):
+        tok = m.group()
+        if tok[0] == 0x22:  # a string
+            if depth == 1:
+                name = tok[1:-1]
+        elif tok in b"[{":
+            depth += 1
+            if depth == 2 and tok == b"[" and name == key and not spans:
+                in_records, start = True, m.end()
+        elif tok in b"]}":
+            if in_records and depth == 2:
+                if raw[start:m.start()].strip():
+                    spans.append((start, m.start()))
+                in_records = False
+            depth -= 1
+        elif tok == b"," and in_records and depth == 2:
+            spans.append((start, m.start()))
+            start = m.end()
+    if not spans and not in_records:
+        raise BadPage("answer nests deeper than it can be read")
+    skeleton, last = [], 0
+    for a, b in spans:
+        skeleton += [raw[last:a], b"0"]
+        last = b
+    skeleton.append(raw[last:])
+    try:
+        doc = msgspec.json.decode(b"".join(skeleton).replace(b'"' + key + b'"', b'"records"', 1), type=_Skeleton)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        raise BadPage(f"answer does not have the {api} shape, or nests deeper than it can be read") from None
+    records = []
+    for a, b in spans:
+        text = raw[a:b].strip()
+        try:
+            msgspec.json.decode(text, type=msgspec.Raw)  # syntax only
+        except msgspec.DecodeError:
+            raise BadPage("answer is not valid JSON") from None
+        except RecursionError:
+            pass  # too deep to check: malformed when parsed
+        records.append(msgspec.Raw(text))
+    return records, doc.count
+
+
+def one_record(raw: bytes) -> msgspec.Raw:
+    """The JSON text of a one-record answer (ShowTask, ShowSyncTask); BadPage when it is not JSON."""
+    try:
+        msgspec.json.decode(raw, type=msgspec.Raw)  # syntax only
+    except msgspec.DecodeError:
+        raise BadPage("answer is not valid JSON") from None
+    except RecursionError:
+        pass  # too deep to check: malformed when parsed
+    return msgspec.Raw(raw)
 
 
 def task_page(raw: bytes) -> tuple[list[msgspec.Raw], int]:

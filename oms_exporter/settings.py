@@ -77,6 +77,22 @@ def parse_duration(value: Any) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
 
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?", re.IGNORECASE)
+_UNIT_BYTES = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_size(value: Any) -> int:
+    """A size in bytes: `8MiB`, `512KiB`, `16MB`, or a plain number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"{value!r} is not a size such as 8MiB, 512KiB or 1000000")
+    return int(m.group(1)) * _UNIT_BYTES[(m.group(2) or "b").lower()]
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
 
 def format_duration(seconds: float) -> str:
     """`seconds` the way Prometheus writes a duration (`7d`, `15m`, `500ms`), or `0`."""
@@ -323,6 +339,13 @@ class Options(BaseModel):
     max_concurrency: Annotated[int, Field(ge=1, le=100)] = setting(
         32, "ListTasks/ShowTask requests in flight per project (1..100); task groups and sync tasks "
         "have a few slots of their own", flag="oms.max-concurrency")
+    max_connections: Annotated[int, Field(ge=1, le=10000)] = setting(
+        100, "connections to OMS and IAM open at once, every target together: beyond it requests wait for one "
+        "(1..10000)", flag="oms.max-connections")
+    max_response_size: Annotated[ByteSize, Field(ge=65536, le=1024**3)] = setting(
+        8 * 1024**2, "largest answer one OMS or IAM request may bring, compressed and decompressed (`8MiB`: "
+        "a page of 100 tasks is ~100 KB); a larger one fails the listing as `bad_payload`",
+        flag="oms.max-response-size", shown="`8MiB`")
     page_limit: Annotated[int, Field(ge=1, le=100)] = setting(
         100, "records per list page: tasks, task groups, sync tasks (1..100)", flag="oms.page-limit")
     # The scrape budget when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds header,

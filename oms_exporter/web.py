@@ -82,13 +82,15 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     settings, stats, clock = app[SETTINGS], app[STATS], app[CLOCK]
     opts = settings.options
     tls = outbound_ssl(settings)
-    connector = aiohttp.TCPConnector(limit=opts.max_concurrency * len(settings.targets) + 4,
-                                     ttl_dns_cache=300, ssl=tls)
+    # Every target together: many targets queue for a connection instead of running the
+    # process out of file descriptors.
+    connector = aiohttp.TCPConnector(limit=opts.max_connections, ttl_dns_cache=300, ssl=tls)
     # No cookie jar: OMS and IAM are token/signature APIs, and a cookie set by a gateway in
     # front of one project must not ride along to the next (or cost a jar lookup per page).
-    async with aiohttp.ClientSession(connector=connector, raise_for_status=False,
+    # No automatic decompression: Http reads and unpacks answers within --oms.max-response-size.
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False, auto_decompress=False,
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
-        http = Http(session, clock, stats, ssl=tls)
+        http = Http(session, clock, stats, ssl=tls, max_body=opts.max_response_size)
         projects = {}
         for t in settings.targets:
             client = OmsClient(http, t, make_auth(t, http, clock), clock, max_concurrency=opts.max_concurrency)

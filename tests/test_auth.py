@@ -301,17 +301,20 @@ async def test_iam_failed_renewal_is_not_repeated_by_the_waiters(
     assert sim.auth_failures == 2  # a later call tries again (the client's backoff spaces them)
 
 
-@pytest.mark.parametrize("iam_endpoint, reason", [("unreachable", "network"), ("503", "http_5xx")])
+@pytest.mark.parametrize("iam_endpoint, reason", [("unreachable", "network"), ("503", "http_5xx"),
+                                                   ("302", "http_3xx"), ("307", "http_3xx")])
 async def test_iam_outage_is_not_an_auth_failure(iam_endpoint: str, reason: str, sim: StandIn, oms: TestServer,
                                                  aiohttp_server: Any, exporter: Exporter) -> None:
-    """IAM being down says nothing about the credentials: no auth pause, counted as what it is."""
+    """IAM being down (or sending the login elsewhere) says nothing about the credentials: no auth
+    pause, counted as what it is."""
     from aiohttp import web
 
     if iam_endpoint == "unreachable":
         url = "http://127.0.0.1:9"
     else:
         async def busy(request: web.Request) -> web.Response:
-            return web.Response(status=503, text="<html>busy</html>")
+            return web.Response(status=int(iam_endpoint), text="<html>elsewhere</html>",
+                                headers={"Location": "http://127.0.0.1:9/v3/auth/tokens"})
 
         down = web.Application()
         down.router.add_post("/v3/auth/tokens", busy)

@@ -361,17 +361,31 @@ async def test_tasks_created_mid_listing_are_deduplicated(sim: StandIn, exporter
     assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == len(ids)
 
 
-async def test_duplicates_across_pages_are_deduplicated(sim: StandIn, exporter: Exporter) -> None:
+async def test_pages_repeating_records_short_of_the_count_are_incomplete(sim: StandIn, exporter: Exporter,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
     ids = sorted(sim.projects[PROJECT], reverse=True)
     page0 = msgspec.json.encode({"tasks": [sim.projects[PROJECT][i] for i in ids[:100]], "count": 250})
-    # The second page repeats the first one (offset paging drifted by a whole page).
+    # The second page repeats the first one, on every pass: 150 distinct tasks for a count of 250.
     sim.inject(status=200, body=page0, headers={"Content-Type": "application/json"}, times=1000,
                match=lambda r: r.query.get("offset") == "100")
     client = await exporter()
     s, _ = await timed_scrape(client)
+    assert up(s) == 0
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="incomplete") == 1
+    assert not task_ids(s)
+    assert any("distinct records" in str(r.__dict__.get("error")) for r in caplog.records)
+
+
+async def test_a_record_repeated_on_a_page_while_the_count_holds_is_served(sim: StandIn, exporter: Exporter) -> None:
+    """Duplicates are dropped; distinct records that make up the count are a complete listing."""
+    ids = sorted(sim.projects[PROJECT], reverse=True)
+    records = [sim.projects[PROJECT][i] for i in ids[100:200]]
+    page1 = msgspec.json.encode({"tasks": records + records[:3], "count": 250})
+    sim.inject(status=200, body=page1, headers={"Content-Type": "application/json"}, times=1000,
+               match=lambda r: r.query.get("offset") == "100" and "status" not in r.query)
+    s, _ = await timed_scrape(await exporter(listing="full"))
     assert up(s) == 1
-    assert len(task_ids(s)) == 150
-    assert sum(values(s, "oms_tasks", project_id=PROJECT).values()) == 150
+    assert len(task_ids(s)) == 250
 
 
 async def test_count_shrinking_between_pages_is_not_an_error(sim: StandIn, exporter: Exporter) -> None:
