@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import prometheus_client
 from aiohttp import web
 from pydantic import ValidationError
 
-from oms_exporter import __version__, logs, webconfig
+from oms_exporter import __version__, logs, server, webconfig
 from oms_exporter.settings import Options, Settings, SettingsError, load, meta, shown_default
 
 log = logging.getLogger("oms_exporter")
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_describe(settings))
         return 0
 
-    from oms_exporter.web import make_app
+    from oms_exporter.web import make_app, upstream_connections
 
     # Counters without `_created` series: they double the sample count and nobody graphs them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -99,15 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     app.cleanup_ctx.append(gc_policy)  # last: what the others set up is frozen too
     host, port = opts.host_port
     try:
-        sock = _listen(host, port)
+        sock = server.listen(host, port)
     except OSError as exc:
         sys.stderr.write(f"oms-exporter: error: --web.listen-address: cannot listen on "
                          f"{opts.listen_address}: {exc.strerror}\n")
         return EXIT_USAGE
+    file_limit = server.raise_file_limit()
+    max_connections = opts.web_max_connections or server.connection_cap(upstream_connections(settings), file_limit)
     log.info("listening", extra={"address": opts.listen_address, "version": __version__,
-                                 "targets": ",".join(t.name for t in settings.targets), **web_config.describe()})
-    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True,
-                ssl_context=web_config.ssl_context)
+                                 "targets": ",".join(t.name for t in settings.targets),
+                                 "max_connections": max_connections, "open_file_limit": file_limit,
+                                 **web_config.describe()})
+    server.run(app, sock, max_connections=max_connections, header_timeout=opts.read_header_timeout,
+               ssl_context=web_config.ssl_context)
     return 0
 
 
@@ -132,29 +135,6 @@ async def gc_policy(app: web.Application) -> AsyncIterator[None]:
     finally:
         gc.set_threshold(*threshold)
         gc.unfreeze()
-
-
-def _listen(host: str | None, port: int) -> socket.socket:
-    family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
-    if host is None:
-        # All interfaces, IPv4 and IPv6 where the machine has it.
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            host = "::"
-        except OSError:
-            sock, host = socket.socket(socket.AF_INET, socket.SOCK_STREAM), "0.0.0.0"
-    else:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 def _describe(settings: Settings) -> str:

@@ -331,6 +331,14 @@ class Options(BaseModel):
     check_config: bool = setting(
         False, "validate the settings (and the web config file) and exit (0 good, 2 bad)", flag="check-config")
     listen_address: str = setting(":10066", "address to listen on", flag="web.listen-address")
+    web_max_connections: Annotated[int, Field(ge=0, le=1_000_000)] = setting(
+        0, "client connections open at once; more wait in the listen backlog until one closes. `0`: derived "
+        "from the open-file limit (raised to its hard limit at start), minus the upstream connections and 64",
+        flag="web.max-connections", shown="`0`: min(512, open-file limit − upstream connections − 64)")
+    read_header_timeout: Annotated[Duration, Field(gt=0)] = setting(
+        10.0, "time a client has to send a request's head (and to finish a TLS handshake), from connecting or "
+        "from the end of its previous answer; an idle kept-alive connection is closed after it too",
+        flag="web.read-header-timeout")
     telemetry_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = setting(
         "/metrics", "path of the metrics endpoint", flag="web.telemetry-path")
     log_level: Literal["debug", "info", "warn", "error"] = setting(

@@ -77,6 +77,14 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clo
     return app
 
 
+def upstream_connections(settings: Settings) -> int:
+    """The most connections the exporter opens to OMS and IAM at once: --oms.max-connections, or
+    fewer when the targets' request slots (tasks, a quarter more for task groups, 2 for sync
+    tasks, and IAM) cannot fill it."""
+    mc = settings.options.max_concurrency
+    return min(settings.options.max_connections, (mc + max(1, mc // 4) + min(2, mc)) * len(settings.targets) + 4)
+
+
 async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession for the app's life, one client + lister per target."""
     settings, stats, clock = app[SETTINGS], app[STATS], app[CLOCK]
@@ -84,7 +92,7 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     tls = outbound_ssl(settings)
     # Every target together: many targets queue for a connection instead of running the
     # process out of file descriptors.
-    connector = aiohttp.TCPConnector(limit=opts.max_connections, ttl_dns_cache=300, ssl=tls)
+    connector = aiohttp.TCPConnector(limit=upstream_connections(settings), ttl_dns_cache=300, ssl=tls)
     # No cookie jar: OMS and IAM are token/signature APIs, and a cookie set by a gateway in
     # front of one project must not ride along to the next (or cost a jar lookup per page).
     # No automatic decompression: Http reads and unpacks answers within --oms.max-response-size.

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import prometheus_client
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from oms_exporter import server
 from oms_exporter.clock import Clock
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Options, Settings, Target
@@ -96,6 +98,29 @@ def exporter(oms: TestServer, clock: ManualClock, aiohttp_client: Callable[..., 
         return await aiohttp_client(make_app(settings, stats=SelfMetrics(), clock=clock))
 
     return make
+
+
+Served = Callable[..., Awaitable[int]]
+
+
+@pytest.fixture
+async def served(oms: TestServer, clock: ManualClock) -> AsyncIterator[Served]:
+    """`port = await served(targets=None, max_connections=, header_timeout=, **options)`: the exporter
+    served as cli.main serves it (`server.start`: a handler goes on when its client goes away)."""
+    runners: list[web.AppRunner] = []
+
+    async def make(targets: list[Target] | None = None, *, max_connections: int = 100,
+                   header_timeout: float = 10.0, **options: Any) -> int:
+        settings = Settings(options=Options(**options), targets=targets or [target_for(oms)])
+        sock = server.listen("127.0.0.1", 0)
+        port: int = sock.getsockname()[1]
+        runners.append(await server.start(make_app(settings, stats=SelfMetrics(), clock=clock), sock,
+                                          max_connections=max_connections, header_timeout=header_timeout))
+        return port
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
