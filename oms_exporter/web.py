@@ -147,10 +147,17 @@ async def _respond(request: web.Request, names: Sequence[str], with_self: bool) 
     # pair, a burst) wake up together and would otherwise each write their whole body in the
     # same loop iteration. 50 bodies of 8 MB (50,000 tasks) stalled the loop for 1.4 s.
     view = memoryview(body)
-    for start in range(0, len(body), WRITE_PIECE):
-        await resp.write(view[start:start + WRITE_PIECE])  # waits only while the socket is full
-        await asyncio.sleep(0)
-    await resp.write_eof()
+    sent = 0
+    try:
+        for sent in range(0, len(body), WRITE_PIECE):
+            await resp.write(view[sent:sent + WRITE_PIECE])  # waits only while the socket is full
+            await asyncio.sleep(0)
+        await resp.write_eof()
+    except ConnectionError as exc:  # aiohttp's ClientConnectionResetError is one
+        # The client gave up (a Prometheus past its scrape timeout): nothing went wrong here.
+        log.debug("client hung up mid-body", extra={
+            "peer": request.remote, "path": request.path, "sent_bytes": sent, "body_bytes": len(body),
+            "error": type(exc).__name__})
     return resp
 
 
