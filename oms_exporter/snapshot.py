@@ -95,6 +95,9 @@ def _unexpected(exc: BaseException, target: str, collector: str) -> None:
 
 class Snapshots:
     SETTLE = 0.1  # seconds before a scrape's deadline that its listing's areas stop
+    # A scrape whose deadline is at least this much later than that of the failed listing it
+    # joined lists again (see _one); closer deadlines (scrapes of one burst) share the failure.
+    RELIST_MARGIN = 1.0
 
     def __init__(self, projects: dict[str, Project], stats: SelfMetrics, clock: Clock,
                  min_interval: float = 0.0) -> None:
@@ -115,6 +118,21 @@ class Snapshots:
         last = self._last.get(name)
         if self._min_interval and last and clock.monotonic() - last[0] < self._min_interval:
             return last[1]
+        while True:
+            listing, listing_deadline = await self._join(name, deadline)
+            # A listing started by a scrape with an earlier deadline (a client asking for 0.6 s)
+            # may have failed for want of time this scrape still has: list again, within this
+            # scrape's own deadline, rather than pass that failure on. Scrapes of one burst
+            # have nearly the same deadline and share the failure, as they share a success.
+            if (not any(listing.collectors.values()) or deadline - listing_deadline < self.RELIST_MARGIN
+                    or clock.remaining(deadline) <= self.SETTLE):
+                return listing
+            log.info("listing again: the shared listing failed at an earlier scrape's deadline",
+                     extra={"target": name})
+
+    async def _join(self, name: str, deadline: float) -> tuple[Listing, float]:
+        """The listing of `name` in flight (or a new one until `deadline`), and its scrape's deadline."""
+        clock = self._clock
         entry = self._inflight.get(name)
         if entry is None:
             # Each area of a listing stops itself at the listing's deadline; SETTLE before the
@@ -125,7 +143,7 @@ class Snapshots:
         fut, listing_deadline = entry  # the deadline of the scrape that started the listing
         try:
             # shield: a scrape that gives up must not cancel the listing others wait for.
-            return await asyncio.wait_for(asyncio.shield(fut), clock.remaining(deadline))
+            return await asyncio.wait_for(asyncio.shield(fut), clock.remaining(deadline)), listing_deadline
         except TimeoutError:
             project = self._projects[name]
             if deadline < listing_deadline:
@@ -134,7 +152,8 @@ class Snapshots:
                 self._stats.scrape_errors.labels(project.target.project_id, "timeout").inc()
                 log.info("scrape deadline reached while a shared listing was still running",
                          extra={"target": name})
-            return project.failed(Timeout("listing still running at this scrape's deadline"), clock.time())
+            failed = project.failed(Timeout("listing still running at this scrape's deadline"), clock.time())
+            return failed, deadline
 
     async def aclose(self) -> None:
         """Cancel listings still running (at shutdown, before their HTTP session closes)."""

@@ -8,7 +8,7 @@ import gzip
 import pytest
 from aiohttp.test_utils import TestClient
 
-from oms_exporter.web import WRITE_PIECE
+from oms_exporter.web import TIMEOUT_HEADER, WRITE_PIECE
 from tests.conftest import PROJECT, Exporter, Samples, parse_metrics, scrape, value
 from tests.standin import StandIn
 
@@ -136,3 +136,21 @@ async def test_head_sends_the_headers_only(sim: StandIn, exporter: Exporter) -> 
     assert abs(int(head.headers["Content-Length"]) - len(body)) < 1000 and len(body) > 3 * WRITE_PIECE
     again = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
     assert value(parse_metrics((await again.read()).decode()), "oms_up") == 1
+
+
+async def test_a_short_deadline_never_fails_a_scrape_that_has_time_left(sim: StandIn, exporter: Exporter) -> None:
+    """Deadline poisoning: a client asking for 0.6 s starts the listing; a scrape with 10 s that
+    joins it gets a listing of its own time when the shared one fails at the short deadline."""
+    client = await exporter(timeout_offset=0.1)
+    warm = listings(await scrape(client))
+    sim.latency = 1.0  # every OMS request outlasts the short scrape
+    short = asyncio.create_task(client.get("/metrics", headers={TIMEOUT_HEADER: "0.6"}))
+    await asyncio.sleep(0.05)  # the short scrape has started the listing
+    normal = await scrape(client, **{TIMEOUT_HEADER: "10"})
+    assert value(normal, "oms_up", project_id=PROJECT) == 1
+    assert sum(v for (n, _), v in normal.items() if n == "oms_tasks") == 250
+    failed = parse_metrics(await (await short).text())
+    assert value(failed, "oms_up", project_id=PROJECT) == 0
+    # The short scrape's failure is counted once; the scrape that had time listed again.
+    assert value(normal, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
+    assert listings(normal) == warm + 2
