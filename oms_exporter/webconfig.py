@@ -24,8 +24,10 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import re
+import secrets
 import ssl
 import warnings
 from collections import OrderedDict
@@ -223,13 +225,23 @@ _CHALLENGE = {"WWW-Authenticate": 'Basic realm="oms-exporter", charset="UTF-8"'}
 class BasicAuth:
     """aiohttp middleware: every path needs a user of `basic_auth_users` and its password.
 
-    bcrypt is slow on purpose (~50-200 ms): checks run in worker threads, at most two at a
-    time so that a flood of bad guesses cannot starve scrapes of threads, and outcomes are
-    cached per (user, password, hash) so that a scraper with the right password pays once.
+    bcrypt is slow on purpose (~50-200 ms), so that unauthenticated load cannot delay a
+    scraper that has proved its password:
+    - checks run in worker threads (bcrypt releases the GIL), at most CONCURRENT_CHECKS at a
+      time, and at most MAX_WAITING more wait for a place: beyond that a request with
+      credentials not seen before gets 429 at once instead of queueing;
+    - passwords that checked out are remembered (an HMAC of user, password and hash, under
+      a key made at start: the password itself is never kept), in an LRU of their own, so a
+      scraper that proved its password skips bcrypt and every queue, and a flood of wrong
+      passwords cannot push it out;
+    - wrong ones are remembered in a separate, smaller LRU, so a client sending the same
+      wrong password on every scrape costs one check, not one per scrape.
     """
 
-    CACHE_SIZE = 256
+    CACHE_SIZE = 256  # credentials that checked out
+    FAILED_CACHE_SIZE = 64
     CONCURRENT_CHECKS = 2
+    MAX_WAITING = 16
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
         self._users = dict(users)
@@ -237,19 +249,27 @@ class BasicAuth:
         # answer takes as long as for a known user (no user enumeration by timing).
         cost = max((int(h.split(b"$")[2]) for h in self._users.values()), default=10)
         self._dummy = bcrypt.hashpw(b"oms-exporter-dummy", bcrypt.gensalt(rounds=min(max(cost, 4), 31)))
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._key = secrets.token_bytes(32)
+        self._good: OrderedDict[bytes, None] = OrderedDict()
+        self._bad: OrderedDict[bytes, None] = OrderedDict()
         self._checks: asyncio.Semaphore | None = None
+        self._waiting = 0
 
     def middleware(self) -> Middleware:
         @web.middleware
         async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if not await self.authorized(request.headers.get("Authorization", "")):
+            ok = await self.authorized(request.headers.get("Authorization", ""))
+            if ok is None:
+                return web.Response(status=429, text="Too many password checks at once; try again\n",
+                                    headers={"Retry-After": "1"})
+            if not ok:
                 return web.Response(status=401, text="Unauthorized\n", headers=_CHALLENGE)
             return await handler(request)
 
         return basic_auth
 
-    async def authorized(self, header: str) -> bool:
+    async def authorized(self, header: str) -> bool | None:
+        """Whether `header` holds a user's password; None: too many checks waiting to tell."""
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic" or len(encoded) > 4096:
             return False
@@ -260,20 +280,31 @@ class BasicAuth:
         if not sep:
             return False
         hashed = self._users.get(user)
-        key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed or b""])).digest()
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+        key = hmac.new(self._key, b"\0".join([user.encode(), password.encode(), hashed or b""]),
+                       hashlib.sha256).digest()
+        for cache, result in ((self._good, True), (self._bad, False)):
+            if key in cache:
+                cache.move_to_end(key)
+                return result
         if self._checks is None:
             self._checks = asyncio.Semaphore(self.CONCURRENT_CHECKS)
-        async with self._checks:
+        if self._checks.locked() and self._waiting >= self.MAX_WAITING:
+            return None
+        self._waiting += 1
+        try:
+            await self._checks.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             ok = await asyncio.get_running_loop().run_in_executor(
                 None, _check, password.encode(), hashed or self._dummy)
+        finally:
+            self._checks.release()
         ok = ok and hashed is not None
-        self._cache[key] = ok
-        if len(self._cache) > self.CACHE_SIZE:
-            self._cache.popitem(last=False)
+        cache, size = (self._good, self.CACHE_SIZE) if ok else (self._bad, self.FAILED_CACHE_SIZE)
+        cache[key] = None
+        if len(cache) > size:
+            cache.popitem(last=False)
         return ok
 
 

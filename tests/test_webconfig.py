@@ -368,3 +368,33 @@ async def test_the_exporter_serves_tls_and_basic_auth_end_to_end(tmp_path: Path,
     log = err.decode()
     assert "tls=True" in log and "basic_auth_users=1" in log
     assert PASSWORD not in log and "Traceback" not in log
+
+
+async def test_wrong_passwords_cannot_delay_a_scraper_that_proved_its_own(
+        serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 concurrent wrong passwords (each a bcrypt check at a realistic cost) and a scraper that
+    authenticated before: the scraper is answered at once, not behind the checks."""
+    # A small cache, so that these 60 wrong passwords would push the right one out of a shared one.
+    monkeypatch.setattr(webconfig.BasicAuth, "CACHE_SIZE", 16)
+    monkeypatch.setattr(webconfig.BasicAuth, "FAILED_CACHE_SIZE", 16, raising=False)
+    cost10 = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    started = time.monotonic()
+    assert bcrypt.checkpw(PASSWORD.encode(), cost10.encode())
+    check = time.monotonic() - started  # one bcrypt check on this machine
+    server = await serve({"basic_auth_users": {"prometheus": cost10}})
+    assert (await get(server, path="/healthz", auth=("prometheus", PASSWORD)))[0] == 200
+
+    flood = [asyncio.create_task(get(server, path="/healthz", auth=("prometheus", f"guess-{i}")))
+             for i in range(60)]
+    while sum(t.done() for t in flood) < 20:  # more wrong passwords answered than the cache holds
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    status, _, _ = await get(server, path="/healthz", auth=("prometheus", PASSWORD))
+    took = time.monotonic() - started
+    pending = sum(not t.done() for t in flood)
+    statuses = [s for s, _, _ in await asyncio.gather(*flood)]
+    assert status == 200
+    assert took < max(3 * check, 0.2), (took, check)
+    assert pending or all(s == 429 for s in statuses[-10:])  # answered before the flood was
+    # Beyond the checks running and the few waiting, the flood is refused at once, never let in.
+    assert set(statuses) == {401, 429} and statuses.count(401) <= 2 + webconfig.BasicAuth.MAX_WAITING
