@@ -155,6 +155,11 @@ class Snapshots:
             failed = project.failed(Timeout("listing still running at this scrape's deadline"), clock.time())
             return failed, deadline
 
+    def last(self, name: str) -> Listing | None:
+        """The last listing of the target `name` that finished, if any."""
+        entry = self._last.get(name)
+        return entry[1] if entry else None
+
     async def aclose(self) -> None:
         """Cancel listings still running (at shutdown, before their HTTP session closes)."""
         pending = [fut for fut, _ in self._inflight.values()]

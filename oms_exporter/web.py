@@ -14,6 +14,7 @@ import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -181,12 +182,39 @@ async def healthz_handler(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+def _recent(snapshots: Snapshots | None, settings: Settings) -> str:
+    """The last listing of each target, as blackbox_exporter lists its recent probes.
+
+    Only what /metrics shows too: the outcome by reason (never an error's text, which may
+    quote an upstream answer), when, how long, how many tasks and requests.
+    """
+    rows = []
+    for t in settings.targets:
+        listing = snapshots.last(t.name) if snapshots is not None else None
+        if listing is None:
+            cells = ["not listed yet", "", "", "", ""]
+        else:
+            failed = sorted({e.reason for e in listing.collectors.values() if e is not None}
+                            | ({listing.error.reason} if listing.error else set()))
+            outcome = "up" if not failed else "failed: " + ", ".join(failed)
+            when = datetime.fromtimestamp(listing.taken_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            requests = sum(r for r, _ in listing.costs.values()) if listing.costs else listing.requests
+            cells = [outcome, when, f"{listing.duration:.3f} s", str(len(listing.tasks)) if listing.up else "",
+                     str(requests)]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in [t.name, t.project_id, *cells])
+                    + "</tr>")
+    return ("<h2>Last listing of each target</h2>\n<table border=\"1\"><tr><th>target</th><th>project</th>"
+            "<th>outcome</th><th>started</th><th>took</th><th>tasks</th><th>requests</th></tr>\n"
+            + "\n".join(rows) + "\n</table>")
+
+
 async def landing_handler(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     path = settings.options.telemetry_path
     probes = "".join(
         f'<li><a href="/probe?target={html.escape(t.name)}">/probe?target={html.escape(t.name)}</a> '
         f"(project {html.escape(t.project_id)}, {html.escape(t.region)})</li>" for t in settings.targets)
+    recent = _recent(request.app.get(SNAPSHOTS), settings)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>OMS exporter</title></head>
 <body><h1>OMS exporter {html.escape(__version__)}</h1>
@@ -195,6 +223,7 @@ async def landing_handler(request: web.Request) -> web.Response:
  (every configured project and the exporter's own metrics)</li>
 {probes}
 <li><a href="/healthz">/healthz</a></li></ul>
+{recent}
 </body></html>
 """
     return web.Response(text=page, content_type="text/html")
