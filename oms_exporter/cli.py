@@ -7,9 +7,11 @@ setting ends the program with one line per problem and exit code 2, before anyth
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,7 +21,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from oms_exporter import __version__, logs, server, webconfig
-from oms_exporter.settings import Options, Settings, SettingsError, load, meta, shown_default
+from oms_exporter.settings import Options, Settings, SettingsError, Target, load, meta, shown_default
 
 log = logging.getLogger("oms_exporter")
 
@@ -66,28 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         from oms_exporter.demo import Demo  # the stand-in is not loaded in production
 
         demo = Demo(n_tasks=wanted.demo_tasks, auth=wanted.demo_auth)
-    errors: list[str] = []
-    try:
-        settings = load(given, only_target=demo.target if demo else None)
-    except SettingsError as exc:
-        errors += exc.lines
-    web_config = webconfig.WebConfig()
-    if given.get("web_config_file"):
-        try:
-            web_config = webconfig.load(Path(given["web_config_file"]))
-        except SettingsError as exc:
-            errors += exc.lines
+    only_target = demo.target if demo else None
+    settings, web_config, errors = _read(given, only_target)
     if errors:
         for line in errors:
             sys.stderr.write(f"oms-exporter: error: {line}\n")
         return EXIT_USAGE
+    assert settings is not None
     opts = settings.options
     logs.setup(opts.log_level, opts.log_format)
     if opts.check_config:
         sys.stdout.write(_describe(settings))
         return 0
 
-    from oms_exporter.web import make_app, upstream_connections
+    from oms_exporter.web import STATS, make_app, upstream_connections
+    from oms_exporter.web import reload as reload_settings
 
     # Counters without `_created` series: they double the sample count and nobody graphs them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -109,9 +104,50 @@ def main(argv: list[str] | None = None) -> int:
                                  "targets": ",".join(t.name for t in settings.targets),
                                  "max_connections": max_connections, "open_file_limit": file_limit,
                                  **web_config.describe()})
+    reloading = asyncio.Lock()  # one reload at a time: two quick SIGHUPs apply in order
+
+    async def reload() -> None:
+        """SIGHUP: read both files again; serve them if they are good, else keep what is served."""
+        async with reloading:
+            await _reload()
+
+    async def _reload() -> None:
+        new_settings, new_web, errors = _read(given, only_target)
+        if not errors:
+            errors = webconfig.reload_errors(app, new_web)
+        stats = app[STATS]
+        if errors:
+            log.error("reload failed, the settings in force stay", extra={"errors": "; ".join(errors)})
+            stats.config_loaded(False, time.time())
+            return
+        assert new_settings is not None
+        await reload_settings(app, new_settings)
+        webconfig.swap(app, new_web)
+        stats.config_loaded(True, time.time())
+        log.info("reloaded", extra={"targets": ",".join(t.name for t in new_settings.targets),
+                                    **new_web.describe()})
+
     server.run(app, sock, max_connections=max_connections, header_timeout=opts.read_header_timeout,
-               ssl_context=web_config.ssl_context)
+               ssl_context=web_config.ssl_context, on_reload=reload)
     return 0
+
+
+def _read(given: dict[str, Any], only_target: Target | None
+          ) -> tuple[Settings | None, webconfig.WebConfig, list[str]]:
+    """The settings and the web config from the flags and both files, and a line per problem."""
+    errors: list[str] = []
+    settings = None
+    try:
+        settings = load(given, only_target=only_target)
+    except SettingsError as exc:
+        errors += exc.lines
+    web_config = webconfig.WebConfig()
+    if given.get("web_config_file"):
+        try:
+            web_config = webconfig.load(Path(given["web_config_file"]))
+        except SettingsError as exc:
+            errors += exc.lines
+    return settings, web_config, errors
 
 
 async def gc_policy(app: web.Application) -> AsyncIterator[None]:

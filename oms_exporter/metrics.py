@@ -415,6 +415,14 @@ SELF_FAMILIES = (
                "share one; with --oms.min-interval a young listing is served again).", ("project_id",),
                "listings asked of OMS; fewer than scrapes when scrapes share them",
                "`rate(oms_listings_total[5m])`"),
+    SelfFamily("oms_exporter_config_last_reload_successful", "gauge",
+               "1 when the last reading of --config.file and --web.config.file (at start or on SIGHUP) succeeded.",
+               (), "1 when the last (re)load of the files succeeded, 0 when a reload was refused (the settings "
+               "in force stay)", "`oms_exporter_config_last_reload_successful == 0`"),
+    SelfFamily("oms_exporter_config_last_reload_success_timestamp_seconds", "gauge",
+               "Unix time of the last successful reading of the configuration files.", (),
+               "when the files were last (re)loaded successfully",
+               "`time() - oms_exporter_config_last_reload_success_timestamp_seconds`"),
     SelfFamily("oms_exporter_encodes_total", "counter", "Response bodies encoded (concurrent scrapes of the "
                "same listings in the same format share one).", (),
                "bodies encoded", "`rate(oms_exporter_encodes_total[5m])`"),
@@ -453,6 +461,8 @@ class SelfMetrics:
         self.listings: Counter = made["oms_listings_total"]
         self.encodes: Counter = made["oms_exporter_encodes_total"]
         self.encoded_records: Counter = made["oms_exporter_encoded_records_total"]
+        self.reload_successful: Gauge = made["oms_exporter_config_last_reload_successful"]
+        self.reload_success_time: Gauge = made["oms_exporter_config_last_reload_success_timestamp_seconds"]
         for kind in (TASK, GROUP, SYNC):
             for result in ("rendered", "reused"):
                 self.encoded_records.labels(kind.name, result)
@@ -469,3 +479,18 @@ class SelfMetrics:
             self.api_requests.labels(project_id, code)
         self.api_request_duration.labels(project_id)
         self.listings.labels(project_id)
+
+    def remove_project(self, project_id: str) -> None:
+        """Drop every series of `project_id` (no longer configured after a reload)."""
+        for metric in (self.scrape_errors, self.api_requests, self.api_request_duration, self.listings):
+            names = metric._labelnames
+            for labels in {tuple(s.labels.get(n, "") for n in names) for fam in metric.collect()
+                           for s in fam.samples}:
+                if labels[0] == project_id:
+                    metric.remove(*labels)
+
+    def config_loaded(self, ok: bool, at: float) -> None:
+        """The outcome of reading the configuration files (at start, or a reload) at Unix time `at`."""
+        self.reload_successful.set(1 if ok else 0)
+        if ok:
+            self.reload_success_time.set(at)

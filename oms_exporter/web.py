@@ -9,11 +9,12 @@ same format share that one body (and its gzip copy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 
 import aiohttp
@@ -34,10 +35,8 @@ from oms_exporter.snapshot import Project, Snapshots
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", SelfMetrics)
 CLOCK = web.AppKey("clock", Clock)
-SNAPSHOTS = web.AppKey("snapshots", Snapshots)
 POLICY = web.AppKey("policy", SeriesPolicy)
 RENDERER = web.AppKey("renderer", Renderer)
 
@@ -58,13 +57,64 @@ def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
     return True
 
 
+class Generation:
+    """The settings in force and what serves them: a client session and the targets' listings.
+
+    A reload makes a new one; scrapes that started on the old one finish on it, and it is
+    closed (listings cancelled, session closed) when the last of them is done.
+    """
+
+    def __init__(self, settings: Settings, snapshots: Snapshots, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.snapshots = snapshots
+        self.session = session
+        self._users = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Generation]:
+        self._users += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._idle.set()
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        if drain:
+            await self._idle.wait()
+        await self.snapshots.aclose()
+        await self.session.close()
+
+
+class Live:
+    """The generation serving now, swapped whole by `reload`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.generation: Generation | None = None
+        self.retiring: set[asyncio.Task[None]] = set()
+
+    def use(self) -> contextlib.AbstractContextManager[Generation]:
+        assert self.generation is not None, "the app has not started"
+        return self.generation.use()
+
+
+LIVE = web.AppKey("live", Live)
+
+
 def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clock | None = None) -> web.Application:
     app = web.Application()
-    app[SETTINGS] = settings
+    app[LIVE] = Live(settings)
     app[STATS] = stats or SelfMetrics()
     app[CLOCK] = clock or Clock()
     for t in settings.targets:
         app[STATS].add_project(t.project_id)
+    app[STATS].config_loaded(True, app[CLOCK].time())
+    # Flags only: a reload re-reads the files, never the options.
     opts = settings.options
     app[POLICY] = SeriesPolicy(opts.per_task_series, opts.finished_task_max_age, opts.failed_task_max_age)
     app[RENDERER] = Renderer(app[STATS])
@@ -86,9 +136,8 @@ def upstream_connections(settings: Settings) -> int:
     return min(settings.options.max_connections, (mc + max(1, mc // 4) + min(2, mc)) * len(settings.targets) + 4)
 
 
-async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession for the app's life, one client + lister per target."""
-    settings, stats, clock = app[SETTINGS], app[STATS], app[CLOCK]
+async def _open(settings: Settings, stats: SelfMetrics, clock: Clock) -> Generation:
+    """One ClientSession, one client + lister per target."""
     opts = settings.options
     tls = outbound_ssl(settings)
     # Every target together: many targets queue for a connection instead of running the
@@ -97,25 +146,60 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     # No cookie jar: OMS and IAM are token/signature APIs, and a cookie set by a gateway in
     # front of one project must not ride along to the next (or cost a jar lookup per page).
     # No automatic decompression: Http reads and unpacks answers within --oms.max-response-size.
-    async with aiohttp.ClientSession(connector=connector, raise_for_status=False, auto_decompress=False,
-                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
-        http = Http(session, clock, stats, ssl=tls, max_body=opts.max_response_size)
-        projects = {}
-        for t in settings.targets:
-            client = OmsClient(http, t, make_auth(t, http, clock), clock, max_concurrency=opts.max_concurrency)
-            limit = opts.page_limit
-            projects[t.name] = Project(
-                make_lister(client, t, clock, mode=opts.listing, page_limit=limit,
-                            refresh_interval=opts.finished_refresh_interval),
-                GroupLister(client, t, clock, page_limit=limit) if settings.lists(t, "task_groups") else None,
-                SyncLister(client, t, clock, page_limit=limit) if settings.lists(t, "sync_tasks") else None)
-        app[SNAPSHOTS] = Snapshots(projects, stats, clock, min_interval=opts.min_interval)
-        yield
-        await app[SNAPSHOTS].aclose()
+    session = aiohttp.ClientSession(connector=connector, raise_for_status=False, auto_decompress=False,
+                                    cookie_jar=aiohttp.DummyCookieJar())
+    http = Http(session, clock, stats, ssl=tls, max_body=opts.max_response_size)
+    projects = {}
+    for t in settings.targets:
+        client = OmsClient(http, t, make_auth(t, http, clock), clock, max_concurrency=opts.max_concurrency)
+        limit = opts.page_limit
+        projects[t.name] = Project(
+            make_lister(client, t, clock, mode=opts.listing, page_limit=limit,
+                        refresh_interval=opts.finished_refresh_interval),
+            GroupLister(client, t, clock, page_limit=limit) if settings.lists(t, "task_groups") else None,
+            SyncLister(client, t, clock, page_limit=limit) if settings.lists(t, "sync_tasks") else None)
+    return Generation(settings, Snapshots(projects, stats, clock, min_interval=opts.min_interval), session)
 
 
-def _deadline(request: web.Request) -> float:
-    opts = request.app[SETTINGS].options
+async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
+    live = app[LIVE]
+    live.generation = await _open(live.settings, app[STATS], app[CLOCK])
+    yield
+    for task in list(live.retiring):
+        task.cancel()
+    await asyncio.gather(*live.retiring, return_exceptions=True)
+    await live.generation.aclose(drain=False)  # the server has waited for the requests in flight
+
+
+async def reload(app: web.Application, settings: Settings) -> None:
+    """Serve `settings` from the next request on (with a fresh session and listers for every target).
+
+    Scrapes in flight finish on the old generation, closed when they are done; the series
+    of the exporter's own metrics for a project no longer configured go with it.
+    """
+    live, stats = app[LIVE], app[STATS]
+    new = await _open(settings, stats, app[CLOCK])
+    old = live.generation
+    live.settings, live.generation = settings, new
+    for t in settings.targets:
+        stats.add_project(t.project_id)
+    if old is None:
+        return
+
+    async def retire(old: Generation) -> None:
+        await old.aclose()
+        kept = {t.project_id for t in live.settings.targets}
+        for t in old.settings.targets:
+            if t.project_id not in kept:
+                stats.remove_project(t.project_id)
+
+    task = asyncio.get_running_loop().create_task(retire(old))
+    live.retiring.add(task)
+    task.add_done_callback(live.retiring.discard)
+
+
+def _deadline(request: web.Request, settings: Settings) -> float:
+    opts = settings.options
     budget = opts.scrape_timeout
     header = request.headers.get(TIMEOUT_HEADER, "")
     if 0 < len(header) <= 32:
@@ -130,9 +214,10 @@ def _deadline(request: web.Request) -> float:
     return request.app[CLOCK].monotonic() + max(budget - opts.timeout_offset, 0.1)
 
 
-async def _respond(request: web.Request, names: Sequence[str], with_self: bool) -> web.StreamResponse:
+async def _respond(request: web.Request, gen: Generation, names: Sequence[str],
+                   with_self: bool) -> web.StreamResponse:
     app = request.app
-    listings = await app[SNAPSHOTS].get(names, _deadline(request))
+    listings = await gen.snapshots.get(names, _deadline(request, gen.settings))
     body, content_type, zipped = await app[RENDERER].render(
         listings, app[POLICY], with_self, request.headers.get("Accept", ""),
         gzip_accepted(request.headers.get("Accept-Encoding", "")))
@@ -163,19 +248,20 @@ async def _respond(request: web.Request, names: Sequence[str], with_self: bool) 
 
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
-    return await _respond(request, [t.name for t in request.app[SETTINGS].targets], with_self=True)
+    with request.app[LIVE].use() as gen:
+        return await _respond(request, gen, [t.name for t in gen.settings.targets], with_self=True)
 
 
 async def probe_handler(request: web.Request) -> web.StreamResponse:
     if len(request.query_string) > MAX_QUERY_LENGTH:
         raise web.HTTPBadRequest(text="query string too long\n")
     name = request.query.get("target", "")
-    settings = request.app[SETTINGS]
-    if settings.target(name) is None:
-        # Never a request to a host the configuration does not name.
-        known = ", ".join(t.name for t in settings.targets)
-        raise web.HTTPBadRequest(text=f"unknown target {name[:64]!r}; configured targets: {known}\n")
-    return await _respond(request, [name], with_self=False)
+    with request.app[LIVE].use() as gen:
+        if gen.settings.target(name) is None:
+            # Never a request to a host the configuration does not name.
+            known = ", ".join(t.name for t in gen.settings.targets)
+            raise web.HTTPBadRequest(text=f"unknown target {name[:64]!r}; configured targets: {known}\n")
+        return await _respond(request, gen, [name], with_self=False)
 
 
 async def healthz_handler(request: web.Request) -> web.Response:
@@ -209,12 +295,13 @@ def _recent(snapshots: Snapshots | None, settings: Settings) -> str:
 
 
 async def landing_handler(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
+    live = request.app[LIVE]
+    settings = live.settings
     path = settings.options.telemetry_path
     probes = "".join(
         f'<li><a href="/probe?target={html.escape(t.name)}">/probe?target={html.escape(t.name)}</a> '
         f"(project {html.escape(t.project_id)}, {html.escape(t.region)})</li>" for t in settings.targets)
-    recent = _recent(request.app.get(SNAPSHOTS), settings)
+    recent = _recent(live.generation.snapshots if live.generation else None, settings)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>OMS exporter</title></head>
 <body><h1>OMS exporter {html.escape(__version__)}</h1>

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import bcrypt
 import yaml
@@ -42,9 +42,6 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from oms_exporter.settings import SettingsError, _lines, _loc
-
-if TYPE_CHECKING:
-    from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +118,7 @@ class WebConfig:
     users: Mapping[str, bytes] = field(default_factory=dict)
     client_auth: str = "NoClientCert"
     min_version: str = ""
+    files: tuple[str, str, str] = ("", "", "")  # cert_file, key_file, client_ca_file
 
     def describe(self) -> dict[str, object]:
         return {"tls": self.ssl_context is not None, "tls_min_version": self.min_version or None,
@@ -161,7 +159,8 @@ def load(path: Path) -> WebConfig:
     if errors:
         raise SettingsError(errors)
     return WebConfig(context, users, tls.client_auth_type if tls else "NoClientCert",
-                     tls.min_version if tls else "")
+                     tls.min_version if tls else "",
+                     (tls.cert_file, tls.key_file, tls.client_ca_file) if tls else ("", "", ""))
 
 
 def _ssl_context(tls: _TlsServerConfig, error: Callable[[str, str], None]) -> ssl.SSLContext | None:
@@ -223,7 +222,7 @@ _CHALLENGE = {"WWW-Authenticate": 'Basic realm="oms-exporter", charset="UTF-8"'}
 
 
 class BasicAuth:
-    """aiohttp middleware: every path needs a user of `basic_auth_users` and its password.
+    """Basic auth of every path: a user of `basic_auth_users` and its password.
 
     bcrypt is slow on purpose (~50-200 ms), so that unauthenticated load cannot delay a
     scraper that has proved its password:
@@ -255,18 +254,15 @@ class BasicAuth:
         self._checks: asyncio.Semaphore | None = None
         self._waiting = 0
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            ok = await self.authorized(request.headers.get("Authorization", ""))
-            if ok is None:
-                return web.Response(status=429, text="Too many password checks at once; try again\n",
-                                    headers={"Retry-After": "1"})
-            if not ok:
-                return web.Response(status=401, text="Unauthorized\n", headers=_CHALLENGE)
-            return await handler(request)
-
-        return basic_auth
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """`handler`'s answer when the request holds a user's password; else 401 (or 429)."""
+        ok = await self.authorized(request.headers.get("Authorization", ""))
+        if ok is None:
+            return web.Response(status=429, text="Too many password checks at once; try again\n",
+                                headers={"Retry-After": "1"})
+        if not ok:
+            return web.Response(status=401, text="Unauthorized\n", headers=_CHALLENGE)
+        return await handler(request)
 
     async def authorized(self, header: str) -> bool | None:
         """Whether `header` holds a user's password; None: too many checks waiting to tell."""
@@ -315,10 +311,65 @@ def _check(password: bytes, hashed: bytes) -> bool:
         return False
 
 
+class _Served:
+    """The web config in force and its basic auth (None: none), swapped by `swap`."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self.config = config
+        self.auth = BasicAuth(config.users) if config.users else None
+
+
+SERVED = web.AppKey("web_config", _Served)
+
+
 def install(app: web.Application, config: WebConfig) -> None:
     """Put basic auth in front of every route of `app` (TLS is the server's: see `ssl_context`)."""
-    if config.users:
-        app.middlewares.insert(0, BasicAuth(config.users).middleware())
-        if config.ssl_context is None:
-            log.warning("basic auth without tls_server_config: passwords cross the network in clear text")
+    app[SERVED] = served = _Served(config)
 
+    @web.middleware
+    async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        auth = served.auth  # read once: a reload may swap it while this request waits
+        if auth is None:
+            return await handler(request)
+        return await auth.guard(request, handler)
+
+    app.middlewares.insert(0, basic_auth)
+    _warn_clear_text(config)
+
+
+def _warn_clear_text(config: WebConfig) -> None:
+    if config.users and config.ssl_context is None:
+        log.warning("basic auth without tls_server_config: passwords cross the network in clear text")
+
+
+def reload_errors(app: web.Application, new: WebConfig) -> list[str]:
+    """Why `new` cannot replace the web config in force without a restart (empty: it can)."""
+    old = app[SERVED].config
+    if (old.ssl_context is None) != (new.ssl_context is None):
+        return [f"{FLAG}: tls_server_config: turning TLS on or off takes a restart"]
+    if old.files[2] != new.files[2]:
+        return [f"{FLAG}: tls_server_config.client_ca_file: changing it takes a restart "
+                "(a CA cannot be taken out of a running server)"]
+    return []
+
+
+def swap(app: web.Application, new: WebConfig) -> None:
+    """Serve `new` from the next request (users) and the next TLS handshake (certificate, versions).
+
+    The server keeps its TLS context: the new certificate and key, versions and client
+    verification are loaded into it; a client CA file is read again (renewed CAs are added).
+    """
+    served = app[SERVED]
+    live = served.config.ssl_context
+    if live is not None and new.ssl_context is not None:
+        cert, key, ca = new.files
+        live.load_cert_chain(cert, key)
+        live.minimum_version, live.maximum_version = new.ssl_context.minimum_version, new.ssl_context.maximum_version
+        if ca:
+            live.load_verify_locations(cafile=ca)
+        live.verify_mode = new.ssl_context.verify_mode
+        new = WebConfig(live, new.users, new.client_auth, new.min_version, new.files)
+    if new.users != served.config.users:
+        served.auth = BasicAuth(new.users) if new.users else None
+    served.config = new
+    _warn_clear_text(new)

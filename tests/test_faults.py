@@ -25,7 +25,7 @@ from oms_exporter import logs
 from oms_exporter.client import OmsClient
 from oms_exporter.logs import LogfmtFormatter
 from oms_exporter.simulator import Credential, make_tasks
-from oms_exporter.web import SNAPSHOTS, STATS, TIMEOUT_HEADER
+from oms_exporter.web import LIVE, STATS, TIMEOUT_HEADER
 from tests.conftest import (
     AK,
     PROJECT,
@@ -570,7 +570,9 @@ async def test_secrets_never_reach_logs_metrics_or_errors(
     assert up(s) == 1 and up(s, P2) == 0 and up(s, "p4") == 0
     fmt = LogfmtFormatter()
     logged = "\n".join(fmt.format(r) for r in caplog.records)
-    errors_text = " ".join(repr(listing.error) for _, listing in client.app[SNAPSHOTS]._last.values())
+    generation = client.app[LIVE].generation
+    assert generation is not None
+    errors_text = " ".join(repr(listing.error) for _, listing in generation.snapshots._last.values())
     assert "auth" in errors_text.lower() or "IAM" in errors_text
     for secret in (SK, bad_sk, sts, iam_pw, TOKEN):
         for where, text in (("logs", logged), ("metrics", "".join(texts)), ("errors", errors_text)):

@@ -398,3 +398,21 @@ async def test_wrong_passwords_cannot_delay_a_scraper_that_proved_its_own(
     assert pending or all(s == 429 for s in statuses[-10:])  # answered before the flood was
     # Beyond the checks running and the few waiting, the flood is refused at once, never let in.
     assert set(statuses) == {401, 429} and statuses.count(401) <= 2 + webconfig.BasicAuth.MAX_WAITING
+
+
+async def test_a_reloaded_web_config_is_served_from_the_next_request(
+        serve: Serve, pki: dict[str, Any], tmp_path: Path) -> None:
+    server = await serve({"basic_auth_users": {"prometheus": HASH}})
+    app = server.app
+    assert app is not None
+    other = bcrypt.hashpw(b"new-password", bcrypt.gensalt(rounds=4)).decode()
+    new = webconfig.load(write_config(tmp_path / "new.yml", {"basic_auth_users": {"grafana": other}}))
+    assert webconfig.reload_errors(app, new) == []
+    webconfig.swap(app, new)
+    assert (await get(server, path="/healthz", auth=("prometheus", PASSWORD)))[0] == 401
+    assert (await get(server, path="/healthz", auth=("grafana", "new-password")))[0] == 200
+    webconfig.swap(app, webconfig.load(write_config(tmp_path / "none.yml", {})))
+    assert (await get(server, path="/healthz"))[0] == 200
+    tls = webconfig.load(write_config(tmp_path / "tls.yml", {"tls_server_config": tls_section(pki)}))
+    assert webconfig.reload_errors(app, tls) == [f"{webconfig.FLAG}: tls_server_config: turning TLS on or off "
+                                                 "takes a restart"]
