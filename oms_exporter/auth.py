@@ -223,7 +223,7 @@ def _expires_at(raw: bytes) -> float | None:
     try:
         text = msgspec.json.decode(raw)["token"]["expires_at"]
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+    except (msgspec.DecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from ssl import SSLContext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -198,10 +198,11 @@ class Http:
             raise TooLarge(f"the answer of {url.host} announces {resp.content_length} bytes, more than "
                            f"--oms.max-response-size ({limit})")
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        inflate: Any
         if encoding in ("gzip", "x-gzip"):
             inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
-            inflate = zlib.decompressobj()
+            inflate = _Deflate()  # zlib-wrapped or raw: told by the first two bytes
         elif encoding in ("identity", ""):
             inflate = None
         else:
@@ -412,6 +413,39 @@ class OmsClient:
         log.warning("authentication failed; pausing attempts",
                     extra={"target": self._target.name, "consecutive_failures": self._auth_failures,
                            "pause_seconds": pause})
+
+
+class _Deflate:
+    """`Content-Encoding: deflate` as servers send it: zlib-wrapped (RFC 1950) or raw (RFC 1951).
+
+    A zlib header is two bytes whose first says method 8 and which, read as a big-endian
+    number, divide by 31; the stream is raw deflate otherwise (what browsers accept too).
+    """
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._z: Any = None
+        self.unconsumed_tail = b""
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._z is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            b0, b1 = self._head[0], self._head[1]
+            wrapped = b0 & 0x0F == 8 and (b0 << 8 | b1) % 31 == 0
+            self._z = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            data, self._head = self._head, b""
+        out: bytes = self._z.decompress(data, max_length)
+        self.unconsumed_tail = self._z.unconsumed_tail
+        return out
+
+    def flush(self) -> bytes:
+        return b"" if self._z is None else bytes(self._z.flush())
+
+    @property
+    def eof(self) -> bool:
+        return self._z is not None and bool(self._z.eof)
 
 
 def _retry_after(value: str | None, now: float) -> float | None:

@@ -71,13 +71,14 @@ class Listing:
         return cls(target, taken_at, ordered, counts=counts, totals=totals, **fields)
 
 
-def read_page(raw: bytes, parser: RecordParser[R], api: str = "ListTasks") -> tuple[list[R], int]:
+def read_page(raw: bytes, parser: RecordParser[R], api: str = "ListTasks",
+              unreadable: set[int] | None = None) -> tuple[list[R], int]:
     """The readable records and the `count` of one list answer; BadPayload when it is not that shape."""
     try:
         raws, count = page(raw, api)
     except BadPage as exc:
         raise BadPayload(str(exc)) from None
-    return parser.parse_all(raws), count
+    return parser.parse_all(raws, unreadable), count
 
 
 def read_task_page(raw: bytes, parser: RecordParser[Task]) -> tuple[list[Task], int]:
@@ -157,24 +158,17 @@ class Pager(Generic[R]):
         """Number of tasks that offset paging (offsets are multiples of the limit) can reach."""
         return (self._max_offset // self._limit + 1) * self._limit
 
-    async def _page(self, query: Query, offset: int, deadline: float, limit: int = 0) -> tuple[list[R], int]:
-        """The readable records of one page (`limit` records, the page limit by default) and its `count`."""
-        records, count, _ = await self._read_page(query, offset, deadline, limit)
-        return records, count
+    async def _page(self, query: Query, offset: int, deadline: float, limit: int = 0,
+                    unreadable: set[int] | None = None) -> tuple[list[R], int]:
+        """The readable records of one page (`limit` records, the page limit by default) and its `count`.
 
-    async def _read_page(self, query: Query, offset: int, deadline: float, limit: int = 0
-                         ) -> tuple[list[R], int, int]:
-        """`_page`, and how many of the page's records were unreadable."""
+        The digests of its unreadable records are added to `unreadable`."""
         self._requests += 1
         raw = await self._fetch(query, offset, limit or self._limit, deadline)
         async with self._parse_turn:
-            try:
-                raws, count = page(raw, self.API)
-            except BadPage as exc:
-                raise BadPayload(str(exc)) from None
-            records = self._parser.parse_all(raws)
+            records, count = read_page(raw, self._parser, self.API, unreadable)
             await asyncio.sleep(0)
-        return records, count, len(raws) - len(records)
+        return records, count
 
     def _learn_offset_cap(self, answered: set[int], refused: list[int], count: int) -> None:
         """OMS answered 400 to offsets `refused` and 200 to `answered`: learn its cap, or fail the listing.
@@ -204,12 +198,11 @@ class Pager(Generic[R]):
         answered: set[int] = set()
         refused: list[int] = []
         ids: set[Any] = set()  # distinct records seen
-        unreadable = 0  # records of the pages that could not be read (some maybe twice)
+        unreadable: set[int] = set()  # distinct unreadable records seen (digests of their text)
 
         async def fetch(offset: int) -> None:
-            nonlocal unreadable
             try:
-                page_tasks, count, bad = await self._read_page(query, offset, deadline)
+                page_tasks, count = await self._page(query, offset, deadline, unreadable=unreadable)
             except RequestRejected as exc:
                 if exc.status != 400 or offset == 0:
                     raise
@@ -219,7 +212,6 @@ class Pager(Generic[R]):
                 return
             answered.add(offset)
             counts.add(count)
-            unreadable += bad
             # A record on two pages (the list shifted between them): the later page is the fresher.
             tasks.update(zip(map(_record_id, page_tasks), page_tasks))
             ids.update(map(_record_id, page_tasks))
@@ -259,9 +251,16 @@ class Pager(Generic[R]):
         # Every page fetched: the distinct records must account for the count (its smallest
         # value: records deleted meanwhile lower it). Pages that repeat records while `count`
         # says there are more are a listing that missed records, not a complete one.
-        if len(ids) + unreadable < min(counts):
-            raise Incomplete(f"{self.API} answered {len(ids)} distinct records (and {unreadable} unreadable) "
-                             f"over every page, but its count says {min(counts)}")
+        def short() -> bool:
+            return len(ids) + len(unreadable) < min(counts)
+
+        if short():
+            # A record that moved between two pages fetched at different moments while the
+            # count stayed (one task left the list as another joined): one more pass.
+            await one_pass(max(counts))
+            if short():
+                raise Incomplete(f"{self.API} answered {len(ids)} distinct records over every page (twice), "
+                                 f"but its count says {min(counts)}")
         self._last_count[query] = max(counts)
         return max(counts)
 

@@ -444,7 +444,8 @@ def page(raw: bytes, api: str = "ListTasks") -> tuple[list[msgspec.Raw], int]:
 
 # A JSON string, or one structural character: enough to find the records of a page without
 # decoding them (and without recursion, whatever the nesting).
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*("?)|[\[\]{},:]')  # `("?)`: an unterminated string ends the scan at once
+_SPLIT_MAX = 512 * 1024  # bytes of a page the flat scan reads (one Python step per token: ~0.5 s at most)
 
 
 class _Skeleton(msgspec.Struct):
@@ -459,20 +460,24 @@ def _split_page(raw: bytes, key: bytes, api: str) -> tuple[list[msgspec.Raw], in
     replaced by 0), and each record must be valid JSON syntax but may nest too deep (it is
     then malformed when parsed). Slow (a Python step per token), and only for such pages.
     """
+    if len(raw) > _SPLIT_MAX:
+        raise BadPage(f"answer nests deeper than it can be read (and is over {_SPLIT_MAX} bytes to split)")
     depth = 0
     name = b""  # the last string seen in the top-level object (its key, before ':')
     in_records = False
-    start = 0
+    start = name_at = key_at = 0
     spans: list[tuple[int, int]] = []
     for m in _TOKEN.finditer(raw):
         tok = m.group()
         if tok[0] == 0x22:  # a string
+            if not m.group(1):
+                raise BadPage("answer is not valid JSON")
             if depth == 1:
-                name = tok[1:-1]
+                name, name_at = tok[1:-1], m.start()
         elif tok in b"[{":
             depth += 1
-            if depth == 2 and tok == b"[" and name == key and not spans:
-                in_records, start = True, m.end()
+            if depth == 2 and tok == b"[" and name == key and not spans and not in_records:
+                in_records, start, key_at = True, m.end(), name_at
         elif tok in b"]}":
             if in_records and depth == 2:
                 if raw[start:m.start()].strip():
@@ -489,8 +494,9 @@ def _split_page(raw: bytes, key: bytes, api: str) -> tuple[list[msgspec.Raw], in
         skeleton += [raw[last:a], b"0"]
         last = b
     skeleton.append(raw[last:])
+    text = b"".join(skeleton)  # the records' key is before them: at the same place as in `raw`
     try:
-        doc = msgspec.json.decode(b"".join(skeleton).replace(b'"' + key + b'"', b'"records"', 1), type=_Skeleton)
+        doc = msgspec.json.decode(text[:key_at] + b'"records"' + text[key_at + len(key) + 2:], type=_Skeleton)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         raise BadPage(f"answer does not have the {api} shape, or nests deeper than it can be read") from None
     records = []
@@ -576,8 +582,8 @@ class RecordParser(Generic[R]):
         """The ids whose latest record is remembered."""
         return self._digests.keys()
 
-    def parse_all(self, raws: Sequence[msgspec.Raw]) -> list[R]:
-        """The readable records of one page (malformed ones are counted in `malformed`)."""
+    def parse_all(self, raws: Sequence[msgspec.Raw], unreadable: set[int] | None = None) -> list[R]:
+        """The readable records of one page (malformed ones are counted in `malformed`, and in `unreadable`)."""
         known, digests = self._records, self._digests
         # Hashing and looking up a page's records in C (map), not one Python step per record:
         # most records are unchanged, and this runs for every record of every listing.
@@ -592,6 +598,8 @@ class RecordParser(Generic[R]):
                     record = self._parse(raws[i])
                 except MalformedRecord:
                     self.malformed.add(key)
+                    if unreadable is not None:
+                        unreadable.add(key)
                     malformed = True
                     continue
                 rid = record.id  # type: ignore[attr-defined]

@@ -124,7 +124,10 @@ class Snapshots:
             # may have failed for want of time this scrape still has: list again, within this
             # scrape's own deadline, rather than pass that failure on. Scrapes of one burst
             # have nearly the same deadline and share the failure, as they share a success.
-            if (not any(listing.collectors.values()) or deadline - listing_deadline < self.RELIST_MARGIN
+            # Only a failure for want of time: any other (throttled, 5xx, ...) is OMS's answer, and
+            # asking again at once would double the load on it.
+            timed_out = any(isinstance(error, Timeout) for error in listing.collectors.values())
+            if (not timed_out or deadline - listing_deadline < self.RELIST_MARGIN
                     or clock.remaining(deadline) <= self.SETTLE):
                 return listing
             log.info("listing again: the shared listing failed at an earlier scrape's deadline",

@@ -187,7 +187,11 @@ async def reload(app: web.Application, settings: Settings) -> None:
         return
 
     async def retire(old: Generation) -> None:
-        await old.aclose()
+        try:
+            await old.aclose()
+        except asyncio.CancelledError:  # shutting down: close it now, requests or not
+            await old.aclose(drain=False)
+            raise
         kept = {t.project_id for t in live.settings.targets}
         for t in old.settings.targets:
             if t.project_id not in kept:

@@ -84,6 +84,16 @@ async def test_an_answer_announcing_more_than_the_cap_is_not_read(sim: StandIn, 
     assert reason_count(s, "bad_payload") == 1
 
 
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib-wrapped", "raw"])
+async def test_both_kinds_of_deflate_are_read(wbits: int, sim: StandIn, exporter: Exporter) -> None:
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    body = packer.compress(listing_page(sim)) + packer.flush()
+    sim.inject(status=200, body=body, headers={**JSON, "Content-Encoding": "deflate"}, times=1000,
+               match=lambda r: "status" not in r.query and r.query.get("limit") != "1")
+    s = await scrape(await exporter(listing="full"))
+    assert value(s, "oms_up", project_id=PROJECT) == 1 and len(task_ids(s)) == 250
+
+
 async def test_a_gzip_answer_within_the_cap_is_read(sim: StandIn, exporter: Exporter) -> None:
     body = zlib.compress(listing_page(sim), wbits=16 + zlib.MAX_WBITS)
     sim.inject(status=200, body=body, headers={**JSON, "Content-Encoding": "gzip"}, times=1000,
@@ -216,12 +226,50 @@ async def test_one_broken_record_is_skipped_and_counted(broken: bytes, sim: Stan
     b'{"tasks": [{"id": 1}, {"id": 2,}], "count": 2}',
     b'{"deep": ' + DEEP + b', "tasks": [], "count": 0}',
     b'{"tasks": [' + DEEP + b'], "count": 1',
-], ids=["syntax", "deep-outside-records", "unterminated"])
+    b'{"tasks": [' + DEEP + b', "' + b'\\"' * 100_000 + b'], "count": 1}',  # quadratic for a naive scan
+], ids=["syntax", "deep-outside-records", "unterminated", "unterminated-escapes"])
 async def test_a_page_that_is_not_json_as_a_whole_is_bad_payload(body: bytes, sim: StandIn,
                                                                  exporter: Exporter) -> None:
     sim.inject(status=200, body=body, headers=JSON, times=1000)
     s = await scrape(await exporter())
     assert value(s, "oms_up", project_id=PROJECT) == 0 and reason_count(s, "bad_payload") == 1
+
+
+async def test_a_deep_iam_answer_is_bad_payload(sim: StandIn, oms: TestServer, exporter: Exporter,
+                                                aiohttp_server: Callable[..., Awaitable[TestServer]]) -> None:
+    async def login(request: web.Request) -> web.Response:
+        return web.Response(status=201, body=b'{"token": ' + DEEP + b"}", headers={"X-Subject-Token": "t", **JSON})
+
+    app = web.Application()
+    app.router.add_post("/v3/auth/tokens", login)
+    iam = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    target = target_for(oms, iam_username="u", iam_password="p", iam_domain="d", iam_endpoint=iam)
+    s = await scrape(await exporter(targets=[target]))
+    assert value(s, "oms_up", project_id=PROJECT) == 0 and reason_count(s, "bad_payload") == 1
+
+
+async def test_one_unreadable_record_repeated_does_not_make_up_the_count(sim: StandIn, exporter: Exporter) -> None:
+    page = msgspec.json.encode({"tasks": [{"id": "not a number"}] * 100, "count": 10_000})
+    sim.inject(status=200, body=page, headers=JSON, times=100_000)
+    s = await scrape(await exporter(listing="full"))
+    assert value(s, "oms_up", project_id=PROJECT) == 0 and reason_count(s, "incomplete") == 1
+
+
+async def test_a_task_moving_across_fetched_pages_while_the_count_holds_is_found(sim: StandIn,
+                                                                                 exporter: Exporter) -> None:
+    """One task deleted at the end, one created at the start, between page 0 and the others:
+    the count stays 250 but the first pass sees 249 distinct tasks. One more pass finds all."""
+    newest = max(sim.projects[PROJECT]) + 1
+
+    def move(request: web.Request) -> None:
+        if request.query.get("offset") == "100" and newest not in sim.projects[PROJECT]:
+            sim.remove_task(PROJECT, min(sim.projects[PROJECT]))
+            sim.put_task(PROJECT, make_task(random.Random(5), newest, 0, status=2))
+
+    sim.on_list = move
+    s = await scrape(await exporter(listing="full", max_concurrency=1))
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert len(task_ids(s)) == 250 and str(newest) in task_ids(s)
 
 
 async def test_broken_group_and_show_answers_are_skipped(sim: StandIn, exporter: Exporter,
