@@ -154,3 +154,18 @@ async def test_a_short_deadline_never_fails_a_scrape_that_has_time_left(sim: Sta
     # The short scrape's failure is counted once; the scrape that had time listed again.
     assert value(normal, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
     assert listings(normal) == warm + 2
+
+
+async def test_a_shared_listing_that_failed_upstream_is_not_listed_again(sim: StandIn, exporter: Exporter) -> None:
+    """Only a failure for want of time is listed again for a later deadline: a 503 is OMS's
+    answer, and asking again at once would double the load on it."""
+    client = await exporter(timeout_offset=0.1)
+    warm = listings(await scrape(client))
+    sim.latency = 0.3
+    sim.inject(status=503, times=100_000, api="*")
+    first = asyncio.create_task(client.get("/metrics", headers={TIMEOUT_HEADER: "3"}))
+    await asyncio.sleep(0.05)  # the first scrape has started the listing
+    later = await scrape(client, **{TIMEOUT_HEADER: "10"})
+    assert value(later, "oms_up", project_id=PROJECT) == 0
+    assert value(parse_metrics(await (await first).text()), "oms_up", project_id=PROJECT) == 0
+    assert listings(later) == warm + 1
