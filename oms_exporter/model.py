@@ -499,21 +499,12 @@ def _split_page(raw: bytes, key: bytes, api: str) -> tuple[list[msgspec.Raw], in
         doc = msgspec.json.decode(text[:key_at] + b'"records"' + text[key_at + len(key) + 2:], type=_Skeleton)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         raise BadPage(f"answer does not have the {api} shape, or nests deeper than it can be read") from None
-    records = []
-    for a, b in spans:
-        text = raw[a:b].strip()
-        try:
-            msgspec.json.decode(text, type=msgspec.Raw)  # syntax only
-        except msgspec.DecodeError:
-            raise BadPage("answer is not valid JSON") from None
-        except RecursionError:
-            pass  # too deep to check: malformed when parsed
-        records.append(msgspec.Raw(text))
-    return records, doc.count
+    return [one_record(raw[a:b].strip()) for a, b in spans], doc.count
 
 
 def one_record(raw: bytes) -> msgspec.Raw:
-    """The JSON text of a one-record answer (ShowTask, ShowSyncTask); BadPage when it is not JSON."""
+    """The JSON text of one record (a ShowTask or ShowSyncTask answer, a record of a split page);
+    BadPage when it is not JSON."""
     try:
         msgspec.json.decode(raw, type=msgspec.Raw)  # syntax only
     except msgspec.DecodeError:
