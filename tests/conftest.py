@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import prometheus_client
@@ -84,6 +87,15 @@ def target_for(server: TestServer, *, name: str = "main", project_id: str = PROJ
     creds = {} if {"auth_token", "ak", "iam_username"} & set(extra) else {"auth_token": TOKEN}
     return Target(name=name, project_id=project_id, region="cn-north-4",
                   endpoint=str(server.make_url("")).rstrip("/"), **{**creds, **extra})
+
+
+def load_module(path: Path) -> ModuleType:
+    """A script (scripts/*.py, grafana/generate_dashboards.py) as a module: they are not a package."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 Exporter = Callable[..., Awaitable[TestClient]]

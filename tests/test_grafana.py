@@ -8,7 +8,6 @@ expressions on a real Prometheus).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import re
 import sys
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from oms_exporter.metrics import ALL_METRIC_NAMES
+from tests.conftest import load_module
 from tests.test_rules import ALERTS_FILE, RECORDING_FILE, alerts, load_rules, recording_rule_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +34,7 @@ BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range", "__interval_ms"
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_dashboards", GENERATOR)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(GENERATOR)
 
 
 def dashboards() -> dict[str, dict[str, Any]]:

@@ -21,7 +21,6 @@ renders with any kubectl; the overlay needs kubectl 1.21 or later (kustomize 4: 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -40,6 +39,7 @@ import yaml
 import oms_exporter
 from oms_exporter.metrics import ALL_METRIC_NAMES, SELF_FAMILIES
 from oms_exporter.settings import Target, parse_duration
+from tests.conftest import load_module
 from tests.test_rules import RULES, load_rules, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,11 +144,7 @@ RENDERS = ("base", "overlay", "components")
 
 # --- the generated files -----------------------------------------------------------------------
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_kubernetes", ROOT / "scripts" / "generate_kubernetes.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "scripts" / "generate_kubernetes.py")
 
 
 def test_generated_files_are_current() -> None:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
 
 from oms_exporter.metrics import FAMILIES, SELF_FAMILIES
 from oms_exporter.settings import Options, Target, meta
+from tests.conftest import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "scripts" / "readme_tables.py")
 
 
 def test_readme_tables_are_the_generated_ones() -> None:
