@@ -213,8 +213,9 @@ class Pager(Generic[R]):
             answered.add(offset)
             counts.add(count)
             # A record on two pages (the list shifted between them): the later page is the fresher.
-            tasks.update(zip(map(_record_id, page_tasks), page_tasks))
-            ids.update(map(_record_id, page_tasks))
+            page_ids = list(map(_record_id, page_tasks))
+            tasks.update(zip(page_ids, page_tasks))
+            ids.update(page_ids)
 
         async def one_pass(start_count: int) -> None:
             """Fetch pages until every offset below the largest count seen has been fetched."""
