@@ -24,8 +24,8 @@ RECORDING_FILE = RULES / "oms-recording.yml"
 RULE_TESTS_FILE = RULES / "oms-rules.test.yml"
 PROMETHEUS_CONFIG = ROOT / "grafana" / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = ROOT / "grafana" / "alertmanager" / "alertmanager.yml"
-# The runbook ships in README.md.
-RUNBOOK_FILES = (ROOT / "README.md",)
+# The runbook: one section per alert.
+RUNBOOK_FILES = (ROOT / "docs" / "runbook.md",)
 
 REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
 # Alerts about a project (or the exporter), not one task, group or sync task.
