@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from oms_exporter.metrics import ALL_METRIC_NAMES
+from oms_exporter.catalog import ALL_METRIC_NAMES
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 DS = {"type": "prometheus", "uid": "${datasource}"}

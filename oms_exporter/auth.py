@@ -24,8 +24,9 @@ from urllib.parse import quote, unquote
 import msgspec
 from yarl import URL
 
-from oms_exporter.client import AuthFailed, BadPayload, Http, OmsError, ServerError, Throttled
 from oms_exporter.clock import Clock
+from oms_exporter.errors import AuthFailed, BadPayload, OmsError, ServerError, Throttled
+from oms_exporter.http import Http
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from oms_exporter import __version__, logs, server, webconfig
+from oms_exporter.catalog import AREAS, switch_help, switches
 from oms_exporter.settings import Options, Settings, SettingsError, Target, load, meta, shown_default
 
 log = logging.getLogger("oms_exporter")
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="oms-exporter", description="Prometheus exporter for Huawei Cloud OMS migration tasks.")
     p.add_argument("--version", action="version", version=f"oms-exporter {__version__}")
     for field, info in Options.model_fields.items():
+        if "flag" not in meta(info):
+            continue
         flag = meta(info)["flag"]
         default = meta(info).get("shown") or shown_default(info)
         text = f"{info.description} (default {default})".replace("`", "")
@@ -48,13 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--no-{flag}", dest=field, action="store_const", const="false", help=argparse.SUPPRESS)
         else:
             p.add_argument(f"--{flag}", dest=field, metavar="VALUE", help=text)
+    for area in AREAS:
+        if area.optional:
+            text = f"{switch_help(area)} (default {str(area.default).lower()})"
+            p.add_argument(f"--{area.flag}", dest=_SWITCH + area.name, nargs="?", const="true",
+                           metavar="true|false", help=text.replace("`", ""))
+            p.add_argument(f"--no-{area.flag}", dest=_SWITCH + area.name, action="store_const", const="false",
+                           help=argparse.SUPPRESS)
     return p
+
+
+_SWITCH = "collector:"  # argparse dest prefix of the --collector.<area> flags
 
 
 def flags(argv: list[str] | None) -> dict[str, Any]:
     """The flags given on the command line (absent ones are left to their defaults)."""
     ns = build_parser().parse_args(argv)
-    return {f: v for f, v in vars(ns).items() if v is not None}
+    given = {f: v for f, v in vars(ns).items() if v is not None and not f.startswith(_SWITCH)}
+    switches = {f.removeprefix(_SWITCH): v for f, v in vars(ns).items() if v is not None and f.startswith(_SWITCH)}
+    if switches:
+        given["collectors"] = switches
+    return given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +155,7 @@ def _read(given: dict[str, Any], only_target: Target | None
     errors: list[str] = []
     settings = None
     try:
-        settings = load(given, only_target=only_target)
+        settings = load(given, only_target=only_target, switches=switches())
     except SettingsError as exc:
         errors += exc.lines
     web_config = webconfig.WebConfig()
@@ -176,7 +193,7 @@ async def gc_policy(app: web.Application) -> AsyncIterator[None]:
 def _describe(settings: Settings) -> str:
     lines = ["configuration OK"]
     for t in settings.targets:
-        collectors = ", ".join(["tasks", *(c for c in ("task_groups", "sync_tasks") if settings.lists(t, c))])
+        collectors = ", ".join(area.name for area in AREAS if settings.lists(t, area.name))
         lines.append(f"target {t.name}: project {t.project_id} in {t.region}, endpoint {t.oms_endpoint}, "
                      f"auth {t.auth_mode}, collectors {collectors}")
     return "\n".join(lines) + "\n"

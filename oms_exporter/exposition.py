@@ -1,13 +1,14 @@
-"""The encode step: the families of `metrics.FAMILIES` as prometheus_client would write them, fast.
+"""The encode step: the families of the catalog as prometheus_client would write them, fast.
 
 prometheus_client builds a Sample object per series and formats it field by field: seconds
-for the ~250,000 series of 10,000 tasks. This module writes the same bytes from one idea:
-a record's lines are rendered once and kept for as long as OMS returns the same record
-(the parser hands back the same object for an unchanged record), and a changed record
-re-renders only the families whose inputs changed. The lines are kept family by family,
-in record order, in chunks of CHUNK records, so an encode is mostly joining ready lines,
-and a chunk whose lines did not change keeps its compressed form for gzip (finished tasks
-are most of a project: almost nothing is compressed again).
+for the ~250,000 series of 10,000 tasks. This module writes the same bytes from one cache:
+a record's lines, rendered once and kept for as long as OMS returns the same record (the
+parser hands back the same object for an unchanged record), so an encode is mostly joining
+ready lines, family by family. Two things ride on that cache because `benchmarks/compare.py`
+shows each saves more than a tenth of a scrape's CPU (figures in docs/performance.md): a
+changed record renders again only the families whose inputs changed, and a gzip answer
+compresses again only the runs of CHUNK lines that changed (each run's compressed form is
+kept beside it, and reused while the run holds the same lines).
 
 `collector.SnapshotCollector` is the reference; the tests prove this module's output
 identical to prometheus_client's text (0.0.4 and 1.0.0) and OpenMetrics encoders for every
@@ -20,7 +21,6 @@ import asyncio
 import re
 import struct
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress
@@ -33,12 +33,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
-from oms_exporter.collector import SeriesPolicy, SnapshotCollector
-from oms_exporter.lister import Listing
-from oms_exporter.metrics import FAMILIES, Family, Kind, SelfMetrics
+from oms_exporter.area import Area
+from oms_exporter.catalog import AREAS, families
+from oms_exporter.collector import SnapshotCollector
+from oms_exporter.listing import Listing
+from oms_exporter.metrics import Family, Kind, SelfMetrics
+from oms_exporter.snapshot import SeriesPolicy
 
 Encoder = Callable[[CollectorRegistry], bytes]
-CHUNK = 2000  # records per chunk of a family's lines
+CHUNK = 2000  # lines of one family compressed together (and reused together)
 ESCAPINGS = ("allow-utf-8", "underscores", "dots", "values")
 
 
@@ -73,9 +76,6 @@ def negotiate(accept: str) -> tuple[Style | None, str, Encoder]:
 
 
 _LEGACY_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-# The name escaping below holds for names of the legacy character set without ":" only.
-for _f in FAMILIES:
-    assert all(_LEGACY_NAME.fullmatch(n) for n in (_f.name, *_f.label_names)), _f.name
 
 
 def escape_value(v: str) -> str:
@@ -134,21 +134,26 @@ def _lit(s: str) -> str:
 class _Templates:
     """The text of every family in one Style: headers and str.format templates of its lines."""
 
-    def __init__(self, style: Style) -> None:
+    def __init__(self, style: Style, families: tuple[Family, ...]) -> None:
+        # The name escaping here holds for names of the legacy character set without ":" only.
+        for f in families:
+            assert all(_LEGACY_NAME.fullmatch(n) for n in (f.name, *f.label_names)), f.name
         self.style = style
-        self.header = {f.name: self._header(f) for f in FAMILIES}
+        self.header = {f.name: self._header(f) for f in families}
         # {0}, {1}, ...: the label values in the family's label order (project_id, the record's
         # id, its own labels); the last placeholder is the value. Labels sorted, as prometheus_client writes them.
-        self.line = {f.name: self._line(f) for f in FAMILIES}
+        self.line = {f.name: self._line(f) for f in families}
         # Families of one numeric field share one label set per record: a gauge line is
         # prefix + ids + value, with ids rendered once per record.
-        self.gauge_prefix = {f.name: _escape_name(f.name, style, sample=True) + "{" for f in FAMILIES if f.gauge}
+        self.gauge_prefix = {f.name: _escape_name(f.name, style, sample=True) + "{" for f in families if f.gauge}
         self.ids: dict[Kind, str] = {}
-        for f in FAMILIES:
+        for f in families:
             if f.kind is not None and f.kind not in self.ids:
                 self.ids[f.kind] = self._labels(f.label_names[:2]) + "}} "
+        # A record family's position among the families of its kind (its column in _Lines.cols).
+        self.column = {f.name: [g for g in families if g.kind is f.kind].index(f) for f in families if f.kind}
         # Equal keys: byte-identical record lines, so such styles share one cache entry.
-        self.key = tuple(self.line[f.name] for f in FAMILIES if f.kind is not None)
+        self.key = tuple(self.line[f.name] for f in families if f.kind is not None)
 
     def _header(self, f: Family) -> bytes:
         shown = _escape_name(f.name, self.style)
@@ -164,13 +169,13 @@ class _Templates:
         return f"{name}{{{{{self._labels(labels)}}}}} {{{len(labels)}}}\n"
 
 
-_templates: dict[Style, _Templates] = {}
+_templates: dict[tuple[Style, tuple[Family, ...]], _Templates] = {}
 
 
-def templates(style: Style) -> _Templates:
-    tp = _templates.get(style)
+def templates(style: Style, families: tuple[Family, ...]) -> _Templates:
+    tp = _templates.get((style, families))
     if tp is None:
-        tp = _templates[style] = _Templates(style)
+        tp = _templates[(style, families)] = _Templates(style, families)
     return tp
 
 
@@ -190,19 +195,23 @@ def _same(a: object, b: object, strict: bool) -> bool:
     return repr(a) == repr(b) if strict else True
 
 
+def _alike(v: Any, pv: Any) -> bool:
+    """`_same` for the number (or None) of a gauge, inline: equal zeros differ only by sign."""
+    return v is pv or (v == pv and bool(v or copysign(1.0, v) == copysign(1.0, pv)))
+
+
 _id_of = attrgetter("id")
 
 
 class _KindRenderer:
     """Renders the lines of one kind of record in one style, family by family."""
 
-    def __init__(self, tp: _Templates, kind: Kind) -> None:
-        self.families = tuple(f for f in FAMILIES if f.kind is kind)
+    def __init__(self, tp: _Templates, kind: Kind, families: tuple[Family, ...]) -> None:
+        self.families = tuple(f for f in families if f.kind is kind)
         self.ids = tp.ids[kind]
         gauges = [(i, f) for i, f in enumerate(self.families) if f.gauge]
-        self.gauge_index = tuple(i for i, _ in gauges)
-        self.gauge_prefix = tuple(tp.gauge_prefix[f.name].encode() for _, f in gauges)
-        self.gauge_divisor = tuple(None if f.divisor == 1 else f.divisor for _, f in gauges)
+        self.gauges = tuple((i, tp.gauge_prefix[f.name].encode(), None if f.divisor == 1 else f.divisor)
+                            for i, f in gauges)
         self.gauges_of = _getter([f.fields[0] for _, f in gauges])
         self.others = tuple((i, f, tp.line[f.name], f.read) for i, f in enumerate(self.families) if not f.gauge)
         # Everything the other families read, in one tuple: for most changed records (a task
@@ -210,45 +219,33 @@ class _KindRenderer:
         self.rest_of = _getter(list(dict.fromkeys(field for _, f, _, _ in self.others for field in f.fields)))
 
     def render(self, r: Any, p: Any, pid: str) -> dict[int, bytes]:
-        """The lines of `r` that differ from those of `p` (its previous record, or None), by family index."""
-        rid = ""
-        out: dict[int, bytes] = {}
-        values = self.gauges_of(r)
-        if p is None:
-            rid = escape_value(str(r.id))
-            ids = self.ids.format(pid, rid).encode()
-            for f, prefix, divisor, v in zip(self.gauge_index, self.gauge_prefix, self.gauge_divisor, values):
-                if v is not None:
-                    out[f] = prefix + ids + go_float(v if divisor is None else v / divisor).encode() + b"\n"
-        else:
-            before = self.gauges_of(p)
-            ids = b""
-            for f, prefix, divisor, v, pv in zip(self.gauge_index, self.gauge_prefix, self.gauge_divisor, values,
-                                                 before):
-                # Written alike (see _same), inline: this runs for every gauge of every changed record.
-                # Equal zeros differ only by sign (-0.0 is written "-0.0").
-                if v is pv or (v == pv and (v or copysign(1.0, v) == copysign(1.0, pv))):
-                    continue
-                if v is None:
-                    out[f] = b""
-                    continue
-                if not ids:
-                    rid = escape_value(str(r.id))
-                    ids = self.ids.format(pid, rid).encode()
-                out[f] = prefix + ids + go_float(v if divisor is None else v / divisor).encode() + b"\n"
+        """The lines of `r` that differ from those of `p` (its previous record, or None), by family
+        index; `pid` is the escaped project id."""
+        rid = escape_value(str(r.id))
+        out = self._gauges(r, p, self.ids.format(pid, rid).encode())
         rest_alike = p is not None and self.rest_of(r) == self.rest_of(p)
         for f, family, line, read in self.others:
-            if p is not None and rest_alike and not family.strict:
+            if rest_alike and not family.strict:
                 continue
             key = read(r)
             if p is not None and _same(key, read(p), family.strict):
                 continue
-            if not rid:
-                rid = escape_value(str(r.id))
             text = "".join(line.format(pid, rid, *map(escape_value, labels), go_float(value))
                            for labels, value in family.series(key))
             if text or p is not None:
                 out[f] = text.encode()
+        return out
+
+    def _gauges(self, r: Any, p: Any, ids: bytes) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        before = self.gauges_of(p) if p is not None else ()
+        for k, (v, (f, prefix, divisor)) in enumerate(zip(self.gauges_of(r), self.gauges)):
+            if before and _alike(v, before[k]):
+                continue
+            if v is not None:
+                out[f] = prefix + ids + go_float(v if divisor is None else v / divisor).encode() + b"\n"
+            elif before:
+                out[f] = b""
         return out
 
 
@@ -262,35 +259,26 @@ def _getter(fields: list[str]) -> Callable[[Any], tuple[Any, ...]]:
     return lambda r: ()
 
 
-# --- the cache of rendered lines -----------------------------------------------------------------
+# --- the one cache: each record's lines, kept while the record is the same object ----------------
 
 class _Segment:
-    """A piece of the body as a raw DEFLATE stream that ends on a full flush, with its CRC-32 and length.
-
-    Such segments, each from a fresh compressor (no reference into earlier data), concatenate
-    into one valid DEFLATE stream: `gzip_body` puts them in a gzip member.
-    """
+    """A run of lines compressed as a raw DEFLATE stream that ends on a full flush, with its CRC-32
+    and length: such segments, each from a fresh compressor, concatenate into one DEFLATE stream."""
 
     __slots__ = ("crc", "data", "lines", "size")
 
-    def __init__(self, data: bytes, crc: int, size: int, lines: tuple[bytes, ...] | None = None) -> None:
-        self.data, self.crc, self.size, self.lines = data, crc, size, lines
-
-    @classmethod
-    def of(cls, text: bytes, level: int, lines: tuple[bytes, ...] | None = None) -> _Segment:
+    def __init__(self, text: bytes, level: int, lines: tuple[bytes, ...] = ()) -> None:
         z = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
-        return cls(z.compress(text) + z.flush(isal_zlib.Z_FULL_FLUSH), isal_zlib.crc32(text), len(text), lines)
+        self.data = z.compress(text) + z.flush(isal_zlib.Z_FULL_FLUSH)
+        self.crc, self.size, self.lines = isal_zlib.crc32(text), len(text), lines
 
 
-class _Columns:
-    """One project's records of one kind, rendered in one style, family by family.
-
-    Family f's line of records[i] is cols[f][i // CHUNK][i % CHUNK] (b"" for none). Chunks are
-    tuples, never changed once built: an encode makes new tuples for the chunks it changes
-    and shares the others with the entry before, so threads read entries freely, and an
-    unchanged chunk is the same object from one encode to the next. Tuples of bytes are
-    untracked by CPython's cyclic collector after their first collection.
-    """
+class _Lines:
+    """One project's records of one area, rendered in one style: cols[f][c][j] is family f's line of
+    records[c * CHUNK + j] (b"" for none). Runs of CHUNK lines are tuples, never changed once built:
+    an encode makes new tuples for the runs it changes and shares the others with the entry
+    before, so threads read entries freely, and an unchanged run is the same object from one
+    encode to the next. `segments` keeps the compressed form of each run, (family, run) -> segment."""
 
     __slots__ = ("cols", "ids", "records", "segments")
 
@@ -299,77 +287,54 @@ class _Columns:
         self.ids, self.records, self.cols, self.segments = ids, records, cols, segments
 
 
-def _chunks(lines: Sequence[bytes]) -> list[tuple[bytes, ...]]:
+def _runs(lines: Sequence[bytes]) -> list[tuple[bytes, ...]]:
     return [tuple(lines[i:i + CHUNK]) for i in range(0, len(lines), CHUNK)]
 
 
 class RecordLines:
-    """Rendered lines of the records of the last encode, per (style, project, kind).
+    """The lines of the records of the last encode, per (style, project, area).
 
     Records that vanished upstream (or aged out) are forgotten, so the cache holds one
-    listing per project, kind and style. Safe to use from several threads at once: entries
-    are never changed once published, and the last encode's entry wins.
+    listing per project, area and style (of the MAX_STYLES styles asked for last).
     """
 
     MAX_STYLES = 4
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[object, str, Kind], _Columns] = OrderedDict()
-        self._renderers: dict[tuple[Style, Kind], _KindRenderer] = {}
+        self._entries: dict[tuple[object, str, str], _Lines] = {}
+        self._renderers: dict[tuple[Style, Kind, tuple[Family, ...]], _KindRenderer] = {}
         self._lock = threading.Lock()
 
-    def columns(self, tp: _Templates, pid: str, kind: Kind, records: Sequence[Any]) -> tuple[_Columns, int]:
+    def lines(self, tp: _Templates, families: tuple[Family, ...], pid: str, area: Area, records: Sequence[Any]
+              ) -> tuple[_Lines, int]:
         """The lines of `records` (in id order) in the style of `tp`, and how many records were rendered."""
-        key = (tp.key, pid, kind)
+        key = (tp.key, pid, area.name)
         with self._lock:
             last = self._entries.get(key)
-            renderer = self._renderers.get((tp.style, kind))
+            renderer = self._renderers.get((tp.style, area.kind, families))
             if renderer is None:
-                renderer = self._renderers[(tp.style, kind)] = _KindRenderer(tp, kind)
-        n_families = len(renderer.families)
-        ids = tuple(map(_id_of, records))
+                renderer = self._renderers[(tp.style, area.kind, families)] = _KindRenderer(tp, area.kind, families)
         new = tuple(records)
-        n = len(new)
-        segments: dict[tuple[int, int], _Segment]
-        if last is None:
-            base: Sequence[Any] = (None,) * n
-            cols = [_chunks((b"",) * n) for _ in range(n_families)]
-            segments = {}
-        else:
-            segments = last.segments
-            m = len(last.ids)
-            if ids == last.ids:  # the same records in the same order: the common case
-                base, cols = last.records, [list(c) for c in last.cols]
-            elif n > m and ids[:m] == last.ids:  # new records after the known ones (ids grow)
-                full = m // CHUNK  # full chunks stay; a last, partial one is extended
-                base = last.records + (None,) * (n - m)
-                cols = [c[:full] + _chunks(tuple(chain.from_iterable(c[full:])) + (b"",) * (n - m))
-                        for c in last.cols]
-            else:  # records came or went: move the known ones' lines to their new places
-                index = {rid: i for i, rid in enumerate(last.ids)}
-                where = [index.get(rid, m) for rid in ids]  # m: a new record, the b"" / None appended below
-                base = list(map((*last.records, None).__getitem__, where))
-                cols = [_chunks(list(map((*chain.from_iterable(c), b"").__getitem__, where))) for c in last.cols]
+        ids = tuple(map(_id_of, new))
+        base, cols = _aligned(last, ids, len(renderer.families))
         pid_e = escape_value(pid)
         rendered = 0
-        # (family, chunk) -> the chunk's lines being written; a tuple again below (never changed in place).
-        writing: dict[tuple[int, int], list[bytes]] = {}
-        for i in compress(range(n), map(is_not, new, base)):
+        writing: dict[tuple[int, int], list[bytes]] = {}  # (family, run) -> its lines being written
+        for i in compress(range(len(new)), map(is_not, new, base)):
             changes = renderer.render(new[i], base[i], pid_e)
-            if changes:  # an equal record in a new object changes nothing
-                rendered += 1
-                c, j = divmod(i, CHUNK)
-                for f, line in changes.items():
-                    chunk = writing.get((f, c))
-                    if chunk is None:
-                        chunk = writing[(f, c)] = list(cols[f][c])
-                    chunk[j] = line
-        for (f, c), chunk in writing.items():
-            cols[f][c] = tuple(chunk)
-        entry = _Columns(ids, new, cols, segments)
+            rendered += bool(changes)  # an equal record in a new object changes nothing
+            c, j = divmod(i, CHUNK)
+            for f, line in changes.items():
+                run = writing.get((f, c))
+                if run is None:
+                    run = writing[(f, c)] = list(cols[f][c])
+                run[j] = line
+        for (f, c), run in writing.items():
+            cols[f][c] = tuple(run)
+        entry = _Lines(ids, new, cols, last.segments if last is not None else {})
         with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
+            self._entries.pop(key, None)
+            self._entries[key] = entry  # the newest last
             styles = list(dict.fromkeys(k[0] for k in self._entries))
             for gone in styles[:-self.MAX_STYLES]:
                 for k in [k for k in self._entries if k[0] == gone]:
@@ -377,10 +342,29 @@ class RecordLines:
         return entry, rendered
 
 
+def _aligned(last: _Lines | None, ids: tuple[object, ...], n_families: int
+             ) -> tuple[Sequence[Any], list[list[tuple[bytes, ...]]]]:
+    """The last records and runs of lines moved to where the records of `ids` are now (None and b""
+    for new ones)."""
+    if last is None:
+        return (None,) * len(ids), [_runs((b"",) * len(ids)) for _ in range(n_families)]
+    m = len(last.ids)
+    if ids == last.ids:  # the same records in the same order: the common case, every run shared
+        return last.records, [list(c) for c in last.cols]
+    if len(ids) > m and ids[:m] == last.ids:  # new records after the known ones (task ids grow)
+        full = m // CHUNK  # the full runs are shared; a last, partial one is extended
+        return (last.records + (None,) * (len(ids) - m),
+                [c[:full] + _runs((*chain.from_iterable(c[full:]), *(b"",) * (len(ids) - m))) for c in last.cols])
+    index = {rid: i for i, rid in enumerate(last.ids)}
+    where = [index.get(rid, len(last.ids)) for rid in ids]  # past the end: a new record
+    records = list(map((*last.records, None).__getitem__, where))
+    return records, [_runs(list(map((*chain.from_iterable(c), b"").__getitem__, where))) for c in last.cols]
+
+
 # --- the body ------------------------------------------------------------------------------------
 
-class _Chunk:
-    """Lines of up to CHUNK records of one family of one project: a piece of the body."""
+class _Run:
+    """CHUNK lines of one family of one project: a piece of the body, with its compressed form kept."""
 
     __slots__ = ("key", "lines", "segments")
 
@@ -389,91 +373,66 @@ class _Chunk:
         self.lines, self.segments, self.key = lines, segments, key
 
     def segment(self, level: int) -> _Segment:
-        """The chunk compressed: the last encode's segment when it holds the same lines."""
+        """The run compressed: the last encode's segment when it holds the same lines."""
         old = self.segments.get(self.key)
-        lines = self.lines
-        if old is not None and (old.lines is lines or old.lines == lines):
+        if old is not None and (old.lines is self.lines or old.lines == self.lines):
             return old
-        seg = _Segment.of(b"".join(lines), level, lines)
-        self.segments[self.key] = seg
+        seg = self.segments[self.key] = _Segment(b"".join(self.lines), level, self.lines)
         return seg
 
 
-# A record family's position among the families of its kind (its column in _Columns.cols).
-_FAMILY_INDEX = {f.name: [g for g in FAMILIES if g.kind is f.kind].index(f) for f in FAMILIES if f.kind}
-
-
 def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: RecordLines,
-            tail: bytes | Callable[[], bytes], stats: SelfMetrics | None = None) -> Iterator[bytes | _Chunk]:
-    """The body in order, family by family: bytes, and _Chunks of record lines, then `tail`.
-
-    A callable `tail` (the exporter's own metrics) is called last, so that what it counts
-    includes this encode.
-    """
-    tp = templates(style)
-    projects: dict[Kind, list[_Columns]] = {}
-    for family in FAMILIES:
-        kind = family.kind
-        if kind is not None and kind not in projects:
-            # A failed listing exports nothing and leaves the project's cached lines for its next success.
-            projects[kind] = []
-            for lst in listings:
-                records = policy.records(lst, kind)
-                if records is None:
-                    continue
-                entry, rendered = cache.columns(tp, lst.target.project_id, kind, records)
-                projects[kind].append(entry)
-                if stats is not None:
-                    stats.encoded_records.labels(kind.name, "rendered").inc(rendered)
-                    stats.encoded_records.labels(kind.name, "reused").inc(len(records) - rendered)
-    out: list[bytes] = []
-    for family in FAMILIES:
-        if family.kind is None:
-            # Per-project families: a few lines, written afresh each time.
-            line = tp.line[family.name]
-            text = "".join(line.format(escape_value(lst.target.project_id), *map(escape_value, labels),
-                                       go_float(value))
-                           for lst in listings for labels, value in family.series(lst))
-            out += (tp.header[family.name], text.encode())
-            continue
-        if out:
-            yield b"".join(out)
-            out = []
+            areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None = None
+            ) -> Iterator[bytes | _Run]:
+    """The OMS families of the body in order (`table`: families(areas)): bytes, and runs of record lines."""
+    tp = templates(style, table)
+    entries: dict[Kind, list[_Lines]] = {area.kind: [] for area in areas}
+    for area in areas:
+        for lst in listings:
+            records = policy.records(lst, area.name)
+            if records is None:  # a failed listing exports nothing, and keeps the cached lines
+                continue
+            entry, rendered = cache.lines(tp, table, lst.target.project_id, area, records)
+            entries[area.kind].append(entry)
+            if stats is not None:
+                stats.encoded_records.labels(area.kind.name, "rendered").inc(rendered)
+                stats.encoded_records.labels(area.kind.name, "reused").inc(len(records) - rendered)
+    for family in table:
         yield tp.header[family.name]
-        f = _FAMILY_INDEX[family.name]
-        for entry in projects[family.kind]:
-            for c, chunk in enumerate(entry.cols[f]):
-                yield _Chunk(chunk, entry.segments, (f, c))
-    if out:
-        yield b"".join(out)
-    for entries in projects.values():  # segments past the end of a shorter record list
-        for entry in entries:
-            n = len(entry.cols[0]) if entry.cols else 0
-            for key in [k for k in list(entry.segments) if k[1] >= n]:
+        if family.kind is None:  # a project family: a few lines, written afresh each time
+            line = tp.line[family.name]
+            yield "".join(line.format(escape_value(lst.target.project_id), *map(escape_value, labels),
+                                      go_float(value))
+                          for lst in listings for labels, value in family.series(lst)).encode()
+            continue
+        f = tp.column[family.name]
+        for entry in entries[family.kind]:
+            for c, run in enumerate(entry.cols[f]):
+                yield _Run(run, entry.segments, (f, c))
+    for kind_entries in entries.values():  # compressed runs past the end of a shorter list
+        for entry in kind_entries:
+            runs = -(-len(entry.ids) // CHUNK)
+            for key in [k for k in list(entry.segments) if k[1] >= runs]:
                 entry.segments.pop(key, None)
-    yield tail() if callable(tail) else tail
 
 
-def encode(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: RecordLines | None = None,
-           tail: bytes = b"") -> bytes:
-    """The OMS families of `listings` in `style`, as `generate_latest` would write them, then `tail`."""
-    return b"".join(_text(_pieces(listings, policy, style, cache or RecordLines(), tail)))
-
-
-def _text(pieces: Iterable[bytes | _Chunk]) -> Iterator[bytes]:
+def _text(pieces: Iterable[bytes | _Run]) -> Iterator[bytes]:
     for piece in pieces:
-        yield piece if type(piece) is bytes else b"".join(piece.lines)  # type: ignore[union-attr]
+        if type(piece) is bytes:
+            yield piece
+        else:
+            yield b"".join(piece.lines)  # type: ignore[union-attr]
 
 
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 _DEFLATE_END = b"\x03\x00"  # an empty final block (fixed Huffman codes)
 
 
-def gzip_body(pieces: Iterable[bytes | _Chunk], level: int) -> bytes:
-    """One gzip member of the pieces' text; unchanged chunks reuse their last segment."""
+def gzip_body(pieces: Iterable[bytes | _Run], level: int) -> bytes:
+    """One gzip member of the pieces' text; unchanged runs reuse their last segment."""
     out = [_GZIP_HEADER]
     crc = size = 0
-    loose: list[bytes] = []  # small pieces between chunks, compressed together
+    loose: list[bytes] = []  # small pieces between runs, compressed together
 
     def add(seg: _Segment) -> None:
         nonlocal crc, size
@@ -486,13 +445,19 @@ def gzip_body(pieces: Iterable[bytes | _Chunk], level: int) -> bytes:
             loose.append(piece)
             continue
         if loose:
-            add(_Segment.of(b"".join(loose), level))
+            add(_Segment(b"".join(loose), level))
             loose = []
         add(piece.segment(level))  # type: ignore[union-attr]
     if loose:
-        add(_Segment.of(b"".join(loose), level))
+        add(_Segment(b"".join(loose), level))
     out += (_DEFLATE_END, struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
     return b"".join(out)
+
+
+def encode(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: RecordLines | None = None,
+           tail: bytes = b"", areas: Sequence[Area] = AREAS) -> bytes:
+    """The OMS families of `listings` in `style`, as `generate_latest` would write them, then `tail`."""
+    return b"".join(_text(_pieces(listings, policy, style, cache or RecordLines(), areas, families(areas)))) + tail
 
 
 class Renderer:
@@ -505,9 +470,11 @@ class Renderer:
     # ISA-L level 1: ~14x smaller, and 4x less CPU than zlib level 1 (which it also out-compresses here).
     GZIP_LEVEL = 1
 
-    def __init__(self, stats: SelfMetrics) -> None:
+    def __init__(self, stats: SelfMetrics, areas: Sequence[Area] = AREAS) -> None:
         self.lines = RecordLines()
         self._stats = stats
+        self._areas = tuple(areas)
+        self._table = families(areas)
         self._inflight: dict[tuple[object, ...], tuple[Sequence[Listing], asyncio.Future[bytes]]] = {}
 
     async def render(self, listings: Sequence[Listing], policy: SeriesPolicy, with_self: bool,
@@ -536,19 +503,22 @@ class Renderer:
     def _encode(self, listings: Sequence[Listing], policy: SeriesPolicy, with_self: bool, style: Style | None,
                 encoder: Encoder, gzip_ok: bool) -> bytes:
         self._stats.encodes.inc()
+        pieces: Iterable[bytes | _Run]
         if style is None:  # a format this module does not write: the reference encoder
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(SnapshotCollector(listings, policy))
+            registry.register(SnapshotCollector(listings, policy, self._areas))
             if with_self:
                 registry.register(self._stats.registry)
-            text = encoder(registry)
-            return gzip_body([text], self.GZIP_LEVEL) if gzip_ok else text
-        if with_self:
-            registry = self._stats.registry
-
-            def tail() -> bytes:
-                return encoder(registry)
+            pieces = [encoder(registry)]
         else:
-            tail = b"# EOF\n" if style.openmetrics else b""  # type: ignore[assignment]
-        pieces = _pieces(listings, policy, style, self.lines, tail, self._stats)
+            # The exporter's own metrics last, so that what they count includes this encode.
+            tail = (lambda: encoder(self._stats.registry)) if with_self else (
+                lambda: b"# EOF\n" if style.openmetrics else b"")
+            pieces = _with_tail(_pieces(listings, policy, style, self.lines, self._areas, self._table, self._stats),
+                                tail)
         return gzip_body(pieces, self.GZIP_LEVEL) if gzip_ok else b"".join(_text(pieces))
+
+
+def _with_tail(pieces: Iterator[bytes | _Run], tail: Callable[[], bytes]) -> Iterator[bytes | _Run]:
+    yield from pieces
+    yield tail()

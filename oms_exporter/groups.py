@@ -1,145 +1,84 @@
-"""Task groups and synchronization tasks: the two API areas a scrape lists beside the tasks.
+"""Task groups: OMS splits one migration into many tasks and runs them as one group.
 
-- Task groups (`GET /v2/{project_id}/taskgroups`) are paged like tasks, every page of 100.
-- Synchronization tasks (`GET /v2/{project_id}/sync-tasks`, at most 5 per tenant) are listed,
-  then each one is asked for its counters of the current month (`GET .../sync-tasks/{id}
-  ?query_time=<now ms>`). Sync tasks exist only in some regions: where the API gateway says
-  the API is not published there (404 `APIGW.0101`), that is no failure: no sync series, one
-  info line.
-
-Each area's outcome is its own (`Area`): a failure in one never hides the others.
+`ListTaskGroup` (`GET /v2/{project_id}/taskgroups`) is paged like the tasks, every page of
+100 (`pager.PagedLister`). A target scoped to some groups (`group_ids`) serves those only.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from functools import partial
+from typing import Any
 
-from oms_exporter.client import BadPayload, Incomplete, OmsClient, OmsError, RequestRejected
-from oms_exporter.clock import Clock
-from oms_exporter.lister import Pager, Query, _all, _Unreachable
-from oms_exporter.model import BadPage, RecordParser, SyncTask, TaskGroup, one_record, parse_group, parse_sync
-from oms_exporter.settings import Target
+from oms_exporter.area import Area
+from oms_exporter.metrics import Family, Kind, _records_per_state, _scalar, _state_set, gauge, project, record
+from oms_exporter.model import GROUP_STATUS_NAMES, TaskGroup
+from oms_exporter.pager import PagedLister
 
-log = logging.getLogger(__name__)
+GROUP = Kind("task_group", "group_id")
+group_gauge, group_record = partial(gauge, kind=GROUP), partial(record, kind=GROUP)
 
-R = TypeVar("R")
+FAMILIES: tuple[Family, ...] = (
+    project("oms_task_groups", "Number of task groups of the project in each state.", ("status",),
+            _records_per_state(lambda listing: listing.records("task_groups"), GROUP_STATUS_NAMES),
+            source="per project: task groups per state, all 10 always present",
+            example="`sum by (status) (oms_task_groups)`"),
+    group_record("oms_task_group_info", "Static facts of an OMS task group; the value is always 1.",
+           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket", "task_type"),
+           ("src.cloud_type", "src.region", "src.bucket", "dst.region", "dst.bucket", "task_type"),
+           lambda facts: ((facts, 1),), source="static facts of a group, value 1",
+           example='`oms_task_group_info{src_cloud="AWS"}`'),
+    group_record("oms_task_group_status", "Current state of an OMS task group: 1 for the state it is in, 0 for the "
+           "other nine.", ("status",), ("status",), _state_set(GROUP_STATUS_NAMES),
+           source="`status`: one series per state (waiting, creating, migrating, paused, create_failed, failed, "
+                  "succeeded, pausing, delete_pending, deleting), 1 for the current",
+           example='`oms_task_group_status{status=~"create_failed|failed"} == 1`'),
+    group_record("oms_task_group_status_code", "Raw OMS task group status code: 0 waiting, 1 creating, 2 migrating, "
+           "3 paused, 4 create_failed, 5 failed, 6 succeeded, 7 pausing, 8 delete_pending, 9 deleting.",
+           (), ("status",), _scalar, source="`status` (0..9)", example="`oms_task_group_status_code`"),
+    group_gauge("oms_task_group_progress_ratio", "complete_size / total_size of the group, 0 to 1; no series while "
+          "total_size is 0 or absent.", "progress", source="`complete_size / total_size`",
+          example="`oms_task_group_progress_ratio`"),
+    *(group_gauge(name, f"{what} ({field}).", field, source=f"`{field}`", example=f"`{name}`")
+      for name, field, what in (
+          ("oms_task_group_tasks", "total_task_num", "Tasks of the group"),
+          ("oms_task_group_tasks_created", "create_task_num", "Tasks of the group created so far"),
+          ("oms_task_group_tasks_migrating", "executing_task_num", "Tasks of the group migrating now"),
+          ("oms_task_group_tasks_waiting", "waiting_task_num", "Tasks of the group waiting to run"),
+          ("oms_task_group_tasks_paused", "paused_task_num", "Tasks of the group paused"),
+          ("oms_task_group_tasks_failed", "failed_task_num", "Tasks of the group that failed"),
+          ("oms_task_group_tasks_succeeded", "complete_task_num", "Tasks of the group that succeeded"),
+          ("oms_task_group_objects", "total_num", "Objects the group has to migrate"),
+          ("oms_task_group_objects_created", "create_complete_num", "Objects covered by the tasks created so far"),
+          ("oms_task_group_objects_succeeded", "success_num", "Objects of the group migrated successfully"),
+          ("oms_task_group_objects_failed", "fail_num", "Objects of the group that failed"),
+          ("oms_task_group_objects_skipped", "skip_num", "Objects of the group skipped"),
+          ("oms_task_group_size_bytes", "total_size", "Bytes the group has to migrate"),
+          ("oms_task_group_created_bytes", "create_complete_size", "Bytes covered by the tasks created so far"),
+          ("oms_task_group_completed_bytes", "complete_size", "Bytes of the group processed so far"),
+          ("oms_task_group_speed_bytes_per_second", "migrate_speed", "Migration speed of the group, bytes per second"),
+      )),
+    group_gauge("oms_task_group_start_timestamp_seconds", "Unix time the group started (start_time).", "start_time_ms",
+          ms=True, source="`start_time` (ms → s)",
+          example="`time() - (oms_task_group_start_timestamp_seconds > 0)`"),
+    group_gauge("oms_task_group_elapsed_seconds", "Time the group has run so far (total_time).", "total_time_ms",
+          ms=True, source="`total_time` (ms → s)", example="`oms_task_group_elapsed_seconds / 3600`"),
+    group_record("oms_task_group_error_info",
+           "Why the task group failed (error_reason); present only when OMS reports an error, value 1.",
+           ("error_code", "error_msg"), ("error_code", "error_msg"),
+           lambda err: ((err, 1),) if err[0] or err[1] else (),
+           source="`error_reason`, only when non-empty", example="`oms_task_group_error_info`"),
+)
 
-# The API gateway's answer to an API a region does not publish.
-NOT_PUBLISHED = "APIGW.0101"
+
+class GroupLister(PagedLister):
+    """Every task group of the target, or of its `group_ids` only."""
+
+    def _scoped(self, found: dict[Any, Any]) -> list[Any]:
+        wanted = self.target.group_ids
+        return sorted(found) if not wanted else sorted(set(wanted) & found.keys())
 
 
-@dataclass(slots=True)
-class Area(Generic[R]):
-    """The outcome of listing one API area of a project: its records (in id order), or why not."""
-
-    records: list[R] | None = None  # None: the listing failed, or the area is not offered
-    error: OmsError | None = None
-    offered: bool = True  # False: the region does not publish this API
-    malformed: int = 0
-    duration: float = 0.0
-    requests: int = 0
-
-
-class GroupLister(Pager[TaskGroup]):
-    """Lists every task group of a target, page by page."""
-
-    API = "ListTaskGroup"
-
-    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int) -> None:
-        super().__init__(client, target, clock, RecordParser(parse_group), page_limit=page_limit)
-
-    async def _fetch(self, query: Query, offset: int, limit: int, deadline: float) -> bytes:
-        return await self._client.list_task_groups(offset=offset, limit=limit, deadline=deadline, status=query[0])
-
-    async def run(self, deadline: float) -> Area[TaskGroup]:
-        async def collect() -> dict[str, TaskGroup]:
-            groups: dict[str, TaskGroup] = {}
-            try:
-                await self._page_through((None, None), groups, deadline)
-            except _Unreachable as exc:
-                raise Incomplete(f"{exc.count} task groups, but offset paging reaches only {self._reach()}") from None
-            return groups
-
-        groups, error, duration = await self._run(deadline, collect)
-        if error is not None:
-            return Area(error=error, duration=duration, requests=self._requests)
-        # A target scoped to some groups (`group_ids`) serves those groups only.
-        wanted = sorted(groups) if not self.target.group_ids else sorted(set(self.target.group_ids) & groups.keys())
-        return Area(records=[groups[gid] for gid in wanted], malformed=len(self._parser.malformed),
-                    duration=duration, requests=self._requests)
-
-
-class SyncLister(Pager[SyncTask]):
-    """Lists a target's synchronization tasks, then asks each for this month's counters."""
-
-    API = "ListSyncTasks"
-    MAX_OFFSET = 10000  # ListSyncTasks documents offsets up to 10,000 (a tenant has at most 5 sync tasks)
-
-    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int) -> None:
-        super().__init__(client, target, clock, RecordParser(parse_sync), page_limit=page_limit)
-        self._max_offset = min(self._max_offset, self.MAX_OFFSET)
-        self._details: RecordParser[SyncTask] = RecordParser(parse_sync)  # ShowSyncTask answers
-        self._offered = True
-
-    async def _fetch(self, query: Query, offset: int, limit: int, deadline: float) -> bytes:
-        return await self._client.list_sync_tasks(offset=offset, limit=limit, deadline=deadline)
-
-    async def run(self, deadline: float) -> Area[SyncTask]:
-        offered = True
-
-        async def collect() -> dict[str, SyncTask]:
-            nonlocal offered
-            listed: dict[str, SyncTask] = {}
-            try:
-                await self._page_through((None, None), listed, deadline)
-                return await self._details_of(sorted(listed), deadline)
-            except _Unreachable as exc:
-                raise Incomplete(f"{exc.count} sync tasks, but offset paging reaches only {self._reach()}") from None
-            except RequestRejected as exc:
-                if exc.status != 404 or exc.code != NOT_PUBLISHED:
-                    raise
-                offered = False
-                return {}
-
-        self._details.begin()
-        syncs, error, duration = await self._run(deadline, collect)
-        if error is None:
-            self._details.forget(set(self._details.ids()) - syncs.keys())
-        self._details.end(ok=error is None)
-        if error is not None:
-            # A failed listing says nothing about whether the region offers the API.
-            return Area(error=error, duration=duration, requests=self._requests)
-        if offered != self._offered:
-            self._offered = offered
-            log.info("sync tasks are not offered in this region: no sync-task series" if not offered
-                     else "sync tasks are offered in this region again", extra={"target": self.target.name})
-        if not offered:
-            return Area(offered=False, duration=duration, requests=self._requests)
-        return Area(records=[syncs[sid] for sid in sorted(syncs)],
-                    malformed=len(self._parser.malformed) + len(self._details.malformed), duration=duration,
-                    requests=self._requests)
-
-    async def _details_of(self, ids: list[str], deadline: float) -> dict[str, SyncTask]:
-        """ShowSyncTask of each: this month's counters (a sync task deleted meanwhile is left out)."""
-        query_time = int(self._clock.time() * 1000)
-        out: dict[str, SyncTask] = {}
-
-        async def one(sid: str) -> None:
-            self._requests += 1
-            try:
-                raw = await self._client.show_sync_task(sid, query_time, deadline)
-            except RequestRejected as exc:
-                if exc.status == 404 and exc.code != NOT_PUBLISHED:
-                    return  # deleted since it was listed
-                raise  # the gateway's "not published here" is the region's answer: see run
-            try:
-                records = self._details.parse_all([one_record(raw)])
-            except BadPage:
-                raise BadPayload(f"the ShowSyncTask answer for {sid!r} is not valid JSON") from None
-            if records:
-                out[sid] = records[0]
-
-        await _all(one(sid) for sid in ids)
-        return out
+TASK_GROUPS = Area(
+    name="task_groups", what="task groups", api="ListTaskGroup", path="taskgroups", records_key="taskgroups",
+    record=TaskGroup, kind=GROUP, families=FAMILIES, lister=GroupLister,
+    slots=lambda max_concurrency: max(1, max_concurrency // 4))

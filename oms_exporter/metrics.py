@@ -1,16 +1,18 @@
-"""Every metric family the exporter serves, in one table, and the exporter's own metrics.
+"""The family machinery, the families of a project as a whole, and the exporter's own metrics.
 
-`FAMILIES` declares, in output order, each OMS family: its name, help, labels, and how its
-series are read from a project's listing or from one record. The encoder
-(`exposition.py`), the reference collector (`collector.py`), the README's metrics table
-and the tests all read this table, so a new family is one entry here. `SelfMetrics` holds
-the counters of the exporter's own work (requests, failures, listings, encodes).
+A `Family` declares one OMS metric family: its name, help, labels, and how its series are
+read from a project's listing (a project family) or from one record (a record family of a
+`Kind`). Each API area declares its own families beside its lister (`tasks.py`,
+`groups.py`, `syncs.py`); `catalog.families` puts them in output order after the project
+families here. The encoder (`exposition.py`), the reference collector (`collector.py`),
+the README's metrics table and the tests all read that one table. `SelfMetrics` holds the
+counters of the exporter's own work (requests, failures, listings, encodes).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -18,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from oms_exporter import __version__
-from oms_exporter.model import GROUP_STATUS_NAMES, STATUS_NAMES, SYNC_STATUS_NAMES, Task
 
 if TYPE_CHECKING:
-    from oms_exporter.lister import Listing
+    from oms_exporter.listing import Listing
 
 Series = Iterable[tuple[Sequence[str], float]]  # (label values after the owner's ids, value)
 
@@ -32,11 +33,6 @@ class Kind:
 
     name: str
     id_label: str
-
-
-TASK = Kind("task", "task_id")
-GROUP = Kind("task_group", "group_id")
-SYNC = Kind("sync_task", "sync_task_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +86,7 @@ MS = 1000.0  # milliseconds per second
 _GAUGE_SERIES = ((_scalar, 1.0), (_milliseconds, MS))  # what the encoder writes as value / divisor
 
 
-def gauge(name: str, help_text: str, field: str, *, kind: Kind = TASK, ms: bool = False,
+def gauge(name: str, help_text: str, field: str, *, kind: Kind, ms: bool = False,
           source: str = "", example: str = "") -> Family:
     """A record's numeric field (`ms`: milliseconds, served as seconds); no series when the field
     is absent or null (never an invented 0)."""
@@ -99,7 +95,7 @@ def gauge(name: str, help_text: str, field: str, *, kind: Kind = TASK, ms: bool 
 
 
 def record(name: str, help_text: str, labels: tuple[str, ...], fields: tuple[str, ...],
-           series: Callable[[Any], Series], *, kind: Kind = TASK, strict: bool = False,
+           series: Callable[[Any], Series], *, kind: Kind, strict: bool = False,
            source: str = "", example: str = "") -> Family:
     return Family(name, help_text, labels, kind, series, fields, strict=strict, source=source, example=example)
 
@@ -139,236 +135,39 @@ def _records_per_state(records: Callable[[Listing], Sequence[Any] | None], names
     return series
 
 
-def _per_state(pick: Callable[[Listing], Mapping[int, float]]) -> Callable[[Listing], Series]:
-    return _when_up(lambda listing: [((STATUS_NAMES[code],), n) for code, n in pick(listing).items()])
+# --- families of a project as a whole ------------------------------------------------------------
 
-
-SYNC_RESULTS = ("requested", "succeeded", "failed", "skipped")  # oms_sync_task_monthly_objects{result}
-TASK_INFO_LABELS = (  # (label, Task attribute) in label order
-    ("name", "name"), ("group_id", "group_id"), ("group_type", "group_type"), ("task_type", "task_type"),
-    ("priority", "priority"), ("src_cloud", "src_cloud"), ("src_region", "src_region"),
-    ("src_bucket", "src_bucket"), ("dst_region", "dst_region"), ("dst_bucket", "dst_bucket"),
-)
-# (family, TaskResp field, help) of the per-project, per-state sums over every listed task.
-TASK_TOTALS = (
-    ("oms_tasks_size_bytes", "total_size", "bytes to migrate"),
-    ("oms_tasks_completed_bytes", "complete_size", "bytes processed"),
-    ("oms_tasks_migrated_bytes", "real_size", "bytes migrated, skipped objects excluded"),
-    ("oms_tasks_objects", "total_num", "objects to migrate"),
-    ("oms_tasks_objects_succeeded", "successful_num", "objects migrated"),
-    ("oms_tasks_objects_failed", "failed_num", "objects that failed"),
-    ("oms_tasks_objects_skipped", "skipped_num", "objects skipped"),
-    ("oms_tasks_speed_bytes_per_second", "migrate_speed", "bytes per second"),
-)
-TASK_TOTAL_FIELDS = tuple(field for _, field, _ in TASK_TOTALS)
-
-
-def _total(i: int) -> Callable[[Listing], Series]:
-    return _per_state(lambda listing: {code: sums[i] for code, sums in listing.totals.items()})
-
-
-FAMILIES: tuple[Family, ...] = (
-    # --- per project -------------------------------------------------------------------------
+HEAD: tuple[Family, ...] = (
     project("oms_up", "1 when the last listing of every task of the project succeeded, 0 otherwise.", (),
             lambda listing: (((), 1 if listing.up else 0),),
             source="per project: 1 when the whole listing succeeded", example="`oms_up == 0`"),
     project("oms_scrape_duration_seconds", "How long listing the project's tasks took.", (),
             lambda listing: (((), listing.duration),),
             source="per project: listing time", example="`max_over_time(oms_scrape_duration_seconds[1h])`"),
-    project("oms_tasks", "Number of tasks of the project in each state, from the full listing.", ("status",),
-            _per_state(lambda listing: listing.counts),
-            source="per project: tasks per state, all 7 always present", example="`sum by (status) (oms_tasks)`"),
-    *(project(name, f"Sum of {field} ({what}) of every task of the project in each state, from the full "
-                    "listing, whatever the per-task series filters (absent values count as 0).",
-              ("status",), _total(i),
-              source=f"per project and state: the sum of `{field}` over **every** listed task",
-              example=f"`sum by (project_id) ({name})`")
-      for i, (name, field, what) in enumerate(TASK_TOTALS)),
-    project("oms_malformed_tasks", "Task records in the last listing that could not be read and were skipped.", (),
-            _when_up(lambda listing: (((), listing.malformed),)),
-            source="per project: records skipped in the last listing", example="`oms_malformed_tasks > 0`"),
-    project("oms_clipped_records", "Records of the last listing (tasks, task groups, sync tasks) with a value cut "
-            "to the exporter's limits: label values to 1024 characters, error messages to 512, bandwidth windows "
-            "to 5 per task.", (),
-            _when_up(lambda listing: (((), _clipped(listing.tasks) + _clipped(listing.groups or ())
-                                       + _clipped(listing.sync_tasks or ())),)),
-            source="per project: records with a value cut to the exporter's limits (see *Failure modes*)",
-            example="`oms_clipped_records > 0`"),
-    project("oms_finished_tasks_listed_timestamp_seconds",
-            "Unix time the project's finished tasks (failed, succeeded) were last listed in full. Between full "
-            "listings they are kept exact by their counts and by following the tasks that leave the live states, "
-            "and listed in full again when a count does not add up, and at least every "
-            "--oms.finished-refresh-interval (default 15m). With --oms.listing=full: the listing's start.", (),
-            _when_up(lambda listing: () if listing.finished_listed_at is None
-                     else (((), listing.finished_listed_at),)),
-            source="per project: when the finished tasks were last listed in full (with `--oms.listing=liveness`, "
-                   "at least every `--oms.finished-refresh-interval`)",
-            example="`time() - oms_finished_tasks_listed_timestamp_seconds > 1200`"),
-    project("oms_listing_timestamp_seconds",
-            "Unix time the listing these series come from was started. With --oms.min-interval a listing "
-            "younger than that interval is served again instead of asking OMS: time() - this is how old "
-            "the data is.", (), _when_up(lambda listing: (((), listing.taken_at),)),
-            source="per project: when the served listing was started (with `--oms.min-interval` a listing is "
-                   "served again until it is that old)",
-            example="`time() - oms_listing_timestamp_seconds`"),
-    # --- per task ----------------------------------------------------------------------------
-    record("oms_task_info", "Static facts of an OMS migration task; the value is always 1.",
-           tuple(label for label, _ in TASK_INFO_LABELS), tuple(attr for _, attr in TASK_INFO_LABELS),
-           lambda facts: ((facts, 1),), source="static facts, value 1", example='`oms_task_info{src_cloud="AWS"}`'),
-    record("oms_task_status", "Current state of an OMS task: 1 for the state it is in, 0 for the other six.",
-           ("status",), ("status",), _state_set(STATUS_NAMES),
-           source="`status`: one series per state (waiting, migrating, paused, failed, succeeded, retrying, "
-                  "pausing), 1 for the current", example='`oms_task_status{status="failed"} == 1`'),
-    record("oms_task_status_code", "Raw OMS task status code: 1 waiting, 2 migrating, 3 paused, 4 failed, "
-                                   "5 succeeded, 6 retrying, 7 pausing.", (), ("status",), _scalar,
-           source="`status` (1..7)", example="`oms_task_status_code` (Grafana state timeline)"),
-    gauge("oms_task_progress_ratio", "Task progress from 0 to 1 (TaskResp.progress).", "progress",
-          source="`progress` (0..1)",
-          example="`oms_task_progress_ratio * on(project_id, task_id) group_left(name) oms_task_info`"),
-    gauge("oms_task_speed_bytes_per_second", "Current migration speed in bytes per second (migrate_speed).",
-          "migrate_speed", source="`migrate_speed`",
-          example="`sum by (project_id) (oms_task_speed_bytes_per_second)`"),
-    gauge("oms_task_objects", "Objects the task has to migrate (total_num).", "total_num",
-          source="`total_num`", example="`sum(oms_task_objects)`"),
-    gauge("oms_task_objects_succeeded", "Objects migrated successfully (successful_num).", "successful_num",
-          source="`successful_num`", example="`oms_task_objects_succeeded / oms_task_objects`"),
-    gauge("oms_task_objects_failed", "Objects that failed to migrate (failed_num).", "failed_num",
-          source="`failed_num`", example="`increase(oms_task_objects_failed[30m]) > 0`"),
-    gauge("oms_task_objects_skipped", "Objects skipped, e.g. already present at the destination (skipped_num).",
-          "skipped_num", source="`skipped_num`", example="`topk(10, oms_task_objects_skipped)`"),
-    gauge("oms_task_size_bytes", "Bytes the task has to migrate (total_size).", "total_size",
-          source="`total_size`", example="`sum by (project_id) (oms_task_size_bytes)`"),
-    gauge("oms_task_completed_bytes", "Bytes of objects processed so far (complete_size).", "complete_size",
-          source="`complete_size`", example="`oms_task_completed_bytes / oms_task_size_bytes`"),
-    gauge("oms_task_migrated_bytes", "Bytes actually migrated, skipped objects excluded (real_size).", "real_size",
-          source="`real_size`", example="`rate(oms_task_migrated_bytes[5m])`"),
-    gauge("oms_task_start_timestamp_seconds", "Unix time the task started (start_time).", "start_time_ms",
-          ms=True, source="`start_time` (ms → s)", example="`time() - (oms_task_start_timestamp_seconds > 0)`"),
-    gauge("oms_task_elapsed_seconds", "Time the task has run so far (total_time).", "total_time_ms",
-          ms=True, source="`total_time` (ms → s)", example="`oms_task_elapsed_seconds / 3600`"),
-    gauge("oms_task_remaining_seconds", "Estimated time left (left_time).", "left_time_ms",
-          ms=True, source="`left_time` (ms → s)", example="`max(oms_task_remaining_seconds) by (project_id)`"),
-    record("oms_task_bandwidth_limit_bytes_per_second",
-           "Bandwidth limit of one traffic-limiting window of the task (bandwidth_policy), bytes per second.",
-           ("start", "end"), ("bandwidth",), lambda windows: [((w.start, w.end), w.max_bandwidth) for w in windows],
-           strict=True, source="`bandwidth_policy[]`, one series per window",
-           example="`max by (project_id, task_id) (oms_task_bandwidth_limit_bytes_per_second)`"),
-    record("oms_task_error_info",
-           "Why the task failed (error_reason); present only when OMS reports an error, value 1.",
-           ("error_code", "error_msg"), ("error_code", "error_msg"),
-           lambda err: ((err, 1),) if err[0] or err[1] else (),
-           source="`error_reason`, only when non-empty", example="`count by (error_code) (oms_task_error_info)`"),
-    # --- the API areas of a project ------------------------------------------------------------
-    project("oms_collector_success",
-            "1 when the collector (API area: tasks, task_groups, sync_tasks) listed the project in the last "
-            "scrape, 0 when that failed (its reason is in oms_scrape_errors_total). Only collectors switched on.",
-            ("collector",), lambda listing: [((c,), 0 if e is not None else 1) for c, e in listing.collectors.items()],
-            source="per project and collector (`tasks`, `task_groups`, `sync_tasks`): 1 when that API area was "
-                   "listed; a region without sync tasks counts as listed",
-            example='`oms_collector_success{collector="task_groups"} == 0`'),
-    # --- task groups ---------------------------------------------------------------------------
-    project("oms_task_groups", "Number of task groups of the project in each state.", ("status",),
-            _records_per_state(lambda listing: listing.groups, GROUP_STATUS_NAMES),
-            source="per project: task groups per state, all 10 always present",
-            example="`sum by (status) (oms_task_groups)`"),
-    record("oms_task_group_info", "Static facts of an OMS task group; the value is always 1.",
-           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket", "task_type"),
-           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket", "task_type"),
-           lambda facts: ((facts, 1),), kind=GROUP, source="static facts of a group, value 1",
-           example='`oms_task_group_info{src_cloud="AWS"}`'),
-    record("oms_task_group_status", "Current state of an OMS task group: 1 for the state it is in, 0 for the "
-           "other nine.", ("status",), ("status",), _state_set(GROUP_STATUS_NAMES), kind=GROUP,
-           source="`status`: one series per state (waiting, creating, migrating, paused, create_failed, failed, "
-                  "succeeded, pausing, delete_pending, deleting), 1 for the current",
-           example='`oms_task_group_status{status=~"create_failed|failed"} == 1`'),
-    record("oms_task_group_status_code", "Raw OMS task group status code: 0 waiting, 1 creating, 2 migrating, "
-           "3 paused, 4 create_failed, 5 failed, 6 succeeded, 7 pausing, 8 delete_pending, 9 deleting.",
-           (), ("status",), _scalar, kind=GROUP, source="`status` (0..9)", example="`oms_task_group_status_code`"),
-    gauge("oms_task_group_progress_ratio", "complete_size / total_size of the group, 0 to 1; no series while "
-          "total_size is 0 or absent.", "progress", kind=GROUP, source="`complete_size / total_size`",
-          example="`oms_task_group_progress_ratio`"),
-    *(gauge(name, f"{what} ({field}).", field, kind=GROUP, source=f"`{field}`", example=f"`{name}`")
-      for name, field, what in (
-          ("oms_task_group_tasks", "total_task_num", "Tasks of the group"),
-          ("oms_task_group_tasks_created", "create_task_num", "Tasks of the group created so far"),
-          ("oms_task_group_tasks_migrating", "executing_task_num", "Tasks of the group migrating now"),
-          ("oms_task_group_tasks_waiting", "waiting_task_num", "Tasks of the group waiting to run"),
-          ("oms_task_group_tasks_paused", "paused_task_num", "Tasks of the group paused"),
-          ("oms_task_group_tasks_failed", "failed_task_num", "Tasks of the group that failed"),
-          ("oms_task_group_tasks_succeeded", "complete_task_num", "Tasks of the group that succeeded"),
-          ("oms_task_group_objects", "total_num", "Objects the group has to migrate"),
-          ("oms_task_group_objects_created", "create_complete_num", "Objects covered by the tasks created so far"),
-          ("oms_task_group_objects_succeeded", "success_num", "Objects of the group migrated successfully"),
-          ("oms_task_group_objects_failed", "fail_num", "Objects of the group that failed"),
-          ("oms_task_group_objects_skipped", "skip_num", "Objects of the group skipped"),
-          ("oms_task_group_size_bytes", "total_size", "Bytes the group has to migrate"),
-          ("oms_task_group_created_bytes", "create_complete_size", "Bytes covered by the tasks created so far"),
-          ("oms_task_group_completed_bytes", "complete_size", "Bytes of the group processed so far"),
-          ("oms_task_group_speed_bytes_per_second", "migrate_speed", "Migration speed of the group, bytes per second"),
-      )),
-    gauge("oms_task_group_start_timestamp_seconds", "Unix time the group started (start_time).", "start_time_ms",
-          kind=GROUP, ms=True, source="`start_time` (ms → s)",
-          example="`time() - (oms_task_group_start_timestamp_seconds > 0)`"),
-    gauge("oms_task_group_elapsed_seconds", "Time the group has run so far (total_time).", "total_time_ms",
-          kind=GROUP, ms=True, source="`total_time` (ms → s)", example="`oms_task_group_elapsed_seconds / 3600`"),
-    record("oms_task_group_error_info",
-           "Why the task group failed (error_reason); present only when OMS reports an error, value 1.",
-           ("error_code", "error_msg"), ("error_code", "error_msg"),
-           lambda err: ((err, 1),) if err[0] or err[1] else (), kind=GROUP,
-           source="`error_reason`, only when non-empty", example="`oms_task_group_error_info`"),
-    # --- synchronization tasks -------------------------------------------------------------------
-    project("oms_sync_tasks", "Number of synchronization tasks of the project in each state.", ("status",),
-            _records_per_state(lambda listing: listing.sync_tasks, SYNC_STATUS_NAMES),
-            source="per project: sync tasks per state (synchronizing, stopped); none where the region has no "
-                   "sync tasks", example="`sum by (status) (oms_sync_tasks)`"),
-    record("oms_sync_task_info", "Static facts of an OMS synchronization task; the value is always 1.",
-           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket"),
-           ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket"),
-           lambda facts: ((facts, 1),), kind=SYNC, source="static facts of a sync task, value 1",
-           example="`oms_sync_task_info`"),
-    record("oms_sync_task_status", "Current state of a synchronization task: 1 for the state it is in, 0 for "
-           "the other.", ("status",), ("status",), _state_set(SYNC_STATUS_NAMES), kind=SYNC,
-           source="`status`: synchronizing, stopped", example='`oms_sync_task_status{status="stopped"} == 1`'),
-    gauge("oms_sync_task_last_start_timestamp_seconds", "Unix time the sync task was last started "
-          "(last_start_time).", "last_start_time_ms", kind=SYNC, ms=True, source="`last_start_time` (ms → s)",
-          example="`time() - (oms_sync_task_last_start_timestamp_seconds > 0)`"),
-    record("oms_sync_task_monthly_objects",
-           "Objects of the sync task this month, by result: requested, succeeded, failed, skipped "
-           "(monthly_acceptance_request, monthly_success_object, monthly_failure_object, monthly_skip_object). "
-           "Month to date: they start again from 0 when a month begins.", ("result",),
-           ("monthly_requested", "monthly_succeeded", "monthly_failed", "monthly_skipped"),
-           lambda counts: [((result,), n) for result, n in zip(SYNC_RESULTS, counts) if n is not None],
-           kind=SYNC, strict=True,
-           source="`monthly_acceptance_request`, `monthly_success_object`, `monthly_failure_object`, "
-                  "`monthly_skip_object` as `result` requested, succeeded, failed, skipped (month to date)",
-           example='`oms_sync_task_monthly_objects{result="failed"}`'),
-    gauge("oms_sync_task_monthly_bytes", "Bytes the sync task synchronized this month (monthly_size). Month to "
-          "date: it starts again from 0 when a month begins.", "monthly_bytes", kind=SYNC,
-          source="`monthly_size` (month to date)", example="`oms_sync_task_monthly_bytes`"),
 )
-
-PROJECT_FAMILIES = tuple(f for f in FAMILIES if f.kind is None)
-GROUP_FAMILIES = tuple(f for f in FAMILIES if f.kind is GROUP)
-SYNC_FAMILIES = tuple(f for f in FAMILIES if f.kind is SYNC)
-TASK_FAMILIES = tuple(f for f in FAMILIES if f.kind is TASK)
-
-
-def task_totals(tasks: Iterable[Task]) -> tuple[dict[int, int], dict[int, tuple[float, ...]]]:
-    """Per state: how many tasks, and the sum of each TASK_TOTALS field (absent values count as 0)."""
-    by_status: dict[int | None, list[Task]] = {code: [] for code in STATUS_NAMES}
-    for t in tasks:
-        by_status.setdefault(t.status, []).append(t)
-    counts = {code: len(by_status[code]) for code in STATUS_NAMES}
-    totals = {code: state_totals(by_status[code]) for code in STATUS_NAMES}
-    return counts, totals
-
-
-def state_totals(tasks: Collection[Task]) -> tuple[float, ...]:
-    """The sum of each TASK_TOTALS field over `tasks` (absent values count as 0)."""
-    return tuple(sum(filter(None, map(getter, tasks))) for getter in _TOTAL_GETTERS)
-
-
-_TOTAL_GETTERS = tuple(attrgetter(field) for field in TASK_TOTAL_FIELDS)
+CLIPPED = project(
+    "oms_clipped_records", "Records of the last listing (tasks, task groups, sync tasks) with a value cut "
+    "to the exporter's limits: label values to 1024 characters, error messages to 512, bandwidth windows "
+    "to 5 per task.", (),
+    _when_up(lambda listing: (((), sum(_clipped(p.records or ()) for p in listing.parts.values())),)),
+    source="per project: records with a value cut to the exporter's limits (see *Failure modes*)",
+    example="`oms_clipped_records > 0`")
+LISTED_AT = project(
+    "oms_listing_timestamp_seconds",
+    "Unix time the listing these series come from was started. With --oms.min-interval a listing "
+    "younger than that interval is served again instead of asking OMS: time() - this is how old "
+    "the data is.", (), _when_up(lambda listing: (((), listing.taken_at),)),
+    source="per project: when the served listing was started (with `--oms.min-interval` a listing is "
+           "served again until it is that old)",
+    example="`time() - oms_listing_timestamp_seconds`")
+COLLECTOR_SUCCESS = project(
+    "oms_collector_success",
+    "1 when the collector (API area: tasks, task_groups, sync_tasks) listed the project in the last "
+    "scrape, 0 when that failed (its reason is in oms_scrape_errors_total). Only collectors switched on.",
+    ("collector",), lambda listing: [((c,), 0 if e is not None else 1) for c, e in listing.collectors.items()],
+    source="per project and collector (`tasks`, `task_groups`, `sync_tasks`): 1 when that API area was "
+           "listed; a region without sync tasks counts as listed",
+    example='`oms_collector_success{collector="task_groups"} == 0`')
 
 
 # --- the exporter's own metrics --------------------------------------------------------------
@@ -433,15 +232,15 @@ SELF_FAMILIES = (
                '`rate(oms_exporter_encoded_records_total{result="rendered"}[5m])`'),
 )
 
-ALL_METRIC_NAMES: frozenset[str] = frozenset(
-    [f.name for f in FAMILIES] + [f.name for f in SELF_FAMILIES if f.type != "histogram"]
+SELF_METRIC_NAMES: frozenset[str] = frozenset(
+    [f.name for f in SELF_FAMILIES if f.type != "histogram"]
     + [f.name + s for f in SELF_FAMILIES if f.type == "histogram" for s in ("_bucket", "_sum", "_count")])
 
 
 class SelfMetrics:
     """The exporter's own metrics, in a registry owned by one web app (not a global one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kinds: Iterable[str] = ("task", "task_group", "sync_task")) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -463,9 +262,9 @@ class SelfMetrics:
         self.encoded_records: Counter = made["oms_exporter_encoded_records_total"]
         self.reload_successful: Gauge = made["oms_exporter_config_last_reload_successful"]
         self.reload_success_time: Gauge = made["oms_exporter_config_last_reload_success_timestamp_seconds"]
-        for kind in (TASK, GROUP, SYNC):
+        for kind in kinds:
             for result in ("rendered", "reused"):
-                self.encoded_records.labels(kind.name, result)
+                self.encoded_records.labels(kind, result)
 
     def add_project(self, project_id: str) -> None:
         """Export every label set of `project_id` known in advance, at 0, from the first scrape on.
@@ -494,3 +293,17 @@ class SelfMetrics:
         self.reload_successful.set(1 if ok else 0)
         if ok:
             self.reload_success_time.set(at)
+
+    # --- what the rest of the exporter reports, handed these methods (it never imports this module)
+    def request(self, project_id: str, code: str, seconds: float | None) -> None:
+        """An OMS request of `project_id` ended: its HTTP status (or timeout/network), and how long
+        its answer took (None: no answer)."""
+        self.api_requests.labels(project_id, code).inc()
+        if seconds is not None:
+            self.api_request_duration.labels(project_id).observe(seconds)
+
+    def listing_started(self, project_id: str) -> None:
+        self.listings.labels(project_id).inc()
+
+    def listing_failed(self, project_id: str, reason: str) -> None:
+        self.scrape_errors.labels(project_id, reason).inc()

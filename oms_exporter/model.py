@@ -1,23 +1,30 @@
-"""The records the rest of the exporter reads, parsed from OMS's JSON.
+"""The records the rest of the exporter reads, each declared once, with its wire names.
 
-A `TaskResp` object from `GET /v2/{project_id}/tasks` becomes a frozen `Task`. Parsing is
-strict about types (a string where a number belongs makes the record malformed) and lenient
-about presence (absent or null fields stay `None`, unknown fields are ignored), because
-newer API editions add fields and any field may be missing. `RecordParser` remembers the
-records of the last listing by a digest of their JSON text, so an unchanged record is
-neither decoded again nor a new object: the encoder keys its cached lines on that identity.
+A record type is a frozen msgspec Struct whose fields are the JSON fields OMS sends (renamed
+where the exporter's name differs, `msgspec.field(name=...)`), so a page's record decodes
+straight into it: strict about types (a string where a number belongs makes the record
+malformed), lenient about presence (absent or null fields stay `None`, unknown fields are
+skipped unread), because newer API editions add fields and any field may be missing.
+`__post_init__` tidies what one record may add to /metrics (no None labels, values cut to the
+limits below) and derives the few values computed from others; their wire names are
+not OMS's ("... (derived)"), so no answer sets them.
+
+`RecordParser` remembers the records of the last listing by a digest of their JSON text, so
+an unchanged record is neither decoded again nor a new object: the encoder keys its cached
+lines on that identity.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, KeysView, Sequence
+from collections.abc import Callable, Collection, Iterable, KeysView, Sequence
 from itertools import compress, repeat
-from operator import is_
+from operator import attrgetter, is_
 from typing import Annotated, Any, Generic, TypeVar, cast
 
 import msgspec
+from msgspec import field
 from msgspec.structs import force_setattr
 from xxhash import xxh3_128_intdigest
 
@@ -33,201 +40,6 @@ STATUS_NAMES: dict[int, str] = {
 }
 FAILED, SUCCEEDED = 4, 5
 FINISHED_STATUSES = frozenset({FAILED, SUCCEEDED})
-
-
-# What one record may add to /metrics (a hostile or broken upstream must not turn one record
-# into megabytes of labels or thousands of series). Beyond these a value is cut, and the
-# record counts in oms_clipped_records.
-LABEL_MAX = 1024  # characters of a label value (OMS names are at most 255)
-MESSAGE_MAX = 512  # characters of an error message
-WINDOWS_MAX = 5  # bandwidth windows of a task (the API allows 5)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-class MalformedRecord(ValueError):
-    """A record that cannot be read (wrong type for a known field, no usable id)."""
-
-
-class BadPage(ValueError):
-    """A page that does not have the documented shape (not JSON, items or count missing, ...)."""
-
-
-# Records are frozen msgspec Structs: built ~9x faster than frozen dataclasses, and with
-# gc=False (they hold only strings, numbers and other such records) the cyclic garbage
-# collector never scans the ~10,000 of them a big project keeps.
-class BandwidthWindow(msgspec.Struct, frozen=True, gc=False):
-    start: str
-    end: str
-    max_bandwidth: int | float | None  # None only before __post_init__ drops the window
-
-
-class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    id: int
-    name: str = ""
-    group_id: str = ""
-    group_type: str = ""
-    task_type: str = ""
-    priority: str = ""
-    src_cloud: str = ""
-    src_region: str = ""
-    src_bucket: str = ""
-    dst_region: str = ""
-    dst_bucket: str = ""
-    status: int | None = None
-    progress: float | None = None
-    migrate_speed: float | None = None
-    total_num: float | None = None
-    successful_num: float | None = None
-    failed_num: float | None = None
-    skipped_num: float | None = None
-    total_size: float | None = None
-    complete_size: float | None = None
-    real_size: float | None = None
-    start_time_ms: float | None = None
-    total_time_ms: float | None = None
-    left_time_ms: float | None = None
-    bandwidth: tuple[BandwidthWindow, ...] = ()
-    error_code: str = ""
-    error_msg: str = ""
-    # When a succeeded/failed task ended (start + total time, ms); +inf for any other task.
-    ended_ms: float = float("inf")
-    clipped: bool = False  # a value was cut to LABEL_MAX/MESSAGE_MAX/WINDOWS_MAX
-
-    def __post_init__(self) -> None:
-        # start_time 0 means "not started" (waiting tasks carry it), not 1970.
-        if self.status in FINISHED_STATUSES and self.start_time_ms:
-            force_setattr(self, "ended_ms", self.start_time_ms + (self.total_time_ms or 0))
-        # Only windows with a limit, and the first of each start/end: two would be one
-        # series twice. Done here so that every encoder reads the same windows.
-        if self.bandwidth:
-            kept: dict[tuple[str, str], BandwidthWindow] = {}
-            for w in self.bandwidth:
-                if w.max_bandwidth is not None:
-                    kept.setdefault((w.start, w.end), w)
-            if len(kept) > WINDOWS_MAX:
-                kept = dict(list(kept.items())[:WINDOWS_MAX])
-                force_setattr(self, "clipped", True)
-            if len(kept) != len(self.bandwidth):
-                force_setattr(self, "bandwidth", tuple(kept.values()))
-
-    def finished_at_ms(self) -> float | None:
-        """When a succeeded/failed task ended (start + total time), else None."""
-        return None if self.ended_ms == float("inf") else self.ended_ms
-
-
-# A number field: an integer within int64 (a larger one is no count OMS can mean, and would
-# overflow float arithmetic), or a finite float. Anything else makes the record malformed.
-Num = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | float
-
-
-class _Node(msgspec.Struct):
-    cloud_type: str | None = None
-    region: str | None = None
-    bucket: str | None = None
-
-
-class _Window(msgspec.Struct):
-    start: str | None = None
-    end: str | None = None
-    max_bandwidth: Num | None = None
-
-
-class _Error(msgspec.Struct):
-    error_code: str | None = None
-    error_msg: str | None = None
-
-
-class _TaskWire(msgspec.Struct):
-    """The TaskResp fields the exporter reads, with their JSON types; others are skipped unread."""
-
-    id: Annotated[int, msgspec.Meta(ge=0)]
-    status: int | None = None
-    name: str | None = None
-    group_id: str | None = None
-    group_type: str | None = None
-    task_type: str | None = None
-    task_priority: str | None = None
-    src_node: _Node | None = None
-    dst_node: _Node | None = None
-    progress: Num | None = None
-    migrate_speed: Num | None = None
-    total_num: Num | None = None
-    successful_num: Num | None = None
-    failed_num: Num | None = None
-    skipped_num: Num | None = None
-    total_size: Num | None = None
-    complete_size: Num | None = None
-    real_size: Num | None = None
-    start_time: Num | None = None
-    total_time: Num | None = None
-    left_time: Num | None = None
-    bandwidth_policy: list[_Window] | None = None
-    # The API documents error_reason as "an empty string if the task is not in the Failed
-    # state", so a string is legal here; a non-empty one carries only a message.
-    error_reason: _Error | str | None = None
-
-
-_NO_NODE = _Node()
-
-
-def _task(w: _TaskWire) -> Task:
-    src, dst = w.src_node or _NO_NODE, w.dst_node or _NO_NODE
-    err = w.error_reason
-    if isinstance(err, _Error):
-        error_code, error_msg = err.error_code or "", err.error_msg or ""
-    else:
-        error_code, error_msg = "", err or ""
-    labels = [w.name or "", w.group_id or "", w.group_type or "", w.task_type or "", w.task_priority or "",
-              src.cloud_type or "", src.region or "", src.bucket or "", dst.region or "", dst.bucket or "",
-              error_code]
-    clipped = max(map(len, labels)) > LABEL_MAX or len(error_msg) > MESSAGE_MAX
-    if clipped:
-        labels = [_clip(v, LABEL_MAX) for v in labels]
-        error_msg = _clip(error_msg, MESSAGE_MAX)
-    name, group_id, group_type, task_type, priority, src_cloud, src_region, src_bucket, dst_region, dst_bucket, \
-        error_code = labels
-    windows = w.bandwidth_policy or []
-    if len(windows) > 4 * WINDOWS_MAX:  # Task keeps WINDOWS_MAX of them: build no more than a few
-        windows, clipped = windows[:4 * WINDOWS_MAX], True
-    return Task(
-        id=w.id, name=name, group_id=group_id, group_type=group_type, task_type=task_type, priority=priority,
-        src_cloud=src_cloud, src_region=src_region, src_bucket=src_bucket, dst_region=dst_region,
-        dst_bucket=dst_bucket, clipped=clipped,
-        status=w.status, progress=w.progress, migrate_speed=w.migrate_speed, total_num=w.total_num,
-        successful_num=w.successful_num, failed_num=w.failed_num, skipped_num=w.skipped_num,
-        total_size=w.total_size, complete_size=w.complete_size, real_size=w.real_size,
-        start_time_ms=w.start_time, total_time_ms=w.total_time, left_time_ms=w.left_time,
-        bandwidth=tuple(BandwidthWindow(_clip(b.start or "", LABEL_MAX), _clip(b.end or "", LABEL_MAX),
-                                        b.max_bandwidth) for b in windows),
-        error_code=error_code, error_msg=error_msg,
-    )
-
-
-_decode_task = msgspec.json.Decoder(_TaskWire).decode
-
-
-def parse_task(raw: bytes | msgspec.Raw) -> Task:
-    """One TaskResp object from its JSON text; MalformedRecord when it cannot be read."""
-    try:
-        return _task(_decode_task(raw))
-    except _UNREADABLE as exc:
-        raise MalformedRecord(_why(exc)) from None
-
-
-# Every way one record's text can be unreadable: a wrong type, invalid UTF-8 inside a string
-# (the page's syntax check does not look inside strings), nesting deeper than the decoder goes.
-_UNREADABLE = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
-
-
-def _why(exc: Exception) -> str:
-    return "nested too deep" if isinstance(exc, RecursionError) else str(exc)
-
-
-# --- task groups and synchronization tasks --------------------------------------------------
-
 # Task group status codes of TaskGroupResp.status (0..9).
 GROUP_STATUS_NAMES: dict[int, str] = {
     0: "waiting",
@@ -244,68 +56,200 @@ GROUP_STATUS_NAMES: dict[int, str] = {
 # Synchronization task states (SyncTaskInfo.status), as OMS spells them, and as served.
 SYNC_STATUS_NAMES: dict[str, str] = {"SYNCHRONIZING": "synchronizing", "STOPPED": "stopped"}
 
+# What one record may add to /metrics (a hostile or broken upstream must not turn one record
+# into megabytes of labels or thousands of series). Beyond these a value is cut, and the
+# record counts in oms_clipped_records.
+LABEL_MAX = 1024  # characters of a label value (OMS names are at most 255)
+MESSAGE_MAX = 512  # characters of an error message
+WINDOWS_MAX = 5  # bandwidth windows of a task (the API allows 5)
+
+
+class MalformedRecord(ValueError):
+    """A record that cannot be read (wrong type for a known field, no usable id)."""
+
+
+class BadPage(ValueError):
+    """A page that does not have the documented shape (not JSON, items or count missing, ...)."""
+
+
+# A number field: an integer within int64 (a larger one is no count OMS can mean, and would
+# overflow float arithmetic), or a finite float. Anything else makes the record malformed.
+Num = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | float
+Text = str | None  # a text field: None (null or absent) becomes "" in __post_init__
+INF = float("inf")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _tidy(record: Any, names: tuple[str, ...], limit: int = LABEL_MAX) -> bool:
+    """Text fields `names` of `record`: None becomes "", longer than `limit` is cut; True when one was cut."""
+    values = [getattr(record, name) for name in names]
+    if None not in values and max(map(len, values)) <= limit:  # the common case, at C speed
+        return False
+    cut = False
+    for name in names:
+        value = getattr(record, name)
+        if value is None:
+            force_setattr(record, name, "")
+        elif len(value) > limit:
+            force_setattr(record, name, _clip(value, limit))
+            cut = True
+    return cut
+
+
+# Records are frozen msgspec Structs: built ~9x faster than frozen dataclasses, and with
+# gc=False (they hold only strings, numbers and other such records) the cyclic garbage
+# collector never scans the ~10,000 of them a big project keeps.
+class Node(msgspec.Struct, frozen=True, gc=False):
+    """A source (src_node)."""
+
+    cloud_type: Text = ""
+    region: Text = ""
+    bucket: Text = ""
+    clipped: bool = field(default=False, name="clipped (derived)")
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "clipped", _tidy(self, ("cloud_type", "region", "bucket")))
+
+
+class DstNode(msgspec.Struct, frozen=True, gc=False):
+    """A destination (dst_node)."""
+
+    region: Text = ""
+    bucket: Text = ""
+    clipped: bool = field(default=False, name="clipped (derived)")
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "clipped", _tidy(self, ("region", "bucket")))
+
+
+NO_NODE = Node()
+NO_DST = DstNode()
+
+
+class BandwidthWindow(msgspec.Struct, frozen=True, gc=False):
+    """One traffic-limiting window of bandwidth_policy."""
+
+    start: Text = ""
+    end: Text = ""
+    max_bandwidth: Num | None = None  # a window without one is dropped
+
+    def __post_init__(self) -> None:
+        _tidy(self, ("start", "end"))  # cut, but a window's times never count as clipped
+
+
+class ErrorReason(msgspec.Struct, frozen=True, gc=False):
+    error_code: str | None = None
+    error_msg: str | None = None
+
+
+def _error(record: Any, reason: ErrorReason | str | None) -> bool:
+    """error_code and error_msg of `record` from its error_reason; True when one was cut.
+
+    The API documents error_reason as "an empty string if the task is not in the Failed
+    state", so a string is legal there; a non-empty one carries only a message.
+    """
+    if not reason:
+        return False  # no error: error_code and error_msg stay ""
+    if isinstance(reason, ErrorReason):
+        code, msg = reason.error_code or "", reason.error_msg or ""
+    else:
+        code, msg = "", reason
+    cut = len(code) > LABEL_MAX or len(msg) > MESSAGE_MAX
+    force_setattr(record, "error_code", _clip(code, LABEL_MAX))
+    force_setattr(record, "error_msg", _clip(msg, MESSAGE_MAX))
+    return cut
+
+
+def _nodes(record: Any) -> bool:
+    """src and dst of `record`: a null node is an empty one; True when a value in one was cut."""
+    if record.src is None:
+        force_setattr(record, "src", NO_NODE)
+    if record.dst is None:
+        force_setattr(record, "dst", NO_DST)
+    return bool(record.src.clipped or record.dst.clipped)
+
+
+class Task(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A TaskResp (ListTasks, ShowTask): the fields the exporter reads."""
+
+    id: Annotated[int, msgspec.Meta(ge=0)]
+    status: int | None = None
+    name: Text = ""
+    group_id: Text = ""
+    group_type: Text = ""
+    task_type: Text = ""
+    priority: Text = field(default="", name="task_priority")
+    src: Node | None = field(default=NO_NODE, name="src_node")
+    dst: DstNode | None = field(default=NO_DST, name="dst_node")
+    progress: Num | None = None
+    migrate_speed: Num | None = None
+    total_num: Num | None = None
+    successful_num: Num | None = None
+    failed_num: Num | None = None
+    skipped_num: Num | None = None
+    total_size: Num | None = None
+    complete_size: Num | None = None
+    real_size: Num | None = None
+    start_time_ms: Num | None = field(default=None, name="start_time")
+    total_time_ms: Num | None = field(default=None, name="total_time")
+    left_time_ms: Num | None = field(default=None, name="left_time")
+    bandwidth: tuple[BandwidthWindow, ...] | None = field(default=(), name="bandwidth_policy")
+    error_reason: ErrorReason | str | None = None
+    # Derived.
+    error_code: str = field(default="", name="error_code (derived)")
+    error_msg: str = field(default="", name="error_msg (derived)")
+    # When a succeeded/failed task ended (start + total time, ms); +inf for any other task.
+    ended_ms: float = field(default=INF, name="ended_ms (derived)")
+    clipped: bool = field(default=False, name="clipped (derived)")  # a value was cut to the limits
+
+    def __post_init__(self) -> None:
+        clipped = _tidy(self, _TASK_TEXT) | _nodes(self) | _error(self, self.error_reason)
+        if self.bandwidth:
+            clipped |= _windows(self)
+        elif self.bandwidth is None:
+            force_setattr(self, "bandwidth", ())
+        if clipped:
+            force_setattr(self, "clipped", True)
+        # start_time 0 means "not started" (waiting tasks carry it), not 1970.
+        if self.status in FINISHED_STATUSES and self.start_time_ms:
+            force_setattr(self, "ended_ms", self.start_time_ms + (self.total_time_ms or 0))
+
+    def finished_at_ms(self) -> float | None:
+        """When a succeeded/failed task ended (start + total time), else None."""
+        return None if self.ended_ms == INF else self.ended_ms
+
+
+_TASK_TEXT = ("name", "group_id", "group_type", "task_type", "priority")
+
+
+def _windows(task: Task) -> bool:
+    """Only windows with a limit, and the first of each start/end (two would be one series
+    twice), at most WINDOWS_MAX; True when some were cut."""
+    windows = task.bandwidth or ()
+    cut = len(windows) > 4 * WINDOWS_MAX
+    kept: dict[tuple[str | None, str | None], BandwidthWindow] = {}
+    for w in windows[:4 * WINDOWS_MAX]:
+        if w.max_bandwidth is not None:
+            kept.setdefault((w.start, w.end), w)
+    if len(kept) > WINDOWS_MAX:
+        kept = dict(list(kept.items())[:WINDOWS_MAX])
+        cut = True
+    if len(kept) != len(windows) or task.bandwidth is None:
+        force_setattr(task, "bandwidth", tuple(kept.values()))
+    return cut
+
 
 class TaskGroup(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A task group (TaskGroupResp): OMS splits one migration into many tasks and runs them as one."""
 
-    id: str  # group_id
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX)] = field(name="group_id")  # never cut
     status: int | None = None
-    src_cloud: str = ""
-    src_region: str = ""
-    src_bucket: str = ""
-    dst_region: str = ""
-    dst_bucket: str = ""
-    task_type: str = ""
-    total_task_num: float | None = None
-    create_task_num: float | None = None
-    executing_task_num: float | None = None
-    waiting_task_num: float | None = None
-    paused_task_num: float | None = None
-    failed_task_num: float | None = None
-    complete_task_num: float | None = None
-    total_num: float | None = None
-    create_complete_num: float | None = None
-    success_num: float | None = None
-    fail_num: float | None = None
-    skip_num: float | None = None
-    total_size: float | None = None
-    create_complete_size: float | None = None
-    complete_size: float | None = None
-    migrate_speed: float | None = None
-    start_time_ms: float | None = None
-    total_time_ms: float | None = None
-    progress: float | None = None  # complete_size / total_size; None when total_size is 0 or absent
-    error_code: str = ""
-    error_msg: str = ""
-    clipped: bool = False  # a value was cut to LABEL_MAX/MESSAGE_MAX
-
-
-class SyncTask(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """A synchronization task (ShowSyncTask): keeps a destination bucket in step with a source."""
-
-    id: str  # sync_task_id
-    status: str | None = None  # SYNCHRONIZING, STOPPED
-    src_cloud: str = ""
-    src_region: str = ""
-    src_bucket: str = ""
-    dst_region: str = ""
-    dst_bucket: str = ""
-    last_start_time_ms: float | None = None
-    # Month to date (the month holding the query time): they start again from 0 every month.
-    monthly_requested: float | None = None
-    monthly_succeeded: float | None = None
-    monthly_failed: float | None = None
-    monthly_skipped: float | None = None
-    monthly_bytes: float | None = None
-    clipped: bool = False  # a value was cut to LABEL_MAX
-
-
-class _GroupWire(msgspec.Struct):
-    group_id: Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX)]  # a key: never cut
-    status: int | None = None
-    task_type: str | None = None
-    src_node: _Node | None = None
-    dst_node: _Node | None = None
+    src: Node | None = field(default=NO_NODE, name="src_node")
+    dst: DstNode | None = field(default=NO_DST, name="dst_node")
+    task_type: Text = ""
     total_task_num: Num | None = None
     create_task_num: Num | None = None
     executing_task_num: Num | None = None
@@ -322,112 +266,127 @@ class _GroupWire(msgspec.Struct):
     create_complete_size: Num | None = None
     complete_size: Num | None = None
     migrate_speed: Num | None = None
-    start_time: Num | None = None
-    total_time: Num | None = None
-    error_reason: _Error | str | None = None
+    start_time_ms: Num | None = field(default=None, name="start_time")
+    total_time_ms: Num | None = field(default=None, name="total_time")
+    error_reason: ErrorReason | str | None = None
+    # Derived: complete_size / total_size; None when total_size is 0 or absent.
+    progress: float | None = field(default=None, name="progress (derived)")
+    error_code: str = field(default="", name="error_code (derived)")
+    error_msg: str = field(default="", name="error_msg (derived)")
+    clipped: bool = field(default=False, name="clipped (derived)")
+
+    def __post_init__(self) -> None:
+        clipped = _tidy(self, ("task_type",)) | _nodes(self) | _error(self, self.error_reason)
+        force_setattr(self, "clipped", clipped)
+        if self.total_size and self.complete_size is not None:
+            force_setattr(self, "progress", self.complete_size / self.total_size)
 
 
-class _SyncWire(msgspec.Struct):
-    sync_task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX)]  # a key: never cut
-    status: str | None = None
-    src_cloud_type: str | None = None
-    src_region: str | None = None
-    src_bucket: str | None = None
-    dst_region: str | None = None
-    dst_bucket: str | None = None
-    last_start_time: Num | None = None
-    monthly_acceptance_request: Num | None = None
-    monthly_success_object: Num | None = None
-    monthly_failure_object: Num | None = None
-    monthly_skip_object: Num | None = None
-    monthly_size: Num | None = None
+class SyncTask(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A synchronization task (ShowSyncTask, SyncTaskInfo): keeps a destination bucket in step with a source."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX)] = field(name="sync_task_id")  # never cut
+    status: str | None = None  # SYNCHRONIZING, STOPPED (read whatever the case)
+    src_cloud: Text = field(default="", name="src_cloud_type")
+    src_region: Text = ""
+    src_bucket: Text = ""
+    dst_region: Text = ""
+    dst_bucket: Text = ""
+    last_start_time_ms: Num | None = field(default=None, name="last_start_time")
+    # Month to date (the month holding the query time): they start again from 0 every month.
+    monthly_requested: Num | None = field(default=None, name="monthly_acceptance_request")
+    monthly_succeeded: Num | None = field(default=None, name="monthly_success_object")
+    monthly_failed: Num | None = field(default=None, name="monthly_failure_object")
+    monthly_skipped: Num | None = field(default=None, name="monthly_skip_object")
+    monthly_bytes: Num | None = field(default=None, name="monthly_size")
+    clipped: bool = field(default=False, name="clipped (derived)")
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "clipped", _tidy(self, _SYNC_TEXT))
+        force_setattr(self, "status", self.status.upper() if self.status else None)
 
 
-def _group(w: _GroupWire) -> TaskGroup:
-    src, dst = w.src_node or _NO_NODE, w.dst_node or _NO_NODE
-    err = w.error_reason
-    error_code, error_msg = (err.error_code or "", err.error_msg or "") if isinstance(err, _Error) else ("", err or "")
-    progress = w.complete_size / w.total_size if w.total_size and w.complete_size is not None else None
-    labels = [src.cloud_type or "", src.region or "", src.bucket or "", dst.region or "",
-              dst.bucket or "", w.task_type or "", error_code]
-    clipped = max(map(len, labels)) > LABEL_MAX or len(error_msg) > MESSAGE_MAX
-    if clipped:
-        labels = [_clip(v, LABEL_MAX) for v in labels]
-        error_msg = _clip(error_msg, MESSAGE_MAX)
-    src_cloud, src_region, src_bucket, dst_region, dst_bucket, task_type, error_code = labels
-    return TaskGroup(
-        id=w.group_id, status=w.status, src_cloud=src_cloud, src_region=src_region, src_bucket=src_bucket,
-        dst_region=dst_region, dst_bucket=dst_bucket, task_type=task_type, clipped=clipped,
-        total_task_num=w.total_task_num, create_task_num=w.create_task_num,
-        executing_task_num=w.executing_task_num, waiting_task_num=w.waiting_task_num,
-        paused_task_num=w.paused_task_num, failed_task_num=w.failed_task_num, complete_task_num=w.complete_task_num,
-        total_num=w.total_num, create_complete_num=w.create_complete_num, success_num=w.success_num,
-        fail_num=w.fail_num, skip_num=w.skip_num, total_size=w.total_size,
-        create_complete_size=w.create_complete_size, complete_size=w.complete_size, migrate_speed=w.migrate_speed,
-        start_time_ms=w.start_time, total_time_ms=w.total_time, progress=progress,
-        error_code=error_code, error_msg=error_msg)
+_SYNC_TEXT = ("src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket")
+
+R = TypeVar("R")
 
 
-def _sync(w: _SyncWire) -> SyncTask:
-    labels = [w.src_cloud_type or "", w.src_region or "", w.src_bucket or "", w.dst_region or "", w.dst_bucket or ""]
-    clipped = max(map(len, labels)) > LABEL_MAX
-    if clipped:
-        labels = [_clip(v, LABEL_MAX) for v in labels]
-    src_cloud, src_region, src_bucket, dst_region, dst_bucket = labels
-    return SyncTask(
-        # The two states are documented upper case; read them whatever the case.
-        id=w.sync_task_id, status=w.status.upper() if w.status else None, src_cloud=src_cloud, src_region=src_region,
-        src_bucket=src_bucket, dst_region=dst_region, dst_bucket=dst_bucket, clipped=clipped,
-        last_start_time_ms=w.last_start_time, monthly_requested=w.monthly_acceptance_request,
-        monthly_succeeded=w.monthly_success_object, monthly_failed=w.monthly_failure_object,
-        monthly_skipped=w.monthly_skip_object, monthly_bytes=w.monthly_size)
+def parser(record: type[R]) -> Callable[[bytes | msgspec.Raw], R]:
+    """A function reading one record of type `record` from its JSON text; MalformedRecord when it cannot."""
+    decode = msgspec.json.Decoder(record).decode
+
+    def parse(raw: bytes | msgspec.Raw) -> R:
+        try:
+            return decode(raw)
+        except _UNREADABLE as exc:
+            raise MalformedRecord(_why(exc)) from None
+
+    return parse
 
 
-_decode_group = msgspec.json.Decoder(_GroupWire).decode
-_decode_sync = msgspec.json.Decoder(_SyncWire).decode
+# Every way one record's text can be unreadable: a wrong type, invalid UTF-8 inside a string
+# (the page's syntax check does not look inside strings), nesting deeper than the decoder goes.
+_UNREADABLE = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
 
-def parse_group(raw: bytes | msgspec.Raw) -> TaskGroup:
-    """One TaskGroupResp from its JSON text; MalformedRecord when it cannot be read."""
-    try:
-        return _group(_decode_group(raw))
-    except _UNREADABLE as exc:
-        raise MalformedRecord(_why(exc)) from None
+def _why(exc: Exception) -> str:
+    return "nested too deep" if isinstance(exc, RecursionError) else str(exc)
 
 
-def parse_sync(raw: bytes | msgspec.Raw) -> SyncTask:
-    """One ShowSyncTask answer (or SyncTaskInfo) from its JSON text; MalformedRecord when it cannot be read."""
-    try:
-        return _sync(_decode_sync(raw))
-    except _UNREADABLE as exc:
-        raise MalformedRecord(_why(exc)) from None
+parse_task = parser(Task)
+parse_group = parser(TaskGroup)
+parse_sync = parser(SyncTask)
+
+
+# --- the per-state sums of tasks ---------------------------------------------------------------
+
+# The Task fields summed per project and state (oms_tasks_* families), in family order.
+TOTAL_FIELDS = ("total_size", "complete_size", "real_size", "total_num", "successful_num", "failed_num",
+                "skipped_num", "migrate_speed")
+_TOTAL_GETTERS = tuple(attrgetter(f) for f in TOTAL_FIELDS)
+Totals = tuple[float, ...]
+
+
+def task_totals(tasks: Iterable[Task]) -> tuple[dict[int, int], dict[int, Totals]]:
+    """Per state: how many tasks, and the sum of each TOTAL_FIELDS field (absent values count as 0)."""
+    by_status: dict[int | None, list[Task]] = {code: [] for code in STATUS_NAMES}
+    for t in tasks:
+        by_status.setdefault(t.status, []).append(t)
+    counts = {code: len(by_status[code]) for code in STATUS_NAMES}
+    totals = {code: state_totals(by_status[code]) for code in STATUS_NAMES}
+    return counts, totals
+
+
+def state_totals(tasks: Collection[Task]) -> Totals:
+    """The sum of each TOTAL_FIELDS field over `tasks` (absent values count as 0)."""
+    return tuple(sum(filter(None, map(getter, tasks))) for getter in _TOTAL_GETTERS)
 
 
 # --- pages -----------------------------------------------------------------------------------
 
-class _TaskPage(msgspec.Struct):
-    # Raw: each record's JSON text, checked for syntax but decoded only when it changed.
-    tasks: list[msgspec.Raw]
+class _Skeleton(msgspec.Struct):
+    records: list[int]
     count: Annotated[int, msgspec.Meta(ge=0)]
 
 
-class _GroupPage(msgspec.Struct):
-    taskgroups: list[msgspec.Raw]
-    count: Annotated[int, msgspec.Meta(ge=0)]
+_page_decoders: dict[str, Callable[[bytes], Any]] = {}
 
 
-_PAGES: dict[str, Callable[[bytes], msgspec.Struct]] = {
-    "ListTasks": msgspec.json.Decoder(_TaskPage).decode, "ListTaskGroup": msgspec.json.Decoder(_GroupPage).decode,
-    "ListSyncTasks": msgspec.json.Decoder(_TaskPage).decode}
+def _page_decoder(key: str) -> Callable[[bytes], Any]:
+    """A decoder of a list answer whose records are under `key`, keeping each record's JSON text
+    (Raw: checked for syntax, decoded only when it changed)."""
+    decode = _page_decoders.get(key)
+    if decode is None:
+        shape = msgspec.defstruct("Page", [(key, list[msgspec.Raw]), ("count", Annotated[int, msgspec.Meta(ge=0)])])
+        decode = _page_decoders[key] = msgspec.json.Decoder(shape).decode
+    return decode
 
 
-_RECORDS_KEY = {"ListTasks": b"tasks", "ListTaskGroup": b"taskgroups", "ListSyncTasks": b"tasks"}
-
-
-def page(raw: bytes, api: str = "ListTasks") -> tuple[list[msgspec.Raw], int]:
-    """The records (as JSON text) and `count` of a list answer of `api`; BadPage when it is not that shape."""
+def page(raw: bytes, api: str = "ListTasks", key: str = "tasks") -> tuple[list[msgspec.Raw], int]:
+    """The records (as JSON text) and `count` of a list answer of `api` (records under `key`);
+    BadPage when it is not that shape."""
     try:
-        doc = _PAGES[api](raw)
+        doc = _page_decoder(key)(raw)
     except msgspec.ValidationError as exc:
         raise BadPage(f"answer does not have the {api} shape: {exc}") from None
     except msgspec.DecodeError:
@@ -435,22 +394,14 @@ def page(raw: bytes, api: str = "ListTasks") -> tuple[list[msgspec.Raw], int]:
     except RecursionError:
         # Something nests deeper than the decoder goes: if it is inside one record, that record
         # is malformed and the others are read; anywhere else the page is unreadable.
-        return _split_page(raw, _RECORDS_KEY[api], api)
-    if isinstance(doc, _GroupPage):
-        return doc.taskgroups, doc.count
-    assert isinstance(doc, _TaskPage)
-    return doc.tasks, doc.count
+        return _split_page(raw, key.encode(), api)
+    return getattr(doc, key), doc.count
 
 
 # A JSON string, or one structural character: enough to find the records of a page without
 # decoding them (and without recursion, whatever the nesting).
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*("?)|[\[\]{},:]')  # `("?)`: an unterminated string ends the scan at once
 _SPLIT_MAX = 512 * 1024  # bytes of a page the flat scan reads (one Python step per token: ~0.5 s at most)
-
-
-class _Skeleton(msgspec.Struct):
-    records: list[int]
-    count: Annotated[int, msgspec.Meta(ge=0)]
 
 
 def _split_page(raw: bytes, key: bytes, api: str) -> tuple[list[msgspec.Raw], int]:
@@ -514,14 +465,7 @@ def one_record(raw: bytes) -> msgspec.Raw:
     return msgspec.Raw(raw)
 
 
-def task_page(raw: bytes) -> tuple[list[msgspec.Raw], int]:
-    """The records (as JSON text) and `count` of a ListTasks answer; BadPage when it is not that shape."""
-    return page(raw, "ListTasks")
-
-
 # --- parsing with memory ---------------------------------------------------------------------
-
-R = TypeVar("R")
 
 
 class RecordParser(Generic[R]):

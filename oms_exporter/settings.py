@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -181,12 +182,9 @@ class Target(BaseModel):
         None, "only list tasks in these states (codes 1..7)", min_length=1, shown="all")
     group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = setting(
         None, "only list tasks (and serve task groups) of these task groups", min_length=1, shown="all")
-    task_groups: bool | None = setting(
-        None, "list this project's task groups (true/false), whatever `--collector.task-groups` says",
-        shown="`--collector.task-groups`")
-    sync_tasks: bool | None = setting(
-        None, "list this project's synchronization tasks (true/false), whatever `--collector.sync-tasks` says",
-        shown="`--collector.sync-tasks`")
+    # `<area>: true|false` keys of a YAML target (task_groups, sync_tasks: see catalog.AREAS), gathered
+    # here when the validation context names the areas; they override the `--collector.<area>` flags.
+    collectors: dict[str, bool] = Field(default_factory=dict, exclude=True)
     # An API edition that caps offsets lower answers 400; the lister then learns that cap and
     # lists per status. Set lower only to skip that one refused request.
     max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = setting(
@@ -212,6 +210,19 @@ class Target(BaseModel):
             if not value:
                 raise ValueError(f"{field}_file: {path} is empty")
             data[field] = value
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _area_switches(cls, data: Any, info: ValidationInfo) -> Any:
+        areas = (info.context or {}).get("areas", ())
+        if not isinstance(data, dict) or not areas:
+            return data
+        if "collectors" in data:
+            raise ValueError(f"collectors: not a setting; switch an API area with its name ({', '.join(areas)}): "
+                             "true|false")
+        data = dict(data)
+        data["collectors"] = {name: data.pop(name) for name in areas if name in data}
         return data
 
     @field_validator("statuses", "group_ids")
@@ -380,12 +391,8 @@ class Options(BaseModel):
         "(see its runbook); `0` (the default): a failed task keeps its series while it is failed",
         flag="oms.failed-task-max-age")
     per_task_series: bool = setting(True, "`false`: per-project aggregates only", flag="oms.per-task-series")
-    collector_task_groups: bool = setting(
-        True, "list task groups (`--no-collector.task-groups`: not); a target's `task_groups` overrides it",
-        flag="collector.task-groups")
-    collector_sync_tasks: bool = setting(
-        True, "list synchronization tasks (`--no-collector.sync-tasks`: not); a target's `sync_tasks` overrides it",
-        flag="collector.sync-tasks")
+    # `--collector.<area>` / `--no-collector.<area>` of the areas that can be switched off (cli.py).
+    collectors: dict[str, bool] = Field(default_factory=dict)
     ca_file: Path | None = setting(None, "CA bundle for OMS/IAM TLS", flag="oms.ca-file", shown="system CAs")
     insecure_skip_verify: bool = setting(
         False, "skip TLS verification of OMS and IAM (logged loudly)", flag="oms.insecure-skip-verify")
@@ -435,14 +442,17 @@ class Options(BaseModel):
 class Settings(BaseModel):
     options: Options
     targets: list[Target]
+    # The API areas that can be switched off -> listed by default (catalog.switches()).
+    switches: dict[str, bool] = Field(default_factory=dict)
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
 
-    def lists(self, target: Target, collector: str) -> bool:
-        """Whether `collector` (task_groups, sync_tasks) lists `target`: its own setting, else the flag's."""
-        own = getattr(target, collector)
-        return bool(getattr(self.options, f"collector_{collector}") if own is None else own)
+    def lists(self, target: Target, area: str) -> bool:
+        """Whether the API area `area` is listed for `target`: its own setting, else the flag's, else the
+        area's default (an area that cannot be switched off always is)."""
+        default = self.switches.get(area, True)
+        return target.collectors.get(area, self.options.collectors.get(area, default))
 
 
 class SettingsError(Exception):
@@ -456,6 +466,8 @@ class SettingsError(Exception):
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "collectors":  # a target's `<area>: bool` keys are gathered there
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -472,12 +484,14 @@ def _lines(exc: ValidationError, name_of: Any) -> list[str]:
 
 
 def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
-         only_target: Target | None = None) -> Settings:
+         only_target: Target | None = None, switches: Mapping[str, bool] | None = None) -> Settings:
     """Build and validate all settings (flags, YAML file, OMS_* environment), or raise SettingsError.
 
     `config_file` defaults to the `config_file` flag. With `only_target` (the demo), that
-    target replaces the file and the environment.
+    target replaces the file and the environment. `switches`: the API areas that can be
+    switched off, and their defaults (catalog.switches()).
     """
+    switches = dict(switches or {})
     errors: list[str] = []
     if config_file is None and flags.get("config_file") is not None:
         if not str(flags["config_file"]).strip():
@@ -488,8 +502,10 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
     try:
         options = Options.model_validate(flags)
     except ValidationError as exc:
-        errors += _lines(exc, lambda loc: "--" + _flag_name(str(loc[0])) if loc else "flags")
+        errors += _lines(exc, lambda loc: _flag_of(loc) if loc else "flags")
         options = None
+    if options is not None:
+        errors += [f"--collector.{name}: no such collector" for name in options.collectors if name not in switches]
 
     targets: list[Target] = []
     if only_target is not None:
@@ -507,7 +523,8 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
             raw = None
         else:
             try:
-                targets = FileConfig.model_validate(raw if raw is not None else {}).targets
+                targets = FileConfig.model_validate(raw if raw is not None else {},
+                                                    context={"areas": tuple(switches)}).targets
             except ValidationError as exc:
                 errors += _lines(exc, lambda loc: f"{config_file}: {_loc(loc) or 'file'}")
 
@@ -530,7 +547,7 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
     if errors:
         raise SettingsError(errors)
     assert options is not None
-    return Settings(options=options, targets=targets)
+    return Settings(options=options, targets=targets, switches=switches)
 
 
 def _env_name(field: str) -> str:
@@ -541,4 +558,8 @@ def _flag_name(field: str) -> str:
     return meta(Options.model_fields[field]).get("flag", field) if field in Options.model_fields else field
 
 
-FLAGS: Mapping[str, str] = {name: meta(info)["flag"] for name, info in Options.model_fields.items()}
+def _flag_of(loc: tuple[Any, ...]) -> str:
+    """The flag a validation error of Options is about: `--oms.page-limit`, `--collector.task-groups`."""
+    if loc[0] == "collectors" and len(loc) > 1:
+        return "--collector." + str(loc[1]).replace("_", "-")
+    return "--" + _flag_name(str(loc[0]))

@@ -23,7 +23,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from oms_exporter.area import Area
 from oms_exporter.auth import ALGORITHM, DATE_FORMAT, signature, string_to_sign
+from oms_exporter.catalog import AREAS
 
 MAX_SKEW = 15 * 60
 SYNC_COUNTERS = ("monthly_acceptance_request", "monthly_success_object", "monthly_failure_object",
@@ -85,7 +87,8 @@ class Simulator:
     def __init__(self, *, tokens: set[str] | None = None, credentials: dict[str, Credential] | None = None,
                  iam_users: dict[tuple[str, str], str] | None = None, token_lifetime: float = 86400.0,
                  max_offset: int = 2147483647, clock: Callable[[], float] = time.time,
-                 cache_json: bool = False, status_filters: frozenset[int] = frozenset(range(1, 8))) -> None:
+                 cache_json: bool = False, status_filters: frozenset[int] = frozenset(range(1, 8)),
+                 areas: tuple[Area, ...] = AREAS) -> None:
         """`clock`: Unix time, for signature dates and token expiry. `cache_json` keeps each task's
         JSON text until put_task/patch_task/remove_task changes it (the demo and the benchmark
         change tasks only so): a real OMS does not spend the CPU of the machine under test,
@@ -113,6 +116,10 @@ class Simulator:
         self.sync_supported = True
         # The GROUP_TASK tasks of each group, per project, until a task of the project changes.
         self._members: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        # The API areas served; an area without a route of its own below is served from `records`
+        # (area name -> project -> record id -> its JSON fields), paged as its list documents.
+        self.areas = areas
+        self.records: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
 
     # --- state ---------------------------------------------------------------------------
     def add_project(self, project_id: str, tasks: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
@@ -223,14 +230,43 @@ class Simulator:
     # --- HTTP ----------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/v2/{project_id}/tasks", self._list_tasks)
-        app.router.add_get("/v2/{project_id}/tasks/{task_id}", self._show_task)
-        app.router.add_get("/v2/{project_id}/taskgroups", self._list_task_groups)
-        app.router.add_get("/v2/{project_id}/taskgroups/{group_id}", self._show_task_group)
-        app.router.add_get("/v2/{project_id}/sync-tasks", self._list_sync_tasks)
-        app.router.add_get("/v2/{project_id}/sync-tasks/{sync_task_id}", self._show_sync_task)
+        own = {"tasks": (self._list_tasks, self._show_task),
+               "task_groups": (self._list_task_groups, self._show_task_group),
+               "sync_tasks": (self._list_sync_tasks, self._show_sync_task)}
+        for area in self.areas:
+            listing, show = own.get(area.name) or (self._list_records(area), self._show_record(area))
+            app.router.add_get(f"/v2/{{project_id}}/{area.path}", listing)
+            app.router.add_get(f"/v2/{{project_id}}/{area.path}/{{record_id}}", show)
         app.router.add_post("/v3/auth/tokens", self._iam_tokens)
         return app
+
+    def put_record(self, area: str, project_id: str, record_id: str, fields: dict[str, Any]) -> None:
+        """A record of an API area without a route of its own (its JSON fields, its id among them)."""
+        self.records.setdefault(area, {}).setdefault(project_id, {})[record_id] = fields
+
+    def _list_records(self, area: Area) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.Response:
+            pid, denied = await self._project(request)
+            if denied is not None:
+                return denied
+            try:
+                limit, offset = int(request.query.get("limit", "10")), int(request.query.get("offset", "0"))
+            except ValueError:
+                return _bad_param()
+            if not 1 <= limit <= 100 or not 0 <= offset <= area.max_offset:
+                return _bad_param()
+            found = list(reversed(self.records.get(area.name, {}).get(pid, {}).values()))  # newest first
+            return _json({area.records_key: found[offset:offset + limit], "count": len(found)})
+        return handler
+
+    def _show_record(self, area: Area) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.Response:
+            pid, denied = await self._project(request)
+            if denied is not None:
+                return denied
+            found = self.records.get(area.name, {}).get(pid, {}).get(request.match_info["record_id"])
+            return _error(404, "OMS.1009", "No resources found.") if found is None else _json(found)
+        return handler
 
     async def _project(self, request: web.Request) -> tuple[str, web.Response | None]:
         """The project of an OMS API request, or the error answer: credentials, then permission."""
@@ -260,6 +296,11 @@ class Simulator:
             return _bad_param()
         if group_id is not None and not 1 <= len(group_id) <= 100:
             return _bad_param()
+        return _json(self.tasks_page(pid, offset, limit, status, group_id))
+
+    def tasks_page(self, pid: str, offset: int, limit: int, status: int | None = None,
+                   group_id: str | None = None) -> dict[str, Any]:
+        """A ListTasks answer of valid parameters: the tasks from `offset`, newest first, and `count`."""
         tasks = self.projects[pid]
         ids = self._order[pid]
         if status is None and group_id is None:
@@ -273,7 +314,7 @@ class Simulator:
                     and (group_id is None or tasks[i].get("group_id") == group_id)]
             count = len(matching)
             page_ids = matching[offset:offset + limit]
-        return _json({"tasks": [self._task_json(pid, i) for i in page_ids], "count": count})
+        return {"tasks": [self._task_json(pid, i) for i in page_ids], "count": count}
 
     async def _show_task(self, request: web.Request) -> web.Response:
         """ShowTask: one TaskResp; 404 when the project has no such task (deleted, or never there)."""
@@ -281,7 +322,7 @@ class Simulator:
         if denied is not None:
             return denied
         try:
-            task_id = int(request.match_info["task_id"])
+            task_id = int(request.match_info["record_id"])
         except ValueError:
             return _error(400, "OMS.0054", "Invalid task ID. Enter a valid task ID.")
         if task_id not in self.projects[pid]:
@@ -312,7 +353,7 @@ class Simulator:
         pid, denied = await self._project(request)
         if denied is not None:
             return denied
-        group_id = request.match_info["group_id"]
+        group_id = request.match_info["record_id"]
         if group_id not in self.groups[pid]:
             return _error(404, "OMS.1009", "No resources found.")
         return _json(self.group_resp(pid, group_id))
@@ -349,7 +390,7 @@ class Simulator:
         query_time = request.query.get("query_time", "")
         if not query_time.isdigit() or len(query_time) > 19:
             return _bad_param("Invalid request parameters: query_time.")
-        sync = self.sync_tasks[pid].get(request.match_info["sync_task_id"])
+        sync = self.sync_tasks[pid].get(request.match_info["record_id"])
         if sync is None:
             return _error(404, "OMS.1009", "No resources found.")
         month = datetime.fromtimestamp(int(query_time) / 1000, UTC).strftime("%Y-%m")

@@ -4,86 +4,105 @@ A project's listing lists its API areas side by side (`Project`): the tasks, and
 groups and synchronization tasks when those collectors are on; each area's failure is its
 own. One listing per project is in flight at any moment: concurrent scrapes (an HA
 Prometheus pair, a dashboard refresh storm) wait for the same one. With `min_interval`, a
-listing younger than that is served again instead of asking OMS.
+listing younger than that is served again instead of asking OMS. `SeriesPolicy` says which
+records of a listing get series.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from itertools import compress
+from operator import attrgetter, ge
+from typing import Any, Protocol
 
-from oms_exporter.client import InternalError, OmsError, Timeout
+from oms_exporter.area import AreaLister
 from oms_exporter.clock import Clock
-from oms_exporter.groups import Area, GroupLister, SyncLister
-from oms_exporter.lister import Lister, Listing
-from oms_exporter.metrics import SelfMetrics
-from oms_exporter.model import SyncTask, TaskGroup
+from oms_exporter.errors import InternalError, OmsError, Timeout
+from oms_exporter.listing import Listing, Part, TaskPart
+from oms_exporter.model import FAILED, SUCCEEDED, Task
 from oms_exporter.settings import Target
 
 log = logging.getLogger(__name__)
 
+_ended = attrgetter("ended_ms")
+_status = attrgetter("status")
+
+
+class Observer(Protocol):
+    """What the snapshots report (the exporter's own metrics implement it)."""
+
+    def listing_started(self, project_id: str) -> None: ...
+
+    def listing_failed(self, project_id: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPolicy:
+    """Which tasks get per-task series (all of them still count in oms_tasks and the oms_tasks_* totals).
+
+    A succeeded task that ended more than `finished_task_max_age` ago has none. A failed task
+    keeps its series while it is failed (OmsTaskFailed reads them), unless `failed_task_max_age`
+    is set too. 0 turns a rule off. The records of the other areas all get series.
+    """
+
+    per_task_series: bool = True
+    finished_task_max_age: float = 7 * 86400.0  # seconds, for succeeded tasks
+    failed_task_max_age: float = 0.0  # seconds, for failed tasks
+
+    def exported(self, listing: Listing) -> Sequence[Task]:
+        if not self.per_task_series or not listing.up:
+            return []
+        limits = {SUCCEEDED: self.finished_task_max_age, FAILED: self.failed_task_max_age}
+        if not any(limits.values()):
+            return listing.tasks
+        now_ms = listing.taken_at * 1000
+        # The oldest end a task in each state may have (-inf: no limit); in C, task by task.
+        oldest = defaultdict(lambda: -math.inf, {code: now_ms - age * 1000 for code, age in limits.items() if age})
+        tasks = listing.tasks
+        return list(compress(tasks, map(ge, map(_ended, tasks), map(oldest.__getitem__, map(_status, tasks)))))
+
+    def records(self, listing: Listing, area: str) -> Sequence[Any] | None:
+        """The records of `area` that get series; None when that area was not listed (failed,
+        switched off, not offered), which serves none and keeps what the encoder cached."""
+        if area == next(iter(listing.parts), None):
+            return self.exported(listing) if listing.up else None
+        return listing.records(area)
+
 
 @dataclass
 class Project:
-    """The listers of one target: its tasks, and its task groups and sync tasks when switched on."""
+    """The listers of one target: one per API area switched on for it, the tasks' first."""
 
-    tasks: Lister
-    groups: GroupLister | None = None
-    syncs: SyncLister | None = None
-
-    @property
-    def target(self) -> Target:
-        return self.tasks.target
-
-    @property
-    def collectors(self) -> list[str]:
-        """The collectors (API areas) switched on for this target."""
-        return ["tasks"] + ["task_groups"] * (self.groups is not None) + ["sync_tasks"] * (self.syncs is not None)
+    target: Target
+    listers: dict[str, AreaLister]
+    clock: Clock
 
     async def run(self, deadline: float) -> Listing:
         """Every area side by side, before `deadline`; never raises an OmsError.
 
         An area that raises (a bug) costs that area, not the others: each is awaited to its end.
         """
-        tasks, groups, syncs = await asyncio.gather(
-            self.tasks.run(deadline), _area(self.groups, deadline), _area(self.syncs, deadline),
-            return_exceptions=True)
-        if isinstance(tasks, BaseException):
-            _unexpected(tasks, self.target.name, "tasks")
-            listing = Listing(self.target, self.tasks.clock.time(), error=_INTERNAL)
-        else:
-            listing = tasks
-        listing.collectors["tasks"] = listing.error
-        listing.skipped["tasks"] = listing.malformed if listing.up else 0
-        listing.costs["tasks"] = (listing.requests, listing.duration)
-        for name, area in (("task_groups", groups), ("sync_tasks", syncs)):
-            if area is None:
-                continue
-            if isinstance(area, BaseException):
-                _unexpected(area, self.target.name, name)
-                area = Area(error=_INTERNAL)
-            listing.collectors[name] = area.error
-            listing.skipped[name] = area.malformed
-            listing.costs[name] = (area.requests, area.duration)
-            if name == "task_groups":
-                listing.groups = cast(list[TaskGroup] | None, area.records)
-            else:
-                listing.sync_tasks = cast(list[SyncTask] | None, area.records)
-        return listing
+        taken_at = self.clock.time()
+        names = list(self.listers)
+        parts = await asyncio.gather(*(lister.run(deadline) for lister in self.listers.values()),
+                                     return_exceptions=True)
+        for i, (name, part) in enumerate(zip(names, parts)):
+            if isinstance(part, BaseException):
+                _unexpected(part, self.target.name, name)
+                parts[i] = (TaskPart if i == 0 else Part)(error=_INTERNAL)
+        return Listing(self.target, taken_at, dict(zip(names, parts)))  # type: ignore[arg-type]
 
     def failed(self, error: OmsError, taken_at: float) -> Listing:
         """A listing of this target in which every area failed with `error`."""
-        return Listing(self.target, taken_at, error=error, collectors=dict.fromkeys(self.collectors, error))
+        return Listing.failed(self.target, taken_at, list(self.listers), error)
 
 
 _INTERNAL = InternalError("internal error, see the exporter's log")
-
-
-async def _area(lister: GroupLister | SyncLister | None, deadline: float) -> Area[Any] | None:
-    return None if lister is None else await lister.run(deadline)
 
 
 def _unexpected(exc: BaseException, target: str, collector: str) -> None:
@@ -99,10 +118,10 @@ class Snapshots:
     # joined lists again (see _one); closer deadlines (scrapes of one burst) share the failure.
     RELIST_MARGIN = 1.0
 
-    def __init__(self, projects: dict[str, Project], stats: SelfMetrics, clock: Clock,
+    def __init__(self, projects: dict[str, Project], observer: Observer, clock: Clock,
                  min_interval: float = 0.0) -> None:
         self._projects = projects
-        self._stats = stats
+        self._observer = observer
         self._clock = clock
         self._min_interval = min_interval
         # target name -> (the listing in flight, its deadline)
@@ -152,7 +171,7 @@ class Snapshots:
             if deadline < listing_deadline:
                 # The shared listing goes on for the scrape that started it; this earlier
                 # deadline is a failed listing of its own, as far as this scrape can tell.
-                self._stats.scrape_errors.labels(project.target.project_id, "timeout").inc()
+                self._observer.listing_failed(project.target.project_id, "timeout")
                 log.info("scrape deadline reached while a shared listing was still running",
                          extra={"target": name})
             failed = project.failed(Timeout("listing still running at this scrape's deadline"), clock.time())
@@ -173,7 +192,7 @@ class Snapshots:
     async def _list(self, name: str, deadline: float) -> Listing:
         project = self._projects[name]
         pid = project.target.project_id
-        self._stats.listings.labels(pid).inc()
+        self._observer.listing_started(pid)
         try:
             listing = await project.run(deadline)
         except Exception:  # a bug must cost one scrape's data, not the exporter
@@ -186,14 +205,15 @@ class Snapshots:
             if error is None:
                 continue
             reasons.add(error.reason)
-            requests, duration = listing.costs.get(collector, (listing.requests, listing.duration))
+            part = listing.parts[collector]
             log.warning("listing failed", extra={
                 "target": name, "collector": collector, "reason": error.reason, "error": str(error),
-                "requests": requests, "duration_seconds": round(duration, 3)})
+                "requests": part.requests, "duration_seconds": round(part.duration, 3)})
         for reason in sorted(reasons):  # one failed listing: each of its reasons once
-            self._stats.scrape_errors.labels(pid, reason).inc()
-        for collector, count in listing.skipped.items():
-            if count:
-                log.warning("skipped malformed records", extra={"target": name, "collector": collector, "count": count})
+            self._observer.listing_failed(pid, reason)
+        for collector, part in listing.parts.items():
+            if part.malformed and part.error is None:
+                log.warning("skipped malformed records",
+                            extra={"target": name, "collector": collector, "count": part.malformed})
         self._last[name] = (self._clock.monotonic(), listing)
         return listing

@@ -22,16 +22,16 @@ from aiohttp import web
 from prometheus_client.exposition import gzip_accepted
 
 from oms_exporter import __version__
+from oms_exporter.area import Area, Context
 from oms_exporter.auth import make_auth
-from oms_exporter.client import Http, OmsClient
+from oms_exporter.catalog import AREAS
+from oms_exporter.client import OmsClient
 from oms_exporter.clock import Clock
-from oms_exporter.collector import SeriesPolicy
 from oms_exporter.exposition import Renderer
-from oms_exporter.groups import GroupLister, SyncLister
-from oms_exporter.liveness import make_lister
+from oms_exporter.http import Http
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Settings
-from oms_exporter.snapshot import Project, Snapshots
+from oms_exporter.snapshot import Project, SeriesPolicy, Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,9 @@ class Generation:
 class Live:
     """The generation serving now, swapped whole by `reload`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, areas: Sequence[Area]) -> None:
         self.settings = settings
+        self.areas = tuple(areas)  # the API areas a generation lists
         self.generation: Generation | None = None
         self.retiring: set[asyncio.Task[None]] = set()
 
@@ -106,10 +107,11 @@ class Live:
 LIVE = web.AppKey("live", Live)
 
 
-def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clock | None = None) -> web.Application:
+def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clock | None = None,
+             areas: Sequence[Area] = AREAS) -> web.Application:
     app = web.Application()
-    app[LIVE] = Live(settings)
-    app[STATS] = stats or SelfMetrics()
+    app[LIVE] = Live(settings, areas)
+    app[STATS] = stats or SelfMetrics(area.kind.name for area in areas)
     app[CLOCK] = clock or Clock()
     for t in settings.targets:
         app[STATS].add_project(t.project_id)
@@ -117,7 +119,7 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clo
     # Flags only: a reload re-reads the files, never the options.
     opts = settings.options
     app[POLICY] = SeriesPolicy(opts.per_task_series, opts.finished_task_max_age, opts.failed_task_max_age)
-    app[RENDERER] = Renderer(app[STATS])
+    app[RENDERER] = Renderer(app[STATS], areas)
     app.cleanup_ctx.append(_oms_clients)
     path = settings.options.telemetry_path
     app.router.add_get(path, metrics_handler)
@@ -128,42 +130,41 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clo
     return app
 
 
-def upstream_connections(settings: Settings) -> int:
+def upstream_connections(settings: Settings, areas: Sequence[Area] = AREAS) -> int:
     """The most connections the exporter opens to OMS and IAM at once: --oms.max-connections, or
-    fewer when the targets' request slots (tasks, a quarter more for task groups, 2 for sync
-    tasks, and IAM) cannot fill it."""
+    fewer when the targets' request slots (each area's share of --oms.max-concurrency, and IAM)
+    cannot fill it."""
     mc = settings.options.max_concurrency
-    return min(settings.options.max_connections, (mc + max(1, mc // 4) + min(2, mc)) * len(settings.targets) + 4)
+    per_target = sum(area.slots(mc) for area in areas)
+    return min(settings.options.max_connections, per_target * len(settings.targets) + 4)
 
 
-async def _open(settings: Settings, stats: SelfMetrics, clock: Clock) -> Generation:
-    """One ClientSession, one client + lister per target."""
+async def _open(settings: Settings, stats: SelfMetrics, clock: Clock, areas: Sequence[Area]) -> Generation:
+    """One ClientSession, one client + lister per target and area."""
     opts = settings.options
     tls = outbound_ssl(settings)
     # Every target together: many targets queue for a connection instead of running the
     # process out of file descriptors.
-    connector = aiohttp.TCPConnector(limit=upstream_connections(settings), ttl_dns_cache=300, ssl=tls)
+    connector = aiohttp.TCPConnector(limit=upstream_connections(settings, areas), ttl_dns_cache=300, ssl=tls)
     # No cookie jar: OMS and IAM are token/signature APIs, and a cookie set by a gateway in
     # front of one project must not ride along to the next (or cost a jar lookup per page).
     # No automatic decompression: Http reads and unpacks answers within --oms.max-response-size.
     session = aiohttp.ClientSession(connector=connector, raise_for_status=False, auto_decompress=False,
                                     cookie_jar=aiohttp.DummyCookieJar())
-    http = Http(session, clock, stats, ssl=tls, max_body=opts.max_response_size)
+    http = Http(session, clock, stats.request, ssl=tls, max_body=opts.max_response_size)
+    slots = {area.name: area.slots(opts.max_concurrency) for area in areas}
     projects = {}
     for t in settings.targets:
-        client = OmsClient(http, t, make_auth(t, http, clock), clock, max_concurrency=opts.max_concurrency)
-        limit = opts.page_limit
-        projects[t.name] = Project(
-            make_lister(client, t, clock, mode=opts.listing, page_limit=limit,
-                        refresh_interval=opts.finished_refresh_interval),
-            GroupLister(client, t, clock, page_limit=limit) if settings.lists(t, "task_groups") else None,
-            SyncLister(client, t, clock, page_limit=limit) if settings.lists(t, "sync_tasks") else None)
+        client = OmsClient(http, t, make_auth(t, http, clock), clock, slots=slots)
+        on = [area for area in areas if settings.lists(t, area.name)]
+        projects[t.name] = Project(t, {area.name: area.lister(Context(area, client, t, clock, opts)) for area in on},
+                                   clock)
     return Generation(settings, Snapshots(projects, stats, clock, min_interval=opts.min_interval), session)
 
 
 async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE]
-    live.generation = await _open(live.settings, app[STATS], app[CLOCK])
+    live.generation = await _open(live.settings, app[STATS], app[CLOCK], live.areas)
     yield
     for task in list(live.retiring):
         task.cancel()
@@ -178,7 +179,7 @@ async def reload(app: web.Application, settings: Settings) -> None:
     of the exporter's own metrics for a project no longer configured go with it.
     """
     live, stats = app[LIVE], app[STATS]
-    new = await _open(settings, stats, app[CLOCK])
+    new = await _open(settings, stats, app[CLOCK], live.areas)
     old = live.generation
     live.settings, live.generation = settings, new
     for t in settings.targets:
@@ -288,7 +289,7 @@ def _recent(snapshots: Snapshots | None, settings: Settings) -> str:
                             | ({listing.error.reason} if listing.error else set()))
             outcome = "up" if not failed else "failed: " + ", ".join(failed)
             when = datetime.fromtimestamp(listing.taken_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            requests = sum(r for r, _ in listing.costs.values()) if listing.costs else listing.requests
+            requests = listing.requests
             cells = [outcome, when, f"{listing.duration:.3f} s", str(len(listing.tasks)) if listing.up else "",
                      str(requests)]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in [t.name, t.project_id, *cells])

@@ -4,7 +4,8 @@
     python scripts/readme_tables.py --check   # exit 1 if README.md is not what this writes
 
 The settings come from the fields of `oms_exporter.settings.Options` (flags) and `Target`
-(environment and YAML), the metrics from `oms_exporter.metrics.FAMILIES` and `SELF_FAMILIES`.
+(environment and YAML) and the API areas' switches (`oms_exporter.catalog.AREAS`), the metrics
+from `oms_exporter.catalog.families()` and `oms_exporter.metrics.SELF_FAMILIES`.
 Each table sits between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`.
 tests/test_readme.py fails when README.md differs from this output.
 """
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from oms_exporter.metrics import FAMILIES, SELF_FAMILIES
+from oms_exporter.catalog import AREAS, families, switch_help, target_switch_help
+from oms_exporter.metrics import SELF_FAMILIES
 from oms_exporter.settings import Options, Target, meta, shown_default
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -34,19 +36,26 @@ def _default(info: FieldInfo) -> str:
 
 def settings_table() -> str:
     rows = ["| setting | where | default | meaning |", "|---|---|---|---|"]
+    switchable = [area for area in AREAS if area.optional]
     for info in Options.model_fields.values():
-        flag = meta(info)["flag"]
-        rows.append(f"| `--{flag}` | flag | {_default(info)} | {info.description} |")
+        if "flag" in meta(info):
+            rows.append(f"| `--{meta(info)['flag']}` | flag | {_default(info)} | {info.description} |")
+    for area in switchable:
+        rows.append(f"| `--{area.flag}` | flag | `{str(area.default).lower()}` | {switch_help(area)} |")
     for name, info in Target.model_fields.items():
+        if info.description is None:  # filled from the keys below
+            continue
         env = meta(info).get("env")
         where, setting = ("env / YAML", f"`{env}` / `{name}`") if env else ("YAML", f"`{name}`")
         rows.append(f"| {setting} | {where} | {_default(info)} | {info.description} |")
+    for area in switchable:
+        rows.append(f"| `{area.name}` | YAML | `--{area.flag}` | {target_switch_help(area)} |")
     return "\n".join(rows)
 
 
 def metrics_table() -> str:
     rows = ["| metric | from | example PromQL |", "|---|---|---|"]
-    for f in FAMILIES:
+    for f in families():
         labels = f"{{{', '.join(f.labels)}}}" if f.labels else ""
         rows.append(f"| `{f.name}{labels}` | {f.source} | {f.example} |")
     for s in SELF_FAMILIES:

@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from oms_exporter import server
 from oms_exporter.clock import Clock
+from oms_exporter.errors import OmsError
+from oms_exporter.listing import Listing, Part, TaskPart, complete_tasks
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Options, Settings, Target
 from oms_exporter.simulator import Credential, make_tasks
@@ -165,3 +167,20 @@ async def scrape(client: TestClient, path: str = "/metrics", **headers: str) -> 
     resp = await client.get(path, headers=headers)
     assert resp.status == 200, await resp.text()
     return parse_metrics(await resp.text())
+
+
+def make_listing(target: Target, taken_at: float, tasks: Any = (), *, error: OmsError | None = None,
+                 groups: Any = None, syncs: Any = None, group_error: OmsError | None = None,
+                 sync_error: OmsError | None = None, malformed: int = 0, duration: float = 0.0,
+                 requests: int = 0, finished_listed_at: float | None = None) -> Listing:
+    """A listing as Project.run makes one: the tasks' part (complete, or failed with `error`), and a
+    part for the task groups and the sync tasks when they are given (records, or an error)."""
+    main: TaskPart = (TaskPart(error=error, duration=duration, requests=requests) if error is not None else
+                      complete_tasks(sorted(tasks, key=lambda t: t.id), malformed=malformed, duration=duration,
+                                     requests=requests, finished_listed_at=finished_listed_at))
+    parts: dict[str, Part] = {"tasks": main}
+    if groups is not None or group_error is not None:
+        parts["task_groups"] = Part(records=None if group_error else groups, error=group_error)
+    if syncs is not None or sync_error is not None:
+        parts["sync_tasks"] = Part(records=None if sync_error else syncs, error=sync_error)
+    return Listing(target, taken_at, parts)

@@ -16,9 +16,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from oms_exporter.auth import AkSkAuth, IamPasswordAuth, TokenAuth, make_auth
-from oms_exporter.client import AuthFailed, Http, NetworkError, OmsClient
+from oms_exporter.client import OmsClient
+from oms_exporter.errors import AuthFailed, NetworkError
+from oms_exporter.http import Http
 from oms_exporter.metrics import SelfMetrics
-from oms_exporter.model import task_page
+from oms_exporter.model import page
 from oms_exporter.simulator import Credential
 from tests.conftest import AK, PROJECT, SK, TOKEN, Exporter, ManualClock, scrape, target_for, value, values
 from tests.standin import Fault, StandIn
@@ -94,7 +96,7 @@ async def test_aksk_headers() -> None:
 @pytest.fixture
 async def http(clock: ManualClock) -> Any:
     async with aiohttp.ClientSession() as s:
-        yield Http(s, clock, SelfMetrics())
+        yield Http(s, clock, SelfMetrics().request)
 
 
 def iam_auth(oms: TestServer, http: Http, clock: ManualClock, **extra: Any) -> IamPasswordAuth:
@@ -140,13 +142,13 @@ async def test_iam_one_renewal_in_flight(sim: StandIn, oms: TestServer, http: Ht
 async def test_iam_401_renews_once_for_many_concurrent_requests(
         sim: StandIn, oms: TestServer, http: Http, clock: ManualClock) -> None:
     auth = iam_auth(oms, http, clock)
-    client = OmsClient(http, target_for(oms, **MODES["iam"](oms)), auth, clock, max_concurrency=25)
+    client = OmsClient(http, target_for(oms, **MODES["iam"](oms)), auth, clock, slots={"tasks": 25})
 
     async def pages() -> None:
         deadline = clock.monotonic() + 10
-        got = await asyncio.gather(*(client.list_tasks(offset=o, limit=10, deadline=deadline)
+        got = await asyncio.gather(*(client.get("tasks", "tasks", {"offset": str(o), "limit": "10"}, deadline)
                                      for o in range(0, 250, 10)))
-        assert sum(len(task_page(p)[0]) for p in got) == 250
+        assert sum(len(page(p.body)[0]) for p in got) == 250
 
     await pages()
     assert sim.iam_logins == 1
@@ -281,12 +283,12 @@ async def test_failing_burst_counts_once_and_then_one_request_probes(
 async def test_client_raises_auth_failed_during_backoff(sim: StandIn, oms: TestServer, http: Http,
                                                         clock: ManualClock) -> None:
     target = target_for(oms, auth_token="bad")
-    client = OmsClient(http, target, TokenAuth("bad"), clock)
+    client = OmsClient(http, target, TokenAuth("bad"), clock, slots={"tasks": 8})
     deadline = clock.monotonic() + 5
     with pytest.raises(AuthFailed, match=r"OMS refused the credentials \(HTTP 401 APIGW.0301\)"):
-        await client.list_tasks(offset=0, limit=10, deadline=deadline)
+        await client.get("tasks", "tasks", {"offset": "0", "limit": "10"}, deadline)
     with pytest.raises(AuthFailed, match="authentication failed recently; next attempt in"):
-        await client.list_tasks(offset=0, limit=10, deadline=deadline)
+        await client.get("tasks", "tasks", {"offset": "0", "limit": "10"}, deadline)
     assert len(sim.requests) == 1
 
 

@@ -6,8 +6,9 @@ import subprocess
 import pytest
 
 from oms_exporter import __version__
-from oms_exporter.metrics import ALL_METRIC_NAMES, TASK_FAMILIES
+from oms_exporter.catalog import ALL_METRIC_NAMES
 from oms_exporter.simulator import make_task
+from oms_exporter.tasks import FAMILIES as TASK_FAMILIES
 from tests.conftest import PROJECT, parse_metrics, scrape, target_for, value, values
 
 NOW_MS = 1_790_000_000_000

@@ -29,13 +29,16 @@ from prometheus_client.openmetrics.parser import (
 )
 
 from oms_exporter import exposition
-from oms_exporter.client import BadPayload
-from oms_exporter.collector import SeriesPolicy, SnapshotCollector
-from oms_exporter.lister import Listing, read_task_page
+from oms_exporter.catalog import AREAS
+from oms_exporter.collector import SnapshotCollector
+from oms_exporter.errors import BadPayload
+from oms_exporter.listing import Listing
 from oms_exporter.model import RecordParser, parse_task
+from oms_exporter.pager import read_page
 from oms_exporter.settings import Target
+from oms_exporter.snapshot import SeriesPolicy
 from oms_exporter.web import TIMEOUT_HEADER
-from tests.conftest import PROJECT, Exporter, parse_metrics, target_for, value, values
+from tests.conftest import PROJECT, Exporter, make_listing, parse_metrics, target_for, value, values
 from tests.standin import StandIn
 
 settings.register_profile("oms-fuzz-ci", max_examples=50, deadline=None, derandomize=False,
@@ -111,13 +114,13 @@ def listing_of(body: bytes) -> Listing:
     parser = RecordParser(parse_task)
     parser.begin()
     try:
-        page, _ = read_task_page(body, parser)
+        page, _ = read_page(body, parser, AREAS[0])
     except BadPayload as exc:
-        return Listing(TARGET, NOW, error=exc)
+        return make_listing(TARGET, NOW, error=exc)
     tasks = {}
     for t in page:
         tasks.setdefault(t.id, t)
-    return Listing.of(TARGET, NOW, tasks.values(), malformed=len(parser.malformed))
+    return make_listing(TARGET, NOW, tasks.values(), malformed=len(parser.malformed))
 
 
 def render(listings: list[Listing], accept: str = "") -> str:
@@ -197,7 +200,7 @@ def test_several_projects_of_generated_tasks_never_collide(records: list[dict[st
     for i, pid in enumerate(("p1", "p2", "p3")):
         target = Target(name=f"t{i}", project_id=pid, region="cn-north-4", auth_token="t")
         lst = listing_of(encode({"tasks": records[i::2], "count": len(records)}))
-        listings.append(Listing.of(target, NOW, lst.tasks, malformed=lst.malformed, error=lst.error))
+        listings.append(make_listing(target, NOW, lst.tasks, malformed=lst.malformed, error=lst.error))
     samples = check_text(render(listings))
     assert {dict(lab)["project_id"] for lab in values(samples, "oms_up")} == {"p1", "p2", "p3"}
 
@@ -242,8 +245,8 @@ SAMPLE_RECORDS = [
 @settings(PROFILE, max_examples=3)
 def test_a_generated_sample_passes_promtool(records: list[dict[str, Any]]) -> None:
     listing = listing_of(encode({"tasks": records + SAMPLE_RECORDS, "count": 30}))
-    text = render([listing, Listing(Target(name="down", project_id="p2", region="cn-north-4", auth_token="t"),
-                                    NOW, error=BadPayload("x"))])
+    text = render([listing, make_listing(Target(name="down", project_id="p2", region="cn-north-4", auth_token="t"),
+                                         NOW, error=BadPayload("x"))])
     check_text(text)
     promtool_check(text)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from oms_exporter.metrics import ALL_METRIC_NAMES
+from oms_exporter.catalog import ALL_METRIC_NAMES
 from tests.conftest import load_module
 from tests.test_rules import ALERTS_FILE, RECORDING_FILE, alerts, load_rules, recording_rule_names
 

@@ -13,12 +13,14 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from oms_exporter.catalog import switches
 from oms_exporter.client import OmsClient
+from oms_exporter.groups import FAMILIES as GROUP_FAMILIES
 from oms_exporter.groups import GroupLister
-from oms_exporter.metrics import GROUP_FAMILIES, SYNC_FAMILIES
 from oms_exporter.model import GROUP_STATUS_NAMES
 from oms_exporter.settings import load
 from oms_exporter.simulator import make_task
+from oms_exporter.syncs import FAMILIES as SYNC_FAMILIES
 from tests.conftest import PROJECT, Exporter, ManualClock, Samples, parse_metrics, scrape, target_for, value, values
 from tests.standin import Fault, StandIn, json_fault
 
@@ -98,7 +100,7 @@ async def test_every_group_family_has_its_value(sim: StandIn, exporter: Exporter
         assert group_value(s, name) == want, name
     assert group_value(s, "oms_task_group_error_info", error_code="TRF.0159", error_msg="source throttled") == 1
     # Every group family is covered above.
-    assert {f.name for f in GROUP_FAMILIES} == {*expected, "oms_task_group_info", "oms_task_group_status",
+    assert {f.name for f in GROUP_FAMILIES if f.kind} == {*expected, "oms_task_group_info", "oms_task_group_status",
                                                 "oms_task_group_status_code", "oms_task_group_progress_ratio",
                                                 "oms_task_group_error_info"}
     # Per project: all ten states, counting every group (the stand-in's own groups too).
@@ -300,7 +302,7 @@ def _off_the_wire(sim: StandIn, s: Samples, *, groups: bool, syncs: bool) -> Non
 
 async def test_both_collectors_switched_off_by_flag(sim: StandIn, exporter: Exporter, clock: ManualClock) -> None:
     put_known_sync(sim, clock)
-    s = await scrape(await exporter(collector_task_groups=False, collector_sync_tasks=False))
+    s = await scrape(await exporter(collectors={"task_groups": False, "sync_tasks": False}))
     _off_the_wire(sim, s, groups=False, syncs=False)
     assert value(s, "oms_up", project_id=PROJECT) == 1 and values(s, "oms_task_info")
 
@@ -308,8 +310,8 @@ async def test_both_collectors_switched_off_by_flag(sim: StandIn, exporter: Expo
 async def test_a_target_setting_overrides_the_flag(sim: StandIn, oms: Any, exporter: Exporter,
                                                    clock: ManualClock) -> None:
     put_known_sync(sim, clock)
-    target = target_for(oms).model_copy(update={"task_groups": True, "sync_tasks": False})
-    s = await scrape(await exporter([target], collector_task_groups=False))
+    target = target_for(oms, collectors={"task_groups": True, "sync_tasks": False})
+    s = await scrape(await exporter([target], collectors={"task_groups": False}))
     _off_the_wire(sim, s, groups=True, syncs=False)
 
 
@@ -319,10 +321,10 @@ def test_collector_flags_and_yaml(tmp_path: Any) -> None:
                  "  - {name: a, project_id: p1, region: cn-north-4, auth_token: t, sync_tasks: true}\n"
                  "  - {name: b, project_id: p2, region: cn-north-4, auth_token: t, task_groups: true}\n"
                  "  - {name: c, project_id: p3, region: cn-north-4, auth_token: t}\n")
-    settings = load({"collector_task_groups": "false", "collector_sync_tasks": "false"}, f)
+    settings = load({"collectors": {"task_groups": "false", "sync_tasks": "false"}}, f, switches=switches())
     lists = {t.name: (settings.lists(t, "task_groups"), settings.lists(t, "sync_tasks")) for t in settings.targets}
     assert lists == {"a": (False, True), "b": (True, False), "c": (False, False)}
-    defaults = load({}, f)
+    defaults = load({}, f, switches=switches())
     assert all(defaults.lists(t, c) for t in defaults.targets for c in ("task_groups", "sync_tasks"))
 
 

@@ -30,6 +30,8 @@ from tests.test_soak import mib, rss_bytes
 
 JSON = {"Content-Type": "application/json"}
 
+TASKS_ONLY = {"task_groups": False, "sync_tasks": False}  # the other collectors switched off
+
 
 def reason_count(s: Any, reason: str) -> float:
     return value(s, "oms_scrape_errors_total", project_id=PROJECT, reason=reason)
@@ -135,7 +137,7 @@ async def test_a_body_that_never_ends_is_cut_at_the_cap(exporter: Exporter,
     app = web.Application()
     app.router.add_get("/v2/{project_id}/{rest:.*}", endless)
     server = await aiohttp_server(app)
-    client = await exporter(targets=[target_for(server, task_groups=False, sync_tasks=False)],
+    client = await exporter(targets=[target_for(server, collectors=TASKS_ONLY)],
                             max_response_size="2MiB")
     resp = await client.get("/metrics", headers={TIMEOUT_HEADER: "10"})
     s = parse_metrics(await resp.text())
@@ -156,8 +158,7 @@ async def test_failing_listings_with_churning_ids_leave_nothing_behind(sim: Stan
     ~100 MB with the allocator's arenas, which would hide a leak of a few MB per scrape.
     """
     size, scrapes, warmup = 600, 70, 10
-    client = await exporter(targets=[target_for(oms, task_groups=False, sync_tasks=False)], listing="full",
-                            max_concurrency=4)
+    client = await exporter(targets=[target_for(oms, collectors=TASKS_ONLY)], listing="full", max_concurrency=4)
     first_id = 10**6
     outcomes: list[float] = []
     # A plain session: the test client keeps every response until it closes.
@@ -350,7 +351,7 @@ async def test_many_targets_queue_for_a_bounded_number_of_connections(sim: Stand
     for i in range(24):
         pid = f"{i:032x}"
         sim.add_project(pid, make_tasks(150, seed=i))
-        targets.append(target_for(oms, name=f"t{i}", project_id=pid, task_groups=False, sync_tasks=False))
+        targets.append(target_for(oms, name=f"t{i}", project_id=pid, collectors=TASKS_ONLY))
     client = await exporter(targets=targets, max_connections=6, listing="full")
     resp = await client.get("/metrics", headers={TIMEOUT_HEADER: "20"})
     s = parse_metrics(await resp.text())

@@ -37,7 +37,8 @@ import pytest
 import yaml
 
 import oms_exporter
-from oms_exporter.metrics import ALL_METRIC_NAMES, SELF_FAMILIES
+from oms_exporter.catalog import ALL_METRIC_NAMES
+from oms_exporter.metrics import SELF_FAMILIES
 from oms_exporter.settings import Target, parse_duration
 from tests.conftest import load_module
 from tests.test_rules import RULES, load_rules, require_binary

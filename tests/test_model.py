@@ -21,7 +21,7 @@ def test_full_record_from_the_reference_example():
         "error_reason": {"error_code": "OMS.1", "error_msg": "boom"},
         "enable_kms": True, "some_future_field": {"nested": [1, 2]},
     })
-    assert (t.id, t.status, t.progress, t.src_cloud, t.dst_bucket) == (12, 2, 1, "AWS", "d")
+    assert (t.id, t.status, t.progress, t.src.cloud_type, t.dst.bucket) == (12, 2, 1, "AWS", "d")
     assert t.bandwidth[0].max_bandwidth == 1048576
     assert (t.error_code, t.error_msg) == ("OMS.1", "boom")
 
@@ -29,7 +29,7 @@ def test_full_record_from_the_reference_example():
 def test_absent_and_null_fields_stay_none_not_zero():
     t = parse_task({"id": 1, "progress": None, "src_node": None})
     assert t.progress is None and t.total_num is None and t.status is None
-    assert t.src_cloud == "" and t.name == "" and t.bandwidth == ()
+    assert t.src.cloud_type == "" and t.name == "" and t.bandwidth == ()
 
 
 def test_error_reason_as_empty_string_is_no_error():

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from oms_exporter.metrics import FAMILIES, SELF_FAMILIES
+from oms_exporter.catalog import AREAS, FAMILIES
+from oms_exporter.metrics import SELF_FAMILIES
 from oms_exporter.settings import Options, Target, meta
 from tests.conftest import load_module
 
@@ -25,9 +26,12 @@ def test_readme_tables_are_the_generated_ones() -> None:
 def test_every_setting_and_metric_is_in_the_readme() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     for info in Options.model_fields.values():
-        assert f"`--{meta(info)['flag']}`" in text
+        assert "flag" not in meta(info) or f"`--{meta(info)['flag']}`" in text
     for name, info in Target.model_fields.items():
-        assert f"`{name}`" in text and (("env" not in meta(info)) or f"`{meta(info)['env']}`" in text)
+        assert info.description is None or f"`{name}`" in text
+        assert "env" not in meta(info) or f"`{meta(info)['env']}`" in text
+    for area in AREAS:
+        assert not area.optional or (f"`--{area.flag}`" in text and f"`{area.name}`" in text)
     for name in [f.name for f in FAMILIES] + [f.name for f in SELF_FAMILIES]:
         assert re.search(rf"\| `{name}[{{`]", text), name
 

@@ -1,92 +1,52 @@
-"""Pages through every task of one project, concurrently, de-duplicated by task id.
+"""Pages through one of a target's OMS lists, concurrently, de-duplicated by record id.
 
 The first page's `count` says how many pages follow; they are fetched concurrently (the
-client keeps at most `max_concurrency` requests of a target in flight). The previous
-listing's count lets the next one start every page at once instead of waiting for the
-first. The same pager reads task groups and sync tasks (`groups.py`). Offset paging shifts while
-tasks are created or deleted, so tasks are keyed by id, pages that a growing `count` adds
-are fetched, and when the count changed during the listing every page is fetched a second
-time (a live task can fall between two shifted pages). Offsets go up to the documented
-maximum; an API edition that caps them lower (one caps them at 10,000) answers 400, and the
-lister learns that cap. When `count` is beyond what `offset` can reach, the query is split
-per status; if even that cannot reach every task, the listing fails as `incomplete` instead
-of dropping tasks.
+client keeps each area's requests of a target within its slots). The previous listing's
+count lets the next one start every page at once instead of waiting for the first. Offset
+paging shifts while records are created or deleted, so records are keyed by id, pages that
+a growing `count` adds are fetched, and when the count changed during the listing every
+page is fetched a second time (a live record can fall between two shifted pages). Offsets
+go up to the documented maximum; an API edition that caps them lower (one caps them at
+10,000) answers 400, and the pager learns that cap. A count beyond what `offset` can reach
+raises `Unreachable`: the tasks then list per status; any other area fails as `incomplete`.
+
+`PagedLister` lists a simple area (task groups) with it; the tasks and the sync tasks build
+on it in their own modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
-from oms_exporter.client import BadPayload, Incomplete, OmsClient, OmsError, RequestRejected, Timeout
+from oms_exporter.area import Context
 from oms_exporter.clock import Clock
-from oms_exporter.metrics import task_totals
-from oms_exporter.model import STATUS_NAMES, BadPage, RecordParser, SyncTask, Task, TaskGroup, page, parse_task
-from oms_exporter.settings import Target
+from oms_exporter.errors import BadPayload, Incomplete, OmsError, RequestRejected, Timeout
+from oms_exporter.listing import Part
+from oms_exporter.model import BadPage, RecordParser, page, parser
 
 log = logging.getLogger(__name__)
 
-_task_id = _record_id = attrgetter("id")
+_record_id = attrgetter("id")
 R = TypeVar("R")
 
 Query = tuple[int | None, str | None]  # (status filter, group_id filter)
 
 
-@dataclass(slots=True)
-class Listing:
-    """Outcome of listing one project: every task in id order, or the error that stopped the listing."""
-
-    target: Target
-    taken_at: float  # Unix time the listing started (task ages are measured from it)
-    tasks: list[Task] = field(default_factory=list)
-    malformed: int = 0
-    error: OmsError | None = None
-    duration: float = 0.0
-    requests: int = 0
-    counts: dict[int, int] = field(default_factory=dict)  # tasks per state
-    totals: dict[int, tuple[float, ...]] = field(default_factory=dict)  # per state: sums of TASK_TOTALS
-    finished_listed_at: float | None = None  # Unix time the finished states were last listed in full
-    # The other API areas: their records in id order, None when not listed (switched off,
-    # failed, not offered in the region); and every area switched on -> its error (None: listed).
-    groups: list[TaskGroup] | None = None
-    sync_tasks: list[SyncTask] | None = None
-    collectors: dict[str, OmsError | None] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)  # collector -> unreadable records left out
-    costs: dict[str, tuple[int, float]] = field(default_factory=dict)  # collector -> (requests, seconds)
-
-    @property
-    def up(self) -> bool:
-        return self.error is None
-
-    @classmethod
-    def of(cls, target: Target, taken_at: float, tasks: Iterable[Task], **fields: Any) -> Listing:
-        """A complete listing of `tasks`: in id order, with their counts and totals per state."""
-        ordered = sorted(tasks, key=_task_id)
-        counts, totals = task_totals(ordered)
-        return cls(target, taken_at, ordered, counts=counts, totals=totals, **fields)
-
-
-def read_page(raw: bytes, parser: RecordParser[R], api: str = "ListTasks",
-              unreadable: set[int] | None = None) -> tuple[list[R], int]:
-    """The readable records and the `count` of one list answer; BadPayload when it is not that shape."""
+def read_page(raw: bytes, parser: RecordParser[R], area: Any, unreadable: set[int] | None = None
+              ) -> tuple[list[R], int]:
+    """The readable records and the `count` of one list answer of `area`; BadPayload when it is not that shape."""
     try:
-        raws, count = page(raw, api)
+        raws, count = page(raw, area.api, area.records_key)
     except BadPage as exc:
         raise BadPayload(str(exc)) from None
     return parser.parse_all(raws, unreadable), count
 
 
-def read_task_page(raw: bytes, parser: RecordParser[Task]) -> tuple[list[Task], int]:
-    """The readable tasks and the `count` of one ListTasks answer; BadPayload when it is not that shape."""
-    return read_page(raw, parser, "ListTasks")
-
-
-class _Unreachable(Exception):
+class Unreachable(Exception):
     def __init__(self, count: int) -> None:
         self.count = count
 
@@ -98,18 +58,18 @@ class Pager(Generic[R]):
     the requests in flight), de-duplicated by record id, with shift handling and the offset cap; the last
     count per query starts the next listing's pages at once. `_run` runs one listing of the
     subclass's `_collect` before a deadline and turns any OmsError into its outcome.
-    Subclasses say what a page is: `_fetch` (the request) and `_parser` (its records).
+    The area (`Context.area`) says where its list is and how a page holds its records.
     """
 
     MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that records created mid-listing push out
-    API = "ListTasks"  # the list this pager reads (page shape, log lines)
 
-    def __init__(self, client: OmsClient, target: Target, clock: Clock, parser: RecordParser[R], *,
-                 page_limit: int) -> None:
-        self._client = client
-        self.target = target
-        self._clock = clock
-        self._limit = page_limit
+    def __init__(self, ctx: Context, parser: RecordParser[R]) -> None:
+        self._client = ctx.client
+        self.target = ctx.target
+        self._clock = ctx.clock
+        self._area = ctx.area
+        self.API = ctx.area.api  # the list this pager reads (log lines, errors)
+        self._limit = ctx.options.page_limit
         self._last_count: dict[Query, int] = {}
         self._parser = parser
         # Pages are parsed on the event loop, one at a time with a turn of the loop between
@@ -118,7 +78,7 @@ class Pager(Generic[R]):
         self._parse_turn = asyncio.Lock()
         # The highest offset to ask for: the target's (the documented maximum by default),
         # lowered when OMS refuses an offset below it (an API edition with a lower cap).
-        self._max_offset = target.max_offset
+        self._max_offset = min(ctx.target.max_offset, ctx.area.max_offset)
         self._requests = 0
 
     @property
@@ -126,7 +86,14 @@ class Pager(Generic[R]):
         return self._clock
 
     async def _fetch(self, query: Query, offset: int, limit: int, deadline: float) -> bytes:
-        raise NotImplementedError
+        """One page of the area's list: `limit` records from `offset`, filtered by `query`."""
+        params = {"limit": str(limit), "offset": str(offset)}
+        if query[0] is not None:
+            params["status"] = str(query[0])
+        if query[1] is not None:
+            params["group_id"] = query[1]
+        area = self._area
+        return (await self._client.get(area.name, area.path, params, deadline)).body
 
     async def _run(self, deadline: float, collect: Callable[[], Awaitable[dict[Any, R]]]
                    ) -> tuple[dict[Any, R], OmsError | None, float]:
@@ -166,7 +133,7 @@ class Pager(Generic[R]):
         self._requests += 1
         raw = await self._fetch(query, offset, limit or self._limit, deadline)
         async with self._parse_turn:
-            records, count = read_page(raw, self._parser, self.API, unreadable)
+            records, count = read_page(raw, self._parser, self._area, unreadable)
             await asyncio.sleep(0)
         return records, count
 
@@ -229,12 +196,12 @@ class Pager(Generic[R]):
                 if not todo:
                     return
                 fetched.update(todo)
-                await _all(fetch(o) for o in todo)
+                await together(fetch(o) for o in todo)
                 if refused:
                     self._learn_offset_cap(answered, refused, max(counts))
-                    raise _Unreachable(max(counts))
+                    raise Unreachable(max(counts))
                 if max(counts) > reach:
-                    raise _Unreachable(max(counts))
+                    raise Unreachable(max(counts))
                 todo = missing(max(counts))
             raise Incomplete(f"the task list kept growing while it was listed (count {max(counts)})")
 
@@ -266,86 +233,34 @@ class Pager(Generic[R]):
         return max(counts)
 
 
-class Lister(Pager[Task]):
-    """Lists one target's tasks: the two listing modes share this, and each `run` makes a `Listing`.
+class PagedLister(Pager[Any]):
+    """Lists every record of a simple area (task groups), page by page; a target scoped to some
+    task groups (`group_ids`) serves the records of those only."""
 
-    Subclasses say what a listing asks (`_collect`).
-    """
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx, RecordParser(parser(ctx.area.record)))
 
-    def __init__(self, client: OmsClient, target: Target, clock: Clock, *, page_limit: int) -> None:
-        super().__init__(client, target, clock, RecordParser(parse_task), page_limit=page_limit)
+    async def run(self, deadline: float) -> Part:
+        async def collect() -> dict[Any, Any]:
+            found: dict[Any, Any] = {}
+            try:
+                await self._page_through((None, None), found, deadline)
+            except Unreachable as exc:
+                raise Incomplete(f"{exc.count} records of {self.API}, but offset paging reaches only "
+                                 f"{self._reach()}") from None
+            return found
 
-    async def _fetch(self, query: Query, offset: int, limit: int, deadline: float) -> bytes:
-        return await self._client.list_tasks(offset=offset, limit=limit, deadline=deadline, status=query[0],
-                                             group_id=query[1])
+        found, error, duration = await self._run(deadline, collect)
+        if error is not None:
+            return Part(error=error, duration=duration, requests=self._requests)
+        return Part(records=[found[rid] for rid in self._scoped(found)], malformed=len(self._parser.malformed),
+                    duration=duration, requests=self._requests)
 
-    async def run(self, deadline: float) -> Listing:
-        """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
-        listing = Listing(self.target, taken_at=self._clock.time())
-        tasks, listing.error, listing.duration = await self._run(deadline, lambda: self._collect(deadline, listing))
-        listing.requests = self._requests
-        if listing.error is None:
-            listing.malformed = len(self._parser.malformed)
-            # In id order, whatever order the pages came back in: a stable order lets the encoder
-            # reuse the text of runs of unchanged tasks (and makes the output reproducible).
-            listing.tasks = list(map(tasks.__getitem__, sorted(tasks)))
-            listing.counts, listing.totals = self._totals(listing.tasks)
-        return listing
-
-    def _totals(self, tasks: list[Task]) -> tuple[dict[int, int], dict[int, tuple[float, ...]]]:
-        """Tasks per state and the per-state sums of a complete listing's tasks."""
-        return task_totals(tasks)
-
-    async def _collect(self, deadline: float, listing: Listing) -> dict[int, Task]:
-        """Every task of the target by id (or an OmsError); may set fields of `listing`."""
-        raise NotImplementedError
-
-    def _queries(self) -> list[Query]:
-        statuses: list[int | None] = [*self.target.statuses] if self.target.statuses else [None]
-        groups: list[str | None] = [*self.target.group_ids] if self.target.group_ids else [None]
-        return list(itertools.product(statuses, groups))
-
-    async def _list_query(self, query: Query, tasks: dict[int, Task], deadline: float, split: bool) -> None:
-        mine: dict[int, Task] = {}
-        try:
-            await self._page_through(query, mine, deadline)
-        except _Unreachable as exc:
-            if not split or query[0] is not None:
-                raise Incomplete(
-                    f"{exc.count} tasks match status={query[0]} group_id={query[1]}, but offset paging "
-                    f"reaches only {self._reach()} (max_offset {self._max_offset})") from None
-            log.debug("task count beyond offset reach, listing per status",
-                     extra={"target": self.target.name, "count": exc.count, "reach": self._reach()})
-            # Count distinct tasks: a task that changes status mid-listing can be missed by
-            # both status lists while their counts still add up. One more round catches it.
-            found: dict[int, Task] = {}
-            for _ in range(2):
-                await _all(self._list_query((s, query[1]), found, deadline, split=False)
-                           for s in STATUS_NAMES)
-                # Malformed records are in the count but not among the tasks.
-                if len(found) + len(self._parser.malformed) >= exc.count:
-                    break
-            else:
-                raise Incomplete(f"listing per status found {len(found)} of {exc.count} tasks "
-                                 f"(tasks without a known status, or changing status while listed)") from None
-            # The per-status pages, not the unfiltered ones: they are the fresher (a task deleted
-            # meanwhile is not among them).
-            mine = found
-        tasks.update(mine)
+    def _scoped(self, found: dict[Any, Any]) -> list[Any]:
+        return sorted(found)
 
 
-
-class FullLister(Lister):
-    """`--oms.listing=full`: every task of every state, paged through on every scrape."""
-
-    async def _collect(self, deadline: float, listing: Listing) -> dict[int, Task]:
-        tasks: dict[int, Task] = {}
-        await _all(self._list_query(q, tasks, deadline, split=True) for q in self._queries())
-        listing.finished_listed_at = listing.taken_at
-        return tasks
-
-
-async def _all(coros: Iterable[Coroutine[Any, Any, Any]]) -> None:
+async def together(coros: Iterable[Coroutine[Any, Any, Any]]) -> None:
     """Run concurrently; the first failure cancels the rest and is raised as itself."""
     try:
         async with asyncio.TaskGroup() as tg:

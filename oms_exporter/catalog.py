@@ -1,0 +1,50 @@
+"""The table of API areas, and every metric family in output order.
+
+To add an area: its record type (model.py), its module (its families and its lister, with
+its `Area` declaration, like groups.py), and one line in `AREAS` below. Settings, listing,
+encoding, the web app and the stand-in read this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from oms_exporter.area import Area
+from oms_exporter.groups import TASK_GROUPS
+from oms_exporter.metrics import COLLECTOR_SUCCESS, HEAD, SELF_METRIC_NAMES, Family
+from oms_exporter.syncs import SYNC_TASKS
+from oms_exporter.tasks import TASKS
+
+# The first area is the one oms_up follows (the tasks): every target lists it.
+AREAS: tuple[Area, ...] = (TASKS, TASK_GROUPS, SYNC_TASKS)
+
+
+def families(areas: Sequence[Area] = AREAS) -> tuple[Family, ...]:
+    """Every OMS family, in output order: oms_up and the listing time, the first area's families,
+    oms_collector_success, then every other area's families in table order."""
+    first, *others = areas
+    return (*HEAD, *first.families, COLLECTOR_SUCCESS, *(f for area in others for f in area.families))
+
+
+def metric_names(areas: Sequence[Area] = AREAS) -> frozenset[str]:
+    """Every metric name the exporter serves (dashboards and rules may name no other)."""
+    return frozenset(f.name for f in families(areas)) | SELF_METRIC_NAMES
+
+
+def switches(areas: Sequence[Area] = AREAS) -> dict[str, bool]:
+    """The areas that can be switched off, and whether each is listed by default."""
+    return {area.name: area.default for area in areas if area.optional}
+
+
+def switch_help(area: Area) -> str:
+    """The help of an area's --collector flag."""
+    return f"list {area.what} (`--no-{area.flag}`: not); a target's `{area.name}` overrides it"
+
+
+def target_switch_help(area: Area) -> str:
+    """The help of an area's key in a YAML target."""
+    return f"list this project's {area.what} (true/false), whatever `--{area.flag}` says"
+
+
+FAMILIES = families()  # of the built-in areas
+ALL_METRIC_NAMES = metric_names()

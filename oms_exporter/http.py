@@ -1,0 +1,205 @@
+"""The one request path of the exporter: every request to OMS and to IAM goes through `Http.request`.
+
+It keeps to the scrape deadline, never follows a redirect, reports each OMS request to the
+observer it was given (the exporter's own metrics) and turns transport failures into
+`OmsError`s. Answers are read within --oms.max-response-size, decompressed a step at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ssl import SSLContext
+from typing import Any
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from oms_exporter.clock import Clock
+from oms_exporter.errors import BadPayload, NetworkError, Redirected, Timeout, TooLarge
+
+# (project_id, HTTP status or "timeout"/"network", seconds or None when no answer came)
+RequestObserver = Callable[[str, str, "float | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+    def describe(self) -> str:
+        """`HTTP 401 APIGW.0301`: the status, and the error code when the body has one of the documented shape."""
+        code = error_code(self.body)
+        return f"HTTP {self.status} {code}" if code else f"HTTP {self.status}"
+
+
+def error_code(body: bytes) -> str:
+    """The error code of an OMS (`error_code`) or IAM (`error.code`) error answer, or "".
+
+    Only a code of the documented shape (a short word of letters, digits and dots, such as
+    OMS.0064 or APIGW.0301) is returned: a body that echoes something else there (a token,
+    an HTML page) must not reach the logs.
+    """
+    try:
+        doc = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return ""
+    if type(doc) is not dict:
+        return ""
+    code = doc.get("error_code")
+    if code is None and type(doc.get("error")) is dict:
+        code = doc["error"].get("code")
+    code = str(code) if type(code) in (str, int) else ""
+    return code if _ERROR_CODE.fullmatch(code) else ""
+
+
+# OMS.0064, APIGW.0301, IAM.0001 (a service word, a dot, digits), or an HTTP status (IAM's `code`).
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9]{1,11}\.[0-9]{1,6}|[0-9]{3}", re.ASCII)
+
+
+class Http:
+    """Sends every request of the exporter: deadline-bound, no redirects, OMS requests counted."""
+
+    CHUNK = 64 * 1024  # bytes decompressed per step, with a turn of the event loop between steps
+    MAX_BODY = 8 * 1024**2  # the default of --oms.max-response-size
+
+    def __init__(self, session: aiohttp.ClientSession, clock: Clock, observe: RequestObserver | None = None,
+                 ssl: SSLContext | bool = True, *, max_body: int = MAX_BODY) -> None:
+        # The session must not decompress by itself (auto_decompress=False): `_read` does,
+        # within max_body, a step at a time.
+        self._session = session
+        self._clock = clock
+        self._observe = observe
+        self._ssl = ssl
+        self._max_body = max_body
+
+    async def request(self, method: str, url: URL, *, headers: Mapping[str, str], deadline: float,
+                      body: bytes = b"", project_id: str | None = None) -> Answer:
+        """One request, answered before `deadline` (`Clock.monotonic()` time) or a Timeout.
+
+        With `project_id` the request is reported to the observer (OMS requests; IAM's are not):
+        its HTTP status, or "timeout"/"network" when no answer came, and how long the answer took.
+        """
+        remaining = self._clock.remaining(deadline)
+        if remaining <= 0:
+            raise Timeout("scrape deadline reached before the request was sent")
+        started = self._clock.monotonic()
+        status = 0
+        try:
+            # No redirects: credentials must not follow a request to another host.
+            async with self._session.request(method, url, headers={"Accept-Encoding": "gzip, deflate", **headers},
+                                             data=body or None, ssl=self._ssl, allow_redirects=False,
+                                             timeout=aiohttp.ClientTimeout(total=remaining)) as resp:
+                status = resp.status
+                answer = Answer(status, await self._read(resp, url), resp.headers)
+        except TooLarge as exc:
+            self._count(project_id, str(status))
+            raise BadPayload(str(exc)) from None
+        except TimeoutError:
+            self._count(project_id, "timeout")
+            raise Timeout(f"{url.host} did not answer before the scrape deadline") from None
+        except aiohttp.ClientPayloadError:
+            self._count(project_id, "network")
+            raise BadPayload(f"the answer of {url.host} was cut short") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            self._count(project_id, "network")
+            raise NetworkError(f"cannot reach {url.host}: {type(exc).__name__}") from None
+        self._count(project_id, str(answer.status), self._clock.monotonic() - started)
+        if 300 <= answer.status < 400:
+            raise Redirected(f"{url.host} answered HTTP {answer.status} (a redirect, not followed)")
+        return answer
+
+    async def _read(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
+        """The answer's body, decompressed; TooLarge beyond max_body (compressed or not), BadPayload if unreadable.
+
+        Read as it arrives and decompressed a step at a time: a body that never ends, or a
+        small one that unpacks to gigabytes, costs at most max_body of memory and a few
+        steps of the event loop before it is refused.
+        """
+        limit = self._max_body
+        if resp.content_length is not None and resp.content_length > limit:
+            raise TooLarge(f"the answer of {url.host} announces {resp.content_length} bytes, more than "
+                           f"--oms.max-response-size ({limit})")
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        inflate: Any
+        if encoding in ("gzip", "x-gzip"):
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            inflate = _Deflate()  # zlib-wrapped or raw: told by the first two bytes
+        elif encoding in ("identity", ""):
+            inflate = None
+        else:
+            raise BadPayload(f"the answer of {url.host} has a Content-Encoding it was not offered: {encoding[:20]!r}")
+        parts: list[bytes] = []
+        received = produced = 0
+        too_large = TooLarge(f"the answer of {url.host} is larger than --oms.max-response-size ({limit} bytes)")
+        async for chunk in resp.content.iter_chunked(self.CHUNK):
+            received += len(chunk)
+            if received > limit:
+                raise too_large
+            if inflate is None:
+                parts.append(chunk)
+                continue
+            data = chunk
+            while data:
+                try:
+                    # At most what is left of the limit (plus one byte, to tell "over"), a step at a time.
+                    piece = inflate.decompress(data, min(self.CHUNK, limit - produced + 1))
+                except zlib.error:
+                    raise BadPayload(f"the answer of {url.host} is not valid {encoding}") from None
+                produced += len(piece)
+                if produced > limit:
+                    raise too_large
+                parts.append(piece)
+                data = inflate.unconsumed_tail
+                if data:
+                    await asyncio.sleep(0)
+        if inflate is not None:
+            parts.append(inflate.flush())  # what zlib still holds of fully read input (< its window)
+            if not inflate.eof:
+                raise BadPayload(f"the {encoding} answer of {url.host} was cut short")
+            if produced + len(parts[-1]) > limit:
+                raise too_large
+        return b"".join(parts)
+
+    def _count(self, project_id: str | None, code: str, seconds: float | None = None) -> None:
+        if project_id is not None and self._observe is not None:
+            self._observe(project_id, code, seconds)
+
+
+class _Deflate:
+    """`Content-Encoding: deflate` as servers send it: zlib-wrapped (RFC 1950) or raw (RFC 1951).
+
+    A zlib header is two bytes whose first says method 8 and which, read as a big-endian
+    number, divide by 31; the stream is raw deflate otherwise (what browsers accept too).
+    """
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._z: Any = None
+        self.unconsumed_tail = b""
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._z is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            b0, b1 = self._head[0], self._head[1]
+            wrapped = b0 & 0x0F == 8 and (b0 << 8 | b1) % 31 == 0
+            self._z = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            data, self._head = self._head, b""
+        out: bytes = self._z.decompress(data, max_length)
+        self.unconsumed_tail = self._z.unconsumed_tail
+        return out
+
+    def flush(self) -> bytes:
+        return b"" if self._z is None else bytes(self._z.flush())
+
+    @property
+    def eof(self) -> bool:
+        return self._z is not None and bool(self._z.eof)
