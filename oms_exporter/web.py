@@ -30,7 +30,7 @@ from oms_exporter.exposition import Renderer
 from oms_exporter.groups import GroupLister, SyncLister
 from oms_exporter.liveness import make_lister
 from oms_exporter.metrics import SelfMetrics
-from oms_exporter.settings import Settings
+from oms_exporter.settings import FLAGS, Settings, SettingsError, ca_context
 from oms_exporter.snapshot import Project, Snapshots
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,17 @@ WRITE_PIECE = 128 * 1024  # bytes of a response body written per turn of the eve
 
 
 def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
+    """How requests to OMS and IAM verify TLS; SettingsError (one line) for a CA file that is not a bundle."""
     opts = settings.options
     if opts.insecure_skip_verify:
         log.warning("TLS VERIFICATION OF OMS AND IAM IS TURNED OFF (--oms.insecure-skip-verify): "
                     "credentials can be intercepted; use --oms.ca-file instead")
         return False
     if opts.ca_file is not None:
-        return ssl.create_default_context(cafile=str(opts.ca_file))
+        try:
+            return ca_context(opts.ca_file)
+        except ValueError as exc:  # the file changed since the settings were read
+            raise SettingsError([f"--{FLAGS['ca_file']}: {exc}"]) from None
     return True
 
 
