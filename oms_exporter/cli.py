@@ -12,7 +12,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_describe(settings))
         return 0
 
-    from oms_exporter.web import STATS, make_app, upstream_connections
-    from oms_exporter.web import reload as reload_settings
+    from oms_exporter.web import make_app, upstream_connections
 
     # Counters without `_created` series: they double the sample count and nobody graphs them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -121,32 +120,48 @@ def main(argv: list[str] | None = None) -> int:
                                  "targets": ",".join(t.name for t in settings.targets),
                                  "max_connections": max_connections, "open_file_limit": file_limit,
                                  **web_config.describe()})
+    try:
+        server.run(app, sock, max_connections=max_connections, header_timeout=opts.read_header_timeout,
+                   ssl_context=web_config.ssl_context, on_reload=_reloader(app, given, only_target))
+    except SettingsError as exc:  # a file the settings name changed since they were read
+        for line in exc.lines:
+            sys.stderr.write(f"oms-exporter: error: {line}\n")
+        return EXIT_USAGE
+    return 0
+
+
+def _reloader(app: web.Application, given: dict[str, Any], only_target: Target | None
+              ) -> Callable[[], Coroutine[Any, Any, None]]:
+    """What SIGHUP runs: read both files again; serve them if they are good, else keep what is served."""
     reloading = asyncio.Lock()  # one reload at a time: two quick SIGHUPs apply in order
 
     async def reload() -> None:
-        """SIGHUP: read both files again; serve them if they are good, else keep what is served."""
         async with reloading:
-            await _reload()
+            await _reload(app, given, only_target)
 
-    async def _reload() -> None:
-        new_settings, new_web, errors = _read(given, only_target)
-        if not errors:
-            errors = webconfig.reload_errors(app, new_web)
-        stats = app[STATS]
-        if errors:
-            log.error("reload failed, the settings in force stay", extra={"errors": "; ".join(errors)})
-            stats.config_loaded(False, time.time())
-            return
-        assert new_settings is not None
-        await reload_settings(app, new_settings)
-        webconfig.swap(app, new_web)
-        stats.config_loaded(True, time.time())
-        log.info("reloaded", extra={"targets": ",".join(t.name for t in new_settings.targets),
-                                    **new_web.describe()})
+    return reload
 
-    server.run(app, sock, max_connections=max_connections, header_timeout=opts.read_header_timeout,
-               ssl_context=web_config.ssl_context, on_reload=reload)
-    return 0
+
+async def _reload(app: web.Application, given: dict[str, Any], only_target: Target | None) -> None:
+    from oms_exporter.web import STATS
+    from oms_exporter.web import reload as reload_settings
+
+    new_settings, new_web, errors = _read(given, only_target)
+    if not errors:
+        errors = webconfig.reload_errors(app, new_web)
+    if not errors and new_settings is not None:
+        try:
+            await reload_settings(app, new_settings)
+        except SettingsError as exc:  # a file the settings name changed since they were read
+            errors = exc.lines
+    stats = app[STATS]
+    if errors or new_settings is None:
+        log.error("reload failed, the settings in force stay", extra={"errors": "; ".join(errors)})
+        stats.config_loaded(False, time.time())
+        return
+    webconfig.swap(app, new_web)
+    stats.config_loaded(True, time.time())
+    log.info("reloaded", extra={"targets": ",".join(t.name for t in new_settings.targets), **new_web.describe()})
 
 
 def _read(given: dict[str, Any], only_target: Target | None

@@ -12,6 +12,7 @@ holding one line per bad setting, each naming the setting the way the user wrote
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -427,9 +428,11 @@ class Options(BaseModel):
 
     @field_validator("ca_file")
     @classmethod
-    def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} is not a readable file")
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if not value.is_file():
+                raise ValueError(f"{value} is not a readable file")
+            ca_context(value)  # read as the requests will read it: a bad bundle is a bad setting
         return value
 
     @property
@@ -437,6 +440,19 @@ class Options(BaseModel):
         host, _, port = self.listen_address.rpartition(":")
         host = host.strip("[]")
         return (host or None), int(port)
+
+
+def ca_context(path: Path) -> ssl.SSLContext:
+    """The TLS context of OMS and IAM requests that trusts the CA bundle at `path` (and no other CA),
+    or a ValueError of one line that never quotes the file."""
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        text = str(exc.args[1] if len(exc.args) > 1 else exc)  # "[X509: ...] no certificate or crl found (_ssl.c:..)"
+        reason = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text) or type(exc).__name__
+        raise ValueError(f"{path} is not a PEM CA bundle ({reason})") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
 
 
 class Settings(BaseModel):

@@ -30,7 +30,7 @@ from oms_exporter.clock import Clock
 from oms_exporter.exposition import Renderer
 from oms_exporter.http import Http
 from oms_exporter.metrics import SelfMetrics
-from oms_exporter.settings import Settings
+from oms_exporter.settings import Options, Settings, SettingsError, ca_context, meta
 from oms_exporter.snapshot import Project, SeriesPolicy, Snapshots
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,17 @@ WRITE_PIECE = 128 * 1024  # bytes of a response body written per turn of the eve
 
 
 def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
+    """How requests to OMS and IAM verify TLS; SettingsError (one line) for a CA file that is not a bundle."""
     opts = settings.options
     if opts.insecure_skip_verify:
         log.warning("TLS VERIFICATION OF OMS AND IAM IS TURNED OFF (--oms.insecure-skip-verify): "
                     "credentials can be intercepted; use --oms.ca-file instead")
         return False
     if opts.ca_file is not None:
-        return ssl.create_default_context(cafile=str(opts.ca_file))
+        try:
+            return ca_context(opts.ca_file)
+        except ValueError as exc:  # the file changed since the settings were read
+            raise SettingsError([f"--{meta(Options.model_fields['ca_file'])['flag']}: {exc}"]) from None
     return True
 
 
@@ -261,11 +265,13 @@ async def probe_handler(request: web.Request) -> web.StreamResponse:
     if len(request.query_string) > MAX_QUERY_LENGTH:
         raise web.HTTPBadRequest(text="query string too long\n")
     name = request.query.get("target", "")
+    if not name:
+        raise web.HTTPBadRequest(text="target parameter is missing\n")  # blackbox_exporter's words
     with request.app[LIVE].use() as gen:
         if gen.settings.target(name) is None:
-            # Never a request to a host the configuration does not name.
-            known = ", ".join(t.name for t in gen.settings.targets)
-            raise web.HTTPBadRequest(text=f"unknown target {name[:64]!r}; configured targets: {known}\n")
+            # Never a request to a host the configuration does not name, nor an answer that lists
+            # the names it does to whoever asks.
+            raise web.HTTPBadRequest(text="unknown target\n")
         return await _respond(request, gen, [name], with_self=False)
 
 

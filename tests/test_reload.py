@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import trustme
 import yaml
 from aiohttp.test_utils import TestServer
 
@@ -96,3 +97,38 @@ async def test_sighup_reloads_the_config_file_and_keeps_it_when_broken(
     assert len(errors) == 1 and "reload failed" in errors[0] and "not valid YAML" in errors[0], errors
     assert "Traceback" not in err.decode() and TOKEN not in err.decode()
     assert proc.returncode in (0, -signal.SIGTERM)
+
+
+async def test_a_ca_file_broken_before_sighup_fails_the_reload_and_keeps_the_old_settings(
+        sim: StandIn, oms: TestServer, tmp_path: Path) -> None:
+    sim.add_project(OTHER, make_tasks(7, seed=2))
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    config = tmp_path / "targets.yml"
+    config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT)]}))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "oms_exporter", "--config.file", str(config), "--oms.ca-file", str(ca_file),
+        "--web.listen-address", f"127.0.0.1:{port}", "--no-collector.task-groups", "--no-collector.sync-tasks",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(session, port, lambda s: up(s) == {PROJECT: 1}, timeout=15)
+            # Both files change; the new targets come with a CA file that is no longer a CA bundle.
+            ca_file.write_text("not a certificate\nkey=CA-FILE-CONTENT-7f3a\n")
+            config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT), target(oms, "b", OTHER)]}))
+            proc.send_signal(signal.SIGHUP)
+            kept = await until(session, port, lambda s: value(s, "oms_exporter_config_last_reload_successful") == 0)
+            assert up(kept) == {PROJECT: 1}  # the settings in force still serve
+            await asyncio.sleep(0.3)
+            assert up(await metrics(session, port)) == {PROJECT: 1}
+            assert proc.returncode is None
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    text = err.decode()
+    errors = [line for line in text.splitlines() if "level=error" in line]
+    assert len(errors) == 1 and "reload failed" in errors[0], errors
+    assert f"--oms.ca-file: {ca_file} is not a PEM CA bundle (" in errors[0], errors
+    assert "Traceback" not in text and "never retrieved" not in text and "CA-FILE-CONTENT" not in text

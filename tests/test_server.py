@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,10 @@ import aiohttp
 import pytest
 
 from oms_exporter import server
-from tests.conftest import Served
+from oms_exporter.simulator import make_tasks
+from oms_exporter.web import TIMEOUT_HEADER
+from tests.conftest import PROJECT, Served, parse_metrics, value, values
+from tests.standin import StandIn
 
 HALF_SENT = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # no blank line: the head never ends
 
@@ -123,3 +128,123 @@ async def test_more_half_sent_requests_than_files(cap: str) -> None:
         assert "max_connections=55" in lines[0] and not refused
     else:
         assert 1 <= len(refused) <= 2, lines  # one line per 10 seconds, however many accept() failed
+
+
+# --- clients that never read their answer --------------------------------------------------
+
+GET_METRICS = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n"
+
+
+async def _non_reader(port: int) -> socket.socket:
+    """A client that asks for /metrics and never reads: its 4 KB receive buffer is full at once."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, GET_METRICS)
+    return sock
+
+
+def _reset(sock: socket.socket) -> bool:
+    """Whether the exporter reset this connection (seen without reading from it)."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+
+
+async def _timed_get(port: int, path: str, timeout: float, **headers: str) -> tuple[float, int, bytes]:
+    """Seconds to a whole answer on a fresh connection (a new place under the cap), status, body."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        async with session.get(f"http://127.0.0.1:{port}{path}", headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            body = await resp.read()
+    return time.monotonic() - started, resp.status, body
+
+
+async def test_600_clients_that_never_read_starve_neither_healthz_nor_a_scrape(sim: StandIn, served: Served) -> None:
+    """600 clients ask for a 7 MB /metrics and never read it, and reconnect whenever the exporter drops
+    them; the write deadline (the 10 s header timeout) is longer than the whole test."""
+    server.raise_file_limit()
+    sim.add_project(PROJECT, make_tasks(3_000, seed=5))
+    port = await served(listing="full", min_interval=60, max_connections=server.MAX_CONNECTIONS, header_timeout=10)
+    _, status, body = await _timed_get(port, "/metrics", 30, **{"Accept-Encoding": "identity"})
+    assert status == 200 and len(body) > 6_000_000  # listed once; the scrapes below share it
+    attackers = [await _non_reader(port) for _ in range(600)]
+    reconnected = 0
+
+    async def keep_them_up() -> None:
+        nonlocal reconnected
+        while True:
+            for i, sock in enumerate(attackers):
+                if _reset(sock):
+                    sock.close()
+                    attackers[i] = await _non_reader(port)
+                    reconnected += 1
+            await asyncio.sleep(0.05)
+
+    keeper = asyncio.create_task(keep_them_up())
+    try:
+        waits = []
+        for _ in range(5):
+            took, status, _ = await _timed_get(port, "/healthz", 5)
+            assert status == 200
+            waits.append(took)
+            await asyncio.sleep(0.2)
+        took, status, body = await _timed_get(port, "/metrics", 10, **{"Accept-Encoding": "identity",
+                                                                         TIMEOUT_HEADER: "10"})
+        assert status == 200
+        s = parse_metrics(body.decode())
+        assert value(s, "oms_up", project_id=PROJECT) == 1
+        assert len(values(s, "oms_task_info", project_id=PROJECT)) == 3_000
+        print(f"\n/healthz under 600 non-readers: {', '.join(f'{w:.2f}' for w in waits)} s; "
+              f"a 7 MB scrape {took:.2f} s; {reconnected} reconnections")
+        assert max(waits) < 2, waits
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        for sock in attackers:
+            sock.close()
+
+
+async def _slow_reader(port: int, gap: float) -> tuple[bytes, int]:
+    """A client that reads what has arrived, then nothing for `gap` seconds, until the exporter closes
+    the kept-alive connection after the answer: what it got, in how many reads."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, GET_METRICS)
+    got, reads = bytearray(), 0
+    try:
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 4 * 2**20), 5):
+            got += chunk
+            reads += 1
+            await asyncio.sleep(gap)
+    finally:
+        sock.close()
+    return bytes(got), reads
+
+
+async def test_a_client_that_takes_nothing_for_the_write_deadline_is_dropped(sim: StandIn, served: Served) -> None:
+    """Below the cap, with nobody waiting: the deadline alone frees the places (here 0.5 s, the header timeout)."""
+    sim.add_project(PROJECT, make_tasks(3_000, seed=5))  # a body of 7 MB, more than the socket buffers hold
+    port = await served(listing="full", min_interval=60, header_timeout=0.5)
+    _, _, body = await _timed_get(port, "/metrics", 30, **{"Accept-Encoding": "identity"})
+    stalled = [await _non_reader(port) for _ in range(5)]
+    started = time.monotonic()
+    while not all(_reset(sock) for sock in stalled):
+        assert time.monotonic() - started < 3, "a client that reads nothing is still connected"
+        await asyncio.sleep(0.05)
+    dropped_after = time.monotonic() - started
+    for sock in stalled:
+        sock.close()
+    # A client that reads slowly, nothing for 0.3 s at a time, is not dropped however long its answer takes.
+    started = time.monotonic()
+    got, reads = await _slow_reader(port, 0.3)
+    took = time.monotonic() - started
+    head, _, rest = got.partition(b"\r\n\r\n")
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+    print(f"\nnon-readers dropped after {dropped_after:.2f} s (deadline 0.5 s); a slow reader got {len(rest)} "
+          f"bytes in {reads} reads, {took:.2f} s")
+    assert dropped_after < 1.5
+    assert head.startswith(b"HTTP/1.1 200") and len(rest) == length > 6_000_000 and took > 1

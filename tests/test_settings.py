@@ -164,3 +164,68 @@ def test_listen_address_in_use_is_a_clear_error(monkeypatch, capsys):
         port = s.getsockname()[1]
         code, _, err = run(["--web.listen-address", f"127.0.0.1:{port}"], capsys)
     assert code == 2 and "cannot listen on" in err
+
+
+CA_CONTENT = "key=CA-FILE-CONTENT-51c9"
+
+
+def _bad_ca_files(tmp_path):
+    """Files that are not PEM CA bundles, each carrying CA_CONTENT that no message may quote."""
+    import trustme
+
+    key = trustme.CA().issue_cert("x").private_key_pem.bytes().decode()
+    files = {"text": f"not a certificate\n{CA_CONTENT}\n", "empty": "",
+             "bad base64": f"-----BEGIN CERTIFICATE-----\n{CA_CONTENT}!!\n-----END CERTIFICATE-----\n",
+             "a private key": f"# {CA_CONTENT}\n{key}"}
+    for name, text in files.items():
+        path = tmp_path / name.replace(" ", "-")
+        path.write_text(text)
+        yield name, path
+
+
+def test_a_ca_file_that_is_not_a_pem_bundle_is_a_bad_setting(tmp_path, monkeypatch, capsys):
+    import trustme
+
+    for k, v in GOOD_ENV.items():
+        monkeypatch.setenv(k, v)
+    good = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(good))
+    assert run(["--oms.ca-file", str(good), "--check-config"], capsys)[0] == 0
+    for name, path in _bad_ca_files(tmp_path):
+        code, out, err = run(["--oms.ca-file", str(path), "--check-config"], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "configuration OK" not in out, (name, err)
+        assert lines[0].startswith(f"oms-exporter: error: --oms.ca-file: {path} is not a PEM CA bundle ("), lines
+        assert CA_CONTENT not in err
+
+
+def test_the_program_does_not_start_with_a_bad_ca_file(tmp_path):
+    from tests.test_webconfig import _free_port
+
+    (_, path), *_ = _bad_ca_files(tmp_path)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}, **GOOD_ENV}
+    proc = subprocess.run([sys.executable, "-m", "oms_exporter", "--oms.ca-file", str(path),
+                           "--web.listen-address", f"127.0.0.1:{_free_port()}"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"oms-exporter: error: --oms.ca-file: {path} is not a PEM CA bundle ("), lines
+    assert "listening" not in proc.stderr and CA_CONTENT not in proc.stderr
+
+
+def test_a_ca_file_broken_after_it_was_read_is_one_settings_line(tmp_path):
+    """What a reload (or the start) meets when the file changes between reading the settings and using them."""
+    import trustme
+
+    from oms_exporter.settings import Options, Settings, Target
+    from oms_exporter.web import outbound_ssl
+
+    path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    settings = Settings(options=Options(ca_file=path),
+                        targets=[Target(name="a", project_id="p", region="cn-north-4", auth_token="t")])
+    assert outbound_ssl(settings) is not True
+    path.write_text(f"{CA_CONTENT}\n")
+    with pytest.raises(SettingsError) as caught:
+        outbound_ssl(settings)
+    assert caught.value.lines == [f"--oms.ca-file: {path} is not a PEM CA bundle (no certificate or crl found)"]

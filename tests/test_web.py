@@ -102,3 +102,21 @@ async def test_the_landing_page_shows_each_targets_last_listing(
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "steal" not in page  # an upstream answer never reaches the page
     assert TOKEN not in page and "auth_token" not in page
+
+
+@pytest.mark.parametrize("query, answer", [
+    ("target=unknown", "unknown target\n"),
+    ("target=mai", "unknown target\n"),  # a prefix of a configured name
+    ("target=", "target parameter is missing\n"),
+    ("", "target parameter is missing\n"),
+])
+async def test_probe_errors_name_no_target(query: str, answer: str, sim: StandIn, oms: TestServer,
+                                           exporter: Exporter) -> None:
+    other = "p0000000000000000000000000000002"
+    sim.add_project(other, make_tasks(3, seed=1))
+    client = await exporter(targets=[target_for(oms), target_for(oms, name="prod-eu-secret", project_id=other)])
+    resp = await client.get("/probe?" + query)
+    text = await resp.text()
+    assert resp.status == 400 and text == answer
+    assert "main" not in text and "prod-eu-secret" not in text and other not in text
+    assert sim.requests == []
