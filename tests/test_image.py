@@ -8,8 +8,9 @@ read-only root, its uid and gid, no capabilities, no privilege escalation) in a 
 namespace of its own, where the HEALTHCHECK's fixed port is free: it is scraped (`oms_up 1`,
 `promtool check metrics` clean) and the HEALTHCHECK command passes, then fails once it stopped;
 the image is its base plus the virtualenv and the user, with no test code, `.git` or build
-tools, and its size is printed. Needs root, buildah, mmdebstrap and ip (scripts/test installs
-them): skips without them, unless OMS_EXPORTER_REQUIRE_E2E=1 (set in CI), where it fails.
+tools; its size is printed, held to a budget and to what docs/container.md says. Needs root,
+buildah, mmdebstrap and ip (scripts/test installs them): skips without them, unless
+OMS_EXPORTER_REQUIRE_E2E=1 (set in CI), where it fails.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 DEPLOYMENT = ROOT / "deploy" / "kubernetes" / "deployment.yaml"
+DOCS = ROOT / "docs" / "container.md"
 VENV = "/opt/venv"
 # What the project may add to its base, uncompressed (the virtualenv is about 36 MB).
 ADDED_BUDGET = 50_000_000
@@ -382,6 +384,10 @@ def test_the_image_is_its_base_plus_the_virtualenv_and_the_user(image: Image,
               f"{'made' if image.base_made else 'cached'} in {image.base_seconds:.1f} s, "
               f"image built in {image.build_seconds:.1f} s")
     assert added <= ADDED_BUDGET, f"the image adds {megabytes(added)} to its base (budget {megabytes(ADDED_BUDGET)})"
+    said = re.search(r"The project adds ([\d.]+) MB", DOCS.read_text(encoding="utf-8"))
+    assert said, f"{DOCS.name} should say what the image adds: 'The project adds NN.N MB'"
+    assert abs(float(said.group(1)) * 1e6 - added) <= 5e6, \
+        f"{DOCS.name} says the image adds {said.group(1)} MB, it adds {megabytes(added)}: update it"
 
 
 @pytest.mark.slow
