@@ -323,7 +323,7 @@ def test_deployment_ports_probes_and_resources(which: str) -> None:
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
     limits, requests = c["resources"]["limits"], c["resources"]["requests"]
     assert requests["memory"] == "128Mi" and limits["memory"] == "384Mi"
-    # README, "Scaling": peak RSS 309 MB at 100,000 tasks (liveness); the limit keeps 25 % above it.
+    # docs/performance.md, "Scaling": peak RSS 309 MB at 100,000 tasks (liveness); the limit keeps 25 % above it.
     assert 309 * 1.2 < 384 * 1.048576
     assert limits["cpu"] == "1" and requests["cpu"]
 
