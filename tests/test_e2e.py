@@ -1,8 +1,9 @@
 """End to end on real parts: OMS stand-in -> exporter process -> Prometheus -> Alertmanager -> webhook.
 
 The stand-in and the webhook receiver run in the test's event loop (so the test can fail a
-task); the exporter, Prometheus (scraping every second, loaded with the shipped rules, their
-`for:` shortened) and Alertmanager run as processes, all on loopback with temporary storage.
+task); the exporter, Prometheus and Alertmanager run as processes, all on loopback with temporary
+storage. Prometheus and Alertmanager run the compose stack's configs and the shipped rules, with
+only addresses and timings changed (scrapes every second, `for:` shortened, no waits).
 Asserted: the target is up; a task the stand-in fails reaches the webhook as OmsTaskFailed,
 named; a task group it fails reaches it as OmsTaskGroupFailed; failing sync objects and a
 failing collector fire their alerts; every metric the dashboards and rules name exists in
@@ -31,8 +32,9 @@ from aiohttp.test_utils import TestServer
 
 from oms_exporter.simulator import add_groups_and_syncs, make_tasks
 from tests.standin import Fault, StandIn
+from tests.test_compose import e2e_alertmanager_config, e2e_prometheus_config, prometheus_rule_files
 from tests.test_grafana import dashboards, exprs_of, label_values_selector, referenced_metric_names, variable_queries
-from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary, shorten_for
+from tests.test_rules import ALERTS_FILE, require_binary, shorten_for
 
 PROJECT = "e2e00000000000000000000000000001"
 AGGREGATES_PROJECT = "e2e00000000000000000000000000002"  # its exporter serves no per-task series
@@ -90,24 +92,6 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield procs
     finally:
         procs.stop()
-
-
-def prometheus_config(exporters: list[int], alertmanager: int) -> dict[str, Any]:
-    return {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": ["oms-alerts.yml", "oms-recording.yml"],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager}"]}]}]},
-        "scrape_configs": [{"job_name": JOB, "static_configs": [
-            {"targets": [f"127.0.0.1:{port}" for port in exporters]}]}],
-    }
-
-
-def alertmanager_config(webhook: str) -> dict[str, Any]:
-    return {
-        "route": {"receiver": "test", "group_by": ["alertname", "project_id", "task_id"],
-                  "group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h"},
-        "receivers": [{"name": "test", "webhook_configs": [{"url": webhook, "send_resolved": False}]}],
-    }
 
 
 def overview_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -195,15 +179,19 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
         sys.executable, "-m", "oms_exporter", "--web.listen-address", f"127.0.0.1:{agg_port}",
         "--oms.per-task-series=false"], env={**env, "OMS_PROJECT_ID": AGGREGATES_PROJECT})
 
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(str(hook_server.make_url("/hook")))))
+    (tmp_path / "alertmanager.yml").write_text(
+        yaml.safe_dump(e2e_alertmanager_config(str(hook_server.make_url("/hook")))))
     processes.start("alertmanager", [
         alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
         f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="])
 
-    # The shipped rules, only with `for:` shortened.
-    (tmp_path / "oms-alerts.yml").write_text(shorten_for(ALERTS_FILE.read_text(encoding="utf-8")))
-    (tmp_path / "oms-recording.yml").write_text(RECORDING_FILE.read_text(encoding="utf-8"))
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config([exp_port, agg_port], am_port)))
+    # The compose stack's configs and the shipped rules, laid out as there: only addresses,
+    # intervals and the alerts' `for:` shortened.
+    for entry, rules in prometheus_rule_files().items():
+        (tmp_path / entry).parent.mkdir(parents=True, exist_ok=True)
+        text = rules.read_text(encoding="utf-8")
+        (tmp_path / entry).write_text(shorten_for(text) if rules == ALERTS_FILE else text, encoding="utf-8")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(e2e_prometheus_config([exp_port, agg_port], am_port)))
     processes.start("prometheus", [
         prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{prom_port}"])
