@@ -24,9 +24,9 @@ from oms_exporter.errors import (
     NetworkError,
     OmsError,
     RequestRejected,
+    RequestTimeout,
     ServerError,
     Throttled,
-    Timeout,
 )
 from oms_exporter.http import Answer, Http, error_code
 from oms_exporter.settings import Target
@@ -78,12 +78,13 @@ class OmsClient:
             if self._auth_failures or not self._auth_proven:  # this request is the probe
                 probe = asyncio.ensure_future(self._slotted(slots, url, deadline))
                 try:
-                    await asyncio.wait([probe], timeout=self.PROBE_WAIT)
+                    async with self._clock.timeout_at(self._clock.monotonic() + self.PROBE_WAIT):
+                        return await asyncio.shield(probe)
+                except TimeoutError:
+                    pass  # the probe hangs: the others try on their own
                 except asyncio.CancelledError:
                     probe.cancel()
                     raise
-                if probe.done():
-                    return probe.result()
         if probe is None:
             return await self._slotted(slots, url, deadline)
         return await probe  # cancelling this request cancels the probe too
@@ -115,9 +116,7 @@ class OmsClient:
             try:
                 answer = await self._http.request("GET", url, headers=headers, deadline=deadline,
                                                   project_id=self._target.project_id)
-            except Timeout:
-                raise
-            except (NetworkError, BadPayload) as exc:
+            except (NetworkError, BadPayload, RequestTimeout) as exc:
                 failure, wait = exc, self._backoff(attempt)
             else:
                 status = answer.status

@@ -15,6 +15,10 @@ class Timeout(OmsError):
     reason = "timeout"
 
 
+class RequestTimeout(Timeout):
+    """One request took longer than --oms.request-timeout, before the scrape's deadline: retried."""
+
+
 class Throttled(OmsError):
     reason = "throttled"
 

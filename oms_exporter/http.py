@@ -20,8 +20,9 @@ import msgspec
 from yarl import URL
 
 from oms_exporter.clock import Clock
-from oms_exporter.errors import BadPayload, NetworkError, Redirected, Timeout, TooLarge
+from oms_exporter.errors import BadPayload, NetworkError, Redirected, RequestTimeout, Timeout, TooLarge
 
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None)  # the clock keeps every deadline (Clock.timeout_at)
 # (project_id, HTTP status or "timeout"/"network", seconds or None when no answer came)
 RequestObserver = Callable[[str, str, "float | None"], None]
 
@@ -69,7 +70,8 @@ class Http:
     MAX_BODY = 8 * 1024**2  # the default of --oms.max-response-size
 
     def __init__(self, session: aiohttp.ClientSession, clock: Clock, observe: RequestObserver | None = None,
-                 ssl: SSLContext | bool = True, *, max_body: int = MAX_BODY) -> None:
+                 ssl: SSLContext | bool = True, *, max_body: int = MAX_BODY, request_timeout: float | None = None
+                 ) -> None:
         # The session must not decompress by itself (auto_decompress=False): `_read` does,
         # within max_body, a step at a time.
         self._session = session
@@ -77,31 +79,39 @@ class Http:
         self._observe = observe
         self._ssl = ssl
         self._max_body = max_body
+        # Each request's own bound (--oms.request-timeout), within the scrape's deadline: a request
+        # that hangs is given up (and retried) without holding the listing to the longest deadline.
+        self._request_timeout = request_timeout
 
     async def request(self, method: str, url: URL, *, headers: Mapping[str, str], deadline: float,
                       body: bytes = b"", project_id: str | None = None) -> Answer:
-        """One request, answered before `deadline` (`Clock.monotonic()` time) or a Timeout.
+        """One request, answered before `deadline` (`Clock.monotonic()` time) or a Timeout
+        (RequestTimeout: not within the request timeout, before the deadline).
 
         With `project_id` the request is reported to the observer (OMS requests; IAM's are not):
         its HTTP status, or "timeout"/"network" when no answer came, and how long the answer took.
         """
-        remaining = self._clock.remaining(deadline)
-        if remaining <= 0:
+        if self._clock.remaining(deadline) <= 0:
             raise Timeout("scrape deadline reached before the request was sent")
         started = self._clock.monotonic()
+        until = deadline if self._request_timeout is None else min(deadline, started + self._request_timeout)
         status = 0
         try:
-            # No redirects: credentials must not follow a request to another host.
-            async with self._session.request(method, url, headers={"Accept-Encoding": "gzip, deflate", **headers},
-                                             data=body or None, ssl=self._ssl, allow_redirects=False,
-                                             timeout=aiohttp.ClientTimeout(total=remaining)) as resp:
-                status = resp.status
-                answer = Answer(status, await self._read(resp, url), resp.headers)
+            async with self._clock.timeout_at(until):
+                # No redirects: credentials must not follow a request to another host.
+                async with self._session.request(method, url, headers={"Accept-Encoding": "gzip, deflate", **headers},
+                                                 data=body or None, ssl=self._ssl, allow_redirects=False,
+                                                 timeout=_NO_TIMEOUT) as resp:
+                    status = resp.status
+                    answer = Answer(status, await self._read(resp, url), resp.headers)
         except TooLarge as exc:
             self._count(project_id, str(status))
             raise BadPayload(str(exc)) from None
         except TimeoutError:
             self._count(project_id, "timeout")
+            if until < deadline:
+                raise RequestTimeout(f"{url.host} did not answer within --oms.request-timeout "
+                                     f"({self._request_timeout:g}s)") from None
             raise Timeout(f"{url.host} did not answer before the scrape deadline") from None
         except aiohttp.ClientPayloadError:
             self._count(project_id, "network")

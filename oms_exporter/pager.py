@@ -105,7 +105,7 @@ class Pager(Generic[R]):
         records: dict[Any, R] = {}
         error: OmsError | None = None
         try:
-            async with asyncio.timeout(clock.remaining(deadline)):
+            async with clock.timeout_at(deadline):
                 records = await collect()
         except TimeoutError:
             error = Timeout("listing did not finish before the scrape deadline")

@@ -374,6 +374,10 @@ class Options(BaseModel):
         10.0, "scrape budget when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds`",
         flag="oms.scrape-timeout")
     timeout_offset: Duration = setting(0.5, "margin kept back from the scrape timeout", flag="oms.timeout-offset")
+    request_timeout: Annotated[Duration, Field(gt=0, le=600)] = setting(
+        5.0, "time one request to OMS or IAM may take; then it is given up and tried again, within the scrape's "
+        "deadline (a scrape with a longer deadline never holds the listing others share on a request that hangs)",
+        flag="oms.request-timeout")
     listing: Literal["liveness", "full"] = setting(
         "liveness", "`liveness`: live states every scrape, finished tasks kept and checked by counts (see *Listing*); "
         "`full`: every task on every scrape", flag="oms.listing")

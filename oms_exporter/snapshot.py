@@ -165,7 +165,8 @@ class Snapshots:
         fut, listing_deadline = entry  # the deadline of the scrape that started the listing
         try:
             # shield: a scrape that gives up must not cancel the listing others wait for.
-            return await asyncio.wait_for(asyncio.shield(fut), clock.remaining(deadline)), listing_deadline
+            async with clock.timeout_at(deadline):
+                return await asyncio.shield(fut), listing_deadline
         except TimeoutError:
             project = self._projects[name]
             if deadline < listing_deadline:

@@ -155,7 +155,8 @@ async def _open(settings: Settings, stats: SelfMetrics, clock: Clock, areas: Seq
     # No automatic decompression: Http reads and unpacks answers within --oms.max-response-size.
     session = aiohttp.ClientSession(connector=connector, raise_for_status=False, auto_decompress=False,
                                     cookie_jar=aiohttp.DummyCookieJar())
-    http = Http(session, clock, stats.request, ssl=tls, max_body=opts.max_response_size)
+    http = Http(session, clock, stats.request, ssl=tls, max_body=opts.max_response_size,
+                request_timeout=opts.request_timeout)
     slots = {area.name: area.slots(opts.max_concurrency) for area in areas}
     projects = {}
     for t in settings.targets:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,16 +32,23 @@ prometheus_client.disable_created_metrics()
 
 
 class ManualClock(Clock):
-    """Real time plus an offset that the test moves; `sleep()` moves it instead of waiting.
+    """Real time plus an offset that the test moves; waiting on it moves it instead of waiting.
 
     A coroutine that sleeps resumes at once, with the clock at (at least) the time it asked
     to wake up at, so back-off and pauses cost a test no real time; `slept` lists the waits.
+    Deadlines (`timeout_at`) follow the clock: when it moves past one, that block times out
+    at once. A sleep that would pass a deadline first lets real work settle (SETTLE), then
+    moves the clock to that deadline only, and so on: a stand-in that hangs for a minute (it
+    sleeps on this clock) fails a scrape's 10 s deadline at 10 s, without the test waiting.
     """
+
+    SETTLE = 0.02  # real seconds a sleep past a deadline leaves work that does not wait on the clock
 
     def __init__(self) -> None:
         self.offset = 0.0
         self.wall_offset = 0.0  # moves the wall clock only (set_time), as a clock set by NTP would
         self.slept: list[float] = []
+        self._deadlines: list[tuple[float, asyncio.Timeout]] = []  # of the blocks inside timeout_at now
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset
@@ -54,12 +62,32 @@ class ManualClock(Clock):
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+        loop = asyncio.get_running_loop()
+        for deadline, timeout in self._deadlines:
+            if not timeout.expired():
+                timeout.reschedule(loop.time() + self.remaining(deadline))
+
+    @contextlib.asynccontextmanager
+    async def timeout_at(self, deadline: float) -> AsyncIterator[asyncio.Timeout]:  # type: ignore[override]
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(loop.time() + self.remaining(deadline)) as timeout:
+            entry = (deadline, timeout)
+            self._deadlines.append(entry)
+            try:
+                yield timeout
+            finally:
+                self._deadlines.remove(entry)
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         wake = self.monotonic() + seconds
         await asyncio.sleep(0)
-        self.offset += max(0.0, wake - self.monotonic())
+        while earlier := [d for d, t in self._deadlines if d < wake and not t.expired()]:
+            await asyncio.sleep(self.SETTLE)
+            self.advance(max(0.0, min(earlier) - self.monotonic()))
+            await asyncio.sleep(0)
+        self.advance(max(0.0, wake - self.monotonic()))
+
 
 PROJECT = "p0000000000000000000000000000001"
 TOKEN = "test-token-7d1f0c"
@@ -75,7 +103,7 @@ def clock() -> ManualClock:
 @pytest.fixture
 def sim(clock: ManualClock) -> StandIn:
     """A stand-in with one project of 250 tasks; accepts TOKEN and the AK/SK pair."""
-    s = StandIn(tokens={TOKEN}, credentials={AK: Credential(SK)}, clock=clock.time)
+    s = StandIn(tokens={TOKEN}, credentials={AK: Credential(SK)}, clock=clock.time, sleep=clock.sleep)
     s.add_project(PROJECT, make_tasks(250, seed=3))
     return s
 

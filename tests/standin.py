@@ -46,9 +46,12 @@ class StandIn(Simulator):
     those of every OMS API (task groups and sync tasks too).
     """
 
-    def __init__(self, *args: Any, latency: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, latency: float = 0.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **kwargs: Any) -> None:
+        """`sleep`: how a fault's delay waits (the test's clock: a hanging API costs no real time)."""
         super().__init__(*args, **kwargs)
         self.latency = latency
+        self.sleep = sleep
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
         self.calls: list[tuple[str, str]] = []
@@ -106,7 +109,7 @@ class StandIn(Simulator):
 
     async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.delay:
-            await asyncio.sleep(fault.delay)
+            await self.sleep(fault.delay)
         if fault.reset:
             assert request.transport is not None
             sock = request.transport.get_extra_info("socket")
