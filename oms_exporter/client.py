@@ -95,13 +95,7 @@ class OmsClient:
 
     async def _get(self, url: URL, deadline: float) -> Answer:
         clock = self._clock
-        now = clock.monotonic()
-        if now < self._auth_blocked_until:
-            raise AuthFailed(f"authentication failed recently; next attempt in "
-                             f"{self._auth_blocked_until - now:.0f}s")
-        if now < self._throttled_until:
-            # OMS asked for a pause longer than the last scrape could wait: keep to it.
-            raise Throttled(f"OMS asked to wait; next attempt in {self._throttled_until - now:.0f}s")
+        self._check_pauses()
         attempt = 0
         renewed = False
         while True:
@@ -112,34 +106,19 @@ class OmsClient:
                 raise
             headers["User-Agent"] = USER_AGENT
             retry_after: float | None = None
-            failure: OmsError
+            failure: OmsError | None
             try:
                 answer = await self._http.request("GET", url, headers=headers, deadline=deadline,
                                                   project_id=self._target.project_id)
             except (NetworkError, BadPayload, RequestTimeout) as exc:
                 failure, wait = exc, self._backoff(attempt)
             else:
-                status = answer.status
-                if status == 200:
-                    self._auth_failures, self._auth_proven = 0, True
+                if answer.status == 401 and not renewed and await self._auth.unauthorized(headers):
+                    renewed = True
+                    continue
+                failure, wait, retry_after = self._judge(answer, attempt)
+                if failure is None:
                     return answer
-                if status == 401:
-                    if not renewed and await self._auth.unauthorized(headers):
-                        renewed = True
-                        continue
-                    self._auth_failed()
-                    raise AuthFailed(f"OMS refused the credentials ({answer.describe()})")
-                if status == 429:
-                    retry_after = _retry_after(answer.headers.get("Retry-After"), clock.time())
-                    failure = Throttled(f"OMS throttled the request ({answer.describe()})")
-                    wait = retry_after if retry_after is not None else self._backoff(attempt)
-                elif status >= 500:
-                    failure, wait = ServerError(f"OMS failed ({answer.describe()})"), self._backoff(attempt)
-                else:
-                    # Past authentication: the credentials were accepted (a 404 of ShowTask, say).
-                    self._auth_failures, self._auth_proven = 0, True
-                    raise RequestRejected(f"OMS rejected the request ({answer.describe()})", status,
-                                          error_code(answer.body))
             if attempt >= self.RETRIES or clock.monotonic() + wait >= deadline:
                 if isinstance(failure, Throttled) and retry_after:
                     # Capped like the auth pause: a bogus header must not silence a project for days.
@@ -148,6 +127,36 @@ class OmsClient:
                 raise failure
             attempt += 1
             await clock.sleep(wait)
+
+    def _check_pauses(self) -> None:
+        """AuthFailed or Throttled while a pause (after refused credentials, or asked by OMS) lasts."""
+        now = self._clock.monotonic()
+        if now < self._auth_blocked_until:
+            raise AuthFailed(f"authentication failed recently; next attempt in "
+                             f"{self._auth_blocked_until - now:.0f}s")
+        if now < self._throttled_until:
+            # OMS asked for a pause longer than the last scrape could wait: keep to it.
+            raise Throttled(f"OMS asked to wait; next attempt in {self._throttled_until - now:.0f}s")
+
+    def _judge(self, answer: Answer, attempt: int) -> tuple[OmsError | None, float, float | None]:
+        """What an answer means: (None, ...) for a 200; (the failure to retry, the wait before the next
+        attempt, Retry-After's seconds or None); AuthFailed or RequestRejected raised, not retried."""
+        status = answer.status
+        if status == 200:
+            self._auth_failures, self._auth_proven = 0, True
+            return None, 0.0, None
+        if status == 401:
+            self._auth_failed()
+            raise AuthFailed(f"OMS refused the credentials ({answer.describe()})")
+        if status == 429:
+            retry_after = _retry_after(answer.headers.get("Retry-After"), self._clock.time())
+            wait = retry_after if retry_after is not None else self._backoff(attempt)
+            return Throttled(f"OMS throttled the request ({answer.describe()})"), wait, retry_after
+        if status >= 500:
+            return ServerError(f"OMS failed ({answer.describe()})"), self._backoff(attempt), None
+        # Past authentication: the credentials were accepted (a 404 of ShowTask, say).
+        self._auth_failures, self._auth_proven = 0, True
+        raise RequestRejected(f"OMS rejected the request ({answer.describe()})", status, error_code(answer.body))
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, self.BACKOFF * (2 ** attempt))

@@ -135,47 +135,14 @@ class Http:
         if resp.content_length is not None and resp.content_length > limit:
             raise TooLarge(f"the answer of {url.host} announces {resp.content_length} bytes, more than "
                            f"--oms.max-response-size ({limit})")
-        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-        inflate: Any
-        if encoding in ("gzip", "x-gzip"):
-            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            inflate = _Deflate()  # zlib-wrapped or raw: told by the first two bytes
-        elif encoding in ("identity", ""):
-            inflate = None
-        else:
-            raise BadPayload(f"the answer of {url.host} has a Content-Encoding it was not offered: {encoding[:20]!r}")
-        parts: list[bytes] = []
-        received = produced = 0
-        too_large = TooLarge(f"the answer of {url.host} is larger than --oms.max-response-size ({limit} bytes)")
+        body = _Body(resp.headers.get("Content-Encoding", "identity"), limit, str(url.host), self.CHUNK)
+        received = 0
         async for chunk in resp.content.iter_chunked(self.CHUNK):
             received += len(chunk)
             if received > limit:
-                raise too_large
-            if inflate is None:
-                parts.append(chunk)
-                continue
-            data = chunk
-            while data:
-                try:
-                    # At most what is left of the limit (plus one byte, to tell "over"), a step at a time.
-                    piece = inflate.decompress(data, min(self.CHUNK, limit - produced + 1))
-                except zlib.error:
-                    raise BadPayload(f"the answer of {url.host} is not valid {encoding}") from None
-                produced += len(piece)
-                if produced > limit:
-                    raise too_large
-                parts.append(piece)
-                data = inflate.unconsumed_tail
-                if data:
-                    await asyncio.sleep(0)
-        if inflate is not None:
-            parts.append(inflate.flush())  # what zlib still holds of fully read input (< its window)
-            if not inflate.eof:
-                raise BadPayload(f"the {encoding} answer of {url.host} was cut short")
-            if produced + len(parts[-1]) > limit:
-                raise too_large
-        return b"".join(parts)
+                raise body.too_large
+            await body.add(chunk)
+        return body.done()
 
     def _count(self, project_id: str | None, code: str, seconds: float | None = None) -> None:
         if project_id is not None and self._observe is not None:
@@ -213,3 +180,51 @@ class _Deflate:
     @property
     def eof(self) -> bool:
         return self._z is not None and bool(self._z.eof)
+
+
+class _Body:
+    """An answer's body as it arrives, decompressed a step at a time within `limit` bytes."""
+
+    def __init__(self, content_encoding: str, limit: int, host: str, step: int) -> None:
+        self.encoding = content_encoding.strip().lower()
+        self.inflate: Any
+        if self.encoding in ("gzip", "x-gzip"):
+            self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self.encoding == "deflate":
+            self.inflate = _Deflate()  # zlib-wrapped or raw: told by the first two bytes
+        elif self.encoding in ("identity", ""):
+            self.inflate = None
+        else:
+            raise BadPayload(f"the answer of {host} has a Content-Encoding it was not offered: {self.encoding[:20]!r}")
+        self.limit, self.host, self.step = limit, host, step
+        self.parts: list[bytes] = []
+        self.produced = 0
+        self.too_large = TooLarge(f"the answer of {host} is larger than --oms.max-response-size ({limit} bytes)")
+
+    async def add(self, chunk: bytes) -> None:
+        if self.inflate is None:
+            self.parts.append(chunk)
+            return
+        data = chunk
+        while data:
+            try:
+                # At most what is left of the limit (plus one byte, to tell "over"), a step at a time.
+                piece = self.inflate.decompress(data, min(self.step, self.limit - self.produced + 1))
+            except zlib.error:
+                raise BadPayload(f"the answer of {self.host} is not valid {self.encoding}") from None
+            self.produced += len(piece)
+            if self.produced > self.limit:
+                raise self.too_large
+            self.parts.append(piece)
+            data = self.inflate.unconsumed_tail
+            if data:
+                await asyncio.sleep(0)
+
+    def done(self) -> bytes:
+        if self.inflate is not None:
+            self.parts.append(self.inflate.flush())  # what zlib still holds of fully read input (< its window)
+            if not self.inflate.eof:
+                raise BadPayload(f"the {self.encoding} answer of {self.host} was cut short")
+            if self.produced + len(self.parts[-1]) > self.limit:
+                raise self.too_large
+        return b"".join(self.parts)

@@ -105,8 +105,9 @@ def project(name: str, help_text: str, labels: tuple[str, ...], series: Callable
     return Family(name, help_text, labels, None, series, source=source, example=example)
 
 
-def _clipped(records: Iterable[Any]) -> int:
-    return sum(map(_is_clipped, records))
+def _clipped(records: Sequence[Any]) -> int:
+    """Records with a value cut to the limits (model.py); a record type without `clipped` cuts none."""
+    return sum(map(_is_clipped, records)) if records and hasattr(records[0], "clipped") else 0
 
 
 _is_clipped = attrgetter("clipped")
@@ -124,13 +125,17 @@ def _state_set(names: Mapping[Any, str]) -> Callable[[Any], Series]:
     return series
 
 
-def _records_per_state(records: Callable[[Listing], Sequence[Any] | None], names: Mapping[Any, str]
-                       ) -> Callable[[Listing], Series]:
+def _records_per_state(records: Callable[[Listing], Sequence[Any] | None], names: Mapping[Any, str],
+                       field: str = "status") -> Callable[[Listing], Series]:
+    """One series per state: how many of the records are in it (by their `field`); none when the
+    records were not listed."""
+    state = attrgetter(field)
+
     def series(listing: Listing) -> Series:
         found = records(listing)
         if found is None:
             return ()
-        n = collections.Counter(r.status for r in found)
+        n = collections.Counter(map(state, found))
         return [((name,), n[code]) for code, name in names.items()]
     return series
 

@@ -413,6 +413,22 @@ def _split_page(raw: bytes, key: bytes, api: str) -> tuple[list[msgspec.Raw], in
     """
     if len(raw) > _SPLIT_MAX:
         raise BadPage(f"answer nests deeper than it can be read (and is over {_SPLIT_MAX} bytes to split)")
+    spans, key_at = _record_spans(raw, key)
+    skeleton, last = [], 0
+    for a, b in spans:
+        skeleton += [raw[last:a], b"0"]
+        last = b
+    skeleton.append(raw[last:])
+    text = b"".join(skeleton)  # the records' key is before them: at the same place as in `raw`
+    try:
+        doc = msgspec.json.decode(text[:key_at] + b'"records"' + text[key_at + len(key) + 2:], type=_Skeleton)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        raise BadPage(f"answer does not have the {api} shape, or nests deeper than it can be read") from None
+    return [one_record(raw[a:b].strip()) for a, b in spans], doc.count
+
+
+def _record_spans(raw: bytes, key: bytes) -> tuple[list[tuple[int, int]], int]:
+    """Where each record of the top-level list `key` is in `raw`, and where that key is."""
     depth = 0
     name = b""  # the last string seen in the top-level object (its key, before ':')
     in_records = False
@@ -429,28 +445,16 @@ def _split_page(raw: bytes, key: bytes, api: str) -> tuple[list[msgspec.Raw], in
             depth += 1
             if depth == 2 and tok == b"[" and name == key and not spans and not in_records:
                 in_records, start, key_at = True, m.end(), name_at
+        elif in_records and depth == 2 and tok != b":":  # "," or the list's end, between two records
+            if tok == b"," or raw[start:m.start()].strip():
+                spans.append((start, m.start()))
+            start, in_records = m.end(), tok == b","
+            depth -= tok != b","
         elif tok in b"]}":
-            if in_records and depth == 2:
-                if raw[start:m.start()].strip():
-                    spans.append((start, m.start()))
-                in_records = False
             depth -= 1
-        elif tok == b"," and in_records and depth == 2:
-            spans.append((start, m.start()))
-            start = m.end()
     if not spans and not in_records:
         raise BadPage("answer nests deeper than it can be read")
-    skeleton, last = [], 0
-    for a, b in spans:
-        skeleton += [raw[last:a], b"0"]
-        last = b
-    skeleton.append(raw[last:])
-    text = b"".join(skeleton)  # the records' key is before them: at the same place as in `raw`
-    try:
-        doc = msgspec.json.decode(text[:key_at] + b'"records"' + text[key_at + len(key) + 2:], type=_Skeleton)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        raise BadPage(f"answer does not have the {api} shape, or nests deeper than it can be read") from None
-    return [one_record(raw[a:b].strip()) for a, b in spans], doc.count
+    return spans, key_at
 
 
 def one_record(raw: bytes) -> msgspec.Raw:

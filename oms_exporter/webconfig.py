@@ -171,21 +171,7 @@ def _ssl_context(tls: _TlsServerConfig, error: Callable[[str, str], None]) -> ss
         ok = False
         error(key, msg)
 
-    if not tls.cert_file:
-        fail("cert_file", "is required when tls_server_config is given")
-    if not tls.key_file:
-        fail("key_file", "is required when tls_server_config is given")
-    if tls.client_auth_type in UNVERIFIED_CLIENT_AUTH:
-        fail("client_auth_type", f"{tls.client_auth_type} (a client certificate taken without verifying "
-             "it) is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file")
-    elif tls.client_auth_type != "NoClientCert" and not tls.client_ca_file:
-        fail("client_ca_file", f"is required with client_auth_type {tls.client_auth_type}")
-    elif tls.client_auth_type == "NoClientCert" and tls.client_ca_file:
-        fail("client_auth_type", "client_ca_file is set but client_auth_type is NoClientCert; "
-             "set RequireAndVerifyClientCert or VerifyClientCertIfGiven")
-    if TLS_VERSIONS[tls.min_version] > TLS_VERSIONS[tls.max_version]:
-        fail("min_version", f"{tls.min_version} is above max_version {tls.max_version}")
-
+    _check_tls_keys(tls, fail)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated, but the toolkit format allows them
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -208,6 +194,24 @@ def _ssl_context(tls: _TlsServerConfig, error: Callable[[str, str], None]) -> ss
     if tls.client_auth_type in VERIFY_MODES:
         ctx.verify_mode = VERIFY_MODES[tls.client_auth_type]
     return ctx if ok else None
+
+
+def _check_tls_keys(tls: _TlsServerConfig, fail: Callable[[str, str], None]) -> None:
+    """The keys of tls_server_config that must go together, or must not."""
+    if not tls.cert_file:
+        fail("cert_file", "is required when tls_server_config is given")
+    if not tls.key_file:
+        fail("key_file", "is required when tls_server_config is given")
+    if tls.client_auth_type in UNVERIFIED_CLIENT_AUTH:
+        fail("client_auth_type", f"{tls.client_auth_type} (a client certificate taken without verifying "
+             "it) is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file")
+    elif tls.client_auth_type != "NoClientCert" and not tls.client_ca_file:
+        fail("client_ca_file", f"is required with client_auth_type {tls.client_auth_type}")
+    elif tls.client_auth_type == "NoClientCert" and tls.client_ca_file:
+        fail("client_auth_type", "client_ca_file is set but client_auth_type is NoClientCert; "
+             "set RequireAndVerifyClientCert or VerifyClientCertIfGiven")
+    if TLS_VERSIONS[tls.min_version] > TLS_VERSIONS[tls.max_version]:
+        fail("min_version", f"{tls.min_version} is above max_version {tls.max_version}")
 
 
 def _ssl_reason(exc: OSError) -> str:

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -78,12 +79,14 @@ class ManualClock(Clock):
             finally:
                 self._deadlines.remove(entry)
 
-    async def sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float, settled: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Wait `seconds` on this clock; `settled`: returns once the work that does not wait on the clock
+        is done (the stand-in's: no request but the hanging ones), before the clock passes a deadline."""
         self.slept.append(seconds)
         wake = self.monotonic() + seconds
         await asyncio.sleep(0)
         while earlier := [d for d, t in self._deadlines if d < wake and not t.expired()]:
-            await asyncio.sleep(self.SETTLE)
+            await (settled() if settled is not None else asyncio.sleep(self.SETTLE))
             self.advance(max(0.0, min(earlier) - self.monotonic()))
             await asyncio.sleep(0)
         self.advance(max(0.0, wake - self.monotonic()))
@@ -103,7 +106,8 @@ def clock() -> ManualClock:
 @pytest.fixture
 def sim(clock: ManualClock) -> StandIn:
     """A stand-in with one project of 250 tasks; accepts TOKEN and the AK/SK pair."""
-    s = StandIn(tokens={TOKEN}, credentials={AK: Credential(SK)}, clock=clock.time, sleep=clock.sleep)
+    s = StandIn(tokens={TOKEN}, credentials={AK: Credential(SK)}, clock=clock.time)
+    s.sleep = partial(clock.sleep, settled=s.settled)
     s.add_project(PROJECT, make_tasks(250, seed=3))
     return s
 

@@ -62,8 +62,18 @@ class StandIn(Simulator):
         self.peak_in_flight = 0
         self.api_in_flight: collections.Counter[str] = collections.Counter()  # the same, per API
         self.api_peak_in_flight: collections.Counter[str] = collections.Counter()
+        self.hanging = 0  # OMS API requests waiting out a fault's delay now
         self.auth_failures = 0  # 401 answers of OMS and IAM
         self.iam_logins = 0  # tokens IAM issued
+
+    async def settled(self) -> None:
+        """Returns once every OMS API request in flight is one that hangs (a fault's delay), and no
+        request came for a moment: the exporter then waits on its deadlines alone."""
+        while True:
+            seen = len(self.calls)
+            await asyncio.sleep(0.01)
+            if len(self.calls) == seen and self.in_flight <= self.hanging:
+                return
 
     def inject(self, fault: Fault | None = None, **kwargs: Any) -> Fault:
         fault = fault or Fault(**kwargs)
@@ -109,7 +119,11 @@ class StandIn(Simulator):
 
     async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.delay:
-            await self.sleep(fault.delay)
+            self.hanging += 1
+            try:
+                await self.sleep(fault.delay)
+            finally:
+                self.hanging -= 1
         if fault.reset:
             assert request.transport is not None
             sock = request.transport.get_extra_info("socket")
