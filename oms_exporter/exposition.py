@@ -10,7 +10,7 @@ changed record renders again only the families whose inputs changed, and a gzip 
 compresses again only the runs of CHUNK lines that changed (each run's compressed form is
 kept beside it, and reused while the run holds the same lines).
 
-`collector.SnapshotCollector` is the reference; the tests prove this module's output
+`collector.SnapshotCollector` is the reference (tests only); the tests prove this module's output
 identical to prometheus_client's text (0.0.4 and 1.0.0) and OpenMetrics encoders for every
 escaping scheme, with escaping and number formatting written here and checked against it.
 """
@@ -35,7 +35,6 @@ from prometheus_client.utils import floatToGoString
 
 from oms_exporter.area import Area
 from oms_exporter.catalog import AREAS, families
-from oms_exporter.collector import SnapshotCollector
 from oms_exporter.listing import Listing
 from oms_exporter.metrics import Family, Kind, SelfMetrics
 from oms_exporter.snapshot import SeriesPolicy
@@ -55,24 +54,60 @@ class Style:
     escaping: str
 
 
-def negotiate(accept: str) -> tuple[Style | None, str, Encoder]:
-    """prometheus_client's content negotiation, and the Style of the format it chose.
+_OPENMETRICS, _TEXT = "application/openmetrics-text", "text/plain"
+_PLAIN = Style(False, "underscores")
 
-    The Style comes from the chosen Content-Type; it is None for a format this module does
-    not write (a newer prometheus_client's), and the caller then uses the reference encoder.
+
+def negotiate(accept: str) -> tuple[Style, str, Encoder]:
+    """The format of an answer to `accept`, as the Go client negotiates it, and prometheus_client's
+    encoder and Content-Type of that format (for the exporter's own metrics written after the OMS ones).
+
+    The clauses are tried by decreasing q: OpenMetrics 1.0.0 or 0.0.1 (or no version), text 0.0.4
+    (or no version) and text 1.0.0; a version this module does not write is passed over, an
+    unknown escaping parameter ignored; when no clause matches, text 0.0.4. Every answer is this
+    module's own: no request header reaches prometheus_client's slow encoder for the OMS families.
     """
-    encoder, content_type = choose_encoder(accept)
+    escaping = "underscores"
+    for mime, params in _clauses(accept):
+        if params.get("escaping") in ESCAPINGS:
+            escaping = params["escaping"]
+        version = params.get("version", "")
+        if mime == _OPENMETRICS and version in ("", "0.0.1", "1.0.0"):
+            return _style(f"{_OPENMETRICS};version=1.0.0;escaping={escaping}")
+        if mime == _TEXT and version in ("", "0.0.4"):
+            break
+        if mime == _TEXT and version == "1.0.0":
+            return _style(f"{_TEXT};version=1.0.0;escaping={escaping}")
+    return _style("")
+
+
+def _clauses(accept: str) -> list[tuple[str, dict[str, str]]]:
+    """The media ranges of an Accept header with their parameters, by decreasing q (stable)."""
+    out = []
+    for clause in accept.split(",")[:32]:  # a header of hundreds of clauses is no scraper's
+        mime, *params = (p.strip() for p in clause.split(";"))
+        options = dict(p.partition("=")[::2] for p in params)
+        try:
+            q = float(options.pop("q", "1"))
+        except ValueError:
+            q = 0.0
+        if q > 0:
+            out.append((q, mime.lower(), options))
+    out.sort(key=lambda c: -c[0])
+    return [(mime, options) for _, mime, options in out]
+
+
+def _style(canonical: str) -> tuple[Style, str, Encoder]:
+    """The Style, Content-Type and prometheus_client encoder of the format `canonical` asks for
+    (what the installed prometheus_client makes of it: one before 0.22 knows no escaping)."""
+    encoder, content_type = choose_encoder(canonical)
     kind, *params = (p.strip() for p in content_type.split(";"))
     options = dict(p.partition("=")[::2] for p in params)
     escaping = options.get("escaping", "underscores")
-    if kind not in ("text/plain", "application/openmetrics-text") or escaping not in ESCAPINGS:
-        return None, content_type, encoder
-    if kind == "text/plain" and options.get("version") not in ("0.0.4", "1.0.0"):
-        return None, content_type, encoder
-    # OpenMetrics 1.0.0; prometheus_client before 0.22 labels the same text version=0.0.1.
-    if kind != "text/plain" and options.get("version", "1.0.0") not in ("1.0.0", "0.0.1"):
-        return None, content_type, encoder
-    return Style(kind != "text/plain", escaping), content_type, encoder
+    if kind not in (_TEXT, _OPENMETRICS) or escaping not in ESCAPINGS:
+        encoder, content_type = choose_encoder("")
+        return _PLAIN, content_type, encoder
+    return Style(kind != _TEXT, escaping), content_type, encoder
 
 
 _LEGACY_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -500,22 +535,13 @@ class Renderer:
         if not fut.cancelled():
             fut.exception()  # retrieved: every waiter may have gone
 
-    def _encode(self, listings: Sequence[Listing], policy: SeriesPolicy, with_self: bool, style: Style | None,
+    def _encode(self, listings: Sequence[Listing], policy: SeriesPolicy, with_self: bool, style: Style,
                 encoder: Encoder, gzip_ok: bool) -> bytes:
         self._stats.encodes.inc()
-        pieces: Iterable[bytes | _Run]
-        if style is None:  # a format this module does not write: the reference encoder
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(SnapshotCollector(listings, policy, self._areas))
-            if with_self:
-                registry.register(self._stats.registry)
-            pieces = [encoder(registry)]
-        else:
-            # The exporter's own metrics last, so that what they count includes this encode.
-            tail = (lambda: encoder(self._stats.registry)) if with_self else (
-                lambda: b"# EOF\n" if style.openmetrics else b"")
-            pieces = _with_tail(_pieces(listings, policy, style, self.lines, self._areas, self._table, self._stats),
-                                tail)
+        # The exporter's own metrics last, so that what they count includes this encode.
+        tail = (lambda: encoder(self._stats.registry)) if with_self else (
+            lambda: b"# EOF\n" if style.openmetrics else b"")
+        pieces = _with_tail(_pieces(listings, policy, style, self.lines, self._areas, self._table, self._stats), tail)
         return gzip_body(pieces, self.GZIP_LEVEL) if gzip_ok else b"".join(_text(pieces))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from oms_exporter.area import Context
-from oms_exporter.errors import BadPayload, RequestRejected
+from oms_exporter.errors import BadPayload, Incomplete, RequestRejected
 from oms_exporter.model import STATUS_NAMES, TOTAL_FIELDS, BadPage, Task, Totals, one_record, task_totals
 from oms_exporter.pager import Query, together
 from oms_exporter.reconcile import (
@@ -71,7 +71,8 @@ class LiveLister(TaskLister):
             log.debug("listing again" if isinstance(decision, Again) else "listing every task",
                       extra={"target": self.target.name, "reason": decision.reason})
             if isinstance(decision, Everything):
-                return await self._everything(self._scope(taken_at, last), deadline, taken_at)
+                seen = set().union(*(found.keys() for found in rnd.pages.values()))
+                return await self._everything(self._scope(taken_at, last), deadline, taken_at, len(seen))
         raise AssertionError("the last round answers Serve or Everything")
 
     def _scope(self, now: float, last: bool) -> Scope:
@@ -162,10 +163,14 @@ class LiveLister(TaskLister):
         return ({code: sums[code][0] if code in sums else 0 for code in STATUS_NAMES},
                 {code: sums[code][1] if code in sums else zeros for code in STATUS_NAMES})
 
-    async def _everything(self, scope: Scope, deadline: float, now: float) -> dict[int, Task]:
-        """Every task of the target's groups, paged through unfiltered (as --oms.listing=full lists them)."""
+    async def _everything(self, scope: Scope, deadline: float, now: float, seen: int) -> dict[int, Task]:
+        """Every task of the target's groups, paged through unfiltered (as --oms.listing=full lists them);
+        Incomplete when that finds fewer tasks than the `seen` this round already listed by state."""
         tasks: dict[int, Task] = {}
         await together(self._list_query((None, g), tasks, deadline, split=True) for g in scope.groups)
+        if len(tasks) + len(self._parser.malformed) < seen:
+            raise Incomplete(f"listing every task found {len(tasks)}, fewer than the {seen} listed by state "
+                             "this round (a count too low?)")
         self._view = view_of(tasks.values(), scope, now)
         self._served_sums = None  # some tasks may be in no state listed per state: counted from the tasks
         self._finished_listed_at = now

@@ -246,7 +246,8 @@ class TaskGroup(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A task group (TaskGroupResp): OMS splits one migration into many tasks and runs them as one."""
 
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX)] = field(name="group_id")  # never cut
-    status: int | None = None
+    # A code outside the documented 0..9 makes the record malformed: served, it would count in no state.
+    status: Annotated[int, msgspec.Meta(ge=0, le=9)] | None = None
     src: Node | None = field(default=NO_NODE, name="src_node")
     dst: DstNode | None = field(default=NO_DST, name="dst_node")
     task_type: Text = ""

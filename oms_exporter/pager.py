@@ -37,13 +37,14 @@ Query = tuple[int | None, str | None]  # (status filter, group_id filter)
 
 
 def read_page(raw: bytes, parser: RecordParser[R], area: Any, unreadable: set[int] | None = None
-              ) -> tuple[list[R], int]:
-    """The readable records and the `count` of one list answer of `area`; BadPayload when it is not that shape."""
+              ) -> tuple[list[R], int, int]:
+    """The readable records, the `count` and the number of records of one list answer of `area`;
+    BadPayload when it is not that shape."""
     try:
         raws, count = page(raw, area.api, area.records_key)
     except BadPage as exc:
         raise BadPayload(str(exc)) from None
-    return parser.parse_all(raws, unreadable), count
+    return parser.parse_all(raws, unreadable), count, len(raws)
 
 
 class Unreachable(Exception):
@@ -79,7 +80,13 @@ class Pager(Generic[R]):
         # The highest offset to ask for: the target's (the documented maximum by default),
         # lowered when OMS refuses an offset below it (an API edition with a lower cap).
         self._max_offset = min(ctx.target.max_offset, ctx.area.max_offset)
+        self._max_records = ctx.options.max_records
+        self._slots = ctx.area.slots(ctx.options.max_concurrency)  # pages asked at once, at most
+        self._pace = 0.0  # seconds the first page of the last query took
         self._requests = 0
+        # After a listing that failed as incomplete, the next ones may send as many requests as it
+        # did, no more: a list that lies never costs more and more (None: no bound).
+        self._budget: int | None = None
 
     @property
     def clock(self) -> Clock:
@@ -113,7 +120,10 @@ class Pager(Generic[R]):
             error = exc
         if error is None:
             self._parser.forget(set(self._parser.ids()) - records.keys())  # gone upstream
+            self._budget = None
         else:
+            if isinstance(error, Incomplete) and self._budget is None:
+                self._budget = self._requests
             self._failed()
         self._parser.end(ok=error is None)
         return records, error, clock.monotonic() - started
@@ -129,12 +139,21 @@ class Pager(Generic[R]):
                     unreadable: set[int] | None = None) -> tuple[list[R], int]:
         """The readable records of one page (`limit` records, the page limit by default) and its `count`.
 
-        The digests of its unreadable records are added to `unreadable`."""
+        The digests of its unreadable records are added to `unreadable`. A page with more records
+        than asked for, or than its own count leaves at its offset, is no page OMS writes: Incomplete.
+        """
+        if self._budget is not None and self._requests >= self._budget:
+            raise Incomplete(f"{self.API}: {self._budget} requests, as many as the listing that failed before, "
+                             "did not list every record")
         self._requests += 1
-        raw = await self._fetch(query, offset, limit or self._limit, deadline)
+        limit = limit or self._limit
+        raw = await self._fetch(query, offset, limit, deadline)
         async with self._parse_turn:
-            records, count = read_page(raw, self._parser, self._area, unreadable)
+            records, count, n = read_page(raw, self._parser, self._area, unreadable)
             await asyncio.sleep(0)
+        if n > limit or n > max(count - offset, 0):
+            raise Incomplete(f"{self.API} answered {n} records at offset {offset} for limit {limit}, "
+                             f"with a count of {count}")
         return records, count
 
     def _learn_offset_cap(self, answered: set[int], refused: list[int], count: int) -> None:
@@ -155,82 +174,123 @@ class Pager(Generic[R]):
         raise RequestRejected(f"OMS rejected the page at offset {low} (HTTP 400) while offsets up to "
                               f"{max(answered, default=0)} were answered", 400)
 
-    async def _page_through(self, query: Query, tasks: dict[Any, R], deadline: float) -> int:
-        """Put every task `query` matches into `tasks`; the query's count (the largest seen).
+    def _check_count(self, count: int, pages: int, deadline: float) -> None:
+        """BadPayload at once for a count no listing should page through: beyond --oms.max-records, or
+        needing more pages than the time left can fetch at the pace of the first page."""
+        if count > self._max_records:
+            raise BadPayload(f"{self.API} says it has {count} records, more than --oms.max-records "
+                             f"({self._max_records})")
+        left = self._clock.remaining(deadline)
+        fit = self._slots * left / max(self._pace, 0.001) * 2  # twice the pace so far: no false alarm
+        if pages > fit:
+            raise BadPayload(f"{self.API} says it has {count} records: {pages} pages, more than the "
+                             f"{left:.1f}s left can fetch ({fit:.0f} at {self._pace * 1000:.0f} ms a page)")
 
-        Raises _Unreachable when the count is beyond what offsets reach.
+    async def _page_through(self, query: Query, records: dict[Any, R], deadline: float) -> int:
+        """Put every record `query` matches into `records`; the query's count (the largest seen).
+
+        Raises Unreachable when the count is beyond what offsets reach.
         """
-        limit, reach = self._limit, self._reach()
-        counts: set[int] = set()
-        answered: set[int] = set()
-        refused: list[int] = []
-        ids: set[Any] = set()  # distinct records seen
-        unreadable: set[int] = set()  # distinct unreadable records seen (digests of their text)
-
-        async def fetch(offset: int) -> None:
-            try:
-                page_tasks, count = await self._page(query, offset, deadline, unreadable=unreadable)
-            except RequestRejected as exc:
-                if exc.status != 400 or offset == 0:
-                    raise
-                # A 400 to an offset the first page's count says holds tasks: an offset cap
-                # this API edition does not announce.
-                refused.append(offset)
-                return
-            answered.add(offset)
-            counts.add(count)
-            # A record on two pages (the list shifted between them): the later page is the fresher.
-            page_ids = list(map(_record_id, page_tasks))
-            tasks.update(zip(page_ids, page_tasks))
-            ids.update(page_ids)
-
-        async def one_pass(start_count: int) -> None:
-            """Fetch pages until every offset below the largest count seen has been fetched."""
-            fetched: set[int] = set()
-
-            def missing(count: int) -> list[int]:
-                return [o for o in range(0, min(count, reach), limit) if o not in fetched]
-
-            todo = missing(max(start_count, 1))
-            for _ in range(2 + self.MAX_GROWTH_ROUNDS):
-                if not todo:
-                    return
-                fetched.update(todo)
-                await together(fetch(o) for o in todo)
-                if refused:
-                    self._learn_offset_cap(answered, refused, max(counts))
-                    raise Unreachable(max(counts))
-                if max(counts) > reach:
-                    raise Unreachable(max(counts))
-                todo = missing(max(counts))
-            raise Incomplete(f"the task list kept growing while it was listed (count {max(counts)})")
-
+        last = self._last_count.get(query, 0)
         # Start the pages the previous listing had together with the first one (only the first
         # when they were beyond reach: its count is all this listing needs before splitting).
-        last = self._last_count.get(query, 0)
-        await one_pass(last if last <= reach else 0)
-        if len(counts) > 1:
-            # Tasks were created or deleted while the pages were fetched. Offset pages then
-            # shift, and a live task can fall between two pages fetched at different moments.
+        walk = _Walk(self, query, records, deadline)
+        await walk.one_pass(last if last <= self._reach() else 0)
+        if len(walk.counts) > 1:
+            # Records were created or deleted while the pages were fetched. Offset pages then
+            # shift, and a live record can fall between two pages fetched at different moments.
             # A second pass catches it unless the list shifts at the same place again.
-            log.debug("task list changed while listing, listing again",
-                      extra={"target": self.target.name, "counts": sorted(counts)})
-            await one_pass(max(counts))
+            log.debug("list changed while listing, listing again",
+                      extra={"target": self.target.name, "api": self.API, "counts": sorted(walk.counts)})
+            await walk.one_pass(max(walk.counts))
         # Every page fetched: the distinct records must account for the count (its smallest
         # value: records deleted meanwhile lower it). Pages that repeat records while `count`
         # says there are more are a listing that missed records, not a complete one.
-        def short() -> bool:
-            return len(ids) + len(unreadable) < min(counts)
-
-        if short():
+        if walk.short():
             # A record that moved between two pages fetched at different moments while the
-            # count stayed (one task left the list as another joined): one more pass.
-            await one_pass(max(counts))
-            if short():
-                raise Incomplete(f"{self.API} answered {len(ids)} distinct records over every page (twice), "
-                                 f"but its count says {min(counts)}")
-        self._last_count[query] = max(counts)
-        return max(counts)
+            # count stayed (one record left the list as another joined): one more pass.
+            await walk.one_pass(max(walk.counts))
+            if walk.short():
+                raise Incomplete(f"{self.API} answered {len(walk.ids)} distinct records over every page (twice), "
+                                 f"but its count says {min(walk.counts)}")
+        self._last_count[query] = max(walk.counts)
+        return max(walk.counts)
+
+
+class _Walk(Generic[R]):
+    """The pages of one query of one listing: what they said, page by page and pass by pass."""
+
+    def __init__(self, pager: Pager[R], query: Query, records: dict[Any, R], deadline: float) -> None:
+        self.pager, self.query, self.records, self.deadline = pager, query, records, deadline
+        self.counts: set[int] = set()
+        self.answered: set[int] = set()
+        self.refused: list[int] = []
+        self.ids: set[Any] = set()  # distinct records seen
+        self.unreadable: set[int] = set()  # distinct unreadable records seen (digests of their text)
+        self.end: int | None = None  # this pass: an offset whose page was short (the list ends there)
+
+    def short(self) -> bool:
+        return len(self.ids) + len(self.unreadable) < min(self.counts)
+
+    async def one_pass(self, start_count: int) -> None:
+        """Fetch pages until every offset below the largest count seen has been fetched."""
+        pager = self.pager
+        limit, reach = pager._limit, pager._reach()
+        fetched: set[int] = set()
+        self.end = None
+        count = max(start_count, 1)
+        for _ in range(2 + pager.MAX_GROWTH_ROUNDS):
+            todo = [o for o in range(0, min(count, reach), limit) if o not in fetched]
+            if not todo:
+                return
+            if self.counts:
+                pager._check_count(count, len(todo), self.deadline)
+            fetched.update(todo)
+            await self._fetch_all(todo)
+            count = max(self.counts)
+            if self.refused:
+                pager._learn_offset_cap(self.answered, self.refused, count)
+                raise Unreachable(count)
+            if count > reach:
+                raise Unreachable(count)
+            pager._check_count(count, 0, self.deadline)
+        raise Incomplete(f"the list kept growing while it was listed (count {max(self.counts)})")
+
+    async def _fetch_all(self, offsets: list[int]) -> None:
+        """Fetch these pages, as many at once as the area has request slots; past the offset of a short
+        page (the list ends before its count says) none is asked."""
+        it = iter(offsets)
+
+        async def worker() -> None:
+            for offset in it:
+                if self.end is None or offset <= self.end:
+                    await self._fetch(offset)
+
+        await together(worker() for _ in range(min(self.pager._slots, len(offsets))))
+
+    async def _fetch(self, offset: int) -> None:
+        pager = self.pager
+        started = pager._clock.monotonic()
+        unreadable = len(self.unreadable)
+        try:
+            page, count = await pager._page(self.query, offset, self.deadline, unreadable=self.unreadable)
+        except RequestRejected as exc:
+            if exc.status != 400 or offset == 0:
+                raise
+            # A 400 to an offset the first page's count says holds records: an offset cap this
+            # API edition does not announce.
+            self.refused.append(offset)
+            return
+        if offset == 0:
+            pager._pace = pager._clock.monotonic() - started
+        self.answered.add(offset)
+        self.counts.add(count)
+        if len(page) + len(self.unreadable) - unreadable < min(pager._limit, count - offset):
+            self.end = offset if self.end is None else min(self.end, offset)  # a short page: the list ends
+        # A record on two pages (the list shifted between them): the later page is the fresher.
+        page_ids = list(map(_record_id, page))
+        self.records.update(zip(page_ids, page))
+        self.ids.update(page_ids)
 
 
 class PagedLister(Pager[Any]):

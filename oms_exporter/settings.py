@@ -366,6 +366,10 @@ class Options(BaseModel):
         8 * 1024**2, "largest answer one OMS or IAM request may bring, compressed and decompressed (`8MiB`: "
         "a page of 100 tasks is ~100 KB); a larger one fails the listing as `bad_payload`",
         flag="oms.max-response-size", shown="`8MiB`")
+    max_records: Annotated[int, Field(ge=1000, le=100_000_000)] = setting(
+        2_000_000, "the most records one list may say it has (its `count`); a larger count, or one that needs more "
+        "pages than the time left can fetch, fails that collector at once as `bad_payload`",
+        flag="oms.max-records")
     page_limit: Annotated[int, Field(ge=1, le=100)] = setting(
         100, "records per list page: tasks, task groups, sync tasks (1..100)", flag="oms.page-limit")
     # The scrape budget when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds header,
@@ -518,56 +522,65 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
             errors.append("--config.file: is empty (give the path of a YAML file with targets:)")
         else:
             config_file = Path(flags["config_file"])
+    options = _options(flags, switches, errors)
+    if only_target is not None:
+        targets = [only_target]
+    else:
+        targets = _file_targets(config_file, switches, errors) if config_file is not None else []
+        _env_target(targets, config_file, errors)
+    if not errors and not targets:
+        errors.append("no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, "
+                      "or give --config.file with targets")
+    if errors or options is None:
+        raise SettingsError(errors)
+    return Settings(options=options, targets=targets, switches=switches)
 
+
+def _options(flags: Mapping[str, Any], switches: Mapping[str, bool], errors: list[str]) -> Options | None:
     try:
         options = Options.model_validate(flags)
     except ValidationError as exc:
         errors += _lines(exc, lambda loc: _flag_of(loc) if loc else "flags")
-        options = None
-    if options is not None:
-        errors += [f"--collector.{name}: no such collector" for name in options.collectors if name not in switches]
+        return None
+    errors += [f"--collector.{name}: no such collector" for name in options.collectors if name not in switches]
+    return options
 
-    targets: list[Target] = []
-    if only_target is not None:
-        targets, config_file = [only_target], None
-    if config_file is not None:
-        try:
-            raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            errors.append(f"--config.file: cannot read {config_file}: {exc.strerror}")
-            raw = None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            errors.append(f"--config.file: {config_file}{where} is not valid YAML")
-            raw = None
-        else:
-            try:
-                targets = FileConfig.model_validate(raw if raw is not None else {},
-                                                    context={"areas": tuple(switches)}).targets
-            except ValidationError as exc:
-                errors += _lines(exc, lambda loc: f"{config_file}: {_loc(loc) or 'file'}")
 
-    data = env_target() if only_target is None else None
-    if data is not None:
-        try:
-            from_env = Target.model_validate(data)
-        except ValidationError as exc:
-            errors += _lines(exc, lambda loc: _env_name(str(loc[0])) if loc else "OMS_* environment")
-        else:
-            if any(t.name == from_env.name for t in targets):
-                errors.append(f"OMS_TARGET_NAME: target name {from_env.name!r} is also in {config_file}")
-            elif any(t.project_id == from_env.project_id for t in targets):
-                errors.append(f"OMS_PROJECT_ID: project {from_env.project_id} is also in {config_file}")
-            targets.append(from_env)
+def _file_targets(config_file: Path, switches: Mapping[str, bool], errors: list[str]) -> list[Target]:
+    """The targets of the YAML file (none when it is unreadable or bad: its lines are in `errors`)."""
+    try:
+        raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        errors.append(f"--config.file: cannot read {config_file}: {exc.strerror}")
+        return []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        errors.append(f"--config.file: {config_file}{where} is not valid YAML")
+        return []
+    try:
+        return FileConfig.model_validate(raw if raw is not None else {}, context={"areas": tuple(switches)}).targets
+    except ValidationError as exc:
+        errors += _lines(exc, lambda loc: f"{config_file}: {_loc(loc) or 'file'}")
+        return []
 
-    if not errors and not targets:
-        errors.append("no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, "
-                      "or give --config.file with targets")
-    if errors:
-        raise SettingsError(errors)
-    assert options is not None
-    return Settings(options=options, targets=targets, switches=switches)
+
+def _env_target(targets: list[Target], config_file: Path | None, errors: list[str]) -> None:
+    """Add the target the OMS_* environment defines, if any, to `targets`."""
+    data = env_target()
+    if data is None:
+        return
+    try:
+        from_env = Target.model_validate(data)
+    except ValidationError as exc:
+        errors += _lines(exc, lambda loc: _env_name(str(loc[0])) if loc else "OMS_* environment")
+        return
+    if any(t.name == from_env.name for t in targets):
+        errors.append(f"OMS_TARGET_NAME: target name {from_env.name!r} is also in {config_file}")
+    elif any(t.project_id == from_env.project_id for t in targets):
+        errors.append(f"OMS_PROJECT_ID: project {from_env.project_id} is also in {config_file}")
+    else:
+        targets.append(from_env)
 
 
 def _env_name(field: str) -> str:

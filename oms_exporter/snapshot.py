@@ -117,6 +117,7 @@ class Snapshots:
     # A scrape whose deadline is at least this much later than that of the failed listing it
     # joined lists again (see _one); closer deadlines (scrapes of one burst) share the failure.
     RELIST_MARGIN = 1.0
+    REPEAT_EVERY = 600.0  # seconds before a warning that still holds is written again
 
     def __init__(self, projects: dict[str, Project], observer: Observer, clock: Clock,
                  min_interval: float = 0.0) -> None:
@@ -127,6 +128,8 @@ class Snapshots:
         # target name -> (the listing in flight, its deadline)
         self._inflight: dict[str, tuple[asyncio.Task[Listing], float]] = {}
         self._last: dict[str, tuple[float, Listing]] = {}  # target name -> (monotonic time, last listing)
+        # (target, collector, what) -> (the state last warned of, monotonic time): no warning every scrape.
+        self._reported: dict[tuple[str, str, str], tuple[object, float]] = {}
 
     async def get(self, names: Sequence[str], deadline: float) -> list[Listing]:
         """Listings of the named targets, each finished or failed by `deadline` (`Clock.monotonic()` time)."""
@@ -178,6 +181,29 @@ class Snapshots:
             failed = project.failed(Timeout("listing still running at this scrape's deadline"), clock.time())
             return failed, deadline
 
+    def _report(self, name: str, collector: str, part: Part) -> None:
+        """Log what went wrong with one area of a listing: a warning when it is new (or REPEAT_EVERY
+        after the last one), a debug line while it lasts, an info line when it is over."""
+        extra: dict[str, object] = {"target": name, "collector": collector}
+        if part.error is not None:
+            extra |= {"reason": part.error.reason, "error": str(part.error), "requests": part.requests,
+                      "duration_seconds": round(part.duration, 3)}
+            log.log(self._level((name, collector, "failed"), part.error.reason), "listing failed", extra=extra)
+        elif self._reported.pop((name, collector, "failed"), None) is not None:
+            log.info("listing recovered", extra=extra)
+        if part.malformed and part.error is None:
+            log.log(self._level((name, collector, "malformed"), part.malformed), "skipped malformed records",
+                    extra=extra | {"count": part.malformed})
+
+    def _level(self, key: tuple[str, str, str], state: object) -> int:
+        """WARNING for a state not reported yet (or not for REPEAT_EVERY), else DEBUG."""
+        now = self._clock.monotonic()
+        last = self._reported.get(key)
+        if last is not None and last[0] == state and now - last[1] < self.REPEAT_EVERY:
+            return logging.DEBUG
+        self._reported[key] = (state, now)
+        return logging.WARNING
+
     def last(self, name: str) -> Listing | None:
         """The last listing of the target `name` that finished, if any."""
         entry = self._last.get(name)
@@ -201,20 +227,9 @@ class Snapshots:
             listing = project.failed(InternalError("internal error, see the exporter's log"), self._clock.time())
         finally:
             self._inflight.pop(name, None)
-        reasons: set[str] = set()
-        for collector, error in listing.collectors.items():
-            if error is None:
-                continue
-            reasons.add(error.reason)
-            part = listing.parts[collector]
-            log.warning("listing failed", extra={
-                "target": name, "collector": collector, "reason": error.reason, "error": str(error),
-                "requests": part.requests, "duration_seconds": round(part.duration, 3)})
-        for reason in sorted(reasons):  # one failed listing: each of its reasons once
-            self._observer.listing_failed(pid, reason)
+        for reason in sorted({e.reason for e in listing.collectors.values() if e is not None}):
+            self._observer.listing_failed(pid, reason)  # one failed listing: each of its reasons once
         for collector, part in listing.parts.items():
-            if part.malformed and part.error is None:
-                log.warning("skipped malformed records",
-                            extra={"target": name, "collector": collector, "count": part.malformed})
+            self._report(name, collector, part)
         self._last[name] = (self._clock.monotonic(), listing)
         return listing

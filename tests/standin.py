@@ -58,6 +58,9 @@ class StandIn(Simulator):
         # Called with each OMS API request before it is answered: lets a test change the
         # task list between pages, as users do by creating tasks mid-listing.
         self.on_list: Callable[[web.Request], None] | None = None
+        # Called with each OMS API request and its answer's JSON (when 200): what it returns is sent
+        # instead. A stand-in that lies: counts that do not add up, pages larger than asked for.
+        self.rewrite: Callable[[web.Request, Any], Any] | None = None
         self.in_flight = 0  # OMS API requests (of every API) being answered now, and the most at once
         self.peak_in_flight = 0
         self.api_in_flight: collections.Counter[str] = collections.Counter()  # the same, per API
@@ -112,6 +115,9 @@ class StandIn(Simulator):
                 self.on_list(request)
             resp = await handler(request)
             self.auth_failures += resp.status == 401
+            if self.rewrite is not None and resp.status == 200 and isinstance(resp, web.Response) and resp.body:
+                doc = self.rewrite(request, msgspec.json.decode(bytes(resp.body)))  # type: ignore[arg-type]
+                return web.Response(body=msgspec.json.encode(doc), content_type="application/json")
             return resp
         finally:
             self.in_flight -= 1

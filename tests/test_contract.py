@@ -322,6 +322,8 @@ def _wire_record(area: Area) -> dict[str, Any]:
             continue
         if "int" in str(f.type) and "str" not in str(f.type):  # a number field (model.Num, a status code)
             out[f.encode_name] = 1001 + i
+    if "status" in out:
+        out["status"] = 2  # a state code must be one of the documented ones
     return out
 
 

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
 
 from oms_exporter import exposition as x
 from oms_exporter.collector import SnapshotCollector
@@ -168,7 +167,7 @@ def reference(lsts: list[Listing], policy: SeriesPolicy, accept: str, extra: Col
     registry.register(SnapshotCollector(lsts, policy))
     if extra is not None:
         registry.register(extra)
-    encoder, _ = choose_encoder(accept)
+    _, _, encoder = x.negotiate(accept)  # prometheus_client's encoder of the format negotiated
     return encoder(registry)
 
 
@@ -327,14 +326,26 @@ def test_renderer_body_with_self_metrics(accept: str, gzip_ok: bool) -> None:
     assert probe == reference(lsts, policy, accept)
 
 
-def test_unknown_encoder_falls_back_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    def other(registry: CollectorRegistry) -> bytes:
-        return b"other\n"
-
-    monkeypatch.setattr(x, "choose_encoder", lambda accept: (other, "text/x-other"))
-    style, content_type, encoder = x.negotiate("")
-    assert style is None and content_type == "text/x-other"
-    assert x.Renderer(stats())._encode(listings(), SeriesPolicy(), False, style, encoder, False) == b"other\n"
+@pytest.mark.parametrize("accept, openmetrics, escaping", [
+    ("application/openmetrics-text;version=2.0.0", False, "underscores"),  # a version not written: text
+    ("application/openmetrics-text;version=2.0.0;escaping=dots,application/openmetrics-text;version=1.0.0",
+     True, "dots"),  # passed over; its known escaping counts, as in the Go client
+    ("application/openmetrics-text;version=1.0.0;escaping=rot13", True, "underscores"),  # unknown: ignored
+    ("text/plain;version=0.0.4;q=0.3,application/openmetrics-text;version=1.0.0;q=0.5", True, "underscores"),
+    ("text/plain;version=9.9.9,*/*", False, "underscores"),
+    ("application/openmetrics-text;version=1.0.0;q=0", False, "underscores"),  # q=0: not acceptable
+    ("application/json", False, "underscores"),
+])
+def test_every_accept_goes_to_the_fast_encoder(accept: str, openmetrics: bool, escaping: str) -> None:
+    """Issue 22, row 6: a version the exporter does not write gets the Go client's answer (the next
+    clause, else text 0.0.4); the reference encoder is reachable from no header."""
+    style, content_type, _ = x.negotiate(accept)
+    assert style.openmetrics is openmetrics
+    if "escaping" in content_type:  # prometheus_client 0.22 and later: the escaping asked for, when known
+        assert style.escaping == escaping
+    lsts = listings()
+    assert x.Renderer(stats())._encode(lsts, SeriesPolicy(), False, style, x.negotiate(accept)[2], False) \
+        == reference(lsts, SeriesPolicy(), accept)
 
 
 texts = st.text(st.characters(codec="utf-8"), max_size=12)

@@ -114,7 +114,7 @@ def listing_of(body: bytes) -> Listing:
     parser = RecordParser(parse_task)
     parser.begin()
     try:
-        page, _ = read_page(body, parser, AREAS[0])
+        page, _, _ = read_page(body, parser, AREAS[0])
     except BadPayload as exc:
         return make_listing(TARGET, NOW, error=exc)
     tasks = {}

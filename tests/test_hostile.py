@@ -41,8 +41,14 @@ def task_ids(s: Any) -> set[str]:
     return {dict(lab)["task_id"] for lab in values(s, "oms_task_info", project_id=PROJECT)}
 
 
+ONE_PAGE = 99  # tasks that one page of 100 holds with a broken record beside them
+
+
 def listing_page(sim: StandIn, records: list[dict[str, Any]] | None = None) -> bytes:
-    """A ListTasks answer holding every task of the project (and `records` first)."""
+    """A ListTasks answer holding every task of the project (and `records` first), the project cut to
+    ONE_PAGE tasks first: a page holds at most its limit (100) records."""
+    for tid in sorted(sim.projects[PROJECT])[ONE_PAGE:]:
+        sim.remove_task(PROJECT, tid)
     tasks = (records or []) + [sim.projects[PROJECT][i] for i in sorted(sim.projects[PROJECT], reverse=True)]
     return msgspec.json.encode({"tasks": tasks, "count": len(tasks)})
 
@@ -93,7 +99,7 @@ async def test_both_kinds_of_deflate_are_read(wbits: int, sim: StandIn, exporter
     sim.inject(status=200, body=body, headers={**JSON, "Content-Encoding": "deflate"}, times=1000,
                match=lambda r: "status" not in r.query and r.query.get("limit") != "1")
     s = await scrape(await exporter(listing="full"))
-    assert value(s, "oms_up", project_id=PROJECT) == 1 and len(task_ids(s)) == 250
+    assert value(s, "oms_up", project_id=PROJECT) == 1 and len(task_ids(s)) == ONE_PAGE
 
 
 async def test_a_gzip_answer_within_the_cap_is_read(sim: StandIn, exporter: Exporter) -> None:
@@ -101,7 +107,7 @@ async def test_a_gzip_answer_within_the_cap_is_read(sim: StandIn, exporter: Expo
     sim.inject(status=200, body=body, headers={**JSON, "Content-Encoding": "gzip"}, times=1000,
                match=lambda r: "status" not in r.query and r.query.get("limit") != "1")
     s = await scrape(await exporter(listing="full"))
-    assert value(s, "oms_up", project_id=PROJECT) == 1 and len(task_ids(s)) == 250
+    assert value(s, "oms_up", project_id=PROJECT) == 1 and len(task_ids(s)) == ONE_PAGE
 
 
 @pytest.mark.parametrize("encoding, body", [
@@ -213,13 +219,14 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 async def test_one_broken_record_is_skipped_and_counted(broken: bytes, sim: StandIn, exporter: Exporter,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     good = listing_page(sim)
-    body = good.replace(b'{"tasks":[', b'{"tasks":[' + broken + b",", 1).replace(b'"count":250', b'"count":251')
+    body = good.replace(b'{"tasks":[', b'{"tasks":[' + broken + b",", 1).replace(
+        b'"count":%d' % ONE_PAGE, b'"count":%d' % (ONE_PAGE + 1))
     sim.inject(status=200, body=body, headers=JSON, times=1000,
                match=lambda r: "status" not in r.query and r.query.get("limit") != "1")
     s = await scrape(await exporter(listing="full"))
     assert value(s, "oms_up", project_id=PROJECT) == 1
     assert value(s, "oms_malformed_tasks", project_id=PROJECT) == 1
-    assert len(task_ids(s)) == 250 and "424242" not in task_ids(s)
+    assert len(task_ids(s)) == ONE_PAGE and "424242" not in task_ids(s)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
