@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from oms_exporter.area import Area
 from oms_exporter.groups import TASK_GROUPS
-from oms_exporter.metrics import COLLECTOR_SUCCESS, HEAD, SELF_METRIC_NAMES, Family
+from oms_exporter.metrics import COLLECTOR_SUCCESS, HEAD, SELF_METRIC_NAMES, Family, project_info
 from oms_exporter.syncs import SYNC_TASKS
 from oms_exporter.tasks import TASKS
 
@@ -19,11 +19,13 @@ from oms_exporter.tasks import TASKS
 AREAS: tuple[Area, ...] = (TASKS, TASK_GROUPS, SYNC_TASKS)
 
 
-def families(areas: Sequence[Area] = AREAS) -> tuple[Family, ...]:
+def families(areas: Sequence[Area] = AREAS, info_labels: tuple[str, ...] = ()) -> tuple[Family, ...]:
     """Every OMS family, in output order: oms_up and the listing time, the first area's families,
-    oms_collector_success, then every other area's families in table order."""
+    oms_collector_success, every other area's families in table order, then oms_project_info (with
+    the static label names `info_labels`)."""
     first, *others = areas
-    return (*HEAD, *first.families, COLLECTOR_SUCCESS, *(f for area in others for f in area.families))
+    return (*HEAD, *first.families, COLLECTOR_SUCCESS, *(f for area in others for f in area.families),
+            project_info(info_labels))
 
 
 def metric_names(areas: Sequence[Area] = AREAS) -> frozenset[str]:

@@ -33,11 +33,12 @@ class SnapshotCollector(Collector):
         self._listings = listings
         self._policy = policy
         self._areas = areas
+        self._table = families(areas, tuple(sorted({k for lst in listings for k in lst.target.labels})))
 
     def collect(self) -> Iterator[Metric]:
         area_of = {area.kind: area.name for area in self._areas}
         records: dict[tuple[int, str], Sequence[Any] | None] = {}
-        for family in families(self._areas):
+        for family in self._table:
             fam = GaugeMetricFamily(family.name, family.help, labels=list(family.label_names))
             read = family.read
             for listing in self._listings:

@@ -509,19 +509,19 @@ class Renderer:
         self.lines = RecordLines()
         self._stats = stats
         self._areas = tuple(areas)
-        self._table = families(areas)
         self._inflight: dict[tuple[object, ...], tuple[Sequence[Listing], asyncio.Future[bytes]]] = {}
 
-    async def render(self, listings: Sequence[Listing], policy: SeriesPolicy, with_self: bool,
-                     accept: str, gzip_ok: bool) -> tuple[bytes, str, bool]:
-        """(body, content type, gzipped) of one scrape; `with_self` adds the exporter's own metrics."""
+    async def render(self, listings: Sequence[Listing], policy: SeriesPolicy, table: tuple[Family, ...],
+                     with_self: bool, accept: str, gzip_ok: bool) -> tuple[bytes, str, bool]:
+        """(body, content type, gzipped) of one scrape of the families `table` (catalog.families);
+        `with_self` adds the exporter's own metrics."""
         style, content_type, encoder = negotiate(accept)
-        key = (tuple(id(lst) for lst in listings), policy, with_self, content_type, gzip_ok)
+        key = (tuple(id(lst) for lst in listings), policy, id(table), with_self, content_type, gzip_ok)
         entry = self._inflight.get(key)
         # The entry holds the listings, so their ids in `key` cannot be reused while it exists.
         if entry is None or any(a is not b for a, b in zip(entry[0], listings)):
             fut = asyncio.get_running_loop().run_in_executor(
-                None, self._encode, listings, policy, with_self, style, encoder, gzip_ok)
+                None, self._encode, listings, policy, with_self, style, encoder, gzip_ok, table)
             entry = (listings, fut)
             self._inflight[key] = entry
             fut.add_done_callback(lambda f: self._done(key, f))
@@ -536,12 +536,13 @@ class Renderer:
             fut.exception()  # retrieved: every waiter may have gone
 
     def _encode(self, listings: Sequence[Listing], policy: SeriesPolicy, with_self: bool, style: Style,
-                encoder: Encoder, gzip_ok: bool) -> bytes:
+                encoder: Encoder, gzip_ok: bool, table: tuple[Family, ...] | None = None) -> bytes:
         self._stats.encodes.inc()
+        table = table or families(self._areas)
         # The exporter's own metrics last, so that what they count includes this encode.
         tail = (lambda: encoder(self._stats.registry)) if with_self else (
             lambda: b"# EOF\n" if style.openmetrics else b"")
-        pieces = _with_tail(_pieces(listings, policy, style, self.lines, self._areas, self._table, self._stats), tail)
+        pieces = _with_tail(_pieces(listings, policy, style, self.lines, self._areas, table, self._stats), tail)
         return gzip_body(pieces, self.GZIP_LEVEL) if gzip_ok else b"".join(_text(pieces))
 
 

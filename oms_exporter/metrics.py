@@ -165,6 +165,21 @@ LISTED_AT = project(
     source="per project: when the served listing was started (with `--oms.min-interval` a listing is "
            "served again until it is that old)",
     example="`time() - oms_listing_timestamp_seconds`")
+PROJECT_INFO_HELP = ("Facts of a target: its project's name and region, and the static labels of its "
+                     "configuration (configured or discovered); the value is always 1. Join any series on project_id.")
+
+
+def project_info(extra: tuple[str, ...] = ()) -> Family:
+    """oms_project_info with the static label names `extra` (every target's `labels:` keys, in order)."""
+    def series(listing: Listing) -> Series:
+        t = listing.target
+        return (((t.project_name or t.name, t.region, *(t.labels.get(k, "") for k in extra)), 1),)
+
+    return project("oms_project_info", PROJECT_INFO_HELP, ("project_name", "region", *extra), series,
+                   source="per target: `project_name`, `region` and its static `labels:`, value 1",
+                   example="`oms_up * on (project_id) group_left (region) oms_project_info`")
+
+
 COLLECTOR_SUCCESS = project(
     "oms_collector_success",
     "1 when the collector (API area: tasks, task_groups, sync_tasks) listed the project in the last "
@@ -230,6 +245,22 @@ SELF_FAMILIES = (
     SelfFamily("oms_exporter_encodes_total", "counter", "Response bodies encoded (concurrent scrapes of the "
                "same listings in the same format share one).", (),
                "bodies encoded", "`rate(oms_exporter_encodes_total[5m])`"),
+    SelfFamily("oms_discovery_projects", "gauge", "Projects the discovery entry found in its last successful "
+               "refresh, by what became of them: scraped (a target), forbidden (OMS answered 403 there), "
+               "not_offered (no OMS in that region), disabled, excluded (by the entry's lists, or not a region "
+               "project, like MOS).", ("discovery", "state"),
+               "per discovery entry: its projects by state (`scraped`, `forbidden`, `not_offered`, `disabled`, "
+               "`excluded`), every state present", '`oms_discovery_projects{state="forbidden"} > 0`'),
+    SelfFamily("oms_discovery_success", "gauge", "1 when the last refresh of the discovery entry succeeded (its "
+               "project list is the last good one otherwise).", ("discovery",),
+               "per discovery entry: 1 when its last refresh succeeded", "`oms_discovery_success == 0`"),
+    SelfFamily("oms_discovery_last_success_timestamp_seconds", "gauge", "Unix time of the discovery entry's last "
+               "successful refresh.", ("discovery",), "per discovery entry: when its project list was last good",
+               "`time() - oms_discovery_last_success_timestamp_seconds > 1800`"),
+    SelfFamily("oms_discovery_errors_total", "counter", "Failed refreshes of the discovery entry, by reason (the "
+               "reasons of oms_scrape_errors_total).", ("discovery", "reason"),
+               "per discovery entry: failed refreshes by reason, every reason at 0 from the start",
+               "`increase(oms_discovery_errors_total[1h]) > 0`"),
     SelfFamily("oms_exporter_encoded_records_total", "counter", "Records written by the encoder: 'reused' "
                "when the record had not changed since the last encode (its lines were kept), 'rendered' "
                "when its lines were written anew.", ("kind", "result"),

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -137,6 +138,17 @@ HttpUrlStr = Annotated[str | None, BeforeValidator(_check_http_url)]
 # The largest `offset` the ListTasks reference documents.
 MAX_OFFSET = 2147483647
 NonEmpty = Annotated[str, Field(min_length=1)]
+# Names a target's or a discovery entry's static labels may not take: those the exporter sets itself.
+RESERVED_LABELS = frozenset({"project_id", "project_name", "region", "job", "instance", "discovery"})
+
+
+def _label_name(name: str) -> str:
+    if name in RESERVED_LABELS or name.startswith("__"):
+        raise ValueError(f"{name!r} is a label the exporter or Prometheus sets itself")
+    return name
+
+
+LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"), AfterValidator(_label_name)]
 
 # Secret fields and the `*_file` twin each one may be read from.
 SECRET_FIELDS = ("auth_token", "ak", "sk", "security_token", "iam_password")
@@ -177,6 +189,12 @@ class Target(BaseModel):
     iam_domain: str | None = setting(None, "account (domain) name of the IAM user", env="OMS_IAM_DOMAIN")
     iam_endpoint: HttpUrlStr = setting(None, "IAM endpoint", env="OMS_IAM_ENDPOINT",
                                        shown="`https://iam.{region}.myhuaweicloud.com`")
+
+    project_name: Annotated[str, Field(min_length=1, max_length=64)] | None = setting(
+        None, "the project's name, as `oms_project_info` shows it", shown="the target's name")
+    labels: dict[LabelName, Annotated[str, Field(max_length=1024)]] = setting(
+        {}, "static labels (`team: data`): on the target's `oms_project_info` and its `/discovery` group",
+        shown="none", max_length=32)
 
     # Listing shape.
     statuses: list[Annotated[int, Field(ge=1, le=7)]] | None = setting(
@@ -471,6 +489,11 @@ class Settings(BaseModel):
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
+
+    @property
+    def info_labels(self) -> tuple[str, ...]:
+        """The static label names of every target, in order: the extra labels of oms_project_info."""
+        return tuple(sorted({k for t in self.targets for k in t.labels}))
 
     def lists(self, target: Target, area: str) -> bool:
         """Whether the API area `area` is listed for `target`: its own setting, else the flag's, else the

@@ -24,7 +24,7 @@ from prometheus_client.exposition import gzip_accepted
 from oms_exporter import __version__
 from oms_exporter.area import Area, Context
 from oms_exporter.auth import make_auth
-from oms_exporter.catalog import AREAS
+from oms_exporter.catalog import AREAS, families
 from oms_exporter.client import OmsClient
 from oms_exporter.clock import Clock
 from oms_exporter.exposition import Renderer
@@ -68,10 +68,12 @@ class Generation:
     closed (listings cancelled, session closed) when the last of them is done.
     """
 
-    def __init__(self, settings: Settings, snapshots: Snapshots, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Settings, snapshots: Snapshots, session: aiohttp.ClientSession,
+                 areas: Sequence[Area] = AREAS) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.session = session
+        self.table = families(areas, settings.info_labels)  # the OMS families, in output order
         self._users = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -164,7 +166,7 @@ async def _open(settings: Settings, stats: SelfMetrics, clock: Clock, areas: Seq
         on = [area for area in areas if settings.lists(t, area.name)]
         projects[t.name] = Project(t, {area.name: area.lister(Context(area, client, t, clock, opts)) for area in on},
                                    clock)
-    return Generation(settings, Snapshots(projects, stats, clock, min_interval=opts.min_interval), session)
+    return Generation(settings, Snapshots(projects, stats, clock, min_interval=opts.min_interval), session, areas)
 
 
 async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
@@ -229,7 +231,7 @@ async def _respond(request: web.Request, gen: Generation, names: Sequence[str],
     app = request.app
     listings = await gen.snapshots.get(names, _deadline(request, gen.settings))
     body, content_type, zipped = await app[RENDERER].render(
-        listings, app[POLICY], with_self, request.headers.get("Accept", ""),
+        listings, app[POLICY], gen.table, with_self, request.headers.get("Accept", ""),
         gzip_accepted(request.headers.get("Accept-Encoding", "")))
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     resp.content_length = len(body)
