@@ -27,7 +27,7 @@ from yarl import URL
 from oms_exporter.clock import Clock
 from oms_exporter.errors import AuthFailed, BadPayload, OmsError, ServerError, Throttled
 from oms_exporter.http import Http
-from oms_exporter.settings import Target
+from oms_exporter.settings import Credentials, DiscoveryEntry, Target
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ def host_header(url: URL) -> str:
 class AkSkAuth(Auth):
     """Signs each request with an access key pair (optionally temporary, with a security token)."""
 
-    def __init__(self, ak: str, sk: str, project_id: str, security_token: str | None = None,
+    def __init__(self, ak: str, sk: str, project_id: str | None, security_token: str | None = None,
                  clock: Clock | None = None) -> None:
+        """`project_id` None: no X-Project-Id (an account-wide call: IAM's project list)."""
         self._ak, self._sk, self._project_id = ak, sk, project_id
         self._security_token = security_token
         self._clock = clock or Clock()
@@ -118,10 +119,11 @@ class AkSkAuth(Auth):
         headers = {
             "Content-Type": "application/json",
             "Host": host_header(url),
-            "X-Project-Id": self._project_id,
             "X-Sdk-Date": sdk_date,
             **(extra or {}),
         }
+        if self._project_id:
+            headers["X-Project-Id"] = self._project_id
         if self._security_token:
             headers["X-Security-Token"] = self._security_token
         lower = {k.lower(): v for k, v in headers.items()}
@@ -137,14 +139,19 @@ class AkSkAuth(Auth):
 # --- IAM password token ------------------------------------------------------------------
 
 class IamPasswordAuth(Auth):
-    """Obtains a project-scoped token from IAM with a user's password and renews it in time."""
+    """Obtains a token from IAM with a user's password, scoped to one project (or to the account, for
+    IAM's project list), and renews it in time."""
 
     # Renew this long before expiry (or at half the lifetime for short-lived tokens).
     RENEW_MARGIN = 3600.0
 
-    def __init__(self, http: Http, target: Target, clock: Clock) -> None:
+    def __init__(self, http: Http, creds: Credentials, clock: Clock, *, project_id: str | None, iam_url: str,
+                 name: str) -> None:
         self._http = http
-        self._target = target
+        self._creds = creds
+        self._scope = {"project": {"id": project_id}} if project_id else {"domain": {"name": creds.iam_domain}}
+        self._iam_url = iam_url
+        self._name = name  # the target or discovery entry: log lines
         self._clock = clock
         self._token: str | None = None
         self._renew_at = 0.0  # Unix time
@@ -158,7 +165,7 @@ class IamPasswordAuth(Auth):
     async def unauthorized(self, sent: Mapping[str, str]) -> bool:
         async with self._lock:
             if self._token is not None and sent.get("X-Auth-Token") == self._token:
-                log.info("IAM token refused by OMS, renewing", extra={"target": self._target.name})
+                log.info("IAM token refused by OMS, renewing", extra={"target": self._name})
                 self._token = None
         return True
 
@@ -187,15 +194,15 @@ class IamPasswordAuth(Auth):
             return self._token
 
     async def _renew(self, deadline: float) -> None:
-        t = self._target
+        t = self._creds
         assert t.iam_password is not None
         body = {"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
                 "domain": {"name": t.iam_domain}, "name": t.iam_username,
                 "password": t.iam_password.get_secret_value()}}},
-            "scope": {"project": {"id": t.project_id}},
+            "scope": self._scope,
         }}
-        url = URL(t.iam_url + "/v3/auth/tokens").with_query(nocatalog="true")
+        url = URL(self._iam_url + "/v3/auth/tokens").with_query(nocatalog="true")
         # Not an OMS request: not counted in oms_api_requests_total. Transport failures
         # (timeout, network) say IAM could not be asked: no verdict on the password.
         answer = await self._http.request("POST", url, deadline=deadline, body=msgspec.json.encode(body),
@@ -217,7 +224,7 @@ class IamPasswordAuth(Auth):
         # A 24 h token is renewed after 23 h; one shorter than twice the margin at half its life
         # (min() here would renew a 1 h token before every request).
         self._renew_at = now + max(lifetime - self.RENEW_MARGIN, lifetime / 2)
-        log.info("IAM token obtained", extra={"target": t.name, "expires_in_seconds": round(lifetime)})
+        log.info("IAM token obtained", extra={"target": self._name, "expires_in_seconds": round(lifetime)})
 
 
 def _expires_at(raw: bytes) -> float | None:
@@ -237,4 +244,14 @@ def make_auth(target: Target, http: Http, clock: Clock) -> Auth:
         assert target.ak is not None and target.sk is not None
         return AkSkAuth(target.ak.get_secret_value(), target.sk.get_secret_value(), target.project_id,
                         target.security_token.get_secret_value() if target.security_token else None, clock)
-    return IamPasswordAuth(http, target, clock)
+    return IamPasswordAuth(http, target, clock, project_id=target.project_id, iam_url=target.iam_url, name=target.name)
+
+
+def account_auth(entry: DiscoveryEntry, http: Http, clock: Clock) -> Auth:
+    """How a discovery entry asks IAM for the account's projects: signed with its AK/SK, or with a token
+    scoped to the account (a static token cannot: settings refuse it)."""
+    if entry.auth_mode == "aksk":
+        assert entry.ak is not None and entry.sk is not None
+        return AkSkAuth(entry.ak.get_secret_value(), entry.sk.get_secret_value(), None,
+                        entry.security_token.get_secret_value() if entry.security_token else None, clock)
+    return IamPasswordAuth(http, entry, clock, project_id=None, iam_url=entry.iam_url, name=f"discovery {entry.name}")

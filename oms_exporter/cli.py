@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_describe(settings))
         return 0
 
-    from oms_exporter.web import make_app, upstream_connections
+    from oms_exporter.generation import upstream_connections
+    from oms_exporter.web import make_app
 
     # Counters without `_created` series: they double the sample count and nobody graphs them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -298,6 +298,10 @@ class SelfMetrics:
         self.encoded_records: Counter = made["oms_exporter_encoded_records_total"]
         self.reload_successful: Gauge = made["oms_exporter_config_last_reload_successful"]
         self.reload_success_time: Gauge = made["oms_exporter_config_last_reload_success_timestamp_seconds"]
+        self.discovery_projects: Gauge = made["oms_discovery_projects"]
+        self.discovery_success: Gauge = made["oms_discovery_success"]
+        self.discovery_success_time: Gauge = made["oms_discovery_last_success_timestamp_seconds"]
+        self.discovery_errors: Counter = made["oms_discovery_errors_total"]
         for kind in kinds:
             for result in ("rendered", "reused"):
                 self.encoded_records.labels(kind, result)
@@ -316,13 +320,33 @@ class SelfMetrics:
         self.listings.labels(project_id)
 
     def remove_project(self, project_id: str) -> None:
-        """Drop every series of `project_id` (no longer configured after a reload)."""
-        for metric in (self.scrape_errors, self.api_requests, self.api_request_duration, self.listings):
-            names = metric._labelnames
-            for labels in {tuple(s.labels.get(n, "") for n in names) for fam in metric.collect()
-                           for s in fam.samples}:
-                if labels[0] == project_id:
-                    metric.remove(*labels)
+        """Drop every series of `project_id` (no longer configured after a reload, or no longer discovered)."""
+        _remove(project_id, self.scrape_errors, self.api_requests, self.api_request_duration, self.listings)
+
+    def add_discovery(self, entry: str, states: Iterable[str]) -> None:
+        """Every series of the discovery entry `entry`, from the start: its states and reasons at 0, not
+        (yet) successful."""
+        for state in states:
+            self.discovery_projects.labels(entry, state).set(0)
+        for reason in ERROR_REASONS:
+            self.discovery_errors.labels(entry, reason)
+        self.discovery_success.labels(entry).set(0)
+
+    def remove_discovery(self, entry: str) -> None:
+        _remove(entry, self.discovery_projects, self.discovery_success, self.discovery_success_time,
+                self.discovery_errors)
+
+    def discovery_refreshed(self, entry: str, counts: Mapping[str, int] | None, reason: str | None,
+                            at: float) -> None:
+        """A refresh of `entry` ended: the projects per state (None: it failed, for `reason`), at Unix time `at`."""
+        if counts is None:
+            self.discovery_success.labels(entry).set(0)
+            self.discovery_errors.labels(entry, reason or "internal").inc()
+            return
+        for state, n in counts.items():
+            self.discovery_projects.labels(entry, state).set(n)
+        self.discovery_success.labels(entry).set(1)
+        self.discovery_success_time.labels(entry).set(at)
 
     def config_loaded(self, ok: bool, at: float) -> None:
         """The outcome of reading the configuration files (at start, or a reload) at Unix time `at`."""
@@ -343,3 +367,12 @@ class SelfMetrics:
 
     def listing_failed(self, project_id: str, reason: str) -> None:
         self.scrape_errors.labels(project_id, reason).inc()
+
+
+def _remove(first: str, *metrics: Any) -> None:
+    """Drop the series of `metrics` whose first label value is `first`."""
+    for metric in metrics:
+        names = metric._labelnames
+        for labels in {tuple(s.labels.get(n, "") for n in names) for fam in metric.collect() for s in fam.samples}:
+            if labels[0] == first:
+                metric.remove(*labels)

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from oms_exporter.area import Context
 from oms_exporter.clock import Clock
-from oms_exporter.errors import BadPayload, Incomplete, OmsError, RequestRejected, Timeout
+from oms_exporter.errors import BadPayload, Incomplete, KeptGrowing, OmsError, RequestRejected, Timeout
 from oms_exporter.listing import Part
 from oms_exporter.model import BadPage, RecordParser, page, parser
 
@@ -84,8 +84,9 @@ class Pager(Generic[R]):
         self._slots = ctx.area.slots(ctx.options.max_concurrency)  # pages asked at once, at most
         self._pace = 0.0  # seconds the first page of the last query took
         self._requests = 0
-        # After a listing that failed as incomplete, the next ones may send as many requests as it
-        # did, no more: a list that lies never costs more and more (None: no bound).
+        # After a listing that failed because its list kept growing while it was paged (each request
+        # made it longer), the next ones may send as many requests as it did, no more, until one
+        # succeeds: a list that lies never costs more and more (None: no bound).
         self._budget: int | None = None
 
     @property
@@ -122,7 +123,7 @@ class Pager(Generic[R]):
             self._parser.forget(set(self._parser.ids()) - records.keys())  # gone upstream
             self._budget = None
         else:
-            if isinstance(error, Incomplete) and self._budget is None:
+            if isinstance(error, KeptGrowing) and self._budget is None:
                 self._budget = self._requests
             self._failed()
         self._parser.end(ok=error is None)
@@ -254,7 +255,7 @@ class _Walk(Generic[R]):
             if count > reach:
                 raise Unreachable(count)
             pager._check_count(count, 0, self.deadline)
-        raise Incomplete(f"the list kept growing while it was listed (count {max(self.counts)})")
+        raise KeptGrowing(f"the list kept growing while it was listed (count {max(self.counts)})")
 
     async def _fetch_all(self, offsets: list[int]) -> None:
         """Fetch these pages, as many at once as the area has request slots; past the offset of a short

@@ -11,6 +11,7 @@ holding one line per bad setting, each naming the setting the way the user wrote
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from collections.abc import Mapping
@@ -159,20 +160,14 @@ AUTH_MODES = {
 }
 
 
-class Target(BaseModel):
-    """One OMS project to list: where it is and how to authenticate (YAML keys are the field names)."""
+class Credentials(BaseModel):
+    """How to authenticate to IAM and OMS: one mode of three (YAML keys are the field names).
+
+    A target and a discovery entry both carry them, with the API areas' `<area>: true|false` keys.
+    """
 
     # hide_input_in_errors: the input holds secrets as plain strings.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = setting(
-        ..., "target name for `/probe?target=`", env="OMS_TARGET_NAME", shown="`default` (env)")
-    project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = setting(
-        ..., "project to list (required)", env="OMS_PROJECT_ID")
-    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")] = setting(
-        ..., "region, e.g. `cn-north-4` (required)", env="OMS_REGION")
-    endpoint: HttpUrlStr = setting(None, "OMS endpoint", env="OMS_ENDPOINT",
-                                   shown="`https://oms.{region}.myhuaweicloud.com`")
 
     auth_token: SecretStr | None = setting(None, "static IAM token (see Authentication)", env="OMS_AUTH_TOKEN")
     auth_token_file: Path | None = setting(None, "file holding auth_token", env="OMS_AUTH_TOKEN_FILE")
@@ -188,27 +183,14 @@ class Target(BaseModel):
     iam_password_file: Path | None = setting(None, "file holding iam_password", env="OMS_IAM_PASSWORD_FILE")
     iam_domain: str | None = setting(None, "account (domain) name of the IAM user", env="OMS_IAM_DOMAIN")
     iam_endpoint: HttpUrlStr = setting(None, "IAM endpoint", env="OMS_IAM_ENDPOINT",
-                                       shown="`https://iam.{region}.myhuaweicloud.com`")
-
-    project_name: Annotated[str, Field(min_length=1, max_length=64)] | None = setting(
-        None, "the project's name, as `oms_project_info` shows it", shown="the target's name")
+                                       shown="`https://iam.{region}.myhuaweicloud.com` (a target), "
+                                             "`https://iam.myhuaweicloud.com` (discovery)")
     labels: dict[LabelName, Annotated[str, Field(max_length=1024)]] = setting(
-        {}, "static labels (`team: data`): on the target's `oms_project_info` and its `/discovery` group",
-        shown="none", max_length=32)
-
-    # Listing shape.
-    statuses: list[Annotated[int, Field(ge=1, le=7)]] | None = setting(
-        None, "only list tasks in these states (codes 1..7)", min_length=1, shown="all")
-    group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = setting(
-        None, "only list tasks (and serve task groups) of these task groups", min_length=1, shown="all")
-    # `<area>: true|false` keys of a YAML target (task_groups, sync_tasks: see catalog.AREAS), gathered
-    # here when the validation context names the areas; they override the `--collector.<area>` flags.
+        {}, "static labels (`team: data`): on the target's `oms_project_info` and its `/discovery` group "
+            "(of a discovery entry: on each of its targets)", shown="none", max_length=32)
+    # `<area>: true|false` keys (task_groups, sync_tasks: see catalog.AREAS), gathered here when the
+    # validation context names the areas; they override the `--collector.<area>` flags.
     collectors: dict[str, bool] = Field(default_factory=dict, exclude=True)
-    # An API edition that caps offsets lower answers 400; the lister then learns that cap and
-    # lists per status. Set lower only to skip that one refused request.
-    max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = setting(
-        MAX_OFFSET, "highest `offset` to ask for; an API edition that refuses a lower one is learned anyway "
-                    "(see *Listing*)", env="OMS_MAX_OFFSET", shown="`2147483647` (documented maximum)")
 
     @model_validator(mode="before")
     @classmethod
@@ -244,14 +226,7 @@ class Target(BaseModel):
         data["collectors"] = {name: data.pop(name) for name in areas if name in data}
         return data
 
-    @field_validator("statuses", "group_ids")
-    @classmethod
-    def _once_each(cls, values: list[Any] | None) -> list[Any] | None:
-        # A state or group named twice would be listed (and counted) twice.
-        return None if values is None else list(dict.fromkeys(values))
-
-    @model_validator(mode="after")
-    def _one_auth_mode(self) -> Target:
+    def _check_auth(self, required: bool) -> None:
         present = {
             mode: [f for f in fields if getattr(self, f) not in (None, "")]
             for mode, fields in AUTH_MODES.items()
@@ -261,21 +236,69 @@ class Target(BaseModel):
             named = " and ".join(f"{m} ({', '.join(present[m])})" for m in chosen)
             raise ValueError(f"configure one authentication mode, not {named}")
         if not chosen:
-            raise ValueError("no credentials: set auth_token, ak + sk, or iam_username + iam_password + iam_domain")
+            if required:
+                raise ValueError("no credentials: set auth_token, ak + sk, or iam_username + iam_password + "
+                                 "iam_domain")
+            return
         mode = chosen[0]
         missing = [f for f in AUTH_MODES[mode] if getattr(self, f) in (None, "")]
         if missing:
             raise ValueError(f"{mode} authentication also needs {', '.join(missing)}")
         if self.security_token is not None and mode != "aksk":
             raise ValueError("security_token goes with ak + sk (temporary credentials)")
-        return self
 
     @property
     def auth_mode(self) -> Literal["token", "aksk", "iam"]:
         for mode, fields in AUTH_MODES.items():
             if getattr(self, fields[0]) is not None:
                 return mode  # type: ignore[return-value]
-        raise AssertionError("validated target without credentials")
+        raise AssertionError("validated settings without credentials")
+
+    @property
+    def has_credentials(self) -> bool:
+        return any(getattr(self, fields[0]) is not None for fields in AUTH_MODES.values())
+
+    def credentials(self) -> dict[str, Any]:
+        """The credential fields that are set, as input for another model (a discovered target)."""
+        names = [f for fields in AUTH_MODES.values() for f in fields] + ["security_token", "iam_endpoint"]
+        return {f: getattr(self, f) for f in names if getattr(self, f) is not None}
+
+
+class Target(Credentials):
+    """One OMS project to list: where it is and how to authenticate (YAML keys are the field names)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-][A-Za-z0-9_.:/-]{0,96}$")] = setting(
+        ..., "target name for `/probe?target=`", env="OMS_TARGET_NAME", shown="`default` (env)")
+    project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = setting(
+        ..., "project to list (required)", env="OMS_PROJECT_ID")
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")] = setting(
+        ..., "region, e.g. `cn-north-4` (required)", env="OMS_REGION")
+    endpoint: HttpUrlStr = setting(None, "OMS endpoint", env="OMS_ENDPOINT",
+                                   shown="`https://oms.{region}.myhuaweicloud.com`")
+    project_name: Annotated[str, Field(min_length=1, max_length=64)] | None = setting(
+        None, "the project's name, as `oms_project_info` shows it", shown="the target's name")
+
+    # Listing shape.
+    statuses: list[Annotated[int, Field(ge=1, le=7)]] | None = setting(
+        None, "only list tasks in these states (codes 1..7)", min_length=1, shown="all")
+    group_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = setting(
+        None, "only list tasks (and serve task groups) of these task groups", min_length=1, shown="all")
+    # An API edition that caps offsets lower answers 400; the lister then learns that cap and
+    # lists per status. Set lower only to skip that one refused request.
+    max_offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = setting(
+        MAX_OFFSET, "highest `offset` to ask for; an API edition that refuses a lower one is learned anyway "
+                    "(see *Listing*)", env="OMS_MAX_OFFSET", shown="`2147483647` (documented maximum)")
+
+    @field_validator("statuses", "group_ids")
+    @classmethod
+    def _once_each(cls, values: list[Any] | None) -> list[Any] | None:
+        # A state or group named twice would be listed (and counted) twice.
+        return None if values is None else list(dict.fromkeys(values))
+
+    @model_validator(mode="after")
+    def _one_auth_mode(self) -> Target:
+        self._check_auth(required=True)
+        return self
 
     @property
     def oms_endpoint(self) -> str:
@@ -286,12 +309,87 @@ class Target(BaseModel):
         return self.iam_endpoint or f"https://iam.{self.region}.myhuaweicloud.com"
 
 
+# The regions with an OMS endpoint in the official SDK (huaweicloudsdkoms/v2/region/oms_region.py, 3.1.2xx).
+OMS_REGIONS = frozenset({
+    "cn-north-4", "cn-north-1", "cn-east-2", "cn-east-3", "cn-south-1", "ap-southeast-1", "ap-southeast-3",
+    "la-south-2", "cn-south-4", "cn-southwest-2", "ap-southeast-4", "cn-north-9", "ap-southeast-2", "la-north-2",
+    "tr-west-1", "sa-brazil-1", "me-east-1", "af-south-1", "cn-east-4", "ap-southeast-5", "cn-north-12",
+})
+GLOBAL_IAM = "https://iam.myhuaweicloud.com"
+Region = Annotated[str, Field(pattern=r"^[a-z]{2}-[a-z]+-[0-9]{1,3}$")]
+
+
+def _pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+    return value
+
+
+def _endpoint_template(value: str) -> str:
+    if "{region}" not in value:
+        raise ValueError(f"{value!r} should hold {{region}}")
+    checked = _check_http_url(value.replace("{region}", "region"))
+    assert checked is not None
+    return value.rstrip("/")
+
+
+class DiscoveryEntry(Credentials):
+    """One account's projects found with IAM (`discovery:` in the YAML file; a list for several accounts)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = setting(
+        "default", "the entry's name: its `discovery` label, and the prefix of its targets' names (`acme/cn-north-4`) "
+                   "unless it is `default`")
+    refresh_interval: Annotated[Duration, Field(ge=1)] = setting(
+        600.0, "how often the project list is asked of IAM again (a failed refresh keeps the last good list)")
+    regions: list[Region] | None = setting(None, "only projects of these regions", min_length=1, shown="all")
+    exclude_regions: list[Region] = setting([], "no project of these regions", shown="none")
+    projects: list[Annotated[str, AfterValidator(_pattern)]] | None = setting(
+        None, "only projects whose name matches one of these regular expressions (whole name)", min_length=1,
+        shown="all")
+    exclude_projects: list[Annotated[str, AfterValidator(_pattern)]] = setting(
+        [], "no project whose name matches one of these regular expressions (whole name)", shown="none")
+    endpoint: Annotated[str, AfterValidator(_endpoint_template)] = setting(
+        "https://oms.{region}.myhuaweicloud.com", "OMS endpoint of each region, `{region}` replaced")
+    endpoints: dict[Region, HttpUrlStr] = setting(
+        {}, "OMS endpoint of a region, instead of the template (also the way to add a region the built-in "
+            "list lacks)", shown="none")
+
+    @model_validator(mode="after")
+    def _can_discover(self) -> DiscoveryEntry:
+        if self.auth_token is not None:
+            raise ValueError("a static token cannot discover projects (it is scoped to one project): "
+                             "use ak + sk, or iam_username + iam_password + iam_domain")
+        self._check_auth(required=False)
+        return self
+
+    @property
+    def iam_url(self) -> str:
+        return self.iam_endpoint or GLOBAL_IAM
+
+    def oms_endpoint(self, region: str) -> str | None:
+        """The OMS endpoint of `region`, or None when OMS is not offered there (as far as it is known)."""
+        if region in self.endpoints:
+            return self.endpoints[region]
+        return self.endpoint.replace("{region}", region) if region in OMS_REGIONS else None
+
+    def target_name(self, project_name: str) -> str:
+        return project_name if self.name == "default" else f"{self.name}/{project_name}"
+
+
 class FileConfig(BaseModel):
     """The YAML file given with --config.file."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    targets: list[Target] = Field(min_length=1)
+    targets: list[Target] = []
+    discovery: list[DiscoveryEntry] = []
+
+    @field_validator("discovery", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @field_validator("targets")
     @classmethod
@@ -307,6 +405,20 @@ class FileConfig(BaseModel):
             names.add(t.name)
             projects.add(t.project_id)
         return targets
+
+    @field_validator("discovery")
+    @classmethod
+    def _unique_entries(cls, entries: list[DiscoveryEntry]) -> list[DiscoveryEntry]:
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError("each discovery entry needs a name of its own (`name: acme`)")
+        return entries
+
+    @model_validator(mode="after")
+    def _something(self) -> FileConfig:
+        if not self.targets and not self.discovery:
+            raise ValueError("give `targets:`, `discovery:`, or both")
+        return self
 
 
 class _EnvBase(BaseSettings):
@@ -326,18 +438,33 @@ def _env_loader() -> type[BaseSettings]:
 
 
 def env_target() -> dict[str, Any] | None:
-    """The target the OMS_* environment defines, as Target input, or None when it defines none."""
+    """The target the OMS_* environment defines, as Target input, or None when it defines none.
+
+    Credentials alone define no target: with no project in the environment (nor a file), they
+    are the credentials of discovery (`env_credentials`)."""
     data = _env_loader()().model_dump(exclude_none=True)
     name = data.pop("name", "default")
     sdk = {k.removeprefix("sdk_"): data.pop(k) for k in ("sdk_ak", "sdk_sk", "sdk_security_token") if k in data}
     # The SDK variables may be set for other tools: they alone do not define a project.
-    if not data:
+    if not data.keys() - _ENV_CREDENTIALS - {"security_token", "security_token_file", "iam_endpoint"}:
         return None
     if not _ENV_CREDENTIALS & set(data):
         for field, value in sdk.items():
             if f"{field}_file" not in data:
                 data.setdefault(field, value)
     return {"name": name, **data}
+
+
+def env_credentials(sdk_too: bool = True) -> dict[str, Any]:
+    """The credentials of the environment (OMS_*, else, with `sdk_too`, the SDK's CLOUD_SDK_AK/SK), as
+    input for a discovery entry; {} when it has none."""
+    data = _env_loader()().model_dump(exclude_none=True)
+    sdk = {k.removeprefix("sdk_"): data.pop(k) for k in ("sdk_ak", "sdk_sk", "sdk_security_token") if k in data}
+    creds = {k: v for k, v in data.items() if k in _ENV_CREDENTIALS | {"security_token", "security_token_file",
+                                                                         "iam_endpoint"}}
+    if sdk_too and not _ENV_CREDENTIALS & set(creds) and "ak" in sdk and "sk" in sdk:
+        creds.update(sdk)
+    return creds if _ENV_CREDENTIALS & set(creds) else {}
 
 
 # OMS_* credential settings that, when any is set, make the CLOUD_SDK_* variables ignored
@@ -354,10 +481,23 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config_file: Path | None = setting(
-        None, "YAML file with `targets:` (projects to list); `OMS_*` variables add one more", flag="config.file")
+        None, "YAML file with `targets:` (projects to list) and `discovery:`; `OMS_*` variables add one more target "
+        "(or, without a project, discover with their credentials)", flag="config.file")
     web_config_file: Path | None = setting(
         None, "TLS and basic auth of the exporter's endpoint (exporter-toolkit format, see below)",
         flag="web.config.file")
+    discovery_iam_endpoint: HttpUrlStr = setting(
+        None, "IAM endpoint of the discovery entries that set none", flag="discovery.iam-endpoint",
+        shown="`https://iam.myhuaweicloud.com`")
+    discovery_refresh_interval: Annotated[Duration, Field(ge=1)] | None = setting(
+        None, "refresh interval of the discovery entries that set none", flag="discovery.refresh-interval",
+        shown="`10m`")
+    discovery_regions: Annotated[str, Field(pattern=r"^[a-z0-9,-]+$")] | None = setting(
+        None, "regions (comma-separated) of the discovery entries that set none", flag="discovery.regions",
+        shown="all")
+    web_external_url: HttpUrlStr = setting(
+        None, "the exporter's address as Prometheus reaches it, for `/discovery`'s targets", flag="web.external-url",
+        shown="the address each request came to")
     check_config: bool = setting(
         False, "validate the settings (and the web config file) and exit (0 good, 2 bad)", flag="check-config")
     listen_address: str = setting(":10066", "address to listen on", flag="web.listen-address")
@@ -483,7 +623,8 @@ def ca_context(path: Path) -> ssl.SSLContext:
 
 class Settings(BaseModel):
     options: Options
-    targets: list[Target]
+    targets: list[Target]  # configured (the discovered ones come and go at run time)
+    discovery: list[DiscoveryEntry] = Field(default_factory=list)
     # The API areas that can be switched off -> listed by default (catalog.switches()).
     switches: dict[str, bool] = Field(default_factory=dict)
 
@@ -492,8 +633,9 @@ class Settings(BaseModel):
 
     @property
     def info_labels(self) -> tuple[str, ...]:
-        """The static label names of every target, in order: the extra labels of oms_project_info."""
-        return tuple(sorted({k for t in self.targets for k in t.labels}))
+        """The static label names of every target and discovery entry, in order: the extra labels of
+        oms_project_info."""
+        return tuple(sorted({k for c in (*self.targets, *self.discovery) for k in c.labels}))
 
     def lists(self, target: Target, area: str) -> bool:
         """Whether the API area `area` is listed for `target`: its own setting, else the flag's, else the
@@ -531,12 +673,13 @@ def _lines(exc: ValidationError, name_of: Any) -> list[str]:
 
 
 def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
-         only_target: Target | None = None, switches: Mapping[str, bool] | None = None) -> Settings:
+         only_target: Target | None = None, only: FileConfig | None = None,
+         switches: Mapping[str, bool] | None = None) -> Settings:
     """Build and validate all settings (flags, YAML file, OMS_* environment), or raise SettingsError.
 
-    `config_file` defaults to the `config_file` flag. With `only_target` (the demo), that
-    target replaces the file and the environment. `switches`: the API areas that can be
-    switched off, and their defaults (catalog.switches()).
+    `config_file` defaults to the `config_file` flag. With `only` (the demo; `only_target`: one
+    target), that configuration replaces the file and the environment. `switches`: the API areas
+    that can be switched off, and their defaults (catalog.switches()).
     """
     switches = dict(switches or {})
     errors: list[str] = []
@@ -547,16 +690,73 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
             config_file = Path(flags["config_file"])
     options = _options(flags, switches, errors)
     if only_target is not None:
-        targets = [only_target]
+        only = FileConfig(targets=[only_target])
+    if only is not None:
+        targets, entries = list(only.targets), list(only.discovery)
     else:
-        targets = _file_targets(config_file, switches, errors) if config_file is not None else []
+        file = _file_config(config_file, switches, errors) if config_file is not None else None
+        targets, entries = (list(file.targets), list(file.discovery)) if file is not None else ([], [])
         _env_target(targets, config_file, errors)
-    if not errors and not targets:
-        errors.append("no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, "
-                      "or give --config.file with targets")
+        # OMS_* credentials and no project: discover every project. The SDK's variables are often set for
+        # other tools: alone they start nothing (they complete a discovery entry's credentials).
+        if not targets and not entries and config_file is None and env_target() is None and env_credentials(False):
+            entries.append(DiscoveryEntry())
+    entries = _complete(entries, options, errors)
+    errors += _proxy_errors()
+    if not errors and not targets and not entries:
+        errors.append("no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, or credentials alone "
+                      "(OMS_AK and OMS_SK) to discover every project, or give --config.file")
     if errors or options is None:
         raise SettingsError(errors)
-    return Settings(options=options, targets=targets, switches=switches)
+    return Settings(options=options, targets=targets, discovery=entries, switches=switches)
+
+
+def _complete(entries: list[DiscoveryEntry], options: Options | None, errors: list[str]) -> list[DiscoveryEntry]:
+    """The discovery entries with the environment's credentials where they have none, and the
+    --discovery.* flags where they set nothing."""
+    out = []
+    flags: dict[str, Any] = {}
+    if options is not None:
+        if options.discovery_iam_endpoint:
+            flags["iam_endpoint"] = options.discovery_iam_endpoint
+        if options.discovery_refresh_interval is not None:
+            flags["refresh_interval"] = options.discovery_refresh_interval
+        if options.discovery_regions:
+            flags["regions"] = [r for r in options.discovery_regions.split(",") if r]
+    for entry in entries:
+        update = {k: v for k, v in flags.items() if k not in entry.model_fields_set}
+        if not entry.has_credentials:
+            update |= env_credentials()
+        if update:
+            try:
+                entry = DiscoveryEntry.model_validate({**entry.model_dump(exclude_unset=True), **update,
+                                                       "collectors": entry.collectors})
+            except ValidationError as exc:
+                errors += _lines(exc, lambda loc, name=entry.name: f"discovery {name}" + (f": {_loc(loc)}" if loc
+                                                                                          else ""))
+                continue
+        if not entry.has_credentials:
+            errors.append(f"discovery {entry.name}: no credentials: set ak + sk or iam_username + iam_password + "
+                          "iam_domain in it, or OMS_AK and OMS_SK")
+            continue
+        out.append(entry)
+    return out
+
+
+def _proxy_errors() -> list[str]:
+    """A proxy of the environment that requests could not go through, one line each."""
+    errors = []
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        value = os.environ.get(var, "").strip()
+        if not value:
+            continue
+        url = URL(value if "://" in value else "http://" + value)
+        if url.scheme == "https":
+            errors.append(f"{var}: an https:// proxy is not supported (requests cannot speak TLS to the proxy "
+                          "itself): give its http:// URL")
+        elif url.scheme != "http" or not url.host:
+            errors.append(f"{var}: {url.scheme}:// is no proxy the exporter can use: give an http:// URL")
+    return errors
 
 
 def _options(flags: Mapping[str, Any], switches: Mapping[str, bool], errors: list[str]) -> Options | None:
@@ -569,23 +769,23 @@ def _options(flags: Mapping[str, Any], switches: Mapping[str, bool], errors: lis
     return options
 
 
-def _file_targets(config_file: Path, switches: Mapping[str, bool], errors: list[str]) -> list[Target]:
-    """The targets of the YAML file (none when it is unreadable or bad: its lines are in `errors`)."""
+def _file_config(config_file: Path, switches: Mapping[str, bool], errors: list[str]) -> FileConfig | None:
+    """The YAML file (None when it is unreadable or bad: its lines are in `errors`)."""
     try:
         raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     except OSError as exc:
         errors.append(f"--config.file: cannot read {config_file}: {exc.strerror}")
-        return []
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         errors.append(f"--config.file: {config_file}{where} is not valid YAML")
-        return []
+        return None
     try:
-        return FileConfig.model_validate(raw if raw is not None else {}, context={"areas": tuple(switches)}).targets
+        return FileConfig.model_validate(raw if raw is not None else {}, context={"areas": tuple(switches)})
     except ValidationError as exc:
         errors += _lines(exc, lambda loc: f"{config_file}: {_loc(loc) or 'file'}")
-        return []
+        return None
 
 
 def _env_target(targets: list[Target], config_file: Path | None, errors: list[str]) -> None:

@@ -131,17 +131,28 @@ class Snapshots:
         # (target, collector, what) -> (the state last warned of, monotonic time): no warning every scrape.
         self._reported: dict[tuple[str, str, str], tuple[object, float]] = {}
 
+    def set_projects(self, projects: dict[str, Project]) -> None:
+        """Serve these projects from now on; the listings of those gone are cancelled and forgotten."""
+        for name in self._projects.keys() - projects.keys():
+            entry = self._inflight.pop(name, None)
+            if entry is not None:
+                entry[0].cancel()
+            self._last.pop(name, None)
+        self._projects = projects
+
     async def get(self, names: Sequence[str], deadline: float) -> list[Listing]:
         """Listings of the named targets, each finished or failed by `deadline` (`Clock.monotonic()` time)."""
-        return list(await asyncio.gather(*(self._one(n, deadline) for n in names)))
+        projects = [self._projects[n] for n in names]  # now: discovery may change them while listings run
+        return list(await asyncio.gather(*(self._one(p, deadline) for p in projects)))
 
-    async def _one(self, name: str, deadline: float) -> Listing:
+    async def _one(self, project: Project, deadline: float) -> Listing:
         clock = self._clock
+        name = project.target.name
         last = self._last.get(name)
         if self._min_interval and last and clock.monotonic() - last[0] < self._min_interval:
             return last[1]
         while True:
-            listing, listing_deadline = await self._join(name, deadline)
+            listing, listing_deadline = await self._join(project, deadline)
             # A listing started by a scrape with an earlier deadline (a client asking for 0.6 s)
             # may have failed for want of time this scrape still has: list again, within this
             # scrape's own deadline, rather than pass that failure on. Scrapes of one burst
@@ -155,15 +166,16 @@ class Snapshots:
             log.info("listing again: the shared listing failed at an earlier scrape's deadline",
                      extra={"target": name})
 
-    async def _join(self, name: str, deadline: float) -> tuple[Listing, float]:
-        """The listing of `name` in flight (or a new one until `deadline`), and its scrape's deadline."""
+    async def _join(self, project: Project, deadline: float) -> tuple[Listing, float]:
+        """The listing of `project` in flight (or a new one until `deadline`), and its scrape's deadline."""
         clock = self._clock
+        name = project.target.name
         entry = self._inflight.get(name)
         if entry is None:
             # Each area of a listing stops itself at the listing's deadline; SETTLE before the
             # scrape's is the moment that takes, so that an area that hung is served as failed
             # beside those that finished, instead of the whole project as failed.
-            entry = (asyncio.get_running_loop().create_task(self._list(name, deadline - self.SETTLE)), deadline)
+            entry = (asyncio.get_running_loop().create_task(self._list(project, deadline - self.SETTLE)), deadline)
             self._inflight[name] = entry
         fut, listing_deadline = entry  # the deadline of the scrape that started the listing
         try:
@@ -171,7 +183,6 @@ class Snapshots:
             async with clock.timeout_at(deadline):
                 return await asyncio.shield(fut), listing_deadline
         except TimeoutError:
-            project = self._projects[name]
             if deadline < listing_deadline:
                 # The shared listing goes on for the scrape that started it; this earlier
                 # deadline is a failed listing of its own, as far as this scrape can tell.
@@ -216,9 +227,8 @@ class Snapshots:
             fut.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _list(self, name: str, deadline: float) -> Listing:
-        project = self._projects[name]
-        pid = project.target.project_id
+    async def _list(self, project: Project, deadline: float) -> Listing:
+        name, pid = project.target.name, project.target.project_id
         self._observer.listing_started(pid)
         try:
             listing = await project.run(deadline)

@@ -1,4 +1,4 @@
-"""The aiohttp app: /metrics, /probe?target=NAME, /healthz and a landing page.
+"""The aiohttp app: /metrics, /probe?target=NAME, /discovery, /healthz and a landing page.
 
 A scrape first awaits the listings (shared between concurrent scrapes by `Snapshots`),
 then has `exposition.Renderer` encode them in a worker thread, so the event loop keeps
@@ -13,25 +13,22 @@ import contextlib
 import html
 import logging
 import math
-import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.exposition import gzip_accepted
+from yarl import URL
 
 from oms_exporter import __version__
-from oms_exporter.area import Area, Context
-from oms_exporter.auth import make_auth
-from oms_exporter.catalog import AREAS, families
-from oms_exporter.client import OmsClient
+from oms_exporter.area import Area
+from oms_exporter.catalog import AREAS
 from oms_exporter.clock import Clock
 from oms_exporter.exposition import Renderer
-from oms_exporter.http import Http
+from oms_exporter.generation import Generation
 from oms_exporter.metrics import SelfMetrics
-from oms_exporter.settings import Options, Settings, SettingsError, ca_context, meta
-from oms_exporter.snapshot import Project, SeriesPolicy, Snapshots
+from oms_exporter.settings import Settings, Target
+from oms_exporter.snapshot import SeriesPolicy, Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -44,56 +41,6 @@ TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 MAX_QUERY_LENGTH = 256
 MAX_HEADER_BUDGET = 120.0  # seconds: the most a scrape-timeout header may ask for
 WRITE_PIECE = 128 * 1024  # bytes of a response body written per turn of the event loop
-
-
-def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
-    """How requests to OMS and IAM verify TLS; SettingsError (one line) for a CA file that is not a bundle."""
-    opts = settings.options
-    if opts.insecure_skip_verify:
-        log.warning("TLS VERIFICATION OF OMS AND IAM IS TURNED OFF (--oms.insecure-skip-verify): "
-                    "credentials can be intercepted; use --oms.ca-file instead")
-        return False
-    if opts.ca_file is not None:
-        try:
-            return ca_context(opts.ca_file)
-        except ValueError as exc:  # the file changed since the settings were read
-            raise SettingsError([f"--{meta(Options.model_fields['ca_file'])['flag']}: {exc}"]) from None
-    return True
-
-
-class Generation:
-    """The settings in force and what serves them: a client session and the targets' listings.
-
-    A reload makes a new one; scrapes that started on the old one finish on it, and it is
-    closed (listings cancelled, session closed) when the last of them is done.
-    """
-
-    def __init__(self, settings: Settings, snapshots: Snapshots, session: aiohttp.ClientSession,
-                 areas: Sequence[Area] = AREAS) -> None:
-        self.settings = settings
-        self.snapshots = snapshots
-        self.session = session
-        self.table = families(areas, settings.info_labels)  # the OMS families, in output order
-        self._users = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def use(self) -> Iterator[Generation]:
-        self._users += 1
-        self._idle.clear()
-        try:
-            yield self
-        finally:
-            self._users -= 1
-            if not self._users:
-                self._idle.set()
-
-    async def aclose(self, *, drain: bool = True) -> None:
-        if drain:
-            await self._idle.wait()
-        await self.snapshots.aclose()
-        await self.session.close()
 
 
 class Live:
@@ -119,8 +66,6 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clo
     app[LIVE] = Live(settings, areas)
     app[STATS] = stats or SelfMetrics(area.kind.name for area in areas)
     app[CLOCK] = clock or Clock()
-    for t in settings.targets:
-        app[STATS].add_project(t.project_id)
     app[STATS].config_loaded(True, app[CLOCK].time())
     # Flags only: a reload re-reads the files, never the options.
     opts = settings.options
@@ -131,47 +76,16 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clo
     app.router.add_get(path, metrics_handler)
     app.router.add_get("/probe", probe_handler)
     app.router.add_get("/healthz", healthz_handler)
+    app.router.add_get("/discovery", discovery_handler)
     if path != "/":
         app.router.add_get("/", landing_handler)
     return app
 
 
-def upstream_connections(settings: Settings, areas: Sequence[Area] = AREAS) -> int:
-    """The most connections the exporter opens to OMS and IAM at once: --oms.max-connections, or
-    fewer when the targets' request slots (each area's share of --oms.max-concurrency, and IAM)
-    cannot fill it."""
-    mc = settings.options.max_concurrency
-    per_target = sum(area.slots(mc) for area in areas)
-    return min(settings.options.max_connections, per_target * len(settings.targets) + 4)
-
-
-async def _open(settings: Settings, stats: SelfMetrics, clock: Clock, areas: Sequence[Area]) -> Generation:
-    """One ClientSession, one client + lister per target and area."""
-    opts = settings.options
-    tls = outbound_ssl(settings)
-    # Every target together: many targets queue for a connection instead of running the
-    # process out of file descriptors.
-    connector = aiohttp.TCPConnector(limit=upstream_connections(settings, areas), ttl_dns_cache=300, ssl=tls)
-    # No cookie jar: OMS and IAM are token/signature APIs, and a cookie set by a gateway in
-    # front of one project must not ride along to the next (or cost a jar lookup per page).
-    # No automatic decompression: Http reads and unpacks answers within --oms.max-response-size.
-    session = aiohttp.ClientSession(connector=connector, raise_for_status=False, auto_decompress=False,
-                                    cookie_jar=aiohttp.DummyCookieJar())
-    http = Http(session, clock, stats.request, ssl=tls, max_body=opts.max_response_size,
-                request_timeout=opts.request_timeout)
-    slots = {area.name: area.slots(opts.max_concurrency) for area in areas}
-    projects = {}
-    for t in settings.targets:
-        client = OmsClient(http, t, make_auth(t, http, clock), clock, slots=slots)
-        on = [area for area in areas if settings.lists(t, area.name)]
-        projects[t.name] = Project(t, {area.name: area.lister(Context(area, client, t, clock, opts)) for area in on},
-                                   clock)
-    return Generation(settings, Snapshots(projects, stats, clock, min_interval=opts.min_interval), session, areas)
-
-
 async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE]
-    live.generation = await _open(live.settings, app[STATS], app[CLOCK], live.areas)
+    live.generation = Generation(live.settings, app[STATS], app[CLOCK], live.areas)
+    await live.generation.start()
     yield
     for task in list(live.retiring):
         task.cancel()
@@ -183,14 +97,13 @@ async def reload(app: web.Application, settings: Settings) -> None:
     """Serve `settings` from the next request on (with a fresh session and listers for every target).
 
     Scrapes in flight finish on the old generation, closed when they are done; the series
-    of the exporter's own metrics for a project no longer configured go with it.
+    of the exporter's own metrics for a project (or discovery entry) no longer there go with it.
     """
     live, stats = app[LIVE], app[STATS]
-    new = await _open(settings, stats, app[CLOCK], live.areas)
     old = live.generation
+    new = Generation(settings, stats, app[CLOCK], live.areas)
+    await new.start(old)
     live.settings, live.generation = settings, new
-    for t in settings.targets:
-        stats.add_project(t.project_id)
     if old is None:
         return
 
@@ -200,10 +113,16 @@ async def reload(app: web.Application, settings: Settings) -> None:
         except asyncio.CancelledError:  # shutting down: close it now, requests or not
             await old.aclose(drain=False)
             raise
-        kept = {t.project_id for t in live.settings.targets}
-        for t in old.settings.targets:
+        current = live.generation
+        assert current is not None
+        kept = {t.project_id for t in current.targets()}
+        for t in old.targets():
             if t.project_id not in kept:
                 stats.remove_project(t.project_id)
+        entries = {d.entry.name for d in current.discoverers}
+        for d in old.discoverers:
+            if d.entry.name not in entries:
+                stats.remove_discovery(d.entry.name)
 
     task = asyncio.get_running_loop().create_task(retire(old))
     live.retiring.add(task)
@@ -261,7 +180,7 @@ async def _respond(request: web.Request, gen: Generation, names: Sequence[str],
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
     with request.app[LIVE].use() as gen:
-        return await _respond(request, gen, [t.name for t in gen.settings.targets], with_self=True)
+        return await _respond(request, gen, [t.name for t in gen.targets()], with_self=True)
 
 
 async def probe_handler(request: web.Request) -> web.StreamResponse:
@@ -271,7 +190,7 @@ async def probe_handler(request: web.Request) -> web.StreamResponse:
     if not name:
         raise web.HTTPBadRequest(text="target parameter is missing\n")  # blackbox_exporter's words
     with request.app[LIVE].use() as gen:
-        if gen.settings.target(name) is None:
+        if gen.target(name) is None:
             # Never a request to a host the configuration does not name, nor an answer that lists
             # the names it does to whoever asks.
             raise web.HTTPBadRequest(text="unknown target\n")
@@ -282,14 +201,25 @@ async def healthz_handler(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def _recent(snapshots: Snapshots | None, settings: Settings) -> str:
+async def discovery_handler(request: web.Request) -> web.Response:
+    """Prometheus HTTP service discovery (http_sd_configs): one group per target, whose `/probe` scrapes it."""
+    with request.app[LIVE].use() as gen:
+        external = gen.settings.options.web_external_url
+        address = URL(external).authority if external else request.host
+        groups = [{"targets": [address], "labels": {
+            "__param_target": t.name, "project_id": t.project_id, "project_name": t.project_name or t.name,
+            "region": t.region, **t.labels}} for t in gen.targets()]
+        return web.json_response(groups)
+
+
+def _recent(snapshots: Snapshots | None, targets: Sequence[Target]) -> str:
     """The last listing of each target, as blackbox_exporter lists its recent probes.
 
     Only what /metrics shows too: the outcome by reason (never an error's text, which may
     quote an upstream answer), when, how long, how many tasks and requests.
     """
     rows = []
-    for t in settings.targets:
+    for t in targets:
         listing = snapshots.last(t.name) if snapshots is not None else None
         if listing is None:
             cells = ["not listed yet", "", "", "", ""]
@@ -310,12 +240,13 @@ def _recent(snapshots: Snapshots | None, settings: Settings) -> str:
 
 async def landing_handler(request: web.Request) -> web.Response:
     live = request.app[LIVE]
-    settings = live.settings
-    path = settings.options.telemetry_path
+    gen = live.generation
+    path = live.settings.options.telemetry_path
+    targets = gen.targets() if gen is not None else live.settings.targets
     probes = "".join(
         f'<li><a href="/probe?target={html.escape(t.name)}">/probe?target={html.escape(t.name)}</a> '
-        f"(project {html.escape(t.project_id)}, {html.escape(t.region)})</li>" for t in settings.targets)
-    recent = _recent(live.generation.snapshots if live.generation else None, settings)
+        f"(project {html.escape(t.project_id)}, {html.escape(t.region)})</li>" for t in targets)
+    recent = _recent(gen.snapshots if gen is not None else None, targets)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>OMS exporter</title></head>
 <body><h1>OMS exporter {html.escape(__version__)}</h1>
@@ -323,6 +254,7 @@ async def landing_handler(request: web.Request) -> web.Response:
 <ul><li><a href="{html.escape(path)}">{html.escape(path)}</a>
  (every configured project and the exporter's own metrics)</li>
 {probes}
+<li><a href="/discovery">/discovery</a> (Prometheus HTTP service discovery: every target)</li>
 <li><a href="/healthz">/healthz</a></li></ul>
 {recent}
 </body></html>

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from oms_exporter.catalog import AREAS, families, switch_help, target_switch_help
 from oms_exporter.metrics import SELF_FAMILIES
-from oms_exporter.settings import Options, Target, meta, shown_default
+from oms_exporter.settings import Credentials, DiscoveryEntry, Options, Target, meta, shown_default
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -50,6 +50,9 @@ def settings_table() -> str:
         rows.append(f"| {setting} | {where} | {_default(info)} | {info.description} |")
     for area in switchable:
         rows.append(f"| `{area.name}` | YAML | `--{area.flag}` | {target_switch_help(area)} |")
+    for name, info in DiscoveryEntry.model_fields.items():
+        if name not in Credentials.model_fields:
+            rows.append(f"| `discovery.{name}` | YAML | {_default(info)} | {info.description} |")
     return "\n".join(rows)
 
 

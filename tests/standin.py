@@ -57,7 +57,7 @@ class StandIn(Simulator):
         self.calls: list[tuple[str, str]] = []
         # Called with each OMS API request before it is answered: lets a test change the
         # task list between pages, as users do by creating tasks mid-listing.
-        self.on_list: Callable[[web.Request], None] | None = None
+        self.on_list: Callable[[web.Request], Awaitable[None] | None] | None = None
         # Called with each OMS API request and its answer's JSON (when 200): what it returns is sent
         # instead. A stand-in that lies: counts that do not add up, pages larger than asked for.
         self.rewrite: Callable[[web.Request, Any], Any] | None = None
@@ -112,7 +112,9 @@ class StandIn(Simulator):
                     fault.times -= 1
                     return await self._fault(request, fault)
             if self.on_list is not None:
-                self.on_list(request)
+                done = self.on_list(request)
+                if done is not None:  # a coroutine: the request waits for it (an order between requests)
+                    await done
             resp = await handler(request)
             self.auth_failures += resp.status == 401
             if self.rewrite is not None and resp.status == 200 and isinstance(resp, web.Response) and resp.body:

@@ -100,7 +100,8 @@ async def http(clock: ManualClock) -> Any:
 
 
 def iam_auth(oms: TestServer, http: Http, clock: ManualClock, **extra: Any) -> IamPasswordAuth:
-    return IamPasswordAuth(http, target_for(oms, **{**MODES["iam"](oms), **extra}), clock)
+    target = target_for(oms, **{**MODES["iam"](oms), **extra})
+    return IamPasswordAuth(http, target, clock, project_id=target.project_id, iam_url=target.iam_url, name=target.name)
 
 
 async def token(auth: IamPasswordAuth, clock: ManualClock) -> str:

@@ -211,8 +211,9 @@ def test_cloud_sdk_variables_alone_define_no_project(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CLOUD_SDK_SK", "sdk-sk")
     with pytest.raises(SettingsError) as info:
         load({}, None)
-    assert info.value.lines == ["no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, "
-                                "or give --config.file with targets"]
+    assert info.value.lines == ["no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, or "
+                                "credentials alone (OMS_AK and OMS_SK) to discover every project, or give "
+                                "--config.file"]
 
 
 def test_env_errors(monkeypatch: pytest.MonkeyPatch) -> None:

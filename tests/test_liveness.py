@@ -7,6 +7,7 @@ and values, deleted tasks gone, `oms_tasks` per state exact; and what it cost in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from typing import Any
@@ -153,11 +154,19 @@ async def test_a_task_moving_while_the_states_are_listed_is_not_lost_or_doubled(
         await scrape(client)
         tid = next(t for t, task in account.projects[PROJECT].items() if task["status"] == 1)
         moved: list[int] = []
+        waiting_listed = asyncio.Event()
 
-        def move(request: Any, moved: list[int] = moved, tid: int = tid) -> None:
-            if not moved and request.query.get("status") == ("1" if when == "before" else "2"):
-                moved.append(tid)
-                account.patch_task(PROJECT, tid, status=2)
+        async def move(request: Any, moved: list[int] = moved, tid: int = tid,
+                       waiting_listed: asyncio.Event = waiting_listed) -> None:
+            status = request.query.get("status")
+            if status == "1":
+                waiting_listed.set()  # its page is written as soon as this returns
+            if moved or status != ("1" if when == "before" else "2"):
+                return
+            if when == "between":
+                await waiting_listed.wait()  # the requests of two states race: the waiting one first
+            moved.append(tid)
+            account.patch_task(PROJECT, tid, status=2)
 
         account.on_list = move
         account.requests.clear()

@@ -91,7 +91,7 @@ def test_yaml_targets(tmp_path, capsys):
     ([], {}, "targets:\n  - {name: a, project_id: p, region: cn-north-4, auth_token: t}\nlisten: 1\n",
      "listen: Extra inputs are not permitted"),
     ([], {}, "targets: [\n", "is not valid YAML"),
-    ([], {}, "targets: []\n", "targets: List should have at least 1 item"),
+    ([], {}, "targets: []\n", "give `targets:`, `discovery:`, or both"),
     ([], {}, "targets:\n  - {name: a, project_id: p, region: cn-north-4, auth_token: t}\n"
              "  - {name: a, project_id: q, region: cn-north-4, auth_token: t}\n", "used twice"),
     ([], {}, "targets:\n  - {name: a, project_id: p, region: cn-north-4, auth_token: t, statuses: [9]}\n",
@@ -217,8 +217,8 @@ def test_a_ca_file_broken_after_it_was_read_is_one_settings_line(tmp_path):
     """What a reload (or the start) meets when the file changes between reading the settings and using them."""
     import trustme
 
+    from oms_exporter.generation import outbound_ssl
     from oms_exporter.settings import Options, Settings, Target
-    from oms_exporter.web import outbound_ssl
 
     path = tmp_path / "ca.pem"
     trustme.CA().cert_pem.write_to_path(str(path))

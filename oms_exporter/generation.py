@@ -1,0 +1,183 @@
+"""The settings in force and what serves them: one HTTP session, the targets, their listers, discovery.
+
+A `Generation` lives from one (re)load of the settings to the next. Its targets are the
+configured ones and, while its discovery entries run, the projects they find: a project
+found or lost is a target added or removed (with its series) without a restart; a project
+both configured and discovered is listed once, under its configured name. A reload makes a
+new generation; scrapes that started on the old one finish on it, and it is closed (discovery
+and listings cancelled, session closed) when the last of them is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Iterator, Sequence
+
+import aiohttp
+
+from oms_exporter.area import Area, Context
+from oms_exporter.auth import Auth, make_auth
+from oms_exporter.catalog import AREAS, families
+from oms_exporter.client import OmsClient
+from oms_exporter.clock import Clock
+from oms_exporter.discovery import STATES, Discoverer
+from oms_exporter.http import Http, Proxies
+from oms_exporter.metrics import SelfMetrics
+from oms_exporter.settings import Options, Settings, SettingsError, Target, ca_context, meta
+from oms_exporter.snapshot import Project, Snapshots
+
+log = logging.getLogger(__name__)
+
+
+def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
+    """How requests to OMS and IAM verify TLS; SettingsError (one line) for a CA file that is not a bundle."""
+    opts = settings.options
+    if opts.insecure_skip_verify:
+        log.warning("TLS VERIFICATION OF OMS AND IAM IS TURNED OFF (--oms.insecure-skip-verify): "
+                    "credentials can be intercepted; use --oms.ca-file instead")
+        return False
+    if opts.ca_file is not None:
+        try:
+            return ca_context(opts.ca_file)
+        except ValueError as exc:  # the file changed since the settings were read
+            raise SettingsError([f"--{meta(Options.model_fields['ca_file'])['flag']}: {exc}"]) from None
+    return True
+
+
+def upstream_connections(settings: Settings, areas: Sequence[Area] = AREAS) -> int:
+    """The most connections the exporter opens to OMS and IAM at once: --oms.max-connections, or
+    fewer when the configured targets' request slots (each area's share of --oms.max-concurrency,
+    and IAM) cannot fill it (discovered targets: their number is not known in advance)."""
+    if settings.discovery:
+        return settings.options.max_connections
+    mc = settings.options.max_concurrency
+    per_target = sum(area.slots(mc) for area in areas)
+    return min(settings.options.max_connections, per_target * len(settings.targets) + 4)
+
+
+class Generation:
+    """The settings in force, the targets they make, and what lists them (see the module's docstring)."""
+
+    FIRST_DISCOVERY_WAIT = 15.0  # seconds the start waits for each entry's first project list
+
+    def __init__(self, settings: Settings, stats: SelfMetrics, clock: Clock, areas: Sequence[Area] = AREAS) -> None:
+        opts = settings.options
+        self.settings = settings
+        self.table = families(areas, settings.info_labels)  # the OMS families, in output order
+        self._stats, self._clock, self._areas = stats, clock, tuple(areas)
+        tls = outbound_ssl(settings)
+        # Every target together: many targets queue for a connection instead of running the process
+        # out of file descriptors. No cookie jar: OMS and IAM are token/signature APIs, and a cookie
+        # set by a gateway in front of one project must not ride along to the next. No automatic
+        # decompression: Http reads and unpacks answers within --oms.max-response-size. HTTPS_PROXY,
+        # HTTP_PROXY and NO_PROXY apply, as they do for the official SDK (Proxies).
+        connector = aiohttp.TCPConnector(limit=upstream_connections(settings, areas), ttl_dns_cache=300, ssl=tls)
+        self.session = aiohttp.ClientSession(connector=connector, raise_for_status=False, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar())
+        self._http = Http(self.session, clock, stats.request, ssl=tls, max_body=opts.max_response_size,
+                          request_timeout=opts.request_timeout, proxies=Proxies())
+        self._slots = {area.name: area.slots(opts.max_concurrency) for area in areas}
+        self._auths: dict[tuple[str, str], Auth] = {}  # (target name, project id) -> its credentials
+        self._projects: dict[str, Project] = {}
+        self.snapshots = Snapshots({}, stats, clock, min_interval=opts.min_interval)
+        self.discoverers = [Discoverer(entry, self._http, clock, stats, self._auth_of, self._apply)
+                            for entry in settings.discovery]
+        for d in self.discoverers:
+            stats.add_discovery(d.entry.name, STATES)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._users = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._apply()
+
+    # --- the targets ---------------------------------------------------------------------------
+    def targets(self) -> list[Target]:
+        """The configured targets, then those discovered (a project both configured and discovered,
+        or a name taken, once: the first wins)."""
+        out = list(self.settings.targets)
+        names, projects = {t.name for t in out}, {t.project_id for t in out}
+        for d in self.discoverers:
+            for t in d.targets:
+                if t.name not in names and t.project_id not in projects:
+                    out.append(t)
+                    names.add(t.name)
+                    projects.add(t.project_id)
+        return out
+
+    def target(self, name: str) -> Target | None:
+        return next((t for t in self.targets() if t.name == name), None)
+
+    def _auth_of(self, target: Target) -> Auth:
+        """A target's credentials, made once (an IAM token is asked once per project, not per probe)."""
+        key = (target.name, target.project_id)
+        auth = self._auths.get(key)
+        if auth is None:
+            auth = self._auths[key] = make_auth(target, self._http, self._clock)
+        return auth
+
+    def _apply(self) -> None:
+        """Serve the targets as they are now: listers for the new ones, none for the ones gone."""
+        targets = {t.name: t for t in self.targets()}
+        before = self._projects
+        projects = {name: p for name, p in before.items() if name in targets and p.target == targets[name]}
+        for name, t in targets.items():
+            if name not in projects:
+                projects[name] = self._project(t)
+                self._stats.add_project(t.project_id)
+        kept = {p.target.project_id for p in projects.values()}
+        for name, p in before.items():
+            if projects.get(name) is not p:
+                self._auths.pop((name, p.target.project_id), None)
+                if p.target.project_id not in kept:
+                    self._stats.remove_project(p.target.project_id)
+        self._projects = projects
+        self.snapshots.set_projects(projects)
+
+    def _project(self, t: Target) -> Project:
+        opts = self.settings.options
+        client = OmsClient(self._http, t, self._auth_of(t), self._clock, slots=self._slots)
+        on = [area for area in self._areas if self.settings.lists(t, area.name)]
+        return Project(t, {area.name: area.lister(Context(area, client, t, self._clock, opts)) for area in on},
+                       self._clock)
+
+    # --- its life ------------------------------------------------------------------------------
+    async def start(self, before: Generation | None = None) -> None:
+        """Start discovery (from the last lists of `before` for the entries it shares), and wait for
+        each entry's first list, FIRST_DISCOVERY_WAIT at most."""
+        adopted = False
+        for d in self.discoverers:
+            same = next((o for o in (before.discoverers if before else ()) if o.entry == d.entry), None)
+            if same is not None:
+                d.adopt(same)
+                adopted = True
+        if adopted:
+            self._apply()
+        self._tasks = [asyncio.get_running_loop().create_task(d.run()) for d in self.discoverers]
+        waits = [asyncio.ensure_future(d.refreshed.wait()) for d in self.discoverers]
+        if waits:
+            await asyncio.wait(waits, timeout=self.FIRST_DISCOVERY_WAIT)
+            for w in waits:
+                w.cancel()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Generation]:
+        self._users += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._idle.set()
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if drain:
+            await self._idle.wait()
+        await self.snapshots.aclose()
+        await self.session.close()
