@@ -5,14 +5,16 @@ grafana/dashboards/*.json, which are committed and provisioned as they are.
 tests/test_grafana.py fails when the committed files differ from this output.
 
 Three dashboards:
-- oms-tasks: every task of the selected projects (overview, table, trends), their task groups
-  and sync tasks, exporter health;
+- oms-tasks: every task of the selected regions and projects (overview, table, trends), their
+  task groups and sync tasks, the projects (configured or discovered) and the discovery entries,
+  exporter health;
 - oms-task: one task in detail, opened from the table's task names;
 - oms-task-group: one task group in detail with the progress of its tasks, opened from the
   task-group table.
 
 Group totals and task totals describe the same objects (every task of a group is also listed
-as a task): no panel adds them together.
+as a task): no panel adds them together. Nor does any panel add up the copies of a project's
+series that two exporters serve for a while (replicas): see `one_per` and `one_info`.
 """
 
 from __future__ import annotations
@@ -44,26 +46,49 @@ SAME_OBJECTS = ("Group totals and task totals describe the same objects (every t
 Panel = dict[str, Any]
 
 # --- PromQL ------------------------------------------------------------------------------------
+# Regions: a project's region is on its oms_project_info{project_id, project_name, region}. The
+# region variable drops the series of projects whose info names another region, with `unless`:
+# "All" drops nothing, and series of a project without an info series (an exporter older than
+# it, or before its first scrape) are kept rather than hidden.
+def in_region(expr: str) -> str:
+    """`expr` (series with a project_id) less the projects of the regions not selected."""
+    return f'({expr}) unless on (project_id) oms_project_info{{region!~"$region"}}'
+
+
+# Replicas: two exporters may serve the same project for a while (an HA pair, a move from one
+# to another, or /metrics and /probe both scraped), so every series of it comes twice, with
+# another instance or job. Figures of a project or record take one value per record
+# (`max by` its ids) before any sum, and joins take one info series per record (`topk`):
+# nothing is counted twice and no join finds two matches.
+def one_per(ids: str, expr: str) -> str:
+    return f"max by ({ids}) ({expr})"
+
+
+def one_info(ids: str, expr: str) -> str:
+    return f"topk by ({ids}) (1, {expr})"
+
+
 # Per-task metrics carry only project_id and task_id: the task filters of the dashboard (group,
 # name, status) are applied by joining oms_task_info and oms_task_status, and the join brings
 # the task name along for legends and table rows.
-INFO = 'oms_task_info{project_id=~"$project_id", group_id=~"$group_id", name=~"$task"}'
+INFO = one_info("project_id, task_id",
+                'oms_task_info{project_id=~"$project_id", group_id=~"$group_id", name=~"$task"}')
 IN_STATUS = '(oms_task_status{project_id=~"$project_id", status=~"$status"} == 1)'
 
 
 def per_task(metric: str) -> str:
     """`metric` of the tasks the variables select, with the task name as a label."""
-    return (f'({metric}{{project_id=~"$project_id"}} and on (project_id, task_id) {IN_STATUS})'
-            f" * on (project_id, task_id) group_left (name) {INFO}")
+    selected = in_region(f'{metric}{{project_id=~"$project_id"}} and on (project_id, task_id) {IN_STATUS}')
+    return f"{one_per('project_id, task_id', selected)} * on (project_id, task_id) group_left (name) {INFO}"
 
 
 def totals(metric: str) -> str:
-    """A per-project total (oms_tasks_*), over every task of the selected projects and states.
+    """A per-project total (oms_tasks_*), over every task of the selected projects, regions and states.
 
     The exporter sums these over the whole listing, so they hold whatever per-task series
     exist (--oms.per-task-series=false, finished tasks past their max age).
     """
-    return f'{metric}{{project_id=~"$project_id", status=~"$status"}}'
+    return one_per("project_id, status", in_region(f'{metric}{{project_id=~"$project_id", status=~"$status"}}'))
 
 
 def one_task(metric: str) -> str:
@@ -237,7 +262,7 @@ def dashboard(uid: str, title: str, description: str, variables: list[dict[str, 
 
 # --- the task list dashboard -------------------------------------------------------------------
 def tasks_table(y: int) -> Panel:
-    route = with_route(f"(oms_task_status{{project_id=~\"$project_id\", status=~\"$status\"}} == 1)"
+    route = with_route(f"{one_per('project_id, task_id, status', in_region(IN_STATUS))}"
                        f" * on (project_id, task_id) group_left (name, group_id, {', '.join(ROUTE_LABELS)})"
                        f" {INFO}")
     columns = [("A", route), ("B", per_task("oms_task_progress_ratio")),
@@ -269,15 +294,21 @@ def tasks_table(y: int) -> Panel:
 GROUP_SEL = 'project_id=~"$project_id", group_id=~"$group_id"'
 
 
+def per_group(metric: str) -> str:
+    """`metric` of the selected task groups, one series per group."""
+    return one_per("project_id, group_id", in_region(f"{metric}{{{GROUP_SEL}}}"))
+
+
 def groups_table(y: int) -> Panel:
-    route = with_route(f"(oms_task_group_status{{{GROUP_SEL}}} == 1) * on (project_id, group_id) group_left"
-                       f" ({', '.join(ROUTE_LABELS)}, task_type) oms_task_group_info{{{GROUP_SEL}}}")
-    columns = [("A", route), ("B", f"oms_task_group_progress_ratio{{{GROUP_SEL}}}"),
-               ("C", f"oms_task_group_speed_bytes_per_second{{{GROUP_SEL}}}"),
-               ("D", f"oms_task_group_tasks_created{{{GROUP_SEL}}}"), ("E", f"oms_task_group_tasks{{{GROUP_SEL}}}"),
-               ("F", f"oms_task_group_tasks_failed{{{GROUP_SEL}}}"),
-               ("G", f"oms_task_group_objects_failed{{{GROUP_SEL}}}"),
-               ("H", f"oms_task_group_elapsed_seconds{{{GROUP_SEL}}}")]
+    in_status = one_per("project_id, group_id, status", in_region(f"oms_task_group_status{{{GROUP_SEL}}} == 1"))
+    route = with_route(f"{in_status} * on (project_id, group_id) group_left ({', '.join(ROUTE_LABELS)}, task_type)"
+                       f" {one_info('project_id, group_id', f'oms_task_group_info{{{GROUP_SEL}}}')}")
+    columns = [("A", route), ("B", per_group("oms_task_group_progress_ratio")),
+               ("C", per_group("oms_task_group_speed_bytes_per_second")),
+               ("D", per_group("oms_task_group_tasks_created")), ("E", per_group("oms_task_group_tasks")),
+               ("F", per_group("oms_task_group_tasks_failed")),
+               ("G", per_group("oms_task_group_objects_failed")),
+               ("H", per_group("oms_task_group_elapsed_seconds"))]
     names = {"Value #B": "Progress", "Value #C": "Speed", "Value #D": "Tasks created", "Value #E": "Tasks",
              "Value #F": "Tasks failed", "Value #G": "Failed objects", "Value #H": "Running for",
              "group_id": "Group", "source": "Source", "destination": "Destination", "status": "Status",
@@ -305,14 +336,20 @@ def groups_table(y: int) -> Panel:
 SYNC_SEL = 'project_id=~"$project_id"'
 
 
+def per_sync(metric: str, extra: str = "") -> str:
+    """`metric` (with the matchers `extra`) of the selected projects' sync tasks, one series per sync task."""
+    return one_per("project_id, sync_task_id", in_region(f"{metric}{{{SYNC_SEL}{extra}}}"))
+
+
 def syncs_table(y: int) -> Panel:
-    route = with_route(f"(oms_sync_task_status{{{SYNC_SEL}}} == 1) * on (project_id, sync_task_id) group_left"
-                       f" ({', '.join(ROUTE_LABELS)}) oms_sync_task_info{{{SYNC_SEL}}}")
+    in_status = one_per("project_id, sync_task_id, status", in_region(f"oms_sync_task_status{{{SYNC_SEL}}} == 1"))
+    route = with_route(f"{in_status} * on (project_id, sync_task_id) group_left ({', '.join(ROUTE_LABELS)})"
+                       f" {one_info('project_id, sync_task_id', f'oms_sync_task_info{{{SYNC_SEL}}}')}")
     columns = [("A", route)] + [
-        (ref, f'oms_sync_task_monthly_objects{{{SYNC_SEL}, result="{result}"}}')
+        (ref, per_sync("oms_sync_task_monthly_objects", f', result="{result}"'))
         for ref, result in (("B", "requested"), ("C", "succeeded"), ("D", "failed"), ("E", "skipped"))] + [
-        ("F", f"oms_sync_task_monthly_bytes{{{SYNC_SEL}}}"),
-        ("G", f"oms_sync_task_last_start_timestamp_seconds{{{SYNC_SEL}}} * 1000")]
+        ("F", per_sync("oms_sync_task_monthly_bytes")),
+        ("G", f"{per_sync('oms_sync_task_last_start_timestamp_seconds')} * 1000")]
     names = {"Value #B": "Requested", "Value #C": "Succeeded", "Value #D": "Failed", "Value #E": "Skipped",
              "Value #F": "Bytes", "Value #G": "Last started", "sync_task_id": "Sync task", "source": "Source",
              "destination": "Destination", "status": "Status"}
@@ -330,13 +367,73 @@ def syncs_table(y: int) -> Panel:
         ])
 
 
+# --- projects and discovery ----------------------------------------------------------------------
+DISCOVERY_STATES = ("scraped", "forbidden", "not_offered", "disabled", "excluded")
+PROJECT_SEL = 'project_id=~"$project_id"'
+UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red"},
+                                             "1": {"text": "UP", "color": "green"}}}]
+
+
+def per_project(metric: str, how: str = "max") -> str:
+    """`metric` of the selected projects and regions, one series per project (`how` of its copies)."""
+    return f"{how} by (project_id) ({in_region(f'{metric}{{{PROJECT_SEL}}}')})"
+
+
+def projects_table(y: int) -> Panel:
+    # The info series with every label it has: static labels (team, environment) become columns.
+    info = one_info("project_id", f'oms_project_info{{{PROJECT_SEL}, region=~"$region"}}')
+    columns = [("A", info), ("B", per_project("oms_up", "min")),
+               ("C", f"sum by (project_id) ({totals('oms_tasks')})"),
+               ("D", per_project("oms_scrape_duration_seconds")),
+               ("E", f"time() - {per_project('oms_listing_timestamp_seconds')}")]
+    names = {"project_name": "Project", "region": "Region", "Value #B": "Up", "Value #C": "Tasks",
+             "Value #D": "Listing duration", "Value #E": "Data age"}
+    return record_table(
+        "Projects", columns, (0, y, 14, 8), names=names, hidden=("__name__", "job", "instance"),
+        order=["Project", "project_id", "Region", "Up", "Tasks", "Listing duration", "Data age"],
+        description="One row per target, configured or discovered: its project's name, id and region "
+                    "(oms_project_info, with its static labels), whether its last listing succeeded, its tasks "
+                    "in the selected states, how long the listing took and how old the data served is.",
+        overrides=[
+            override("Up", mappings=UP_MAPPINGS, custom__cellOptions={"type": "color-background"}),
+            override("Listing duration", unit="s"),
+            override("Data age", unit="s"),
+        ])
+
+
+def discovery_table(y: int) -> Panel:
+    states = [(chr(ord("C") + i), state) for i, state in enumerate(DISCOVERY_STATES)]
+    columns = [("A", "group by (discovery) (oms_discovery_success)"),
+               ("B", "min by (discovery) (oms_discovery_success)"),
+               *((ref, f'max by (discovery) (oms_discovery_projects{{state="{state}"}})') for ref, state in states),
+               ("H", "time() - min by (discovery) (oms_discovery_last_success_timestamp_seconds > 0)")]
+    titles = {state: state.replace("_", " ").capitalize() for _, state in states}
+    names = {"discovery": "Discovery", "Value #B": "Last refresh", "Value #H": "List age",
+             **{f"Value #{ref}": titles[state] for ref, state in states}}
+    return record_table(
+        "Discovery", columns, (14, y, 10, 8), names=names, hidden=(),
+        order=["Discovery", "Last refresh", *titles.values(), "List age"],
+        description="One row per discovery entry (`default` for the single form): whether its last refresh "
+                    "from IAM succeeded, its projects by state (scraped: a target; forbidden: OMS answered 403 "
+                    "there; not offered: no OMS in that region; disabled; excluded: by its lists, or not a "
+                    "region project), and how old its project list is: OmsDiscoveryFailing fires past 30 "
+                    "minutes. The project and region variables do not apply.",
+        overrides=[
+            override("Last refresh", custom__cellOptions={"type": "color-background"}, mappings=[
+                {"type": "value", "options": {"0": {"text": "failed", "color": "red"},
+                                              "1": {"text": "ok", "color": "green"}}}]),
+            red_above_0_column("Forbidden"),
+            override("List age", unit="s", custom__cellOptions={"type": "color-text"}, thresholds={
+                "mode": "absolute", "steps": [{"color": "text", "value": None}, {"color": "red", "value": 1800}]}),
+        ])
+
+
 def tasks_dashboard() -> dict[str, Any]:
     p: list[Panel] = [row("Overview", 0)]
-    p.append(stat("Tasks per status", [target(
-        'sum by (status) (oms_tasks{project_id=~"$project_id", status=~"$status"})', legend="{{status}}")],
-        (0, 1, 7, 5), description="All tasks of the projects, from the full listing (group and task "
-                                  "filters do not apply; old finished tasks included).",
-        overrides=[override(s, color={"mode": "fixed", "fixedColor": c}) for s, c in STATUS_COLORS.items()]))
+    p.append(stat("Tasks per status", [target(f'sum by (status) ({totals("oms_tasks")})', legend="{{status}}")],
+                  (0, 1, 7, 5), description="All tasks of the projects, from the full listing (group and task "
+                                            "filters do not apply; old finished tasks included).",
+                  overrides=[override(s, color={"mode": "fixed", "fixedColor": c}) for s, c in STATUS_COLORS.items()]))
     p.append(panel("gauge", "Overall progress", [target(
         f'sum({totals("oms_tasks_completed_bytes")}) / sum({totals("oms_tasks_size_bytes")})')],
         (7, 1, 4, 5), unit="percentunit", min_=0, max_=1, decimals=1,
@@ -351,12 +448,10 @@ def tasks_dashboard() -> dict[str, Any]:
                   thresholds=[(None, "green"), (1, "red")],
                   description="Failed objects of every task of the projects in the selected states "
                               "(old finished tasks included)."))
-    p.append(stat("OMS API up", [target('min by (project_id) (oms_up{project_id=~"$project_id"})',
-                                        legend="{{project_id}}")], (18, 1, 3, 5),
-                  mappings=[{"type": "value", "options": {"0": {"text": "DOWN", "color": "red"},
-                                                          "1": {"text": "UP", "color": "green"}}}],
+    p.append(stat("OMS API up", [target(per_project("oms_up", "min"), legend="{{project_id}}")], (18, 1, 3, 5),
+                  mappings=UP_MAPPINGS,
                   description="Whether the last listing of every task of the project succeeded (oms_up)."))
-    p.append(stat("Listing duration", [target('max(oms_scrape_duration_seconds{project_id=~"$project_id"})')],
+    p.append(stat("Listing duration", [target(f"max({in_region(f'oms_scrape_duration_seconds{{{PROJECT_SEL}}}')})")],
                   (21, 1, 3, 5), unit="s", thresholds=[(None, "green"), (5, "orange"), (9, "red")],
                   description="How long listing every task took at the last scrape (slowest project)."))
 
@@ -376,7 +471,8 @@ def tasks_dashboard() -> dict[str, Any]:
 
     p.append(row("Task groups", 38))
     p.append(stat("Task groups per status", [target(
-        'sum by (status) (oms_task_groups{project_id=~"$project_id"})', legend="{{status}}")],
+        f"sum by (status) ({one_per('project_id, status', in_region(f'oms_task_groups{{{PROJECT_SEL}}}'))})",
+        legend="{{status}}")],
         (0, 39, 6, 10), description="All task groups of the projects, by state (the group filter does not "
                                     "apply). " + SAME_OBJECTS,
         options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
@@ -388,37 +484,41 @@ def tasks_dashboard() -> dict[str, Any]:
     p.append(row("Sync tasks", 49))
     p.append(syncs_table(50))
     p.append(timeseries("Sync objects failed this month", [target(
-        f'oms_sync_task_monthly_objects{{{SYNC_SEL}, result="failed"}}', legend="{{sync_task_id}}")],
+        per_sync("oms_sync_task_monthly_objects", ', result="failed"'), legend="{{sync_task_id}}")],
         (14, 50, 10, 8), description="Month to date: the line drops to 0 when a month begins. A rising line "
                                      "is what OmsSyncTaskObjectsFailing alerts on."))
 
-    p.append(row("Exporter", 58))
+    p.append(row("Projects", 58))
+    p.append(projects_table(59))
+    p.append(discovery_table(59))
+
+    # Each exporter counts its own requests and errors: those add up across instances.
+    p.append(row("Exporter", 67))
     p.append(timeseries("OMS API requests", [target(
-        'sum by (project_id, code) (rate(oms_api_requests_total{project_id=~"$project_id"}[$__rate_interval]))',
-        legend="{{project_id}} {{code}}")], (0, 59, 6, 8), unit="reqps"))
+        f"sum by (project_id, code) ({in_region(f'rate(oms_api_requests_total{{{PROJECT_SEL}}}[$__rate_interval])')})",
+        legend="{{project_id}} {{code}}")], (0, 68, 6, 8), unit="reqps"))
+    buckets = in_region(f"rate(oms_api_request_duration_seconds_bucket{{{PROJECT_SEL}}}[$__rate_interval])")
     p.append(timeseries("OMS API latency", [
-        target('histogram_quantile(0.5, sum by (project_id, le) (rate('
-               'oms_api_request_duration_seconds_bucket{project_id=~"$project_id"}[$__rate_interval])))',
-               "A", "p50 {{project_id}}"),
-        target('histogram_quantile(0.99, sum by (project_id, le) (rate('
-               'oms_api_request_duration_seconds_bucket{project_id=~"$project_id"}[$__rate_interval])))',
-               "B", "p99 {{project_id}}")], (6, 59, 6, 8), unit="s"))
+        target(f"histogram_quantile(0.5, sum by (project_id, le) ({buckets}))", "A", "p50 {{project_id}}"),
+        target(f"histogram_quantile(0.99, sum by (project_id, le) ({buckets}))", "B", "p99 {{project_id}}")],
+        (6, 68, 6, 8), unit="s"))
+    errors = in_region(f"increase(oms_scrape_errors_total{{{PROJECT_SEL}}}[$__rate_interval])")
     p.append(timeseries("Listing errors", [target(
-        'sum by (project_id, reason) (increase(oms_scrape_errors_total{project_id=~"$project_id"}'
-        '[$__rate_interval]))', legend="{{project_id}} {{reason}}")], (12, 59, 5, 8),
+        f"sum by (project_id, reason) ({errors})", legend="{{project_id}} {{reason}}")], (12, 68, 5, 8),
         description="Failed listings by reason (timeout, throttled, auth, http_5xx, ...)."))
     p.append(timeseries("Listing duration and malformed tasks", [
-        target('oms_scrape_duration_seconds{project_id=~"$project_id"}', "A", "duration {{project_id}}"),
-        target('oms_malformed_tasks{project_id=~"$project_id"}', "B", "malformed {{project_id}}")],
-        (17, 59, 4, 8), unit="s", overrides=[override("B", "byFrameRefID", unit="short")]))
+        target(per_project("oms_scrape_duration_seconds"), "A", "duration {{project_id}}"),
+        target(per_project("oms_malformed_tasks"), "B", "malformed {{project_id}}")],
+        (17, 68, 4, 8), unit="s", overrides=[override("B", "byFrameRefID", unit="short")]))
     p.append(stat("Exporter version", [target("count by (version) (oms_exporter_build_info)",
-                                              legend="{{version}}", instant=True)], (21, 59, 3, 8),
+                                              legend="{{version}}", instant=True)], (21, 68, 3, 8),
                   options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                            "colorMode": "none", "graphMode": "none", "textMode": "name",
                            "justifyMode": "auto", "orientation": "auto"}))
     p.append(state_timeline("Collectors", [target(
-        'oms_collector_success{project_id=~"$project_id"}', legend="{{project_id}} {{collector}}")],
-        (0, 67, 24, 5), mappings=[{"type": "value", "options": {
+        f"min by (project_id, collector) ({in_region(f'oms_collector_success{{{PROJECT_SEL}}}')})",
+        legend="{{project_id}} {{collector}}")],
+        (0, 76, 24, 5), mappings=[{"type": "value", "options": {
             "0": {"text": "failed", "color": "red", "index": 0}, "1": {"text": "listed", "color": "green",
                                                                       "index": 1}}}],
         description="Whether each API area (tasks, task_groups, sync_tasks) of each project was listed at "
@@ -426,7 +526,10 @@ def tasks_dashboard() -> dict[str, Any]:
 
     variables = [
         datasource_variable(),
-        query_variable("project_id", "Project", "label_values(oms_up, project_id)"),
+        query_variable("region", "Region", "label_values(oms_project_info, region)"),
+        # The projects of the selected regions; with every region, also those without an info series.
+        query_variable("project_id", "Project",
+                       'label_values({__name__=~"oms_up|oms_project_info", region=~"$region"}, project_id)'),
         query_variable("group_id", "Task group",
                        # groups of the tasks, and groups served by the task-group collector
                        'label_values({__name__=~"oms_task_info|oms_task_group_info", '
@@ -534,12 +637,15 @@ def one_group(metric: str, extra: str = "") -> str:
     return f'{metric}{{project_id="$project_id", group_id="$group_id"{extra}}}'
 
 
-# The tasks of the group: their task_id and name from oms_task_info, by the group's id.
-GROUP_TASKS = 'oms_task_info{project_id="$project_id", group_id="$group_id", group_type="GROUP_TASK"}'
+# The tasks of the group: their task_id and name from oms_task_info, by the group's id (one
+# info series per task, and one value per task, however many exporters serve the project).
+GROUP_TASKS = one_info("project_id, task_id",
+                       'oms_task_info{project_id="$project_id", group_id="$group_id", group_type="GROUP_TASK"}')
 
 
 def of_group_tasks(metric: str) -> str:
-    return f'{metric}{{project_id="$project_id"}} * on (project_id, task_id) group_left (name) {GROUP_TASKS}'
+    tasks = one_per("project_id, task_id", f'{metric}{{project_id="$project_id"}}')
+    return f"{tasks} * on (project_id, task_id) group_left (name) {GROUP_TASKS}"
 
 
 def group_dashboard() -> dict[str, Any]:
@@ -599,8 +705,8 @@ def group_dashboard() -> dict[str, Any]:
         target(one_group("oms_task_group_objects_skipped"), "C", "skipped")], (12, 25, 12, 8)))
     p.append(state_timeline("Status", [target(one_group("oms_task_group_status_code"), legend="status")],
                             (0, 33, 24, 5), mappings=group_mappings(by_code=True)))
-    route = (f'(oms_task_status{{project_id="$project_id"}} == 1) * on (project_id, task_id) group_left (name) '
-             f'{GROUP_TASKS}')
+    in_status = one_per("project_id, task_id, status", 'oms_task_status{project_id="$project_id"} == 1')
+    route = f"{in_status} * on (project_id, task_id) group_left (name) {GROUP_TASKS}"
     link = (f"/d/{TASK_DASHBOARD_UID}/oms-task?var-datasource=${{datasource}}"
             "&var-project_id=${__data.fields.project_id}&var-task_id=${__data.fields.task_id}&${__url_time_range}")
     p.append(record_table(

@@ -7,9 +7,10 @@
   grafana/rules/*.yml (not the promtool tests), copied as text so that their comments stay;
 - deploy/kubernetes/generated/dashboard-NAME.yaml: one ConfigMap per grafana/dashboards/NAME.json,
   holding the JSON byte for byte, with the label the Grafana sidecar watches (grafana_dashboard: "1");
-- deploy/kubernetes/components/probe/servicemonitor-self-metrics.yaml: the patch that makes the
-  ServiceMonitor keep only the exporter's own metrics (oms_exporter.metrics.SELF_FAMILIES) when
-  the projects are scraped through /probe.
+- deploy/kubernetes/components/{probe,discovery}/servicemonitor-self-metrics.yaml: the patch that
+  makes the ServiceMonitor keep only the exporter's own metrics (oms_exporter.metrics.SELF_FAMILIES)
+  when the projects are scraped through /probe (one copy per component: a component reads no
+  file outside its folder).
 
 kustomize cannot read files outside its folder (`kubectl apply -k` has no flag to allow it), so
 the sources are copied. tests/test_kubernetes.py fails when a committed file differs from this output.
@@ -28,7 +29,10 @@ RULES = ROOT / "grafana" / "rules"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 DEPLOY = ROOT / "deploy" / "kubernetes"
 GENERATED = DEPLOY / "generated"
-SELF_METRICS_PATCH = DEPLOY / "components" / "probe" / "servicemonitor-self-metrics.yaml"
+# The components that scrape the projects through /probe: the Probe (a list of target names)
+# and the ScrapeConfig (the exporter's /discovery).
+SELF_METRICS_PATCHES = tuple(DEPLOY / "components" / c / "servicemonitor-self-metrics.yaml"
+                             for c in ("probe", "discovery"))
 
 LABELS = {"app.kubernetes.io/name": "oms-exporter", "app.kubernetes.io/instance": "oms-exporter"}
 # k8s-sidecar puts a dashboard in the folder this annotation names when the Grafana chart sets
@@ -100,10 +104,10 @@ def self_metric_names() -> list[str]:
 def self_metrics_patch() -> str:
     regex = "|".join([*self_metric_names(), "process_.+", "python_.+"])
     return (_header(ROOT / "oms_exporter" / "metrics.py")
-            + "# With the projects scraped through /probe (the Probe of this component), /metrics is\n"
-            "# still scraped for the exporter's own metrics (OmsExporterDown, the API request and\n"
-            "# error counters), but its per-project series are dropped: they would double the\n"
-            "# Probe's under another job.\n"
+            + "# With the projects scraped through /probe (the Probe or the ScrapeConfig of this\n"
+            "# component), /metrics is still scraped for the exporter's own metrics (OmsExporterDown,\n"
+            "# discovery, the API request and error counters), but its per-project series are\n"
+            "# dropped: they would double those of /probe under another job.\n"
             "- op: add\n  path: /spec/endpoints/0/metricRelabelings\n  value:\n"
             "    - sourceLabels: [__name__]\n      action: keep\n"
             f'      regex: "{regex}"\n')
@@ -114,7 +118,8 @@ def render() -> dict[Path, str]:
     out = {GENERATED / "prometheusrule.yaml": prometheus_rule()}
     for path in sorted(DASHBOARDS.glob("*.json")):
         out[GENERATED / f"dashboard-{path.stem}.yaml"] = dashboard_config_map(path)
-    out[SELF_METRICS_PATCH] = self_metrics_patch()
+    for path in SELF_METRICS_PATCHES:
+        out[path] = self_metrics_patch()
     return out
 
 

@@ -271,7 +271,7 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
         assert not missing, f"named by the dashboards or rules, absent from Prometheus: {sorted(missing)}"
 
         # Every dashboard query returns data, as Grafana would send it.
-        values = {"project_id": PROJECT, "group_id": ".*", "task": ".*", "status": ".*", "task_id": tid,
+        values = {"region": ".*", "project_id": PROJECT, "group_id": ".*", "task": ".*", "status": ".*", "task_id": tid,
                   "name": victim["name"], "datasource": "prometheus"}
         empty = []
         checked = 0

@@ -21,7 +21,7 @@ import yaml
 
 from oms_exporter.catalog import ALL_METRIC_NAMES
 from tests.conftest import load_module
-from tests.test_rules import ALERTS_FILE, RECORDING_FILE, alerts, load_rules, recording_rule_names
+from tests.test_rules import ALERTS_FILE, RECORDING_FILE, alerts, load_rules, recording_rule_names, require_binary, run
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -189,7 +189,7 @@ def test_dashboard_model(name: str) -> None:
 def test_tasks_dashboard_contents() -> None:
     d = dashboards()["oms-tasks.json"]
     variables = [v["name"] for v in d["templating"]["list"]]
-    assert variables == ["datasource", "project_id", "group_id", "task", "status"]
+    assert variables == ["datasource", "region", "project_id", "group_id", "task", "status"]
     statuses = next(v for v in d["templating"]["list"] if v["name"] == "status")["query"].split(",")
     assert statuses == ["waiting", "migrating", "paused", "failed", "succeeded", "retrying", "pausing"]
     panels = {p["title"]: p for p in all_panels(d["panels"])}
@@ -222,6 +222,156 @@ def test_task_variables_match_tasks_without_a_group() -> None:
     for v in d["templating"]["list"]:
         if v.get("includeAll"):
             assert v["allValue"] == ".*", v["name"]
+
+
+def test_region_variable_applies_to_every_project_panel() -> None:
+    """The region comes from oms_project_info; every query that selects projects also drops the
+    projects of the regions not selected (the discovery table, per entry, and the version do not)."""
+    d = dashboards()["oms-tasks.json"]
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["region"]["query"] == "label_values(oms_project_info, region)"
+    assert "$region" in variables["project_id"]["query"]  # the project list follows the region
+    names = [v["name"] for v in d["templating"]["list"]]
+    assert names.index("region") < names.index("project_id")  # Grafana resolves them in order
+    for p in all_panels(d["panels"]):
+        for t in p.get("targets", []):
+            if "$project_id" in t["expr"]:
+                assert "$region" in t["expr"], (p["title"], t["refId"])
+    assert "oms_project_info" in referenced_metric_names()
+
+
+def test_projects_and_discovery_tables() -> None:
+    d = dashboards()["oms-tasks.json"]
+    rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
+    assert rows[rows.index("Projects") + 1] == "Exporter"
+    panels = {p["title"]: p for p in all_panels(d["panels"])}
+    projects, discovery = panels["Projects"], panels["Discovery"]
+    assert projects["type"] == discovery["type"] == "table"
+    for table in (projects, discovery):
+        assert all(t["format"] == "table" and t["instant"] for t in table["targets"])
+    renamed = projects["transformations"][1]["options"]["renameByName"]
+    assert {"Project", "Region", "Up", "Tasks"} <= set(renamed.values())
+    assert "oms_project_info" in projects["targets"][0]["expr"]
+    assert renamed["project_name"] == "Project" and renamed["region"] == "Region"
+    # Every state of oms_discovery_projects is a column, and so are the refresh and the list's age.
+    exprs = " ".join(t["expr"] for t in discovery["targets"])
+    states = re.findall(r'oms_discovery_projects\{state="(\w+)"\}', exprs)
+    assert states == ["scraped", "forbidden", "not_offered", "disabled", "excluded"]
+    assert "oms_discovery_success" in exprs and "oms_discovery_last_success_timestamp_seconds" in exprs
+    columns = discovery["transformations"][1]["options"]["renameByName"]
+    assert len(set(columns.values())) == len(columns) == 2 + len(states) + 1
+
+
+def test_every_join_takes_one_info_series_per_record() -> None:
+    """Two exporters may serve one project for a while: every series then comes twice (other
+    instance). A join needs one info series per record on its `one` side, or it fails with
+    many-to-many matching; so each group_left joins a topk by the record's ids."""
+    joins = 0
+    for name, d in dashboards().items():
+        for expr in exprs_of(d):
+            for m in re.finditer(r"\bon \(([^)]*)\) group_left \([^)]*\)\s*(.{0,40})", expr):
+                joins += 1
+                assert m.group(2).startswith(f"topk by ({m.group(1)}) (1, "), (name, expr)
+    assert joins >= 10
+
+
+# --- dashboard queries on promtool: regions, replicas, exporters without oms_project_info ------------
+# p1 (cn-north-4) is served by two exporters (a, b: replicas, or /metrics and /probe), p2
+# (cn-east-3) by one, p3 by an exporter older than oms_project_info (no region known).
+QUERY_SERIES = {
+    'oms_project_info{project_id="p1", project_name="cn-north-4", region="cn-north-4", instance="a"}': "1",
+    'oms_project_info{project_id="p1", project_name="cn-north-4", region="cn-north-4", instance="b"}': "1",
+    'oms_project_info{project_id="p2", project_name="cn-east-3_team", region="cn-east-3", instance="a"}': "1",
+    'oms_up{project_id="p1", instance="a"}': "1", 'oms_up{project_id="p1", instance="b"}': "1",
+    'oms_up{project_id="p2", instance="a"}': "0", 'oms_up{project_id="p3", instance="old"}': "1",
+    'oms_tasks{project_id="p1", status="migrating", instance="a"}': "3",
+    'oms_tasks{project_id="p1", status="migrating", instance="b"}': "3",
+    'oms_tasks{project_id="p2", status="migrating", instance="a"}': "2",
+    'oms_tasks{project_id="p3", status="migrating", instance="old"}': "4",
+    'oms_tasks_speed_bytes_per_second{project_id="p1", status="migrating", instance="a"}': "100",
+    'oms_tasks_speed_bytes_per_second{project_id="p1", status="migrating", instance="b"}': "100",
+    'oms_tasks_speed_bytes_per_second{project_id="p2", status="migrating", instance="a"}': "10",
+    'oms_tasks_speed_bytes_per_second{project_id="p3", status="migrating", instance="old"}': "1000",
+    'oms_task_info{project_id="p1", task_id="t1", name="one", group_id="g1", group_type="GROUP_TASK", instance="a"}':
+        "1",
+    'oms_task_info{project_id="p1", task_id="t1", name="one", group_id="g1", group_type="GROUP_TASK", instance="b"}':
+        "1",
+    'oms_task_info{project_id="p2", task_id="t2", name="two", instance="a"}': "1",
+    'oms_task_status{project_id="p1", task_id="t1", status="migrating", instance="a"}': "1",
+    'oms_task_status{project_id="p1", task_id="t1", status="migrating", instance="b"}': "1",
+    'oms_task_status{project_id="p2", task_id="t2", status="migrating", instance="a"}': "1",
+    # Replica b listed later: it has seen more progress.
+    'oms_task_progress_ratio{project_id="p1", task_id="t1", instance="a"}': "0.5",
+    'oms_task_progress_ratio{project_id="p1", task_id="t1", instance="b"}': "0.6",
+    'oms_task_progress_ratio{project_id="p2", task_id="t2", instance="a"}': "0.2",
+    'oms_task_group_status{project_id="p1", group_id="g1", status="migrating", instance="a"}': "1",
+    'oms_task_group_status{project_id="p1", group_id="g1", status="migrating", instance="b"}': "1",
+    'oms_task_group_info{project_id="p1", group_id="g1", src_cloud="AWS", src_bucket="s", dst_bucket="d", '
+    'instance="a"}': "1",
+    'oms_task_group_info{project_id="p1", group_id="g1", src_cloud="AWS", src_bucket="s", dst_bucket="d", '
+    'instance="b"}': "1",
+    'oms_discovery_success{discovery="default", instance="a"}': "1",
+    'oms_discovery_success{discovery="default", instance="b"}': "0",
+    'oms_discovery_projects{discovery="default", state="forbidden", instance="a"}': "1",
+    'oms_discovery_projects{discovery="default", state="forbidden", instance="b"}': "1",
+}
+ALL = {"region": ".*", "project_id": ".*", "group_id": ".*", "task": ".*", "status": ".*"}
+# (dashboard, panel, refId, variables, wrapper of the query, expected samples: labels -> value)
+QUERY_CASES: list[tuple[str, str, str, dict[str, str], str, dict[str, float]]] = [
+    # Per-project totals: a project served twice counts once; the region drops the other
+    # region's projects and keeps those without a known region.
+    ("oms-tasks.json", "Tasks per status", "A", ALL, "{}", {'{status="migrating"}': 9}),
+    ("oms-tasks.json", "Tasks per status", "A", {**ALL, "region": "cn-north-4"}, "{}", {'{status="migrating"}': 7}),
+    ("oms-tasks.json", "Total throughput", "A", ALL, "{}", {"{}": 1110}),
+    ("oms-tasks.json", "Total throughput", "A", {**ALL, "region": "cn-east-3"}, "{}", {"{}": 1010}),
+    ("oms-tasks.json", "OMS API up", "A", {**ALL, "region": "cn-north-4"}, "{}",
+     {'{project_id="p1"}': 1, '{project_id="p3"}': 1}),
+    # Per-task series: one per task (the largest of the copies), joined to one info series.
+    ("oms-tasks.json", "Progress per task", "A", ALL, "{}",
+     {'{project_id="p1", task_id="t1", name="one"}': 0.6, '{project_id="p2", task_id="t2", name="two"}': 0.2}),
+    ("oms-tasks.json", "Progress per task", "A", {**ALL, "region": "cn-east-3"}, "{}",
+     {'{project_id="p2", task_id="t2", name="two"}': 0.2}),
+    ("oms-tasks.json", "Tasks", "A", ALL, "count by (project_id, task_id) ({})",
+     {'{project_id="p1", task_id="t1"}': 1, '{project_id="p2", task_id="t2"}': 1}),
+    ("oms-tasks.json", "Task groups", "A", ALL, "count by (project_id, group_id) ({})",
+     {'{project_id="p1", group_id="g1"}': 1}),
+    ("oms-tasks.json", "Projects", "A", ALL, "count by (project_id, project_name, region) ({})",
+     {'{project_id="p1", project_name="cn-north-4", region="cn-north-4"}': 1,
+      '{project_id="p2", project_name="cn-east-3_team", region="cn-east-3"}': 1}),
+    ("oms-tasks.json", "Projects", "B", {**ALL, "region": "cn-east-3"}, "{}",
+     {'{project_id="p2"}': 0, '{project_id="p3"}': 1}),
+    ("oms-tasks.json", "Discovery", "B", ALL, "{}", {'{discovery="default"}': 0}),
+    ("oms-tasks.json", "Discovery", "D", ALL, "{}", {'{discovery="default"}': 1}),
+    ("oms-task-group.json", "Progress of the group and of its tasks", "B", {"project_id": "p1", "group_id": "g1"},
+     "{}", {'{project_id="p1", task_id="t1", name="one"}': 0.6}),
+]
+
+
+def fill(expr: str, values: dict[str, str]) -> str:
+    expr = expr.replace("$__rate_interval", "1m")
+    for name, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def panel_expr(dashboard: str, title: str, ref: str) -> str:
+    (expr,) = [t["expr"] for p in all_panels(dashboards()[dashboard]["panels"]) if p["title"] == title
+               for t in p.get("targets", []) if t["refId"] == ref]
+    return expr
+
+
+def test_dashboard_queries_with_regions_replicas_and_exporters_without_project_info(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    tests = [{"expr": wrap.replace("{}", fill(panel_expr(d, title, ref), values)), "eval_time": "5m",
+              "exp_samples": [{"labels": labels, "value": value} for labels, value in expected.items()]}
+             for d, title, ref, values, wrap, expected in QUERY_CASES]
+    doc = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": s, "values": f"{v}x10"} for s, v in QUERY_SERIES.items()],
+        "promql_expr_test": tests}]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    res = run(promtool, "test", "rules", "t.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 # --- provisioning, compose, Dockerfile ------------------------------------------------------------

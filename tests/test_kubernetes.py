@@ -2,11 +2,12 @@
 its optional components) and deploy/kubernetes-example/ (an overlay).
 
 No cluster, Prometheus Operator or Grafana runs here. In their place:
-- `kubectl kustomize` renders the base, the overlay, and the overlay with every component;
+- `kubectl kustomize` renders the base, the overlay, and the overlay with its components (probe and
+  discovery are alternatives: each scrapes every project, so they render apart);
 - the core kinds validate against the Kubernetes OpenAPI schemas, offline and strict
   (kubernetes-validate: an unknown field is an error, as `kubectl apply --validate=strict` makes it);
-- the operator's kinds (ServiceMonitor, Probe, PrometheusRule) are checked for the fields its CRDs
-  require and for how the operator turns them into a scrape (job label, port, address);
+- the operator's kinds (ServiceMonitor, Probe, ScrapeConfig, PrometheusRule) are checked for the
+  fields its CRDs require and for how the operator turns them into a scrape (job label, port, address);
 - the rules inside the PrometheusRule pass `promtool check rules` and equal grafana/rules/;
   the dashboard ConfigMaps hold grafana/dashboards/*.json byte for byte (test_grafana.py checks those);
 - the config in the ConfigMap passes the exporter's own --check-config with the container's
@@ -47,12 +48,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "kubernetes"
 OVERLAY = DEPLOY / "kubernetes-example"
-COMPONENTS = ("network-policy", "probe")
+COMPONENTS = ("network-policy", "probe", "discovery")
+# The overlay renders with these components enabled: probe and discovery are alternatives.
+COMPONENT_RENDERS = {"components": ("network-policy", "probe"), "discovery": ("network-policy", "discovery")}
 REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
 # Schemas of these Kubernetes versions (kubernetes-validate ships them): the oldest release still
 # in wide use when this was written, and the newest the installed package knows.
 K8S_VERSIONS = ("1.29.0", "latest")
 MONITORING = "monitoring.coreos.com/v1"
+MONITORING_GROUP = "monitoring.coreos.com/"  # v1 and v1alpha1 (ScrapeConfig)
 # kubectl's client-side apply keeps the whole object in an annotation; annotations together may
 # hold at most 256 KiB (apimachinery's TotalAnnotationSizeLimitB).
 ANNOTATIONS_LIMIT = 262144
@@ -67,6 +71,12 @@ ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "scheme", "params", "me
 RELABEL = {"sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement", "action"}
 PROBE_SPEC = {"jobName", "interval", "scrapeTimeout", "prober", "module", "targets"}
 PROBER = {"url", "scheme", "path", "proxyUrl"}
+# monitoring.coreos.com/v1alpha1 ScrapeConfig (jobName: prometheus-operator 2024 and later).
+SCRAPE_CONFIG_SPEC = {"jobName", "staticConfigs", "fileSDConfigs", "httpSDConfigs", "relabelings", "metricsPath",
+                      "scrapeInterval", "scrapeTimeout", "honorLabels", "honorTimestamps", "params", "scheme",
+                      "metricRelabelings", "sampleLimit"}
+HTTP_SD_CONFIG = {"url", "refreshInterval"}
+HTTP_SD_URL = re.compile(r"^http(s)?://.+$")  # the CRD's pattern
 RULE_GROUP = {"name", "interval", "rules", "limit", "partial_response_strategy"}
 RULE = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
 
@@ -113,17 +123,19 @@ def _rendered(which: str) -> tuple[dict[str, Any], ...]:
         return tuple(kustomize(kubectl(), BASE))
     if which == "overlay":
         return tuple(kustomize(modern_kubectl(), OVERLAY))
-    assert which == "components", which
+    enable = COMPONENT_RENDERS[which]
     path = modern_kubectl()
-    # A copy of deploy/ whose overlay lists every component, as a user enables them.
+    # A copy of deploy/ whose overlay lists these components, as a user enables them.
     with tempfile.TemporaryDirectory(prefix="oms-k8s-") as tmp:
         copy = Path(tmp) / "deploy"
         shutil.copytree(DEPLOY, copy)
         k = copy / "kubernetes-example" / "kustomization.yaml"
         text = k.read_text(encoding="utf-8")
-        enabled, n = re.subn(r"^  # - (\.\./kubernetes/components/\S+)", r"  - \1", text, flags=re.MULTILINE)
-        assert n == len(COMPONENTS), "the overlay should list every component, commented out"
-        k.write_text(enabled, encoding="utf-8")
+        listed = re.findall(r"^  # - \.\./kubernetes/components/(\S+)", text, flags=re.MULTILINE)
+        assert sorted(listed) == sorted(COMPONENTS), "the overlay should list every component, commented out"
+        for name in enable:
+            text = text.replace(f"  # - ../kubernetes/components/{name} ", f"  - ../kubernetes/components/{name} ")
+        k.write_text(text, encoding="utf-8")
         return tuple(kustomize(path, copy / "kubernetes-example"))
 
 
@@ -140,7 +152,7 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
-RENDERS = ("base", "overlay", "components")
+RENDERS = ("base", "overlay", *COMPONENT_RENDERS)
 
 
 # --- the generated files -----------------------------------------------------------------------
@@ -219,11 +231,11 @@ def test_overlay_renders() -> None:
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     ns = namespace["metadata"]["name"]
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {ns}
-    assert not of_kind(docs, "Probe") and not of_kind(docs, "NetworkPolicy")  # optional, off by default
+    assert not {"Probe", "ScrapeConfig", "NetworkPolicy"} & {d["kind"] for d in docs}  # optional, off by default
     image = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"registry.example.com/oms-exporter:{oms_exporter.__version__}"
     for d in docs:
-        if d["apiVersion"] == MONITORING:  # what kube-prometheus-stack selects by
+        if d["apiVersion"].startswith(MONITORING_GROUP):  # what kube-prometheus-stack selects by
             assert d["metadata"]["labels"]["release"] == "kube-prometheus-stack", d["kind"]
         else:
             assert "release" not in d["metadata"]["labels"], d["kind"]
@@ -231,17 +243,24 @@ def test_overlay_renders() -> None:
     assert config["metadata"]["name"] != config_map_of(rendered("base"))["metadata"]["name"]  # replaced: a new hash
 
 
-def test_overlay_with_every_component_renders() -> None:
-    docs = rendered("components")
-    assert {d["kind"] for d in docs} >= {"Probe", "NetworkPolicy", "ServiceMonitor"}
+@pytest.mark.parametrize("which", COMPONENT_RENDERS)
+def test_overlay_with_its_components_renders(which: str) -> None:
+    docs = rendered(which)
+    scrapes = {"components": "Probe", "discovery": "ScrapeConfig"}
+    assert {d["kind"] for d in docs} >= {scrapes[which], "NetworkPolicy", "ServiceMonitor"}
+    assert not set(scrapes.values()) - {scrapes[which]} & {d["kind"] for d in docs}  # one or the other
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--oms.min-interval=50s" in args
+    assert args.count("--oms.min-interval=50s") == 1
+    for d in docs:
+        if d["apiVersion"].startswith(MONITORING_GROUP):
+            assert d["metadata"]["labels"]["release"] == "kube-prometheus-stack", d["kind"]
 
 
 # --- core kinds against the Kubernetes schemas ------------------------------------------------------
 CORE_KINDS = {"base": {"ConfigMap", "Deployment", "Service"},
               "overlay": {"ConfigMap", "Deployment", "Service", "Namespace"},
-              "components": {"ConfigMap", "Deployment", "Service", "Namespace", "NetworkPolicy"}}
+              "components": {"ConfigMap", "Deployment", "Service", "Namespace", "NetworkPolicy"},
+              "discovery": {"ConfigMap", "Deployment", "Service", "Namespace", "NetworkPolicy"}}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -252,7 +271,7 @@ def test_core_kinds_validate_against_the_kubernetes_schemas(which: str, version:
         version = kubernetes_validate.latest_version()
     seen = set()
     for d in rendered(which):
-        if d["apiVersion"] != MONITORING:
+        if not d["apiVersion"].startswith(MONITORING_GROUP):
             kubernetes_validate.validate(d, version, strict=True)
             seen.add(d["kind"])
     assert seen == CORE_KINDS[which]
@@ -269,7 +288,7 @@ def test_the_schema_check_catches_a_misspelt_field() -> None:
 @pytest.mark.parametrize("which", RENDERS)
 def test_every_object_fits_kubectl_apply_annotation(which: str) -> None:
     """Client-side `kubectl apply` keeps each object as compact JSON in an annotation (Go's
-    encoder: <, > and & escaped): the largest, the tasks dashboard, is ~82 KB of 256 KiB."""
+    encoder: <, > and & escaped): the largest, the tasks dashboard, is ~100 KB of 256 KiB."""
     for d in rendered(which):
         text = json.dumps(d, separators=(",", ":"), ensure_ascii=False)
         text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -337,7 +356,7 @@ def test_image_of_the_base_is_this_version() -> None:
 def test_termination_grace_lets_a_scrape_finish(which: str) -> None:
     docs = rendered(which)
     timeouts = [e["scrapeTimeout"] for e in one(docs, "ServiceMonitor")["spec"]["endpoints"]]
-    timeouts += [p["spec"]["scrapeTimeout"] for p in of_kind(docs, "Probe")]
+    timeouts += [p["spec"]["scrapeTimeout"] for p in of_kind(docs, "Probe") + of_kind(docs, "ScrapeConfig")]
     assert pod_spec(docs)["terminationGracePeriodSeconds"] > max(parse_duration(t) for t in timeouts) + 10
 
 
@@ -456,8 +475,52 @@ def test_probe_scrapes_every_project_through_the_service() -> None:
     assert static and set(static) <= names, (static, names)
 
 
-def test_probe_component_keeps_only_the_exporters_own_metrics_from_metrics() -> None:
-    (endpoint,) = one(rendered("components"), "ServiceMonitor")["spec"]["endpoints"]
+def test_scrape_config_scrapes_every_discovered_project_through_the_service() -> None:
+    docs = rendered("discovery")
+    spec, svc = one(docs, "ScrapeConfig")["spec"], one(docs, "Service")
+    assert one(docs, "ScrapeConfig")["apiVersion"] == "monitoring.coreos.com/v1alpha1"
+    assert set(spec) <= SCRAPE_CONFIG_SPEC
+    (sd,) = spec["httpSDConfigs"]
+    assert set(sd) <= HTTP_SD_CONFIG and HTTP_SD_URL.match(sd["url"])
+    duration(sd["refreshInterval"])
+    (port,) = svc["spec"]["ports"]
+    # Prometheus asks from its own namespace: the Service's full name. The exporter answers each
+    # group with the address it was reached at, so the scrapes go to the same Service.
+    assert sd["url"] == f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{port['port']}/discovery"
+    assert spec["metricsPath"] == "/probe" and "params" not in spec  # ?target= comes from __param_target
+    assert not {"staticConfigs", "fileSDConfigs"} & set(spec)
+    assert spec["jobName"] == "oms"  # as the Probe and examples/prometheus/discovery.yml
+    assert (spec["scrapeInterval"], spec["scrapeTimeout"]) == readme_scrape_advice()
+    assert duration(spec["scrapeTimeout"]) <= duration(spec["scrapeInterval"])
+    # As examples/prometheus/discovery.yml: the exporter's project_id, region and project_name
+    # kept once, and the instance named after the target.
+    assert spec["honorLabels"] is True
+    (relabel,) = spec["relabelings"]
+    assert set(relabel) <= RELABEL
+    assert relabel == {"sourceLabels": ["__param_target"], "targetLabel": "instance"}
+    example = yaml.safe_load((ROOT / "examples" / "prometheus" / "discovery.yml").read_text(encoding="utf-8"))
+    (job,) = [j for j in example["scrape_configs"] if j["job_name"] == spec["jobName"]]
+    assert job["relabel_configs"] == [{"source_labels": ["__param_target"], "target_label": "instance"}]
+    assert job["honor_labels"] is True and job["metrics_path"] == spec["metricsPath"]
+
+
+def test_scrape_config_follows_the_overlays_namespace(tmp_path: Path) -> None:
+    """The overlay's replacements write the Service's namespace into the URL: another namespace
+    in the overlay moves the URL with it."""
+    path = modern_kubectl()
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    k = copy / "kubernetes-example" / "kustomization.yaml"
+    text = k.read_text(encoding="utf-8").replace("namespace: oms-exporter", "namespace: observability")
+    text = text.replace("  # - ../kubernetes/components/discovery ", "  - ../kubernetes/components/discovery ")
+    k.write_text(text, encoding="utf-8")
+    (sd,) = one(kustomize(path, copy / "kubernetes-example"), "ScrapeConfig")["spec"]["httpSDConfigs"]
+    assert sd["url"] == "http://oms-exporter.observability.svc:10066/discovery"
+
+
+@pytest.mark.parametrize("which", COMPONENT_RENDERS)
+def test_probe_components_keep_only_the_exporters_own_metrics_from_metrics(which: str) -> None:
+    (endpoint,) = one(rendered(which), "ServiceMonitor")["spec"]["endpoints"]
     (keep,) = endpoint["metricRelabelings"]
     assert keep["sourceLabels"] == ["__name__"] and keep["action"] == "keep"
     regex = re.compile(keep["regex"])  # Prometheus anchors it

@@ -28,8 +28,10 @@ ALERTMANAGER_CONFIG = ROOT / "grafana" / "alertmanager" / "alertmanager.yml"
 RUNBOOK_FILES = (ROOT / "docs" / "runbook.md",)
 
 REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
-# Alerts about a project (or the exporter), not one task, group or sync task.
-PROJECT_ALERTS = {"OmsExporterDown", "OmsTaskListingFailing", "OmsCollectorFailing"}
+# Alerts about the exporter itself (no project): every other alert carries its project's region.
+EXPORTER_ALERTS = {"OmsExporterDown", "OmsDiscoveryFailing"}
+# Alerts about a project, not one task, group or sync task.
+PROJECT_ALERTS = {"OmsTaskListingFailing", "OmsCollectorFailing"}
 # Alerts about one group or sync task: the labels that name it come from its info series.
 RECORD_ALERTS = {"OmsTaskGroupFailed": ("group_id", "oms_task_group_info"),
                  "OmsTaskGroupStalled": ("group_id", "oms_task_group_info"),
@@ -126,7 +128,8 @@ def test_the_required_alerts_exist() -> None:
     names = {a["alert"] for a in alerts()}
     assert names == {"OmsExporterDown", "OmsTaskListingFailing", "OmsTaskFailed", "OmsTaskStalled",
                      "OmsTaskFailedObjectsIncreasing", "OmsTaskWaitingTooLong", "OmsTaskSpeedFarBelowLimit",
-                     "OmsTaskGroupFailed", "OmsTaskGroupStalled", "OmsSyncTaskObjectsFailing", "OmsCollectorFailing"}
+                     "OmsTaskGroupFailed", "OmsTaskGroupStalled", "OmsSyncTaskObjectsFailing", "OmsCollectorFailing",
+                     "OmsDiscoveryFailing"}
 
 
 @pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
@@ -138,17 +141,72 @@ def test_alert_has_severity_summary_description(alert: dict[str, Any]) -> None:
     if alert["alert"] in RECORD_ALERTS:
         # Source and destination from the last info sample of a few minutes, as for tasks.
         id_label, info = RECORD_ALERTS[alert["alert"]]
-        assert re.search(rf"group_left \(src_bucket, dst_bucket\)\s*"
+        assert re.search(rf"group_left \(src_bucket, dst_bucket, region, project_name\)\s*\(\s*"
                          rf"topk by \(project_id, {id_label}\) \(1, last_over_time\({info}\[\d+m\]\)\)", expr), expr
         assert f"$labels.{id_label}" in alert["annotations"]["summary"]
         assert "$labels.src_bucket" in alert["annotations"]["description"]
-    elif alert["alert"] not in PROJECT_ALERTS:
+    elif alert["alert"] not in PROJECT_ALERTS | EXPORTER_ALERTS:
         # The name comes from the last oms_task_info sample of a few minutes, one series per task,
         # so that a failed listing (series absent for a scrape or two) does not drop it.
-        assert re.search(r"group_left \([^)]*\bname\b[^)]*\)\s*"
+        assert re.search(r"group_left \([^)]*\bname\b[^)]*\)\s*\(\s*"
                          r"topk by \(project_id, task_id\) \(1, last_over_time\(oms_task_info\[\d+m\]\)\)", expr), expr
         assert "$labels.name" in alert["annotations"]["summary"]
         assert "$labels.name" in alert["annotations"]["description"]
+
+
+# The project's region and name, one info series per project (two exporters may serve it).
+PROJECT_INFO_JOIN = ("* on (project_id) group_left (region, project_name) "
+                     "topk by (project_id) (1, last_over_time(oms_project_info[10m]))")
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
+def test_alert_carries_the_region_and_still_fires_without_project_info(alert: dict[str, Any]) -> None:
+    """Every alert about a project joins `region` and `project_name` from oms_project_info, and
+    falls back to the same expression without the join (`or ignoring (region, project_name)`),
+    so that a missing info series adds no label but silences nothing."""
+    expr = " ".join(alert["expr"].split())
+    if alert["alert"] in EXPORTER_ALERTS:
+        assert "oms_project_info" not in expr
+        return
+    assert expr.count(PROJECT_INFO_JOIN) == 1, expr
+    assert expr.count("or ignoring (region, project_name)") == 1, expr
+    if alert["alert"] in PROJECT_ALERTS:
+        # (EXPR * info) or ignoring (region, project_name) EXPR
+        joined, fallback = expr.split(" or ignoring (region, project_name) ")
+        assert joined == f"( {fallback} {PROJECT_INFO_JOIN} )", expr
+    else:
+        # ... group_left (..., region, project_name) (INFO * project info or ignoring (...) INFO)
+        m = re.search(r"\( (topk by \([^)]*\) \(1, last_over_time\(\w+\[10m\]\)\)) (\* on .*?) "
+                      r"or ignoring \(region, project_name\) (.*?) \)$", expr)
+        assert m and m.group(1) == m.group(3) and m.group(2) == PROJECT_INFO_JOIN, expr
+        assert re.search(r"group_left \([^)]*, region, project_name\) \( topk", expr), expr
+
+
+def test_alerts_need_their_fallback_to_fire_without_project_info(tmp_path: Path) -> None:
+    """The unit tests without oms_project_info fail when the fallback is taken away (`or` made
+    `and`): it is what keeps those alerts firing."""
+    promtool = require_binary("promtool")
+    text = ALERTS_FILE.read_text(encoding="utf-8")
+    broken = text.replace("or ignoring (region, project_name)", "and ignoring (region, project_name)")
+    assert broken != text
+    (tmp_path / ALERTS_FILE.name).write_text(broken, encoding="utf-8")
+    shutil.copy(RECORDING_FILE, tmp_path / RECORDING_FILE.name)
+    shutil.copy(RULE_TESTS_FILE, tmp_path / RULE_TESTS_FILE.name)
+    res = run(promtool, "test", "rules", RULE_TESTS_FILE.name, cwd=tmp_path)
+    assert res.returncode != 0
+    assert 'alertname="OmsTaskFailed"' in res.stdout + res.stderr
+
+
+def test_project_totals_are_recorded_once_per_project_with_its_region() -> None:
+    """Two exporters serving one project count it once (max over its copies per status before the
+    sum); the region and name are joined as in the alerts, with the same fallback."""
+    for rule in load_rules(RECORDING_FILE):
+        if not rule["record"].startswith("project_id:"):
+            continue
+        expr = " ".join(rule["expr"].split())
+        metric = rule["record"].split(":")[1]
+        total = f"sum by (project_id) (max by (project_id, status) ({metric}))"
+        assert expr == f"( {total} {PROJECT_INFO_JOIN} ) or ignoring (region, project_name) {total}", expr
 
 
 @pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
