@@ -22,7 +22,16 @@ from pydantic import ValidationError
 
 from oms_exporter import __version__, logs, server, webconfig
 from oms_exporter.catalog import AREAS, switch_help, switches
-from oms_exporter.settings import Options, Settings, SettingsError, Target, load, meta, shown_default
+from oms_exporter.settings import (
+    FileConfig,
+    Options,
+    Settings,
+    SettingsError,
+    format_duration,
+    load,
+    meta,
+    shown_default,
+)
 
 log = logging.getLogger("oms_exporter")
 
@@ -85,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         from oms_exporter.demo import Demo  # the stand-in is not loaded in production
 
         demo = Demo(n_tasks=wanted.demo_tasks, auth=wanted.demo_auth)
-    only_target = demo.target if demo else None
-    settings, web_config, errors = _read(given, only_target)
+    only = demo.config if demo else None
+    settings, web_config, errors = _read(given, only)
     if errors:
         for line in errors:
             sys.stderr.write(f"oms-exporter: error: {line}\n")
@@ -119,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     max_connections = opts.web_max_connections or server.connection_cap(upstream_connections(settings), file_limit)
     log.info("listening", extra={"address": opts.listen_address, "version": __version__,
                                  "targets": ",".join(t.name for t in settings.targets),
+                                 "discovery": ",".join(e.name for e in settings.discovery),
                                  "max_connections": max_connections, "open_file_limit": file_limit,
                                  **web_config.describe()})
     try:
         server.run(app, sock, max_connections=max_connections, header_timeout=opts.read_header_timeout,
-                   ssl_context=web_config.ssl_context, on_reload=_reloader(app, given, only_target))
+                   ssl_context=web_config.ssl_context, on_reload=_reloader(app, given, only))
     except SettingsError as exc:  # a file the settings name changed since they were read
         for line in exc.lines:
             sys.stderr.write(f"oms-exporter: error: {line}\n")
@@ -131,23 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _reloader(app: web.Application, given: dict[str, Any], only_target: Target | None
+def _reloader(app: web.Application, given: dict[str, Any], only: FileConfig | None
               ) -> Callable[[], Coroutine[Any, Any, None]]:
     """What SIGHUP runs: read both files again; serve them if they are good, else keep what is served."""
     reloading = asyncio.Lock()  # one reload at a time: two quick SIGHUPs apply in order
 
     async def reload() -> None:
         async with reloading:
-            await _reload(app, given, only_target)
+            await _reload(app, given, only)
 
     return reload
 
 
-async def _reload(app: web.Application, given: dict[str, Any], only_target: Target | None) -> None:
+async def _reload(app: web.Application, given: dict[str, Any], only: FileConfig | None) -> None:
     from oms_exporter.web import STATS
     from oms_exporter.web import reload as reload_settings
 
-    new_settings, new_web, errors = _read(given, only_target)
+    new_settings, new_web, errors = _read(given, only)
     if not errors:
         errors = webconfig.reload_errors(app, new_web)
     if not errors and new_settings is not None:
@@ -165,13 +175,13 @@ async def _reload(app: web.Application, given: dict[str, Any], only_target: Targ
     log.info("reloaded", extra={"targets": ",".join(t.name for t in new_settings.targets), **new_web.describe()})
 
 
-def _read(given: dict[str, Any], only_target: Target | None
+def _read(given: dict[str, Any], only: FileConfig | None
           ) -> tuple[Settings | None, webconfig.WebConfig, list[str]]:
     """The settings and the web config from the flags and both files, and a line per problem."""
     errors: list[str] = []
     settings = None
     try:
-        settings = load(given, only_target=only_target, switches=switches())
+        settings = load(given, only=only, switches=switches())
     except SettingsError as exc:
         errors += exc.lines
     web_config = webconfig.WebConfig()
@@ -212,4 +222,8 @@ def _describe(settings: Settings) -> str:
         collectors = ", ".join(area.name for area in AREAS if settings.lists(t, area.name))
         lines.append(f"target {t.name}: project {t.project_id} in {t.region}, endpoint {t.oms_endpoint}, "
                      f"auth {t.auth_mode}, collectors {collectors}")
+    for e in settings.discovery:
+        regions = ", ".join(e.regions) if e.regions else "all with OMS"
+        lines.append(f"discovery {e.name}: IAM {e.iam_url} every {format_duration(e.refresh_interval)}, "
+                     f"regions {regions}, auth {e.auth_mode}")
     return "\n".join(lines) + "\n"

@@ -25,6 +25,11 @@ class Clock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    async def sleep_until(self, when: float) -> None:
+        """A background task's wait for a `monotonic()` time (a schedule, not a pause within a request:
+        a test clock ends it when it is moved there, and does not move for it)."""
+        await asyncio.sleep(self.remaining(when))
+
     def remaining(self, deadline: float) -> float:
         """Seconds left until `deadline` (a `monotonic()` time), never negative."""
         return max(deadline - self.monotonic(), 0.0)

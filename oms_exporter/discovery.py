@@ -104,8 +104,9 @@ class Discoverer:
     async def run(self) -> None:
         """Refresh now, then every refresh_interval, until cancelled."""
         while True:
+            started = self._clock.monotonic()
             await self.refresh()
-            await self._clock.sleep(self.entry.refresh_interval)
+            await self._clock.sleep_until(started + self.entry.refresh_interval)
 
     async def refresh(self) -> None:
         entry, clock = self.entry, self._clock

@@ -66,7 +66,3 @@ class Incomplete(OmsError):
 
 class InternalError(OmsError):
     reason = "internal"
-
-
-class KeptGrowing(Incomplete):
-    """A list whose count grew every time a page was asked: a listing after it asks no more."""

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from oms_exporter.area import Context
 from oms_exporter.clock import Clock
-from oms_exporter.errors import BadPayload, Incomplete, KeptGrowing, OmsError, RequestRejected, Timeout
+from oms_exporter.errors import BadPayload, Incomplete, OmsError, RequestRejected, Timeout
 from oms_exporter.listing import Part
 from oms_exporter.model import BadPage, RecordParser, page, parser
 
@@ -84,10 +84,11 @@ class Pager(Generic[R]):
         self._slots = ctx.area.slots(ctx.options.max_concurrency)  # pages asked at once, at most
         self._pace = 0.0  # seconds the first page of the last query took
         self._requests = 0
-        # After a listing that failed because its list kept growing while it was paged (each request
-        # made it longer), the next ones may send as many requests as it did, no more, until one
-        # succeeds: a list that lies never costs more and more (None: no bound).
+        # After a listing that failed as incomplete, the next ones may send about as many requests as
+        # it did, no more, until one succeeds: a list that lies (its count growing with every
+        # request) never costs more and more (None: no bound).
         self._budget: int | None = None
+        self._last_cost = 0  # requests of the last listing that succeeded
 
     @property
     def clock(self) -> Clock:
@@ -121,10 +122,12 @@ class Pager(Generic[R]):
             error = exc
         if error is None:
             self._parser.forget(set(self._parser.ids()) - records.keys())  # gone upstream
-            self._budget = None
+            self._budget, self._last_cost = None, self._requests
         else:
-            if isinstance(error, KeptGrowing) and self._budget is None:
-                self._budget = self._requests
+            if isinstance(error, Incomplete) and self._budget is None:
+                # What the failed listing asked (or the last good one, if more), and one round of
+                # concurrent requests for the list's honest growth: no more, until a listing succeeds.
+                self._budget = max(self._requests, self._last_cost) + self._slots
             self._failed()
         self._parser.end(ok=error is None)
         return records, error, clock.monotonic() - started
@@ -255,7 +258,7 @@ class _Walk(Generic[R]):
             if count > reach:
                 raise Unreachable(count)
             pager._check_count(count, 0, self.deadline)
-        raise KeptGrowing(f"the list kept growing while it was listed (count {max(self.counts)})")
+        raise Incomplete(f"the list kept growing while it was listed (count {max(self.counts)})")
 
     async def _fetch_all(self, offsets: list[int]) -> None:
         """Fetch these pages, as many at once as the area has request slots; past the offset of a short

@@ -120,6 +120,10 @@ class Simulator:
         # (area name -> project -> record id -> its JSON fields), paged as its list documents.
         self.areas = areas
         self.records: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        # IAM: the account's projects (AuthProjectResult fields) that GET /v3/auth/projects lists,
+        # and the scope of each token IAM issued (a project id; None: the account).
+        self.iam_projects: list[dict[str, Any]] = []
+        self.token_scopes: dict[str, str | None] = {}
 
     # --- state ---------------------------------------------------------------------------
     def add_project(self, project_id: str, tasks: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
@@ -238,7 +242,25 @@ class Simulator:
             app.router.add_get(f"/v2/{{project_id}}/{area.path}", listing)
             app.router.add_get(f"/v2/{{project_id}}/{area.path}/{{record_id}}", show)
         app.router.add_post("/v3/auth/tokens", self._iam_tokens)
+        app.router.add_get("/v3/auth/projects", self._iam_projects)
         return app
+
+    def add_iam_project(self, name: str, project_id: str | None = None, *, enabled: bool = True,
+                        parent_id: str = "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f") -> str:
+        """A project of the account, as IAM lists it; its id (made up when not given)."""
+        pid = project_id or secrets.token_hex(16)
+        self.iam_projects.append({
+            "id": pid, "name": name, "enabled": enabled, "domain_id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
+            "parent_id": parent_id, "is_domain": False, "description": "",
+            "links": {"self": f"https://iam.myhuaweicloud.com/v3/projects/{pid}"}})
+        return pid
+
+    async def _iam_projects(self, request: web.Request) -> web.Response:
+        """KeystoneListAuthProjects: the projects the credentials of the request can see (all of them)."""
+        denied = await self._authenticate(request, "", oms=False)
+        if denied is not None:
+            return denied
+        return _json({"links": {"self": str(request.url)}, "projects": self.iam_projects})
 
     def put_record(self, area: str, project_id: str, record_id: str, fields: dict[str, Any]) -> None:
         """A record of an API area without a route of its own (its JSON fields, its id among them)."""
@@ -398,12 +420,16 @@ class Simulator:
         body = {k: v for k, v in sync.items() if k not in ("monthly", "source_cdn")} | counters
         return _json(body)
 
-    async def _authenticate(self, request: web.Request, project_id: str) -> web.Response | None:
+    async def _authenticate(self, request: web.Request, project_id: str, *, oms: bool = True) -> web.Response | None:
+        """None when the request's credentials are good for `project_id` (for OMS: a token of that project)."""
         token = request.headers.get("X-Auth-Token")
         if token is not None:
             expiry = self.tokens.get(token)
             if expiry is None or self.clock() >= expiry:
                 return _unauthorized("Incorrect IAM authentication information: token is invalid or expired")
+            scope = self.token_scopes.get(token, project_id)
+            if oms and scope != project_id:
+                return _unauthorized("Incorrect IAM authentication information: the token is not of this project")
             return None
         auth = request.headers.get("Authorization")
         if auth is None:
@@ -448,7 +474,10 @@ class Simulator:
             user = ident["password"]["user"]
             key = (user["domain"]["name"], user["name"])
             password = user["password"]
-            project = doc["auth"]["scope"]["project"]
+            scope = doc["auth"]["scope"]
+            project = scope["project"] if "project" in scope else None
+            if project is None and not isinstance(scope["domain"]["name"], str):
+                raise TypeError
             if ident["methods"] != ["password"] or not isinstance(password, str):
                 raise TypeError
         except (msgspec.DecodeError, KeyError, TypeError):
@@ -460,6 +489,8 @@ class Simulator:
         token = "MII" + secrets.token_urlsafe(96)
         expires = self.clock() + self.token_lifetime
         self.tokens[token] = expires
+        self.token_scopes[token] = project.get("id") if project is not None else None
+        project = project or {}
         expires_at = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         body = {"token": {"expires_at": expires_at, "methods": ["password"],
                           "issued_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),

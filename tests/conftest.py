@@ -50,6 +50,7 @@ class ManualClock(Clock):
         self.wall_offset = 0.0  # moves the wall clock only (set_time), as a clock set by NTP would
         self.slept: list[float] = []
         self._deadlines: list[tuple[float, asyncio.Timeout]] = []  # of the blocks inside timeout_at now
+        self._schedules: list[tuple[float, asyncio.Future[None]]] = []  # background waits (sleep_until)
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset
@@ -67,6 +68,19 @@ class ManualClock(Clock):
         for deadline, timeout in self._deadlines:
             if not timeout.expired():
                 timeout.reschedule(loop.time() + self.remaining(deadline))
+        for when, woken in self._schedules:
+            if when <= self.monotonic() and not woken.done():
+                woken.set_result(None)
+
+    async def sleep_until(self, when: float) -> None:
+        """Ends once the clock is moved to `when` (or real time gets there): never moves the clock."""
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (when, woken)
+        self._schedules.append(entry)
+        try:
+            await asyncio.wait([woken], timeout=self.remaining(when))
+        finally:
+            self._schedules.remove(entry)
 
     @contextlib.asynccontextmanager
     async def timeout_at(self, deadline: float) -> AsyncIterator[asyncio.Timeout]:  # type: ignore[override]

@@ -36,7 +36,7 @@ class Fault:
     truncate: bool = False  # announce a longer body than sent, then close the connection
     reset: bool = False  # close the connection without answering: the client sees a reset
     match: Callable[[web.Request], bool] | None = None
-    api: str = "tasks"  # the OMS API it applies to: tasks, taskgroups, sync-tasks, or * for all
+    api: str = "tasks"  # the API it applies to: tasks, taskgroups, sync-tasks, * for all of OMS; iam: the project list
 
 
 class StandIn(Simulator):
@@ -66,6 +66,7 @@ class StandIn(Simulator):
         self.api_in_flight: collections.Counter[str] = collections.Counter()  # the same, per API
         self.api_peak_in_flight: collections.Counter[str] = collections.Counter()
         self.hanging = 0  # OMS API requests waiting out a fault's delay now
+        self.iam_calls = 0  # GET /v3/auth/projects
         self.auth_failures = 0  # 401 answers of OMS and IAM
         self.iam_logins = 0  # tokens IAM issued
 
@@ -90,6 +91,13 @@ class StandIn(Simulator):
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/v3/auth/projects":  # IAM's project list: faults of api="iam" apply
+            self.iam_calls += 1
+            for fault in self.faults:
+                if fault.times > 0 and fault.api == "iam" and (fault.match is None or fault.match(request)):
+                    fault.times -= 1
+                    return await self._fault(request, fault)
+            return await handler(request)
         if not request.path.startswith("/v2/"):
             resp = await handler(request)
             if request.path == "/v3/auth/tokens":

@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import parse_metrics, value
+from oms_exporter.demo import EAST_ID, PROJECT_ID, TEAM_ID
+from tests.conftest import parse_metrics, values
 
 
 def free_port() -> int:
@@ -82,7 +83,9 @@ async def test_demo_runs_in_each_mode(mode: str | None, tmp_path: Path) -> None:
             status, body = await exporter.get()
             assert status == 200
             samples = parse_metrics(body)
-            assert value(samples, "oms_up") == 1
+            up = {dict(lab)["project_id"]: v for lab, v in values(samples, "oms_up").items()}
+            # A static token cannot discover: the demo's main project alone; else its account's three.
+            assert up == ({PROJECT_ID: 1} if mode == "token" else {PROJECT_ID: 1, EAST_ID: 1, TEAM_ID: 1})
             errors = {k: v for k, v in samples.items() if k[0] == "oms_scrape_errors_total"}
             assert errors and not any(errors.values()), errors  # every reason exported, none counted
     assert f"auth={mode or 'aksk'}" in exporter.log()

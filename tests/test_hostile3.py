@@ -232,19 +232,21 @@ async def test_groups_in_unknown_states_are_malformed_counted_and_logged_once(
 
 async def test_a_growing_group_count_is_incomplete_at_a_flat_cost(sim: StandIn, exporter: Exporter) -> None:
     """Row 11: the same page forever with a growing count: incomplete, but requests per scrape grew
-    201 -> 1,005 -> 5,025. Now no listing after a failed one asks more than it did."""
+    201 -> 1,005 -> 5,025. Now no listing after a failed one asks more than it did and one round
+    of the area's concurrent requests (the task groups': 8)."""
     for i in range(100):
         sim.put_group(PROJECT, {"group_id": f"g-{i:03}", "status": 2})
     grown = [0]
 
+    first_page: list[Any] = []
+
     def lie(request: web.Request, doc: Any) -> Any:
         if "taskgroups" in doc:
             grown[0] += 1
-            return {"taskgroups": doc["taskgroups"] if request.query.get("offset") == "0" else
-                    sim_page, "count": 100 + 50 * grown[0]}
+            first_page[:] = first_page or doc["taskgroups"]
+            return {"taskgroups": first_page, "count": 100 + 50 * grown[0]}  # the same page at every offset
         return doc
 
-    sim_page: list[Any] = []
     sim.rewrite = lie
     client = await exporter()
     costs = []
@@ -253,7 +255,7 @@ async def test_a_growing_group_count_is_incomplete_at_a_flat_cost(sim: StandIn, 
         s = await scrape(client)
         assert collector(s, "task_groups") == 0
         costs.append(sum(1 for p, _ in sim.calls if p.endswith("/taskgroups")) - before)
-    assert costs[1] <= costs[0] and costs[2] <= costs[0], costs
+    assert costs[1] <= costs[0] + 8 and costs[2] <= costs[0] + 8, costs
 
 
 # --- row 12: repeated failures, one warning --------------------------------------------------------------

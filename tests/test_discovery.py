@@ -1,0 +1,350 @@
+"""Discovery (issue 23): one credential, every project of the account in every OMS region.
+
+The stand-in serves IAM's project list and OMS for several projects; every "region" is the
+same stand-in, reached through the entry's `endpoints`. Over HTTP: each state of a project,
+projects appearing and vanishing, IAM failing and recovering, an empty answer, per-project
+IAM tokens, a proxy, /discovery and /probe of a discovered target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from oms_exporter.catalog import switches
+from oms_exporter.metrics import SelfMetrics
+from oms_exporter.settings import DiscoveryEntry, Options, Settings
+from oms_exporter.simulator import Credential, make_tasks
+from oms_exporter.web import make_app
+from tests.conftest import AK, SK, ManualClock, Samples, parse_metrics, target_for, value, values
+from tests.standin import Fault, StandIn
+
+NORTH, EAST, TEAM, FORBIDDEN = "e" * 31 + "1", "e" * 31 + "2", "e" * 31 + "3", "e" * 31 + "4"
+FAR = "e" * 31 + "5"  # a region without a built-in OMS endpoint, reached through an override
+
+
+@pytest.fixture
+def account(clock: ManualClock) -> StandIn:
+    """Three projects with OMS (two regions, one sub-project), one forbidden (OMS answers 403), MOS,
+    a disabled project, a region without OMS, and a region reached through an endpoint override."""
+    sim = StandIn(credentials={AK: Credential(SK)}, clock=clock.time)
+    for pid, n in ((NORTH, 30), (EAST, 20), (TEAM, 10), (FAR, 5)):
+        sim.add_project(pid, make_tasks(n, seed=len(pid) + n))
+    sim.add_iam_project("cn-north-4", NORTH)
+    sim.add_iam_project("cn-east-3", EAST)
+    sim.add_iam_project("cn-north-4_team", TEAM, parent_id=NORTH)
+    sim.add_iam_project("cn-east-3_legacy", FORBIDDEN)  # no project in OMS: 403 OMS.0206
+    sim.add_iam_project("MOS")
+    sim.add_iam_project("cn-south-1_old", enabled=False)
+    sim.add_iam_project("cn-north-2")  # IAM has it, OMS does not publish there
+    sim.add_iam_project("xx-far-1", FAR)
+    return sim
+
+
+@pytest.fixture
+async def iam(account: StandIn, aiohttp_server: Any) -> TestServer:
+    return await aiohttp_server(account.app())
+
+
+def entry(server: TestServer, **extra: Any) -> DiscoveryEntry:
+    url = str(server.make_url("")).rstrip("/")
+    return DiscoveryEntry.model_validate({
+        "ak": AK, "sk": SK, "iam_endpoint": url,
+        "endpoints": {"cn-north-4": url, "cn-east-3": url, "xx-far-1": url}, **extra})
+
+
+@pytest.fixture
+def discovering(iam: TestServer, clock: ManualClock, aiohttp_client: Any) -> Any:
+    """`await discovering(entries=None, targets=(), **options)` -> a client of an exporter that discovers."""
+    async def make(entries: list[DiscoveryEntry] | None = None, targets: Any = (), **options: Any) -> TestClient:
+        settings = Settings(options=Options(**options), targets=list(targets), discovery=entries or [entry(iam)],
+                            switches=switches())
+        return await aiohttp_client(make_app(settings, stats=SelfMetrics(), clock=clock))
+    return make
+
+
+async def metrics(client: TestClient) -> Samples:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return parse_metrics(await resp.text())
+
+
+def states(s: Samples, discovery: str = "default") -> dict[str, float]:
+    return {dict(lab)["state"]: v for lab, v in values(s, "oms_discovery_projects", discovery=discovery).items()}
+
+
+def targets(s: Samples) -> dict[str, str]:
+    """project_id -> project_name of every target, from oms_project_info."""
+    return {dict(lab)["project_id"]: dict(lab)["project_name"] for lab in values(s, "oms_project_info")}
+
+
+async def test_every_state_is_counted_and_only_projects_with_oms_are_targets(discovering: Any) -> None:
+    s = await metrics(await discovering())
+    assert states(s) == {"scraped": 4, "forbidden": 1, "not_offered": 1, "disabled": 1, "excluded": 1}
+    assert targets(s) == {NORTH: "cn-north-4", EAST: "cn-east-3", TEAM: "cn-north-4_team", FAR: "xx-far-1"}
+    for pid in (NORTH, EAST, TEAM, FAR):
+        assert value(s, "oms_up", project_id=pid) == 1
+    assert {dict(lab)["region"] for lab in values(s, "oms_project_info")} == {"cn-north-4", "cn-east-3", "xx-far-1"}
+    assert value(s, "oms_discovery_success", discovery="default") == 1
+    assert value(s, "oms_discovery_last_success_timestamp_seconds", discovery="default") > 0
+    assert sum(values(s, "oms_discovery_errors_total", discovery="default").values()) == 0
+    assert len(values(s, "oms_discovery_errors_total", discovery="default")) == 10  # every reason at 0
+
+
+async def test_an_api_the_region_does_not_publish_is_not_offered(discovering: Any, account: StandIn,
+                                                                 iam: TestServer) -> None:
+    account.inject(Fault(status=404, times=100, api="tasks", match=lambda r: EAST in r.path,
+                         body=b'{"error_code": "APIGW.0101", "error_msg": "not published"}',
+                         headers={"Content-Type": "application/json"}))
+    s = await metrics(await discovering())
+    assert states(s)["not_offered"] == 2 and EAST not in targets(s)
+
+
+async def test_the_entry_lists_narrow_what_is_scraped(discovering: Any, iam: TestServer) -> None:
+    narrowed = entry(iam, regions=["cn-north-4", "xx-far-1"], exclude_projects=[".*_team"])
+    s = await metrics(await discovering([narrowed]))
+    assert targets(s) == {NORTH: "cn-north-4", FAR: "xx-far-1"}
+    # Excluded: cn-east-3, its sub-project, the team sub-project, MOS and cn-north-2 (outside the regions).
+    assert states(s) == {"scraped": 2, "forbidden": 0, "not_offered": 0, "disabled": 1, "excluded": 5}
+    s = await metrics(await discovering([entry(iam, projects=["cn-.*_team"])]))
+    assert targets(s) == {TEAM: "cn-north-4_team"}
+
+
+async def test_a_project_added_or_removed_is_a_target_added_or_removed(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock) -> None:
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    s = await metrics(client)
+    assert EAST in targets(s) and values(s, "oms_task_info", project_id=EAST)
+    # The account gets a project, and loses one.
+    late = "e" * 31 + "6"
+    account.add_project(late, make_tasks(3, seed=9))
+    account.add_iam_project("cn-east-3_new", late)
+    account.iam_projects = [p for p in account.iam_projects if p["id"] != EAST]
+    await _refreshed(client, clock, account)
+    s = await metrics(client)
+    assert late in targets(s) and value(s, "oms_up", project_id=late) == 1
+    assert EAST not in targets(s)
+    assert not [k for k in s if dict(k[1]).get("project_id") == EAST], "a vanished project keeps no series"
+    assert (await client.get("/probe?target=cn-east-3")).status == 400
+
+
+async def _refreshed(client: TestClient, clock: ManualClock, account: StandIn) -> None:
+    """Move the clock past the refresh interval and wait for the next refresh to end."""
+    before = account.iam_calls
+    clock.advance(1.5)
+    for _ in range(200):
+        if account.iam_calls > before:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+
+
+async def test_iam_failing_keeps_the_last_list_and_recovery_refreshes_it(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock) -> None:
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    account.inject(Fault(status=503, times=1, api="iam"))
+    await _refreshed(client, clock, account)
+    s = await metrics(client)
+    assert value(s, "oms_discovery_success", discovery="default") == 0
+    assert value(s, "oms_discovery_errors_total", discovery="default", reason="http_5xx") == 1
+    assert len(targets(s)) == 4 and value(s, "oms_up", project_id=NORTH) == 1  # the last good list stays
+    await _refreshed(client, clock, account)
+    s = await metrics(client)
+    assert value(s, "oms_discovery_success", discovery="default") == 1
+
+
+async def test_an_empty_answer_after_projects_is_a_failure_not_no_projects(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock) -> None:
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    kept = account.iam_projects
+    account.iam_projects = []
+    await _refreshed(client, clock, account)
+    s = await metrics(client)
+    assert value(s, "oms_discovery_success", discovery="default") == 0
+    assert value(s, "oms_discovery_errors_total", discovery="default", reason="incomplete") == 1
+    assert len(targets(s)) == 4
+    account.iam_projects = kept
+
+
+async def test_password_credentials_get_one_token_per_project(account: StandIn, iam: TestServer,
+                                                              discovering: Any) -> None:
+    """The account token lists the projects; each project is listed with a token of its own (the
+    stand-in refuses a token of another project)."""
+    account.iam_users[("acme", "ops")] = "pw-123"
+    url = str(iam.make_url("")).rstrip("/")
+    e = DiscoveryEntry.model_validate({"iam_username": "ops", "iam_password": "pw-123", "iam_domain": "acme",
+                                       "iam_endpoint": url, "endpoints": {"cn-north-4": url, "cn-east-3": url,
+                                                                          "xx-far-1": url}})
+    s = await metrics(await discovering([e]))
+    assert states(s)["scraped"] == 4 and value(s, "oms_up", project_id=TEAM) == 1
+    scopes = list(account.token_scopes.values())
+    assert scopes.count(None) == 1  # the account's token, for the list
+    assert sorted(p for p in scopes if p) == sorted([NORTH, EAST, TEAM, FAR, FORBIDDEN])
+
+
+async def test_a_project_both_configured_and_discovered_is_listed_once(
+        discovering: Any, iam: TestServer) -> None:
+    configured = target_for(iam, name="north", project_id=NORTH, ak=AK, sk=SK, labels={"team": "data"})
+    client = await discovering([entry(iam, labels={"env": "prod"})], targets=[configured])
+    s = await metrics(client)
+    assert len(values(s, "oms_up", project_id=NORTH)) == 1
+    info = {dict(lab)["project_id"]: dict(lab) for lab in values(s, "oms_project_info")}
+    assert info[NORTH]["project_name"] == "north" and info[NORTH]["team"] == "data" and info[NORTH]["env"] == ""
+    assert info[EAST]["env"] == "prod" and info[EAST]["team"] == ""
+    groups = await (await client.get("/discovery")).json()
+    assert [g["labels"]["__param_target"] for g in groups].count("north") == 1
+    assert "cn-north-4" not in [g["labels"]["__param_target"] for g in groups]
+
+
+async def test_discovery_serves_http_sd_groups_and_probe_serves_a_discovered_target(discovering: Any) -> None:
+    client = await discovering()
+    resp = await client.get("/discovery")
+    assert resp.status == 200 and resp.content_type == "application/json"
+    groups = await resp.json()
+    host = f"{client.server.host}:{client.server.port}"
+    assert {g["labels"]["__param_target"]: g["labels"]["region"] for g in groups} == {
+        "cn-north-4": "cn-north-4", "cn-east-3": "cn-east-3", "cn-north-4_team": "cn-north-4", "xx-far-1": "xx-far-1"}
+    assert all(g["targets"] == [host] and len(g["labels"]["project_id"]) == 32 for g in groups)
+    probe = parse_metrics(await (await client.get("/probe?target=cn-north-4_team")).text())
+    assert value(probe, "oms_up", project_id=TEAM) == 1 and not values(probe, "oms_up", project_id=NORTH)
+    assert value(probe, "oms_project_info", project_id=TEAM, region="cn-north-4") == 1
+
+
+async def test_discovery_uses_the_external_url_when_given(discovering: Any) -> None:
+    client = await discovering(web_external_url="https://oms-exporter.example.com:9443/")
+    groups = await (await client.get("/discovery")).json()
+    assert {tuple(g["targets"]) for g in groups} == {("oms-exporter.example.com:9443",)}
+
+
+async def test_named_entries_prefix_their_targets(discovering: Any, iam: TestServer) -> None:
+    s = await metrics(await discovering([entry(iam, name="acme", regions=["cn-east-3"])]))
+    assert set(dict(lab)["discovery"] for lab in values(s, "oms_discovery_success")) == {"acme"}
+    assert targets(s) == {EAST: "cn-east-3"}
+    assert value(s, "oms_up", project_id=EAST) == 1
+
+
+# --- a proxy ------------------------------------------------------------------------------------------
+
+class ForwardProxy:
+    """A plain HTTP forward proxy (absolute-form request lines), counting what it forwards."""
+
+    def __init__(self) -> None:
+        self.forwarded: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line, *headers = head.decode("latin-1").split("\r\n")
+                method, url, version = line.split(" ")
+                self.forwarded.append(url)
+                from yarl import URL
+                target = URL(url)
+                length = 0
+                for h in headers:
+                    if h.lower().startswith("content-length:"):
+                        length = int(h.split(":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                up_r, up_w = await asyncio.open_connection(target.host, target.port)
+                kept = [h for h in headers if h and not h.lower().startswith(("proxy-", "connection"))]
+                up_w.write(f"{method} {target.raw_path_qs} {version}\r\n".encode("latin-1")
+                           + "\r\n".join([*kept, "Connection: close"]).encode("latin-1") + b"\r\n\r\n" + body)
+                await up_w.drain()
+                answer = await up_r.read()
+                up_w.close()
+                answer = answer.replace(b"Connection: close", b"Connection: keep-alive", 1)
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[tuple[ForwardProxy, int]]:
+    p = ForwardProxy()
+    server = await asyncio.start_server(p.handle, "127.0.0.1", 0)
+    yield p, server.sockets[0].getsockname()[1]
+    server.close()
+
+
+async def test_requests_go_through_http_proxy_unless_no_proxy_says_otherwise(
+        discovering: Any, proxy: tuple[ForwardProxy, int], monkeypatch: pytest.MonkeyPatch,
+        iam: TestServer) -> None:
+    forward, port = proxy
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    s = await metrics(await discovering())
+    assert states(s)["scraped"] == 4 and value(s, "oms_up", project_id=NORTH) == 1
+    assert any(u.endswith("/v3/auth/projects") for u in forward.forwarded)
+    assert any(f"/v2/{NORTH}/tasks" in u for u in forward.forwarded)
+    forward.forwarded.clear()
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    s = await metrics(await discovering())
+    assert value(s, "oms_up", project_id=NORTH) == 1 and forward.forwarded == []
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
+    return subprocess.run([sys.executable, "-m", "oms_exporter", *args], env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_static_token_cannot_discover_in_one_line() -> None:
+    res = run_cli("--check-config", env={"OMS_AUTH_TOKEN": "t0k3n"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "oms-exporter: error: discovery default: a static token cannot discover projects (it is scoped to one "
+        "project): use ak + sk, or iam_username + iam_password + iam_domain"]
+
+
+def test_an_https_proxy_is_refused_in_one_line() -> None:
+    res = run_cli("--check-config", env={"OMS_AK": "a", "OMS_SK": "s", "HTTPS_PROXY": "https://proxy:3128"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "oms-exporter: error: HTTPS_PROXY: an https:// proxy is not supported (requests cannot speak TLS to the "
+        "proxy itself): give its http:// URL"]
+
+
+def test_credentials_alone_discover_with_the_defaults() -> None:
+    res = run_cli("--check-config", "--discovery.regions=cn-north-4,cn-east-3", env={"OMS_AK": "a", "OMS_SK": "s"})
+    assert res.returncode == 0, res.stderr
+    assert "discovery default: IAM https://iam.myhuaweicloud.com every 10m, regions cn-north-4, cn-east-3" \
+        in res.stdout, res.stdout
+
+
+def test_the_stand_in_project_list_reads_back_with_the_official_sdk(account: StandIn) -> None:
+    """KeystoneListAuthProjectsRequest of huaweicloudsdkiam, signed with AK/SK, reads every field."""
+    from huaweicloudsdkcore.auth.credentials import GlobalCredentials
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+    from huaweicloudsdkiam.v3 import IamClient, KeystoneListAuthProjectsRequest
+
+    async def serve() -> None:
+        runner = web.AppRunner(account.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            config = HttpConfig.get_default_config()
+            config.ignore_ssl_verification = True
+            client = (IamClient.new_builder().with_http_config(config)
+                      .with_credentials(GlobalCredentials(AK, SK)).with_endpoints([f"http://127.0.0.1:{port}"])
+                      .build())
+            resp = await asyncio.to_thread(client.keystone_list_auth_projects, KeystoneListAuthProjectsRequest())
+        finally:
+            await runner.cleanup()
+        got = {p.name: (p.id, p.enabled, p.parent_id, p.is_domain, p.domain_id) for p in resp.projects}
+        want = {p["name"]: (p["id"], p["enabled"], p["parent_id"], p["is_domain"], p["domain_id"])
+                for p in account.iam_projects}
+        assert got == want and resp.links._self.endswith("/v3/auth/projects")
+        assert all(p.links._self.endswith(p.id) for p in resp.projects)
+
+    asyncio.run(serve())
