@@ -1,16 +1,24 @@
-"""Shared fixtures: the OMS stand-in on a real loopback port, the exporter app in front of it, a clock."""
+"""Shared fixtures and helpers: the OMS stand-in on a real loopback port, the exporter app in front
+of it, a clock the test moves; ports, binaries (promtool, ...) and the exporter as a process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import importlib.util
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import prometheus_client
 import pytest
 from aiohttp import web
@@ -212,3 +220,147 @@ def make_listing(target: Target, taken_at: float, tasks: Any = (), *, error: Oms
     if syncs is not None or sync_error is not None:
         parts["sync_tasks"] = Part(records=None if sync_error else syncs, error=sync_error)
     return Listing(target, taken_at, parts)
+
+
+TOTALS = {  # oms_tasks_* family -> TaskResp field it sums
+    "oms_tasks_size_bytes": "total_size", "oms_tasks_completed_bytes": "complete_size",
+    "oms_tasks_migrated_bytes": "real_size", "oms_tasks_objects": "total_num",
+    "oms_tasks_objects_succeeded": "successful_num", "oms_tasks_objects_failed": "failed_num",
+    "oms_tasks_objects_skipped": "skipped_num", "oms_tasks_speed_bytes_per_second": "migrate_speed",
+}
+
+
+# --- processes, ports and binaries -----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+# Set in CI (.ci/run): a missing binary (promtool, prometheus, kubectl, ...) fails its tests instead of skipping them.
+REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
+REQUIRE = os.environ.get(REQUIRE_ENV) == "1"
+
+
+def missing(reason: str) -> None:
+    """Skip for want of a tool, or fail when CI requires every tool."""
+    if REQUIRE:
+        pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 requires it")
+    pytest.skip(reason)
+
+
+def require_binary(*names: str, package: str = "prometheus, prometheus-alertmanager") -> str:
+    """Path of the first of `names` on PATH (or in /usr/bin); skip without it, fail in CI."""
+    for name in names:
+        path = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/local/bin")
+        if path:
+            return path
+    missing(f"{' / '.join(names)} not installed (Debian package {package})")
+    raise AssertionError("unreachable")
+
+
+def promtool() -> str:
+    return require_binary("promtool", package="prometheus")
+
+
+def run(*args: str | Path, cwd: Path | None = ROOT, timeout: float = 60, env: dict[str, str] | None = None,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A command run to its end: exit code, stdout and stderr as text."""
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env, input=input)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a process the test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without OMS_* and CLOUD_SDK_* (a developer's own settings), plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if not k.upper().startswith(("OMS_", "CLOUD_SDK_"))}, **extra}
+
+
+EXPORTER = (sys.executable, "-m", "oms_exporter")
+
+
+def run_exporter_once(*args: str, env: dict[str, str] | None = None, timeout: float = 30,
+                      cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m oms_exporter ARGS` run to its exit (`--check-config`, a refused setting), in `clean_env()`."""
+    return run(*EXPORTER, *args, env=clean_env(**(env or {})), timeout=timeout, cwd=cwd)
+
+
+class Launched:
+    """An exporter process started by `launch_exporter`: where it answers and what it logged."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], base: str, log_path: Path,
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.proc, self.base, self.log_path, self.ssl = proc, base, log_path, ssl_context
+        self.port = int(base.rsplit(":", 1)[1])
+
+    async def get(self, path: str = "/metrics", **headers: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+            async with s.get(self.base + path, headers=headers, ssl=self.ssl or True) as resp:
+                return resp.status, await resp.text()
+
+    def log(self) -> str:
+        """What it wrote to stdout and stderr (its log) so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def launch_exporter(args: Sequence[str], tmp_path: Path, *, program: Sequence[str | Path] = EXPORTER,
+                          env: dict[str, str] | None = None, ready: Callable[[int, str], bool] | None = None,
+                          path: str = "/metrics", ssl_context: ssl.SSLContext | None = None, wait: float = 30,
+                          cwd: Path | None = None, preexec_fn: Callable[[], Any] | None = None
+                          ) -> AsyncIterator[Launched]:
+    """Start `program ARGS --web.listen-address 127.0.0.1:PORT` on a free port, in `env` (default:
+    `clean_env()`); wait until `path` answers and `ready(status, body)` (default: status 200), at most
+    `wait` seconds; stop it at the end (SIGTERM, then SIGKILL). Its log is in `tmp_path`."""
+    port = free_port()
+    scheme = "https" if ssl_context else "http"
+    log_path = tmp_path / f"exporter-{port}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([str(a) for a in program] + [*args, "--web.listen-address", f"127.0.0.1:{port}"],
+                                env=clean_env() if env is None else env, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=cwd, preexec_fn=preexec_fn)
+    launched = Launched(proc, f"{scheme}://127.0.0.1:{port}", log_path, ssl_context)
+    try:
+        give_up = time.monotonic() + wait
+        while True:
+            assert proc.poll() is None, f"the exporter exited with {proc.returncode}:\n{launched.log()}"
+            with contextlib.suppress(aiohttp.ClientConnectionError, TimeoutError):
+                status, body = await launched.get(path)
+                if ready(status, body) if ready else status == 200:
+                    break
+            assert time.monotonic() < give_up, f"the exporter did not answer in {wait} s:\n{launched.log()}"
+            await asyncio.sleep(0.05)
+        yield launched
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 5)
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def open_fds() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the directory's own descriptor, closed by now
+            pass
+    return sorted(out)
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"

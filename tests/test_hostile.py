@@ -24,9 +24,19 @@ from aiohttp.test_utils import TestServer
 from oms_exporter.model import LABEL_MAX, MESSAGE_MAX, WINDOWS_MAX
 from oms_exporter.simulator import make_task, make_tasks
 from oms_exporter.web import TIMEOUT_HEADER
-from tests.conftest import PROJECT, Exporter, ManualClock, parse_metrics, scrape, target_for, value, values
+from tests.conftest import (
+    PROJECT,
+    Exporter,
+    ManualClock,
+    mib,
+    parse_metrics,
+    rss_bytes,
+    scrape,
+    target_for,
+    value,
+    values,
+)
 from tests.standin import StandIn, json_fault
-from tests.test_soak import mib, rss_bytes
 
 JSON = {"Content-Type": "application/json"}
 

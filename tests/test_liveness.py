@@ -15,9 +15,19 @@ import pytest
 
 from oms_exporter.model import STATUS_NAMES
 from oms_exporter.simulator import make_task, make_tasks
-from tests.conftest import PROJECT, Exporter, ManualClock, Samples, parse_metrics, scrape, target_for, value, values
+from tests.conftest import (
+    PROJECT,
+    TOTALS,
+    Exporter,
+    ManualClock,
+    Samples,
+    parse_metrics,
+    scrape,
+    target_for,
+    value,
+    values,
+)
 from tests.standin import StandIn, json_fault
-from tests.test_contract import TOTALS
 
 LIVE = (1, 2, 3, 6, 7)
 REFRESH = 900.0
