@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import launch_exporter, parse_metrics, value
 
+pytestmark = pytest.mark.slow  # the exporter as a process, four times
+
 
 @pytest.mark.parametrize("mode", ["aksk", "token", "iam", None], ids=["aksk", "token", "iam", "default"])
 async def test_demo_runs_in_each_mode(mode: str | None, tmp_path: Path) -> None:

@@ -229,6 +229,7 @@ def run_check_config(env: dict[str, str], *args: str) -> subprocess.CompletedPro
     return run_exporter_once("--check-config", *args, env=env)
 
 
+@pytest.mark.slow  # the program as a process
 def test_check_config_one_line_per_problem(tmp_path: Path) -> None:
     config = tmp_path / "oms.yml"
     config.write_text("""
@@ -252,6 +253,7 @@ targets:
     ]
 
 
+@pytest.mark.slow  # the program as a process
 def test_check_config_ok_names_the_mode() -> None:
     res = run_check_config({"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4",
                             "CLOUD_SDK_AK": "SDKAK", "CLOUD_SDK_SK": "sdk-sk"})

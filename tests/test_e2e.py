@@ -44,6 +44,8 @@ from tests.shipped import (
 )
 from tests.standin import Fault, StandIn
 
+pytestmark = pytest.mark.slow  # real Prometheus and Alertmanager, a minute of real time
+
 PROJECT = "e2e00000000000000000000000000001"
 AGGREGATES_PROJECT = "e2e00000000000000000000000000002"  # its exporter serves no per-task series
 TOKEN = "e2e-token-4f1a"

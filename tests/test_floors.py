@@ -21,6 +21,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from tests.conftest import REQUIRE, ROOT, launch_exporter, parse_metrics, value
 from tests.conftest import run as run_command
 
+pytestmark = pytest.mark.slow  # installs the lowest versions, runs ruff and mypy over the tree
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     """In the checkout, within 5 minutes (an install at the lowest versions downloads them)."""

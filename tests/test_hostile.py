@@ -159,6 +159,7 @@ async def test_a_body_that_never_ends_is_cut_at_the_cap(exporter: Exporter,
 
 # --- 3: what failing listings leave behind ---------------------------------------------------
 
+@pytest.mark.slow  # 70 scrapes under tracemalloc
 async def test_failing_listings_with_churning_ids_leave_nothing_behind(sim: StandIn, oms: TestServer,
                                                                        exporter: Exporter) -> None:
     """Every scrape: all task ids new; every other one fails on its last page, after parsing the

@@ -358,6 +358,7 @@ def test_config_and_secret_are_mounted_read_only(which: str) -> None:
 SECRET_FIELDS = [f"{f}_file" for f in ("auth_token", "ak", "sk", "security_token", "iam_password")]
 
 
+@pytest.mark.slow  # the program as a process, per render
 @pytest.mark.parametrize("which", RENDERS)
 def test_config_passes_the_exporters_check(which: str, tmp_path: Path) -> None:
     """`oms-exporter --check-config` with the container's args, on the files as the pod sees them:

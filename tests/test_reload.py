@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import trustme
 import yaml
 from aiohttp.test_utils import TestServer
@@ -16,6 +17,8 @@ from aiohttp.test_utils import TestServer
 from oms_exporter.simulator import make_tasks
 from tests.conftest import PROJECT, TOKEN, Samples, launch_exporter, parse_metrics, value, values
 from tests.standin import StandIn
+
+pytestmark = pytest.mark.slow  # the exporter as a process, SIGHUP and polling in real time
 
 OTHER = "p0000000000000000000000000000002"
 

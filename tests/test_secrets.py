@@ -164,6 +164,7 @@ targets:
     assert_no_secret(texts, KNOWN_SECRETS)
 
 
+@pytest.mark.slow  # the exporter as a process, twice
 async def test_no_secret_in_debug_log_of_a_running_exporter(
         sim: Simulator, wire: Wire, standin: TestServer, tmp_path: Path) -> None:
     """The real program at --log.level debug, secrets from files and environment, good and bad credentials."""
@@ -202,6 +203,7 @@ async def test_no_secret_in_debug_log_of_a_running_exporter(
     assert_no_secret(bodies, secrets_in_play(sim, wire))
 
 
+@pytest.mark.slow  # the program as a process, three times
 def test_no_secret_in_check_config_output(tmp_path: Path) -> None:
     sk_file = tmp_path / "sk"
     sk_file.write_text(SK)

@@ -39,6 +39,7 @@ async def closed_after(reader: asyncio.StreamReader, started: float) -> float:
 LIMITS = {"max_connections": 10, "header_timeout": 0.5}
 
 
+@pytest.mark.slow  # header timeouts in real time
 async def test_half_sent_requests_are_closed_and_connections_capped(served: Served) -> None:
     port = await served(**LIMITS)
     started = time.monotonic()
@@ -59,6 +60,7 @@ async def test_half_sent_requests_are_closed_and_connections_capped(served: Serv
         writer.close()
 
 
+@pytest.mark.slow  # a header timeout in real time
 async def test_a_kept_alive_connection_gets_the_same_bound(served: Served) -> None:
     port = await served(**LIMITS)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -97,6 +99,7 @@ async def _healthz(port: int, deadline: float) -> float:
                 await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow  # the exporter as a process, header timeouts in real time
 @pytest.mark.parametrize("cap", ["derived", "above the file limit"])
 async def test_more_half_sent_requests_than_files(cap: str, tmp_path: Path) -> None:
     args = ["--demo", "--demo.tasks", "20", "--oms.max-concurrency", "2", "--web.read-header-timeout", "1s",
@@ -149,6 +152,7 @@ async def _timed_get(port: int, path: str, timeout: float, **headers: str) -> tu
     return time.monotonic() - started, resp.status, body
 
 
+@pytest.mark.slow  # 600 sockets, seconds of real time
 async def test_600_clients_that_never_read_starve_neither_healthz_nor_a_scrape(sim: StandIn, served: Served) -> None:
     """600 clients ask for a 7 MB /metrics and never read it, and reconnect whenever the exporter drops
     them; the write deadline (the 10 s header timeout) is longer than the whole test."""
@@ -213,6 +217,7 @@ async def _slow_reader(port: int, gap: float) -> tuple[bytes, int]:
     return bytes(got), reads
 
 
+@pytest.mark.slow  # a write deadline in real time
 async def test_a_client_that_takes_nothing_for_the_write_deadline_is_dropped(sim: StandIn, served: Served) -> None:
     """Below the cap, with nobody waiting: the deadline alone frees the places (here 0.5 s, the header timeout)."""
     sim.add_project(PROJECT, make_tasks(3_000, seed=5))  # a body of 7 MB, more than the socket buffers hold

@@ -144,6 +144,7 @@ def test_load_raises_settings_error_with_lines(monkeypatch):
     assert any(line.startswith("OMS_REGION") for line in exc.value.lines)
 
 
+@pytest.mark.slow  # the program as a process
 def test_process_exit_code_and_no_listening(tmp_path):
     res = run_exporter_once("--oms.page-limit", "500", env=GOOD_ENV)
     assert res.returncode == 2
@@ -196,6 +197,7 @@ def test_a_ca_file_that_is_not_a_pem_bundle_is_a_bad_setting(tmp_path, monkeypat
         assert CA_CONTENT not in err
 
 
+@pytest.mark.slow  # the program as a process
 def test_the_program_does_not_start_with_a_bad_ca_file(tmp_path):
     (_, path), *_ = _bad_ca_files(tmp_path)
     proc = run_exporter_once("--oms.ca-file", str(path), "--web.listen-address", f"127.0.0.1:{free_port()}",

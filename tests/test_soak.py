@@ -13,12 +13,15 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from oms_exporter.simulator import Evolution, make_tasks
 from oms_exporter.web import TIMEOUT_HEADER
 from tests.conftest import PROJECT, Exporter, mib, open_fds, parse_metrics, rss_bytes, scrape, target_for, value
 from tests.standin import StandIn
+
+pytestmark = pytest.mark.slow  # thousands of scrapes
 
 
 async def test_200_concurrent_scrapes_share_one_listing(sim: StandIn, exporter: Exporter) -> None:

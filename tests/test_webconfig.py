@@ -317,6 +317,7 @@ def test_cli_accepts_a_good_file(tmp_path: Path, pki: dict[str, Any], capsys: py
 
 # --- the real program ----------------------------------------------------------------------------
 
+@pytest.mark.slow  # the exporter as a process
 async def test_the_exporter_serves_tls_and_basic_auth_end_to_end(tmp_path: Path, pki: dict[str, Any]) -> None:
     """`oms-exporter --demo --web.config.file ...` as a user runs it: the flag reaches the server."""
     ca = str(pki["dir"] / "clients-ca.crt")
