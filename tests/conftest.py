@@ -68,6 +68,17 @@ class ManualClock(Clock):
         """The wall clock reads `unix` now (monotonic time goes on as it was)."""
         self.wall_offset += unix - self.time()
 
+    def deadlines(self) -> list[float]:
+        """The deadlines of the blocks inside `timeout_at` now, soonest first: a scrape waiting for
+        a listing is one of them, with the deadline it was given."""
+        return sorted(d for d, t in self._deadlines if not t.expired())
+
+    async def settle(self) -> None:
+        """Until no block is inside `timeout_at` any more (each listing finished, or failed at its
+        deadline), then SETTLE for what it does after: count its failure, log."""
+        await wait_until(lambda: not self._deadlines, "every block past its deadline")
+        await asyncio.sleep(self.SETTLE)
+
     def advance(self, seconds: float) -> None:
         self.offset += seconds
         loop = asyncio.get_running_loop()
@@ -95,6 +106,15 @@ class ManualClock(Clock):
             self.advance(max(0.0, min(earlier) - self.monotonic()))
             await asyncio.sleep(0)
         self.advance(max(0.0, wake - self.monotonic()))
+
+
+async def wait_until(done: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Until `done()` is true, looking each millisecond; fail after `timeout` real seconds (a guard:
+    what is awaited takes no time on a test's clock)."""
+    give_up = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < give_up, f"not reached in {timeout} s: {what}"
+        await asyncio.sleep(0.001)
 
 
 PROJECT = "p0000000000000000000000000000001"
