@@ -355,6 +355,7 @@ async def test_one_record_cannot_flood_the_metrics(sim: StandIn, exporter: Expor
 
 # --- 13: many targets share a bounded number of connections ----------------------------------
 
+@pytest.mark.slow  # 24 targets of 150 tasks: a scrape of 80,000 lines
 async def test_many_targets_queue_for_a_bounded_number_of_connections(sim: StandIn, oms: TestServer,
                                                                       exporter: Exporter) -> None:
     sim.latency = 0.02

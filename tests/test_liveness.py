@@ -275,7 +275,7 @@ async def test_filters_projects_and_probe(sim: StandIn, oms: Any, exporter: Expo
         sim.patch_task(PROJECT, rng.choice(members), status=rng.choice([2, 3, 4, 5]))
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", [0, 1, *(pytest.param(s, marks=pytest.mark.slow) for s in (2, 3))])  # 2, 3: slow
 async def test_any_sequence_of_account_changes_stays_exact(sim: StandIn, exporter: Exporter,
                                                            clock: ManualClock, seed: int) -> None:
     """Random owners: tasks progress, finish, fail, are restarted, created, deleted, paused; now and
@@ -548,7 +548,7 @@ def _change(sim: StandIn, rng: random.Random, next_id: list[int]) -> None:
 
 
 @pytest.mark.parametrize("scope", ["all", "statuses", "groups"])
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])  # seed 1: 40 scrapes more, each scope
 async def test_random_changes_between_and_during_scrapes_stay_exact(
         sim: StandIn, oms: Any, exporter: Exporter, clock: ManualClock, seed: int, scope: str) -> None:
     """Changes between scrapes and while a scrape lists, faults, refreshes: a scrape that is up is
