@@ -45,12 +45,13 @@ class ManualClock(Clock):
     A coroutine that sleeps resumes at once, with the clock at (at least) the time it asked
     to wake up at, so back-off and pauses cost a test no real time; `slept` lists the waits.
     Deadlines (`timeout_at`) follow the clock: when it moves past one, that block times out
-    at once. A sleep that would pass a deadline first lets real work settle (SETTLE), then
+    at once. A sleep that would pass a deadline first lets real work settle (`quiet`), then
     moves the clock to that deadline only, and so on: a stand-in that hangs for a minute (it
     sleeps on this clock) fails a scrape's 10 s deadline at 10 s, without the test waiting.
     """
 
-    SETTLE = 0.02  # real seconds a sleep past a deadline leaves work that does not wait on the clock
+    SETTLE = 0.02  # real seconds a sleep past a deadline leaves work that does not wait on the clock, at least
+    QUIET = 0.01  # ... and then until a window this long in which the process was (nearly) idle
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -77,7 +78,19 @@ class ManualClock(Clock):
         """Until no block is inside `timeout_at` any more (each listing finished, or failed at its
         deadline), then SETTLE for what it does after: count its failure, log."""
         await wait_until(lambda: not self._deadlines, "every block past its deadline")
+        await self.quiet()
+
+    async def quiet(self) -> None:
+        """SETTLE, and more while this process is busy (CPU time of every thread: the stand-in,
+        the exporter, its encoder): a healthy listing beside a hanging one finishes before the
+        clock moves to their deadline, however loaded the machine is (at most 10 s)."""
         await asyncio.sleep(self.SETTLE)
+        give_up = time.monotonic() + 10
+        while time.monotonic() < give_up:
+            cpu = time.process_time()
+            await asyncio.sleep(self.QUIET)
+            if time.process_time() - cpu < self.QUIET / 10:
+                return
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
@@ -102,7 +115,7 @@ class ManualClock(Clock):
         wake = self.monotonic() + seconds
         await asyncio.sleep(0)
         while earlier := [d for d, t in self._deadlines if d < wake and not t.expired()]:
-            await asyncio.sleep(self.SETTLE)
+            await self.quiet()
             self.advance(max(0.0, min(earlier) - self.monotonic()))
             await asyncio.sleep(0)
         self.advance(max(0.0, wake - self.monotonic()))
