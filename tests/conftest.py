@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -212,9 +212,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def parse_metrics(text: str) -> Samples:
     """Parse exposition text with prometheus_client's parser: {(name, labels): value}.
 
-    The same result as parsing the text at once (tests/test_helpers.py), in pieces that a test
-    parses once: a test that scrapes one account 40 times parses what changed between scrapes,
-    not all 14,000 lines each time (see `_pieces`).
+    The same result as parsing the text at once (tests/test_helpers.py), in pieces parsed once:
+    a test that scrapes one account 40 times parses what changed between scrapes, not all 14,000
+    lines each time, and the tests that scrape the `sim` fixture's 250 tasks share what they
+    have in common (see `_pieces`).
     """
     out: Samples = {}
     for piece in _pieces(text):
@@ -225,7 +226,8 @@ def parse_metrics(text: str) -> Samples:
 
 
 Piece = list[tuple[tuple[str, frozenset[tuple[str, str]]], float]]
-_PARSED: dict[tuple[str, str], Piece | None] = {}  # (family header, sample lines) -> samples; cleared per test
+_PARSED: dict[tuple[str, str], Piece | None] = {}  # (family header, sample lines) -> its samples
+_PARSED_MAX = 6_000  # pieces kept (about 17 KB each: 100 MB), then all forgotten at once
 
 
 def _plain(text: str) -> list[Piece]:
@@ -272,6 +274,8 @@ def _pieces(text: str) -> list[Piece]:
             if hash(line) & 15 == 0 or i == len(lines) - 1 or i - start == 127 or not lines:
                 key = (head, "\n".join(lines[start:i + 1]))
                 if key not in _PARSED:
+                    if len(_PARSED) >= _PARSED_MAX:
+                        _PARSED.clear()
                     fams = list(text_string_to_metric_families(key[0] + "\n" + key[1]))
                     _PARSED[key] = ([((s.name, frozenset(s.labels.items())), s.value) for s in fams[0].samples]
                                     if len(fams) == 1 else None)
@@ -282,11 +286,6 @@ def _pieces(text: str) -> list[Piece]:
                 start = i + 1
     return out
 
-
-@pytest.fixture(autouse=True)
-def _forget_parsed_pieces() -> Iterator[None]:
-    yield
-    _PARSED.clear()
 
 
 def values(samples: Samples, name: str, **labels: str) -> dict[frozenset[tuple[str, str]], float]:
