@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
 CACHE_ENV = "OMS_EXPORTER_CI_CACHE"
 STAND_IN_LABEL = "org.oms-exporter.ci.stand-in"
 # Debian's slim images (debuerreotype) leave these out; so does the stand-in.

@@ -52,6 +52,9 @@ class StandIn(Simulator):
         super().__init__(*args, **kwargs)
         self.latency = latency
         self.sleep = sleep
+        # When an Event: every OMS API request waits until it is set, on no clock at all, so that
+        # a test holds a listing in flight while other scrapes join it or a deadline passes.
+        self.gate: asyncio.Event | None = None
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
         self.calls: list[tuple[str, str]] = []
@@ -115,6 +118,8 @@ class StandIn(Simulator):
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if self.gate is not None:
+                await self.gate.wait()
             for fault in self.faults:
                 if fault.times > 0 and fault.api in (api, "*") and (fault.match is None or fault.match(request)):
                     fault.times -= 1

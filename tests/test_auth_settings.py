@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from oms_exporter.settings import SECRET_FIELDS, SettingsError, Target, load
+from tests.conftest import run_exporter_once
 
 BASE = {"name": "t", "project_id": "p1", "region": "cn-north-4"}
 
@@ -227,11 +227,10 @@ def test_env_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- the command line: one line per problem, exit code 2 ----------------------------------------
 
 def run_check_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OMS_", "CLOUD_SDK_"))}
-    return subprocess.run([sys.executable, "-m", "oms_exporter", "--check-config", *args],
-                          env={**clean, **env}, capture_output=True, text=True, timeout=30)
+    return run_exporter_once("--check-config", *args, env=env)
 
 
+@pytest.mark.slow  # the program as a process
 def test_check_config_one_line_per_problem(tmp_path: Path) -> None:
     config = tmp_path / "oms.yml"
     config.write_text("""
@@ -255,6 +254,7 @@ targets:
     ]
 
 
+@pytest.mark.slow  # the program as a process
 def test_check_config_ok_names_the_mode() -> None:
     res = run_check_config({"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4",
                             "CLOUD_SDK_AK": "SDKAK", "CLOUD_SDK_SK": "sdk-sk"})

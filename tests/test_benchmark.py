@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmark scripts, run as processes
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scrape.py"
 
 

@@ -21,43 +21,25 @@ import pytest
 import yaml
 
 from oms_exporter.settings import Options
-from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary
+from tests.conftest import require_binary
+from tests.shipped import (
+    ALERTS_FILE,
+    RECORDING_FILE,
+    alertmanager_config,
+    bind_mounts,
+    e2e_alertmanager_config,
+    e2e_prometheus_config,
+    flag,
+    in_container,
+    prometheus_config,
+    prometheus_config_path,
+    prometheus_rule_files,
+    services,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "compose.yaml"
 # Grafana reads provisioning from here unless GF_PATHS_PROVISIONING says otherwise.
 GRAFANA_PROVISIONING = PurePosixPath("/etc/grafana/provisioning")
-
-
-def services() -> dict[str, dict[str, Any]]:
-    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
-    return doc["services"]
-
-
-def bind_mounts(service: str) -> dict[PurePosixPath, Path]:
-    """{path in the container: path on the host} of the service's bind mounts (not named volumes)."""
-    out = {}
-    for volume in services()[service].get("volumes", []):
-        source, target = volume.split(":")[:2]
-        if source.startswith((".", "/")):
-            out[PurePosixPath(target)] = (ROOT / source).resolve()
-    return out
-
-
-def in_container(service: str, path: str | PurePosixPath) -> Path:
-    """The host file that `path` is in the service's container (through the deepest mount over it)."""
-    path = PurePosixPath(path)
-    over = [t for t in bind_mounts(service) if path == t or t in path.parents]
-    assert over, f"{service}: nothing is mounted at {path}"
-    target = max(over, key=lambda t: len(t.parts))
-    return bind_mounts(service)[target] / path.relative_to(target)
-
-
-def flag(service: str, name: str) -> str:
-    """The value of --NAME=VALUE in the service's command."""
-    values = [a.split("=", 1)[1] for a in services()[service].get("command", []) if a.startswith(f"--{name}=")]
-    assert len(values) == 1, f"{service}: expected one --{name}= in its command, found {values}"
-    return values[0]
 
 
 def lay_out(service: str, into: Path) -> Path:
@@ -71,49 +53,6 @@ def lay_out(service: str, into: Path) -> Path:
         else:
             shutil.copy(source, dest)
     return into
-
-
-def prometheus_config_path() -> PurePosixPath:
-    return PurePosixPath(flag("prometheus", "config.file"))
-
-
-def prometheus_config() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(in_container("prometheus", prometheus_config_path()).read_text())
-    return doc
-
-
-def prometheus_rule_files() -> dict[str, Path]:
-    """{rule_files entry: the host file Prometheus reads for it}."""
-    base = prometheus_config_path().parent
-    return {entry: in_container("prometheus", base / entry) for entry in prometheus_config()["rule_files"]}
-
-
-def alertmanager_config() -> dict[str, Any]:
-    path = in_container("alertmanager", flag("alertmanager", "config.file"))
-    doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return doc
-
-
-# --- the configs tests/test_e2e.py runs --------------------------------------------------------
-def e2e_prometheus_config(exporters: list[int], alertmanager: int) -> dict[str, Any]:
-    """The compose stack's Prometheus config with loopback addresses and one-second intervals."""
-    doc = copy.deepcopy(prometheus_config())
-    doc["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
-    (job,) = doc["scrape_configs"]
-    job.update(scrape_interval="1s", scrape_timeout="1s",
-               static_configs=[{"targets": [f"127.0.0.1:{port}" for port in exporters]}])
-    (am,) = doc["alerting"]["alertmanagers"]
-    am["static_configs"] = [{"targets": [f"127.0.0.1:{alertmanager}"]}]
-    return doc
-
-
-def e2e_alertmanager_config(webhook: str) -> dict[str, Any]:
-    """The compose stack's Alertmanager config, its receiver a webhook, notifying at once."""
-    doc = copy.deepcopy(alertmanager_config())
-    doc["route"].update(group_wait="0s", group_interval="1s", repeat_interval="1h")
-    (receiver,) = [r for r in doc["receivers"] if r["name"] == doc["route"]["receiver"]]
-    receiver["webhook_configs"] = [{"url": webhook, "send_resolved": False}]
-    return doc
 
 
 def without(doc: dict[str, Any], *paths: str) -> dict[str, Any]:

@@ -1,7 +1,5 @@
 """The metrics contract of issue 2, checked end to end: stand-in -> HTTP -> exporter -> parsed /metrics."""
 
-import shutil
-import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +12,7 @@ from oms_exporter.catalog import ALL_METRIC_NAMES, AREAS
 from oms_exporter.groups import TASK_GROUPS
 from oms_exporter.simulator import make_task
 from oms_exporter.tasks import TASKS
-from tests.conftest import PROJECT, parse_metrics, scrape, target_for, value, values
+from tests.conftest import PROJECT, TOTALS, parse_metrics, promtool, run, scrape, target_for, value, values
 
 NOW_MS = 1_790_000_000_000
 FULL = {
@@ -143,13 +141,10 @@ async def test_label_values_are_escaped_for_any_name(one_task, exporter, tmp_pat
     assert set(NASTY) <= names
     msgs = {dict(lab)["error_msg"] for lab in values(s, "oms_task_error_info")}
     assert set(NASTY) <= msgs
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    res = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    res = run(promtool(), "check", "metrics", input=text)
     # promtool lints naming conventions too; only real format errors fail the check.
-    problems = [ln for ln in res.stderr.decode().splitlines() if "error while linting" in ln or "parse" in ln]
-    assert res.returncode in (0, 3) and not problems, res.stderr.decode()
+    problems = [ln for ln in res.stderr.splitlines() if "error while linting" in ln or "parse" in ln]
+    assert res.returncode in (0, 3) and not problems, res.stderr
 
 
 async def test_openmetrics_is_served_when_asked(exporter):
@@ -205,12 +200,6 @@ async def test_min_interval_serves_the_same_listing_and_says_how_old_it_is(sim, 
 
 DAY_MS = 86_400_000
 STATES = ["waiting", "migrating", "paused", "failed", "succeeded", "retrying", "pausing"]
-TOTALS = {  # oms_tasks_* family -> TaskResp field it sums
-    "oms_tasks_size_bytes": "total_size", "oms_tasks_completed_bytes": "complete_size",
-    "oms_tasks_migrated_bytes": "real_size", "oms_tasks_objects": "total_num",
-    "oms_tasks_objects_succeeded": "successful_num", "oms_tasks_objects_failed": "failed_num",
-    "oms_tasks_objects_skipped": "skipped_num", "oms_tasks_speed_bytes_per_second": "migrate_speed",
-}
 
 
 def _totals(s):
@@ -283,8 +272,7 @@ async def test_an_old_failed_task_fires_oms_task_failed_in_promtool(sim, exporte
     """The exporter's own output for a task that failed nine days ago, fed to the shipped alert rules."""
     import yaml
 
-    from tests.test_rules import ALERTS_FILE, RECORDING_FILE, require_binary, run
-    promtool = require_binary("promtool")
+    from tests.shipped import ALERTS_FILE, RECORDING_FILE
     sim.patch_task(PROJECT, 5, status=4, name="old-failure", **_ended_days_ago(9),
                    error_reason={"error_code": "OMS.1105", "error_msg": "The destination bucket does not exist."})
     s = await scrape(await exporter())
@@ -308,7 +296,7 @@ async def test_an_old_failed_task_fires_oms_task_failed_in_promtool(sim, exporte
     for f in (ALERTS_FILE, RECORDING_FILE):
         (tmp_path / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "t.yml").write_text(yaml.safe_dump(test), encoding="utf-8")
-    res = run(promtool, "test", "rules", "t.yml", cwd=tmp_path)
+    res = run(promtool(), "test", "rules", "t.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

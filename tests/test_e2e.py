@@ -14,9 +14,7 @@ binaries unless OMS_EXPORTER_REQUIRE_E2E=1.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,22 +29,28 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from oms_exporter.simulator import add_groups_and_syncs, make_tasks
+from tests.conftest import clean_env, free_port, require_binary
+from tests.shipped import (
+    ALERTS_FILE,
+    dashboards,
+    e2e_alertmanager_config,
+    e2e_prometheus_config,
+    exprs_of,
+    label_values_selector,
+    prometheus_rule_files,
+    referenced_metric_names,
+    shorten_for,
+    variable_queries,
+)
 from tests.standin import Fault, StandIn
-from tests.test_compose import e2e_alertmanager_config, e2e_prometheus_config, prometheus_rule_files
-from tests.test_grafana import dashboards, exprs_of, label_values_selector, referenced_metric_names, variable_queries
-from tests.test_rules import ALERTS_FILE, require_binary, shorten_for
+
+pytestmark = pytest.mark.slow  # real Prometheus and Alertmanager, a minute of real time
 
 PROJECT = "e2e00000000000000000000000000001"
 AGGREGATES_PROJECT = "e2e00000000000000000000000000002"  # its exporter serves no per-task series
 TOKEN = "e2e-token-4f1a"
 JOB = "oms-exporter"
 DEADLINE = 45.0  # seconds for the whole stack to do everything asked of it
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Processes:
@@ -170,9 +174,8 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
     hook_server = await aiohttp_server(hook_app)
 
     exp_port, agg_port, prom_port, am_port = free_port(), free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
-    env.update(OMS_PROJECT_ID=PROJECT, OMS_REGION="cn-north-4", OMS_AUTH_TOKEN=TOKEN,
-               OMS_ENDPOINT=str(oms.make_url("")).rstrip("/"))
+    env = clean_env(OMS_PROJECT_ID=PROJECT, OMS_REGION="cn-north-4", OMS_AUTH_TOKEN=TOKEN,
+                    OMS_ENDPOINT=str(oms.make_url("")).rstrip("/"))
     processes.start("exporter", [sys.executable, "-m", "oms_exporter", "--web.listen-address",
                                  f"127.0.0.1:{exp_port}", "--log.level", "debug"], env=env)
     processes.start("exporter-aggregates", [

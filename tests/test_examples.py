@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +10,10 @@ import pytest
 import yaml
 
 from oms_exporter.catalog import ALL_METRIC_NAMES, SELF_METRIC_NAMES
+from tests.conftest import promtool, run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "prometheus"
 CONFIGS = sorted(EXAMPLES.glob("*.yml"))
-
-
-def promtool() -> str:
-    path = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
-    if path is None:
-        if os.environ.get("OMS_EXPORTER_REQUIRE_E2E") == "1":
-            pytest.fail("promtool not found, and OMS_EXPORTER_REQUIRE_E2E=1 requires it")
-        pytest.skip("promtool not found: install Prometheus' promtool to check the example configs")
-    return path
 
 
 def jobs(config: Path) -> dict[str, dict[str, Any]]:
@@ -38,8 +27,7 @@ def test_there_are_examples() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_promtool_check_config(config: Path) -> None:
-    out = subprocess.run([promtool(), "check", "config", config.name], cwd=EXAMPLES,
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = run(promtool(), "check", "config", config.name, cwd=EXAMPLES)
     assert out.returncode == 0, out.stdout + out.stderr
     # A warning (e.g. a file_sd glob matching nothing) means the example is incomplete.
     assert "WARNING" not in out.stdout + out.stderr, out.stdout + out.stderr

@@ -291,6 +291,7 @@ def test_changed_values_written_differently_are_rendered_again() -> None:
         fast([listing(target(), after)], policy, accept, cache)
 
 
+@pytest.mark.slow  # 6,006 tasks against prometheus_client's own encoder, six times
 def test_many_tasks_moving_and_gzip() -> None:
     """Thousands of tasks, moving between encodes; the gzip body reads back identical."""
     policy = SeriesPolicy(finished_task_max_age=0)

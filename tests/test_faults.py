@@ -11,7 +11,6 @@ import asyncio
 import io
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,12 +89,12 @@ def assert_down(s: Samples, reason: str, project: str = PROJECT, *, counted: boo
 
 
 async def settled_errors(client: TestClient, reason: str, project: str = PROJECT) -> float:
-    """oms_scrape_errors_total a moment after a scrape that hit its deadline.
+    """oms_scrape_errors_total once every listing has finished, after a scrape that hit its deadline.
 
     The shared listing and the scrape waiting for it reach the same deadline together, so
     the listing may record its timeout just after that scrape was answered.
     """
-    await asyncio.sleep(0.2)
+    await client.server.app[CLOCK].settle()
     return errors(parse_metrics(generate_latest(client.app[STATS].registry).decode()), reason, project)
 
 
@@ -274,10 +273,11 @@ async def test_a_hostile_scrape_timeout_header_cannot_hold_the_scrape(
         sim: StandIn, exporter: Exporter, header: str, caplog: pytest.LogCaptureFixture) -> None:
     sim.inject(delay=60, status=200, times=1000)
     client = await exporter(scrape_timeout=1, timeout_offset=OFFSET)
-    started = time.monotonic()
+    clock = client.server.app[CLOCK]
+    started = clock.monotonic()
     resp = await asyncio.wait_for(client.get("/metrics", headers={TIMEOUT_HEADER: header}), 2)
     assert resp.status == 200
-    assert time.monotonic() - started < 1.5
+    assert clock.monotonic() - started < 1.5  # the --oms.scrape-timeout of 1 s, on the exporter's clock
     assert_down(parse_metrics(await resp.text()), "timeout", counted=False)
     assert await settled_errors(client, "internal") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -466,7 +466,7 @@ async def test_one_failing_project_does_not_take_the_others_down(
     assert up(s, P3) == 1 and len(task_ids(s, P3)) == 40
     assert not any(values(s, "oms_scrape_errors_total", project_id=PROJECT).values())
     assert not any(values(s, "oms_scrape_errors_total", project_id=P3).values())
-    await asyncio.sleep(0.2)  # a hang is counted as the deadline passes (see settled_errors)
+    await client.server.app[CLOCK].settle()  # a hang is counted as the deadline passes (see settled_errors)
     s2 = parse_metrics(generate_latest(client.app[STATS].registry).decode())
     assert sum(values(s2, "oms_scrape_errors_total", project_id=P2).values()) == 1
     # /probe of a healthy project is not held up by the broken one.

@@ -10,25 +10,23 @@ prometheus_client.
 from __future__ import annotations
 
 import gzip
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 
-from tests.conftest import parse_metrics, values
+from tests.conftest import REQUIRE, ROOT, launch_exporter, parse_metrics, values
+from tests.conftest import run as run_command
 
-ROOT = Path(__file__).resolve().parent.parent
-REQUIRE = os.environ.get("OMS_EXPORTER_REQUIRE_E2E") == "1"
+pytestmark = pytest.mark.slow  # installs the lowest versions, runs ruff and mypy over the tree
 
 
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """In the checkout, within 5 minutes (an install at the lowest versions downloads them)."""
+    return run_command(*args, timeout=300)
 
 
 def test_ruff() -> None:
@@ -41,12 +39,6 @@ def test_mypy() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str, headers: dict[str, str]) -> tuple[str, str]:
     """(content type, text) of a scrape."""
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
@@ -56,7 +48,7 @@ def _get(url: str, headers: dict[str, str]) -> tuple[str, str]:
         return resp.headers.get("Content-Type", ""), body.decode()
 
 
-def test_the_lowest_declared_versions_run_the_demo(tmp_path: Path) -> None:
+async def test_the_lowest_declared_versions_run_the_demo(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     made = run(sys.executable, "-m", "uv", "venv", "-q", "--python", sys.executable, str(venv))
     if made.returncode != 0 and not REQUIRE:
@@ -69,21 +61,10 @@ def test_the_lowest_declared_versions_run_the_demo(tmp_path: Path) -> None:
         pytest.skip(f"PyPI not reachable: {installed.stderr.strip()[-300:]}")
     assert installed.returncode == 0, installed.stderr
     versions = run(sys.executable, "-m", "uv", "pip", "list", "--python", python).stdout
-    port = _free_port()
-    proc = subprocess.Popen([str(venv / "bin" / "oms-exporter"), "--demo", "--demo.tasks", "120",
-                             "--web.listen-address", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        give_up = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"exporter exited:\n{proc.stdout.read() if proc.stdout else ''}\n{versions}"
-            try:
-                _, text = _get(url, {})
-                break
-            except OSError:
-                assert time.monotonic() < give_up, "the exporter did not answer in 30 s"
-                time.sleep(0.2)
+    async with launch_exporter(["--demo", "--demo.tasks", "120"], tmp_path, program=[venv / "bin" / "oms-exporter"],
+                               cwd=tmp_path) as exporter:
+        url = f"{exporter.base}/metrics"
+        _, text = _get(url, {})
         assert set(values(parse_metrics(text), "oms_up").values()) == {1}, versions
         prometheus = {"Accept": "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
                                 "text/plain;version=0.0.4;q=0.3,*/*;q=0.2", "Accept-Encoding": "gzip",
@@ -93,12 +74,6 @@ def test_the_lowest_declared_versions_run_the_demo(tmp_path: Path) -> None:
         up = [s.value for f in openmetrics_families(body) for s in f.samples if s.name == "oms_up"]
         assert up and set(up) == {1}, (up, versions)
         assert set(values(parse_metrics(_get(url, {"Accept-Encoding": "gzip"})[1]), "oms_up").values()) == {1}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     # The encoder's byte-identity with prometheus_client, at the lowest prometheus_client allowed
     # (pytest and hypothesis added; they bring none of the exporter's own dependencies).
     tools = run(sys.executable, "-m", "uv", "pip", "install", "-q", "--python", python, "pytest", "hypothesis")

@@ -1,6 +1,6 @@
 """The Grafana dashboards, provisioning, compose stack and Dockerfile, checked as files.
 
-Also home of `metric_names()`, the PromQL reader that makes a test fail when the dashboards
+With `metric_names()`, the PromQL reader of tests/shipped.py, a test fails when the dashboards
 or the rules name a metric the exporter does not produce (tests/test_e2e.py runs the same
 expressions on a real Prometheus).
 """
@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,12 +19,25 @@ import pytest
 import yaml
 
 from oms_exporter.catalog import ALL_METRIC_NAMES
-from tests.conftest import load_module
-from tests.test_rules import ALERTS_FILE, RECORDING_FILE, alerts, load_rules, recording_rule_names, require_binary, run
+from tests.conftest import load_module, require_binary, run
+from tests.shipped import (
+    ALERTS_FILE,
+    DASHBOARDS,
+    RECORDING_FILE,
+    alerts,
+    all_panels,
+    dashboards,
+    exprs_of,
+    load_rules,
+    metric_names,
+    recording_rule_names,
+    referenced_metric_names,
+    template_queries,
+    variable_queries,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
-DASHBOARDS = GRAFANA / "dashboards"
 GENERATOR = GRAFANA / "generate_dashboards.py"
 DS_UID = "${datasource}"
 # Variables Grafana defines itself.
@@ -35,87 +47,6 @@ BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range", "__interval_ms"
 
 def load_generator() -> ModuleType:
     return load_module(GENERATOR)
-
-
-def dashboards() -> dict[str, dict[str, Any]]:
-    return {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(DASHBOARDS.glob("*.json"))}
-
-
-def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Every panel, including those inside collapsed rows."""
-    for p in panels:
-        yield p
-        yield from all_panels(p.get("panels", []))
-
-
-def exprs_of(dashboard: dict[str, Any]) -> list[str]:
-    return [t["expr"] for p in all_panels(dashboard["panels"]) for t in p.get("targets", [])]
-
-
-def variable_queries(dashboard: dict[str, Any]) -> list[str]:
-    out = []
-    for v in dashboard["templating"]["list"]:
-        if v["type"] == "query":
-            q = v["query"]
-            out.append(q["query"] if isinstance(q, dict) else q)
-    return out
-
-
-def label_values_selector(query: str) -> tuple[str, str]:
-    """`label_values(SELECTOR, LABEL)` -> (SELECTOR, LABEL)."""
-    m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", query, re.DOTALL)
-    assert m, f"unsupported variable query {query!r}"
-    return m.group(1), m.group(2)
-
-
-# --- PromQL -> metric names --------------------------------------------------------------------
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-             "offset", "inf", "nan", "atan2", "start", "end"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (not a full parser: enough for these files)."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    e = re.sub(r"'(?:[^'\\]|\\.)*'", "''", e)
-    e = re.sub(r"`[^`]*`", "``", e)
-    e = re.sub(r"\{[^{}]*\}", " ", e)  # label matchers
-    e = re.sub(r"\[[^\]]*\]", " ", e)  # ranges and subqueries
-    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
-    e = re.sub(r"\$\{[^}]*\}|\$\w+", " ", e)  # Grafana variables
-    names = set()
-    for m in re.finditer(r"(?<![\w.:])[A-Za-z_:][\w:]*", e):
-        word = m.group()
-        if e[m.end():].lstrip().startswith("(") or word.lower() in _KEYWORDS:
-            continue  # a function or an operator
-        names.add(word)
-    return names
-
-
-def template_queries(text: str) -> list[str]:
-    """PromQL in alert templates: `printf "EXPR" ... | query` with the %q/%s verbs filled in."""
-    return [re.sub(r"%[qsvd]", '"x"', m.group(1)) for m in re.finditer(r'printf\s+"((?:[^"\\]|\\.)*)"', text)]
-
-
-def rule_exprs() -> list[str]:
-    out = []
-    for f in (ALERTS_FILE, RECORDING_FILE):
-        for rule in load_rules(f):
-            out.append(rule["expr"])
-            for text in rule.get("annotations", {}).values():
-                out.extend(q.replace('\\"', '"') for q in template_queries(text))
-    return out
-
-
-def dashboard_exprs() -> list[str]:
-    out = []
-    for d in dashboards().values():
-        out.extend(exprs_of(d))
-        out.extend(label_values_selector(q)[0] for q in variable_queries(d))
-    return out
-
-
-def referenced_metric_names() -> set[str]:
-    return set().union(*(metric_names(e) for e in rule_exprs() + dashboard_exprs()))
 
 
 def test_metric_names_reader() -> None:

@@ -24,9 +24,19 @@ from aiohttp.test_utils import TestServer
 from oms_exporter.model import LABEL_MAX, MESSAGE_MAX, WINDOWS_MAX
 from oms_exporter.simulator import make_task, make_tasks
 from oms_exporter.web import TIMEOUT_HEADER
-from tests.conftest import PROJECT, Exporter, ManualClock, parse_metrics, scrape, target_for, value, values
+from tests.conftest import (
+    PROJECT,
+    Exporter,
+    ManualClock,
+    mib,
+    parse_metrics,
+    rss_bytes,
+    scrape,
+    target_for,
+    value,
+    values,
+)
 from tests.standin import StandIn, json_fault
-from tests.test_soak import mib, rss_bytes
 
 JSON = {"Content-Type": "application/json"}
 
@@ -155,6 +165,7 @@ async def test_a_body_that_never_ends_is_cut_at_the_cap(exporter: Exporter,
 
 # --- 3: what failing listings leave behind ---------------------------------------------------
 
+@pytest.mark.slow  # 70 scrapes under tracemalloc
 async def test_failing_listings_with_churning_ids_leave_nothing_behind(sim: StandIn, oms: TestServer,
                                                                        exporter: Exporter) -> None:
     """Every scrape: all task ids new; every other one fails on its last page, after parsing the
@@ -351,6 +362,7 @@ async def test_one_record_cannot_flood_the_metrics(sim: StandIn, exporter: Expor
 
 # --- 13: many targets share a bounded number of connections ----------------------------------
 
+@pytest.mark.slow  # 24 targets of 150 tasks: a scrape of 80,000 lines
 async def test_many_targets_queue_for_a_bounded_number_of_connections(sim: StandIn, oms: TestServer,
                                                                       exporter: Exporter) -> None:
     sim.latency = 0.02

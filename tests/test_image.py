@@ -33,9 +33,8 @@ import pytest
 import yaml
 
 from oms_exporter.settings import Options
-from tests.conftest import parse_metrics, values
-from tests.imagebuild import REQUIRE_ENV, Buildah, build, cache_dir, ensure_stand_in, pip_volumes
-from tests.test_rules import require_binary
+from tests.conftest import missing, parse_metrics, promtool, values
+from tests.imagebuild import Buildah, build, cache_dir, ensure_stand_in, pip_volumes
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -49,12 +48,6 @@ COMPILERS = {"gcc", "cc", "c++", "g++", "clang", "make", "ld", "as", "cpp", "rus
 # What buildah mounts for every RUN instruction.
 RUN_MOUNT_POINTS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run/.containerenv")
 BUILD_PACKAGES = {"pip", "setuptools", "wheel", "_distutils_hack", "pkg_resources"}
-
-
-def missing(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 requires it")
-    pytest.skip(reason)
 
 
 def hadolint() -> str:
@@ -290,8 +283,7 @@ def test_the_demo_runs_as_the_deployment_runs_it(container: Container, tmp_path:
     up = values(parse_metrics(scraped.stdout), "oms_up")
     assert up and set(up.values()) == {1}, up
     (tmp_path / "metrics.txt").write_text(scraped.stdout)
-    promtool = require_binary("promtool")
-    lint = subprocess.run([promtool, "check", "metrics"], input=scraped.stdout, capture_output=True,
+    lint = subprocess.run([promtool(), "check", "metrics"], input=scraped.stdout, capture_output=True,
                           text=True, timeout=60)
     assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
     # The process as the kernel sees it: the Deployment's user, no capabilities, no escalation,

@@ -23,7 +23,6 @@ renders with any kubectl; the overlay needs kubectl 1.21 or later (kustomize 4: 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -41,8 +40,8 @@ import oms_exporter
 from oms_exporter.catalog import ALL_METRIC_NAMES
 from oms_exporter.metrics import SELF_FAMILIES
 from oms_exporter.settings import Target, parse_duration
-from tests.conftest import load_module
-from tests.test_rules import RULES, load_rules, require_binary
+from tests.conftest import load_module, missing, promtool, require_binary, run_exporter_once
+from tests.shipped import RULES, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -51,7 +50,6 @@ OVERLAY = DEPLOY / "kubernetes-example"
 COMPONENTS = ("network-policy", "probe", "discovery")
 # The overlay renders with these components enabled: probe and discovery are alternatives.
 COMPONENT_RENDERS = {"components": ("network-policy", "probe"), "discovery": ("network-policy", "discovery")}
-REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
 # Schemas of these Kubernetes versions (kubernetes-validate ships them): the oldest release still
 # in wide use when this was written, and the newest the installed package knows.
 K8S_VERSIONS = ("1.29.0", "latest")
@@ -83,13 +81,7 @@ RULE = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotati
 
 # --- rendering -----------------------------------------------------------------------------------
 def kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path:
-        return path
-    reason = "kubectl not installed (Debian package kubernetes-client)"
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 requires it")
-    pytest.skip(reason)
+    return require_binary("kubectl", package="kubernetes-client")
 
 
 def kubectl_minor(path: str) -> int:
@@ -103,10 +95,7 @@ def modern_kubectl() -> str:
     path = kubectl()
     minor = kubectl_minor(path)
     if minor < 21:
-        reason = f"kubectl 1.{minor} (kustomize 2) cannot render the overlay: it needs kubectl 1.21 or later"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 requires it")
-        pytest.skip(reason)
+        missing(f"kubectl 1.{minor} (kustomize 2) cannot render the overlay: it needs kubectl 1.21 or later")
     return path
 
 
@@ -205,11 +194,10 @@ def test_prometheus_rule_holds_the_rules() -> None:
 
 
 def test_rules_of_the_prometheus_rule_pass_promtool(tmp_path: Path) -> None:
-    promtool = require_binary("promtool")
     rule = one(rendered("base"), "PrometheusRule")
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False), encoding="utf-8")
-    res = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     n = sum(len(g["rules"]) for g in rule["spec"]["groups"])
     assert f"{n} rules found" in res.stdout, res.stdout
@@ -389,6 +377,7 @@ def test_config_and_secret_are_mounted_read_only(which: str) -> None:
 SECRET_FIELDS = [f"{f}_file" for f in ("auth_token", "ak", "sk", "security_token", "iam_password")]
 
 
+@pytest.mark.slow  # the program as a process, per render
 @pytest.mark.parametrize("which", RENDERS)
 def test_config_passes_the_exporters_check(which: str, tmp_path: Path) -> None:
     """`oms-exporter --check-config` with the container's args, on the files as the pod sees them:
@@ -414,9 +403,7 @@ def test_config_passes_the_exporters_check(which: str, tmp_path: Path) -> None:
     text = config_map_of(docs)["data"]["oms.yml"].replace(f"{secret_dir}/", f"{tmp_path}{secret_dir}/")
     (at / "oms.yml").write_text(text, encoding="utf-8")
     args = [a.replace(f"={config_dir}/", f"={at}/") for a in container(docs)["args"]]
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OMS_", "CLOUD_SDK_"))}
-    res = subprocess.run([sys.executable, "-m", "oms_exporter", "--check-config", *args],
-                         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    res = run_exporter_once("--check-config", *args, cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
     for target in config["targets"]:
         assert f"target {target['name']}: project {target['project_id']}" in res.stdout, res.stdout

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from oms_exporter.simulator import make_task, make_tasks
-from tests.conftest import PROJECT, scrape, target_for, value, values
+from tests.conftest import PROJECT, scrape, target_for, value, values, wait_until
 
 
 @pytest.fixture
@@ -171,16 +171,21 @@ async def test_a_list_that_keeps_growing_is_incomplete_not_truncated(sim, export
     assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="incomplete") == 1
 
 
-async def test_a_scrape_that_gives_up_on_a_shared_listing_is_counted(sim, exporter):
+async def test_a_scrape_that_gives_up_on_a_shared_listing_is_counted(sim, exporter, clock):
     import asyncio
 
-    sim.latency = 1.0
     client = await exporter()
+    sim.gate = asyncio.Event()  # OMS answers nothing until the short scrape has given up
     slow = asyncio.ensure_future(client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "5"}))
-    await asyncio.sleep(0.1)
-    s = await scrape(client, **{"X-Prometheus-Scrape-Timeout-Seconds": "0.8"})
+    await wait_until(lambda: sim.in_flight, "the slow scrape's listing waits for OMS")
+    short = asyncio.ensure_future(scrape(client, **{"X-Prometheus-Scrape-Timeout-Seconds": "0.8"}))
+    await wait_until(lambda: any(d < clock.monotonic() + 0.8 for d in clock.deadlines()),
+                     "the short scrape waits for the shared listing")
+    clock.advance(0.8)  # past the short scrape's deadline, not the slow one's
+    s = await short
     assert value(s, "oms_up", project_id=PROJECT) == 0
     assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
+    sim.gate.set()
     resp = await slow
     assert resp.status == 200
 
@@ -195,15 +200,15 @@ async def test_shutdown_with_a_listing_in_flight_is_quiet(sim, oms, caplog):
     from oms_exporter.settings import Options, Settings
     from oms_exporter.web import make_app
 
-    sim.latency = 5
+    sim.gate = asyncio.Event()  # never set: the listing is in flight when the exporter stops
     client = TestClient(Server(make_app(Settings(options=Options(), targets=[target_for(oms)]))))
     await client.start_server()
     pending = asyncio.ensure_future(client.get("/metrics"))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: sim.in_flight, "the listing waits for OMS")
     with caplog.at_level(logging.WARNING):
         await client.close()
         pending.cancel()
-        await asyncio.sleep(0.3)  # let a listing that outlived its session fail, if it does
+        await asyncio.sleep(0.1)  # let a listing that outlived its session fail, if it does
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import trustme
 import yaml
 from aiohttp.test_utils import TestServer
 
 from oms_exporter.simulator import make_tasks
-from tests.conftest import PROJECT, TOKEN, Samples, parse_metrics, value, values
+from tests.conftest import PROJECT, TOKEN, Samples, launch_exporter, parse_metrics, value, values
 from tests.standin import StandIn
-from tests.test_webconfig import _free_port
+
+pytestmark = pytest.mark.slow  # the exporter as a process, SIGHUP and polling in real time
 
 OTHER = "p0000000000000000000000000000002"
 
@@ -57,45 +56,38 @@ async def test_sighup_reloads_the_config_file_and_keeps_it_when_broken(
     sim.add_project(OTHER, make_tasks(7, seed=2))
     config = tmp_path / "targets.yml"
     config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT)]}))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oms_exporter", "--config.file", str(config),
-        "--web.listen-address", f"127.0.0.1:{port}", "--no-collector.task-groups", "--no-collector.sync-tasks",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        async with aiohttp.ClientSession() as session:
-            first = await until(session, port, lambda s: up(s) == {PROJECT: 1}, timeout=15)
-            assert value(first, "oms_exporter_config_last_reload_successful") == 1
-            started_at = value(first, "oms_exporter_config_last_reload_success_timestamp_seconds")
-            assert abs(started_at - time.time()) < 30
+    args = ["--config.file", str(config), "--no-collector.task-groups", "--no-collector.sync-tasks"]
+    async with launch_exporter(args, tmp_path) as exporter, aiohttp.ClientSession() as session:
+        port, proc = exporter.port, exporter.proc
+        first = await until(session, port, lambda s: up(s) == {PROJECT: 1}, timeout=15)
+        assert value(first, "oms_exporter_config_last_reload_successful") == 1
+        started_at = value(first, "oms_exporter_config_last_reload_success_timestamp_seconds")
+        assert abs(started_at - time.time()) < 30
 
-            config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT), target(oms, "b", OTHER)]}))
-            proc.send_signal(signal.SIGHUP)
-            after = await until(session, port, lambda s: up(s) == {PROJECT: 1, OTHER: 1})
-            assert value(after, "oms_tasks", project_id=OTHER, status="waiting") >= 0
-            assert value(after, "oms_exporter_config_last_reload_successful") == 1
-            assert value(after, "oms_exporter_config_last_reload_success_timestamp_seconds") > started_at
+        config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT), target(oms, "b", OTHER)]}))
+        proc.send_signal(signal.SIGHUP)
+        after = await until(session, port, lambda s: up(s) == {PROJECT: 1, OTHER: 1})
+        assert value(after, "oms_tasks", project_id=OTHER, status="waiting") >= 0
+        assert value(after, "oms_exporter_config_last_reload_successful") == 1
+        assert value(after, "oms_exporter_config_last_reload_success_timestamp_seconds") > started_at
 
-            config.write_text("targets: [\n")  # broken
-            proc.send_signal(signal.SIGHUP)
-            kept = await until(session, port, lambda s: value(s, "oms_exporter_config_last_reload_successful") == 0)
-            assert up(kept) == {PROJECT: 1, OTHER: 1}
-            assert proc.returncode is None
+        config.write_text("targets: [\n")  # broken
+        proc.send_signal(signal.SIGHUP)
+        kept = await until(session, port, lambda s: value(s, "oms_exporter_config_last_reload_successful") == 0)
+        assert up(kept) == {PROJECT: 1, OTHER: 1}
+        assert proc.poll() is None
 
-            config.write_text(yaml.safe_dump({"targets": [target(oms, "b", OTHER)]}))
-            proc.send_signal(signal.SIGHUP)
-            last = await until(session, port, lambda s: up(s) == {OTHER: 1})
-            # The own metrics of a project no longer configured go with it.
-            await asyncio.sleep(0.2)
-            last = await metrics(session, port)
-            assert not values(last, "oms_scrape_errors_total", project_id=PROJECT)
-    finally:
-        proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 15)
-    errors = [line for line in err.decode().splitlines() if "level=error" in line]
+        config.write_text(yaml.safe_dump({"targets": [target(oms, "b", OTHER)]}))
+        proc.send_signal(signal.SIGHUP)
+        last = await until(session, port, lambda s: up(s) == {OTHER: 1})
+        # The own metrics of a project no longer configured go with it.
+        await asyncio.sleep(0.2)
+        last = await metrics(session, port)
+        assert not values(last, "oms_scrape_errors_total", project_id=PROJECT)
+    err = exporter.log()
+    errors = [line for line in err.splitlines() if "level=error" in line]
     assert len(errors) == 1 and "reload failed" in errors[0] and "not valid YAML" in errors[0], errors
-    assert "Traceback" not in err.decode() and TOKEN not in err.decode()
+    assert "Traceback" not in err and TOKEN not in err
     assert proc.returncode in (0, -signal.SIGTERM)
 
 
@@ -106,28 +98,21 @@ async def test_a_ca_file_broken_before_sighup_fails_the_reload_and_keeps_the_old
     trustme.CA().cert_pem.write_to_path(str(ca_file))
     config = tmp_path / "targets.yml"
     config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT)]}))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oms_exporter", "--config.file", str(config), "--oms.ca-file", str(ca_file),
-        "--web.listen-address", f"127.0.0.1:{port}", "--no-collector.task-groups", "--no-collector.sync-tasks",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await until(session, port, lambda s: up(s) == {PROJECT: 1}, timeout=15)
-            # Both files change; the new targets come with a CA file that is no longer a CA bundle.
-            ca_file.write_text("not a certificate\nkey=CA-FILE-CONTENT-7f3a\n")
-            config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT), target(oms, "b", OTHER)]}))
-            proc.send_signal(signal.SIGHUP)
-            kept = await until(session, port, lambda s: value(s, "oms_exporter_config_last_reload_successful") == 0)
-            assert up(kept) == {PROJECT: 1}  # the settings in force still serve
-            await asyncio.sleep(0.3)
-            assert up(await metrics(session, port)) == {PROJECT: 1}
-            assert proc.returncode is None
-    finally:
-        proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 15)
-    text = err.decode()
+    args = ["--config.file", str(config), "--oms.ca-file", str(ca_file), "--no-collector.task-groups",
+            "--no-collector.sync-tasks"]
+    async with launch_exporter(args, tmp_path) as exporter, aiohttp.ClientSession() as session:
+        port, proc = exporter.port, exporter.proc
+        await until(session, port, lambda s: up(s) == {PROJECT: 1}, timeout=15)
+        # Both files change; the new targets come with a CA file that is no longer a CA bundle.
+        ca_file.write_text("not a certificate\nkey=CA-FILE-CONTENT-7f3a\n")
+        config.write_text(yaml.safe_dump({"targets": [target(oms, "a", PROJECT), target(oms, "b", OTHER)]}))
+        proc.send_signal(signal.SIGHUP)
+        kept = await until(session, port, lambda s: value(s, "oms_exporter_config_last_reload_successful") == 0)
+        assert up(kept) == {PROJECT: 1}  # the settings in force still serve
+        await asyncio.sleep(0.3)
+        assert up(await metrics(session, port)) == {PROJECT: 1}
+        assert proc.poll() is None
+    text = exporter.log()
     errors = [line for line in text.splitlines() if "level=error" in line]
     assert len(errors) == 1 and "reload failed" in errors[0], errors
     assert f"--oms.ca-file: {ca_file} is not a PEM CA bundle (" in errors[0], errors

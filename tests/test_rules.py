@@ -7,27 +7,23 @@ OMS_EXPORTER_REQUIRE_E2E=1 (set in CI), where a missing binary is a failure.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "grafana" / "rules"
-ALERTS_FILE = RULES / "oms-alerts.yml"
-RECORDING_FILE = RULES / "oms-recording.yml"
+from tests.conftest import ROOT, require_binary, run
+from tests.shipped import ALERTS_FILE, RECORDING_FILE, RULES, alerts, load_rules, shorten_for
+
 RULE_TESTS_FILE = RULES / "oms-rules.test.yml"
 PROMETHEUS_CONFIG = ROOT / "grafana" / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = ROOT / "grafana" / "alertmanager" / "alertmanager.yml"
 # The runbook: one section per alert.
 RUNBOOK_FILES = (ROOT / "docs" / "runbook.md",)
 
-REQUIRE_ENV = "OMS_EXPORTER_REQUIRE_E2E"
 # Alerts about the exporter itself (no project): every other alert carries its project's region.
 EXPORTER_ALERTS = {"OmsExporterDown", "OmsDiscoveryFailing"}
 # Alerts about a project, not one task, group or sync task.
@@ -37,42 +33,6 @@ RECORD_ALERTS = {"OmsTaskGroupFailed": ("group_id", "oms_task_group_info"),
                  "OmsTaskGroupStalled": ("group_id", "oms_task_group_info"),
                  "OmsSyncTaskObjectsFailing": ("sync_task_id", "oms_sync_task_info")}
 SEVERITIES = {"critical", "warning", "info"}
-
-
-def require_binary(*names: str) -> str:
-    """Path of the first of `names` on PATH; skip without it, or fail when CI requires it."""
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    reason = f"{' / '.join(names)} not installed (Debian packages prometheus, prometheus-alertmanager)"
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_ENV}=1 requires it")
-    pytest.skip(reason)
-
-
-def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60, cwd=cwd)
-
-
-def load_rules(path: Path) -> list[dict[str, Any]]:
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return [rule for group in doc["groups"] for rule in group["rules"]]
-
-
-def alerts() -> list[dict[str, Any]]:
-    return load_rules(ALERTS_FILE)
-
-
-def recording_rule_names() -> set[str]:
-    return {r["record"] for r in load_rules(RECORDING_FILE)}
-
-
-def shorten_for(rules_text: str, to: str = "0s") -> str:
-    """The shipped alert rules with every `for:` set to `to`, for a test that cannot wait an hour."""
-    out, n = re.subn(r"^(\s+)for: *\S+ *$", rf"\g<1>for: {to}", rules_text, flags=re.MULTILINE)
-    assert n, "no `for:` found: has the rule file format changed?"
-    return out
 
 
 # --- promtool / amtool -------------------------------------------------------------------------

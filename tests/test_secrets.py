@@ -22,9 +22,7 @@ from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Options, Settings, SettingsError, Target, load
 from oms_exporter.simulator import Credential, Simulator, make_tasks
 from oms_exporter.web import make_app
-from tests.conftest import AK, SK, TOKEN, parse_metrics, value
-from tests.test_auth_demo import run_exporter
-from tests.test_auth_settings import run_check_config
+from tests.conftest import AK, SK, TOKEN, clean_env, launch_exporter, parse_metrics, run_exporter_once, value
 
 TEMP_AK, TEMP_SK, SECURITY_TOKEN = "TEMPAK00000000002", "temp-secret-key-a81f", "security-token-0c44e1"
 DOMAIN, USER, PASSWORD = "acme-account", "oms-reader", "iam-password-51c9e2"
@@ -166,6 +164,7 @@ targets:
     assert_no_secret(texts, KNOWN_SECRETS)
 
 
+@pytest.mark.slow  # the exporter as a process, twice
 async def test_no_secret_in_debug_log_of_a_running_exporter(
         sim: Simulator, wire: Wire, standin: TestServer, tmp_path: Path) -> None:
     """The real program at --log.level debug, secrets from files and environment, good and bad credentials."""
@@ -190,7 +189,7 @@ async def test_no_secret_in_debug_log_of_a_running_exporter(
     bodies: dict[str, str] = {}
     for fmt in ("logfmt", "json"):
         args = ["--config.file", str(config), "--log.level", "debug", "--log.format", fmt]
-        async with run_exporter(args, tmp_path, env) as exporter:
+        async with launch_exporter(args, tmp_path, env=clean_env(**env)) as exporter:
             for round_ in range(2):
                 status, bodies[f"{fmt} /metrics #{round_}"] = await exporter.get()
                 assert status == 200
@@ -204,19 +203,21 @@ async def test_no_secret_in_debug_log_of_a_running_exporter(
     assert_no_secret(bodies, secrets_in_play(sim, wire))
 
 
+@pytest.mark.slow  # the program as a process, three times
 def test_no_secret_in_check_config_output(tmp_path: Path) -> None:
     sk_file = tmp_path / "sk"
     sk_file.write_text(SK)
-    good = run_check_config({"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "OMS_AK": AK,
-                             "OMS_SK_FILE": str(sk_file), "OMS_SECURITY_TOKEN": SECURITY_TOKEN},
-                            "--log.level", "debug")
+    good = run_exporter_once("--check-config", "--log.level", "debug", env={
+        "OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "OMS_AK": AK, "OMS_SK_FILE": str(sk_file),
+        "OMS_SECURITY_TOKEN": SECURITY_TOKEN})
     assert good.returncode == 0 and "auth aksk" in good.stdout
-    bad = run_check_config({"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "OMS_AUTH_TOKEN": TOKEN,
-                            "OMS_AK": AK, "OMS_SK": SK, "OMS_IAM_PASSWORD": PASSWORD,
-                            "CLOUD_SDK_SK": TEMP_SK}, "--log.level", "debug")
+    bad = run_exporter_once("--check-config", "--log.level", "debug", env={
+        "OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "OMS_AUTH_TOKEN": TOKEN, "OMS_AK": AK, "OMS_SK": SK,
+        "OMS_IAM_PASSWORD": PASSWORD, "CLOUD_SDK_SK": TEMP_SK})
     assert bad.returncode == 2 and "configure one authentication mode" in bad.stderr
-    sdk = run_check_config({"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "CLOUD_SDK_AK": AK,
-                            "CLOUD_SDK_SK": TEMP_SK, "CLOUD_SDK_SECURITY_TOKEN": SECURITY_TOKEN})
+    sdk = run_exporter_once("--check-config", env={
+        "OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "CLOUD_SDK_AK": AK, "CLOUD_SDK_SK": TEMP_SK,
+        "CLOUD_SDK_SECURITY_TOKEN": SECURITY_TOKEN})
     assert sdk.returncode == 0
     assert_no_secret({"good stdout": good.stdout, "good stderr": good.stderr, "bad stdout": bad.stdout,
                       "bad stderr": bad.stderr, "sdk stdout": sdk.stdout, "sdk stderr": sdk.stderr}, KNOWN_SECRETS)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import resource
 import socket
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from oms_exporter import server
 from oms_exporter.simulator import make_tasks
 from oms_exporter.web import TIMEOUT_HEADER
-from tests.conftest import PROJECT, Served, parse_metrics, value, values
+from tests.conftest import PROJECT, Served, launch_exporter, parse_metrics, value, values
 from tests.standin import StandIn
 
 HALF_SENT = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # no blank line: the head never ends
@@ -41,6 +39,7 @@ async def closed_after(reader: asyncio.StreamReader, started: float) -> float:
 LIMITS = {"max_connections": 10, "header_timeout": 0.5}
 
 
+@pytest.mark.slow  # header timeouts in real time
 async def test_half_sent_requests_are_closed_and_connections_capped(served: Served) -> None:
     port = await served(**LIMITS)
     started = time.monotonic()
@@ -61,6 +60,7 @@ async def test_half_sent_requests_are_closed_and_connections_capped(served: Serv
         writer.close()
 
 
+@pytest.mark.slow  # a header timeout in real time
 async def test_a_kept_alive_connection_gets_the_same_bound(served: Served) -> None:
     port = await served(**LIMITS)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -79,17 +79,13 @@ def test_the_default_cap_stays_below_the_file_limit() -> None:
     assert server.connection_cap(36, resource.RLIM_INFINITY) == 512
 
 
-def _exporter(port: int, *args: str) -> subprocess.Popen[bytes]:
+def _low_file_limit() -> None:
     """The real program under a 128 open-file limit, as a container with a low limit runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
-    return subprocess.Popen(
-        [sys.executable, "-m", "oms_exporter", "--demo", "--demo.tasks", "20", "--oms.max-concurrency", "2",
-         "--web.listen-address", f"127.0.0.1:{port}", "--web.read-header-timeout", "1s", *args],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
 
 async def _healthz(port: int, deadline: float) -> float:
+    """Seconds until /healthz answers (connecting again while the connection is refused)."""
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:
         while True:
@@ -103,24 +99,21 @@ async def _healthz(port: int, deadline: float) -> float:
                 await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow  # the exporter as a process, header timeouts in real time
 @pytest.mark.parametrize("cap", ["derived", "above the file limit"])
-async def test_more_half_sent_requests_than_files(cap: str) -> None:
-    from tests.test_webconfig import _free_port
-
-    port = _free_port()
-    proc = _exporter(port, *(["--web.max-connections", "1000"] if cap != "derived" else []))
-    try:
-        await _healthz(port, 15)  # started
-        conns = await half_sent(port, 150)  # more than 128 files: accepted or in the backlog
-        elapsed = await _healthz(port, 6)
+async def test_more_half_sent_requests_than_files(cap: str, tmp_path: Path) -> None:
+    # A static token: one configured target, whose request slots the derived cap counts (a
+    # discovering exporter counts all of --oms.max-connections: its targets are not known in advance).
+    args = ["--demo", "--demo.auth", "token", "--demo.tasks", "20", "--oms.max-concurrency", "2",
+            "--web.read-header-timeout", "1s", *(["--web.max-connections", "1000"] if cap != "derived" else [])]
+    async with launch_exporter(args, tmp_path, path="/healthz", preexec_fn=_low_file_limit) as exporter:
+        conns = await half_sent(exporter.port, 150)  # more than 128 files: accepted or in the backlog
+        elapsed = await _healthz(exporter.port, 6)
         # Served once the header timeout closed the first half-sent requests (one second each round).
         assert elapsed < 4.5, elapsed
         for _, writer in conns:
             writer.close()
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=10)
-    lines = err.decode().splitlines()
+    lines = exporter.log().splitlines()
     assert not [line for line in lines if "Traceback" in line or "level=error" in line and "accept" not in line]
     refused = [line for line in lines if "cannot accept connections" in line]
     if cap == "derived":
@@ -161,6 +154,7 @@ async def _timed_get(port: int, path: str, timeout: float, **headers: str) -> tu
     return time.monotonic() - started, resp.status, body
 
 
+@pytest.mark.slow  # 600 sockets, seconds of real time
 async def test_600_clients_that_never_read_starve_neither_healthz_nor_a_scrape(sim: StandIn, served: Served) -> None:
     """600 clients ask for a 7 MB /metrics and never read it, and reconnect whenever the exporter drops
     them; the write deadline (the 10 s header timeout) is longer than the whole test."""
@@ -225,6 +219,7 @@ async def _slow_reader(port: int, gap: float) -> tuple[bytes, int]:
     return bytes(got), reads
 
 
+@pytest.mark.slow  # a write deadline in real time
 async def test_a_client_that_takes_nothing_for_the_write_deadline_is_dropped(sim: StandIn, served: Served) -> None:
     """Below the cap, with nobody waiting: the deadline alone frees the places (here 0.5 s, the header timeout)."""
     sim.add_project(PROJECT, make_tasks(3_000, seed=5))  # a body of 7 MB, more than the socket buffers hold

@@ -1,14 +1,13 @@
 """Every bad setting: one clear line naming it, exit code 2, before anything listens."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from oms_exporter.cli import main
 from oms_exporter.settings import SettingsError, load, parse_duration
+from tests.conftest import free_port, run_exporter_once
 
 GOOD_ENV = {"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "OMS_AUTH_TOKEN": "tok"}
 
@@ -145,12 +144,11 @@ def test_load_raises_settings_error_with_lines(monkeypatch):
     assert any(line.startswith("OMS_REGION") for line in exc.value.lines)
 
 
+@pytest.mark.slow  # the program as a process
 def test_process_exit_code_and_no_listening(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
-    res = subprocess.run([sys.executable, "-m", "oms_exporter", "--oms.page-limit", "500"],
-                         env={**env, **GOOD_ENV}, capture_output=True, timeout=60)
+    res = run_exporter_once("--oms.page-limit", "500", env=GOOD_ENV)
     assert res.returncode == 2
-    assert res.stderr.decode().strip().splitlines() == [
+    assert res.stderr.strip().splitlines() == [
         "oms-exporter: error: --oms.page-limit: Input should be less than or equal to 100"]
 
 
@@ -199,14 +197,11 @@ def test_a_ca_file_that_is_not_a_pem_bundle_is_a_bad_setting(tmp_path, monkeypat
         assert CA_CONTENT not in err
 
 
+@pytest.mark.slow  # the program as a process
 def test_the_program_does_not_start_with_a_bad_ca_file(tmp_path):
-    from tests.test_webconfig import _free_port
-
     (_, path), *_ = _bad_ca_files(tmp_path)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}, **GOOD_ENV}
-    proc = subprocess.run([sys.executable, "-m", "oms_exporter", "--oms.ca-file", str(path),
-                           "--web.listen-address", f"127.0.0.1:{_free_port()}"],
-                          env=env, capture_output=True, text=True, timeout=30)
+    proc = run_exporter_once("--oms.ca-file", str(path), "--web.listen-address", f"127.0.0.1:{free_port()}",
+                             env=GOOD_ENV)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"oms-exporter: error: --oms.ca-file: {path} is not a PEM CA bundle ("), lines

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from oms_exporter.web import TIMEOUT_HEADER, WRITE_PIECE
-from tests.conftest import PROJECT, Exporter, Samples, parse_metrics, scrape, value
+from tests.conftest import PROJECT, Exporter, ManualClock, Samples, parse_metrics, scrape, value, wait_until
 from tests.standin import StandIn
 
 OM = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8"
@@ -138,15 +138,22 @@ async def test_head_sends_the_headers_only(sim: StandIn, exporter: Exporter) -> 
     assert value(parse_metrics((await again.read()).decode()), "oms_up") == 1
 
 
-async def test_a_short_deadline_never_fails_a_scrape_that_has_time_left(sim: StandIn, exporter: Exporter) -> None:
+async def test_a_short_deadline_never_fails_a_scrape_that_has_time_left(sim: StandIn, exporter: Exporter,
+                                                                       clock: ManualClock) -> None:
     """Deadline poisoning: a client asking for 0.6 s starts the listing; a scrape with 10 s that
     joins it gets a listing of its own time when the shared one fails at the short deadline."""
     client = await exporter(timeout_offset=0.1)
     warm = listings(await scrape(client))
-    sim.latency = 1.0  # every OMS request outlasts the short scrape
+    sim.gate = asyncio.Event()  # OMS answers nothing until the short deadline has passed
     short = asyncio.create_task(client.get("/metrics", headers={TIMEOUT_HEADER: "0.6"}))
-    await asyncio.sleep(0.05)  # the short scrape has started the listing
-    normal = await scrape(client, **{TIMEOUT_HEADER: "10"})
+    await wait_until(lambda: sim.in_flight, "the short scrape's listing waits for OMS")
+    joined = asyncio.create_task(scrape(client, **{TIMEOUT_HEADER: "10"}))
+    await wait_until(lambda: max(clock.deadlines(), default=0) > clock.monotonic() + 5,
+                     "the 10 s scrape joins the listing")
+    clock.advance(0.6)  # past the short deadline: the shared listing fails for want of time
+    await wait_until(short.done, "the short scrape is answered")
+    sim.gate.set()
+    normal = await joined
     assert value(normal, "oms_up", project_id=PROJECT) == 1
     assert sum(v for (n, _), v in normal.items() if n == "oms_tasks") == 250
     failed = parse_metrics(await (await short).text())
@@ -156,16 +163,21 @@ async def test_a_short_deadline_never_fails_a_scrape_that_has_time_left(sim: Sta
     assert listings(normal) == warm + 2
 
 
-async def test_a_shared_listing_that_failed_upstream_is_not_listed_again(sim: StandIn, exporter: Exporter) -> None:
+async def test_a_shared_listing_that_failed_upstream_is_not_listed_again(sim: StandIn, exporter: Exporter,
+                                                                        clock: ManualClock) -> None:
     """Only a failure for want of time is listed again for a later deadline: a 503 is OMS's
     answer, and asking again at once would double the load on it."""
     client = await exporter(timeout_offset=0.1)
     warm = listings(await scrape(client))
-    sim.latency = 0.3
+    sim.gate = asyncio.Event()  # OMS answers nothing until the later scrape has joined
     sim.inject(status=503, times=100_000, api="*")
     first = asyncio.create_task(client.get("/metrics", headers={TIMEOUT_HEADER: "3"}))
-    await asyncio.sleep(0.05)  # the first scrape has started the listing
-    later = await scrape(client, **{TIMEOUT_HEADER: "10"})
+    await wait_until(lambda: sim.in_flight, "the first scrape's listing waits for OMS")
+    joined = asyncio.create_task(scrape(client, **{TIMEOUT_HEADER: "10"}))
+    await wait_until(lambda: max(clock.deadlines(), default=0) > clock.monotonic() + 5,
+                     "the later scrape joins the listing")
+    sim.gate.set()
+    later = await joined
     assert value(later, "oms_up", project_id=PROJECT) == 0
     assert value(parse_metrics(await (await first).text()), "oms_up", project_id=PROJECT) == 0
     assert listings(later) == warm + 1

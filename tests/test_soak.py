@@ -8,39 +8,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import gzip
-import os
 import resource
 import time
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from oms_exporter.simulator import Evolution, make_tasks
 from oms_exporter.web import TIMEOUT_HEADER
-from tests.conftest import PROJECT, Exporter, parse_metrics, scrape, target_for, value
+from tests.conftest import PROJECT, Exporter, mib, open_fds, parse_metrics, rss_bytes, scrape, target_for, value
 from tests.standin import StandIn
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-def open_fds() -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # the directory's own descriptor, closed by now
-            pass
-    return sorted(out)
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+pytestmark = pytest.mark.slow  # thousands of scrapes
 
 
 async def test_200_concurrent_scrapes_share_one_listing(sim: StandIn, exporter: Exporter) -> None:

@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,7 +23,7 @@ from oms_exporter import cli, webconfig
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Options, Settings, SettingsError
 from oms_exporter.web import make_app
-from tests.conftest import PROJECT, parse_metrics, target_for, value
+from tests.conftest import PROJECT, launch_exporter, parse_metrics, target_for, value
 
 PASSWORD = "s3cret-scrape-pw"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -320,12 +317,7 @@ def test_cli_accepts_a_good_file(tmp_path: Path, pki: dict[str, Any], capsys: py
 
 # --- the real program ----------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow  # the exporter as a process
 async def test_the_exporter_serves_tls_and_basic_auth_end_to_end(tmp_path: Path, pki: dict[str, Any]) -> None:
     """`oms-exporter --demo --web.config.file ...` as a user runs it: the flag reaches the server."""
     ca = str(pki["dir"] / "clients-ca.crt")
@@ -333,39 +325,22 @@ async def test_the_exporter_serves_tls_and_basic_auth_end_to_end(tmp_path: Path,
         "tls_server_config": tls_section(pki, client_auth_type="RequireAndVerifyClientCert", client_ca_file=ca,
                                          min_version="TLS12"),
         "basic_auth_users": {"prometheus": HASH}})
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "CLOUD_SDK_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oms_exporter", "--demo", "--demo.tasks", "20",
-        "--web.listen-address", f"127.0.0.1:{port}", "--web.config.file", str(web),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        url = f"https://127.0.0.1:{port}/metrics"
-        ok = client_ctx(pki, cert="client")
-        async with aiohttp.ClientSession() as session:
-            started = time.monotonic()
-            while True:
-                try:
-                    async with session.get(url, ssl=ok) as resp:
-                        status = resp.status
-                    break
-                except aiohttp.ClientConnectorError:
-                    assert proc.returncode is None, "exporter exited"
-                    assert time.monotonic() - started < 15, "exporter did not start"
-                    await asyncio.sleep(0.1)
-            assert status == 401
-            async with session.get(url, ssl=ok, headers={"Authorization": basic("prometheus", PASSWORD)}) as resp:
-                assert resp.status == 200
-                assert value(parse_metrics(await resp.text()), "oms_up",
-                             project_id="0a1b2c3d4e5f60718293a4b5c6d7e8f9") == 1
-            with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
-                auth = {"Authorization": basic("prometheus", PASSWORD)}
-                async with session.get(url, ssl=client_ctx(pki), headers=auth):
-                    pass
-    finally:
-        proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
-    log = err.decode()
+    ok = client_ctx(pki, cert="client")
+    args = ["--demo", "--demo.tasks", "20", "--web.config.file", str(web)]
+    async with launch_exporter(args, tmp_path, ssl_context=ok, ready=lambda status, body: True) as exporter, \
+            aiohttp.ClientSession() as session:
+        url = f"{exporter.base}/metrics"
+        async with session.get(url, ssl=ok) as resp:
+            assert resp.status == 401
+        async with session.get(url, ssl=ok, headers={"Authorization": basic("prometheus", PASSWORD)}) as resp:
+            assert resp.status == 200
+            assert value(parse_metrics(await resp.text()), "oms_up",
+                         project_id="0a1b2c3d4e5f60718293a4b5c6d7e8f9") == 1
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            auth = {"Authorization": basic("prometheus", PASSWORD)}
+            async with session.get(url, ssl=client_ctx(pki), headers=auth):
+                pass
+    log = exporter.log()
     assert "tls=True" in log and "basic_auth_users=1" in log
     assert PASSWORD not in log and "Traceback" not in log
 

@@ -10,13 +10,9 @@ script, and nothing else: no tests/, no benchmarks/. Installed into a fresh virt
 from __future__ import annotations
 
 import configparser
-import os
-import socket
 import subprocess
 import sys
 import tarfile
-import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,16 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import parse_metrics, values
+from tests.conftest import ROOT, clean_env, launch_exporter, parse_metrics, values
+from tests.conftest import run as run_command
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "oms_exporter"
 pytestmark = pytest.mark.slow
 
 
-def run(*args: str | Path, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+# As users have it: no PYTHONPATH or VIRTUAL_ENV pointing into the checkout.
+OUTSIDE = {k: v for k, v in clean_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return run_command(*args, cwd=cwd, timeout=600, env=OUTSIDE)
 
 
 @dataclass
@@ -83,12 +82,6 @@ def test_the_sdist_holds_what_the_wheel_is_built_from(dist: Dist) -> None:
     assert package_files() <= names
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def installed(dist: Dist, tmp_path: Path) -> Iterator[Path]:
     """A fresh virtualenv with the wheel installed: its bin/ folder."""
@@ -100,34 +93,13 @@ def installed(dist: Dist, tmp_path: Path) -> Iterator[Path]:
     yield venv / "bin"
 
 
-def test_the_installed_wheel_serves_the_demo(installed: Path, tmp_path: Path) -> None:
+async def test_the_installed_wheel_serves_the_demo(installed: Path, tmp_path: Path) -> None:
     # From the virtualenv, not the checkout (run from elsewhere, with no PYTHONPATH).
     where = run(installed / "python", "-c", f"import {PACKAGE}; print({PACKAGE}.__file__)", cwd=tmp_path)
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(installed.parent), where.stdout
-    port = free_port()
-    log = tmp_path / "exporter.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([installed / "oms-exporter", "--demo", "--web.listen-address", f"127.0.0.1:{port}"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path,
-                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    try:
-        give_up = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"the exporter exited with {proc.returncode}:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-                    text = resp.read().decode()
-                break
-            except OSError:
-                assert time.monotonic() < give_up, f"no answer in 30 s:\n{log.read_text()}"
-                time.sleep(0.2)
-        up = values(parse_metrics(text), "oms_up")
-        assert up and set(up.values()) == {1}, up
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    async with launch_exporter(["--demo"], tmp_path, program=[installed / "oms-exporter"], env=OUTSIDE,
+                               cwd=tmp_path) as exporter:
+        _, text = await exporter.get()
+    up = values(parse_metrics(text), "oms_up")
+    assert up and set(up.values()) == {1}, up
