@@ -42,6 +42,7 @@ from oms_exporter.tasks import TASKS
 
 NOW = 1_765_000_000.0
 ALL = tuple(STATUS_NAMES)
+FINISHED = (4, 5)
 
 
 def t(tid: int, status: int, group: str = "") -> Task:
@@ -217,6 +218,12 @@ class Account(RuleBasedStateMachine):
         self.served: dict[int, Task] | None = None
         self.quiet = True
         self.part: Any = None
+        # The documented blind spot (docs/listing.md): finished tasks that went straight from one
+        # finished state to the other, unseen, while a task of that state did the reverse. Until
+        # the finished states are next listed in full, those tasks may be served in their old state.
+        self.seen: dict[int, int] = {}  # task -> state, as the last whole listing served it
+        self.refreshing = False  # the next listing lists the finished states in full
+        self.blind_now: set[int] = set()
 
     def teardown(self) -> None:
         self.loop.close()
@@ -290,18 +297,43 @@ class Account(RuleBasedStateMachine):
         for _ in range(self.lister._limit + len(old)):
             self._create(status)
 
+    @rule(to=st.sampled_from(FINISHED))
+    def crossing_hides_a_deletion(self, to: int) -> None:
+        """A finished task restarted and finished in the other finished state between two scrapes,
+        while an old task of that state was deleted: neither state's count shows it (docs/listing.md)."""
+        other = 9 - to
+        leaving = [tid for tid, x in self.sim.projects[PID].items() if x["status"] == other]
+        staying = [tid for tid, x in self.sim.projects[PID].items() if x["status"] == to]
+        if leaving and staying:
+            self.sim.patch_task(PID, leaving[0], status=to)
+            self.sim.remove_task(PID, staying[0])
+
     @rule()
     def refresh_due(self) -> None:
         self.lister._view = View(self.lister._view.live, self.lister._view.finished, self.lister._view.sums, None)
+        self.refreshing = True
 
     @rule(meddle=st.integers(0, 3))
     def scrape(self, meddle: int) -> None:
         self.lister.during = [self._change] * meddle
         self.quiet = meddle == 0
+        self.blind_now = self.blind()
         self.part = self.loop.run_until_complete(self.lister.run(Clock().monotonic() + 60))
         self.quiet = self.quiet or len(self.lister.during) == meddle  # no change came before a request
         self.lister.during = []
         self.a_quiet_scrape_is_exact()
+        if self.part.error is None:
+            self.seen = {x.id: x.status for x in self.part.records}
+            self.refreshing = False
+
+    def blind(self) -> set[int]:
+        """Tasks served in one finished state that are now in the other, when tasks crossed both
+        ways: the blind spot docs/listing.md names (each state's count and newest tasks unchanged),
+        until the finished states are next listed in full. One way only is always seen."""
+        now = {tid: x["status"] for tid, x in self.sim.projects[PID].items()}
+        crossed = {tid: (was, now[tid]) for tid, was in self.seen.items()
+                   if was in FINISHED and now.get(tid) in FINISHED and now[tid] != was}
+        return set() if self.refreshing or len(set(crossed.values())) < 2 else set(crossed)
 
     def a_quiet_scrape_is_exact(self) -> None:
         part = self.part
@@ -315,8 +347,14 @@ class Account(RuleBasedStateMachine):
         groups = self.scope.get("group_ids")
         want = {tid: x for tid, x in self.sim.projects[PID].items()
                 if x["status"] in statuses and (groups is None or x["group_id"] in groups)}
-        assert {x.id: x.status for x in part.records} == {tid: x["status"] for tid, x in want.items()}
+        served = {x.id: x.status for x in part.records}
+        exact = {tid: x["status"] for tid, x in want.items()}
+        blind = self.blind_now
+        assert {t: s for t, s in served.items() if t not in blind} == {t: s for t, s in exact.items() if t not in blind}
+        assert served.keys() == exact.keys()
         assert dict(part.counts) == {s: sum(1 for x in want.values() if x["status"] == s) for s in STATUS_NAMES}
+        if blind & served.keys():
+            return  # the sums of the two finished states may carry the crossed tasks' old places
         for i, name in enumerate(TOTAL_FIELDS):
             assert {s: v[i] for s, v in part.totals.items()} == {
                 s: sum(x.get(name) or 0 for x in want.values() if x["status"] == s) for s in STATUS_NAMES}, name
