@@ -191,6 +191,24 @@ def e2e_prometheus_config(exporters: list[int], alertmanager: int) -> dict[str, 
     return doc
 
 
+DISCOVERY_EXAMPLE = ROOT / "examples" / "prometheus" / "discovery.yml"
+
+
+def e2e_discovery_jobs(exporter: int) -> list[dict[str, Any]]:
+    """examples/prometheus/discovery.yml's two jobs, for a discovering exporter on a loopback port:
+    its address and intervals changed, and its own-metrics job renamed (the compose stack's job
+    already has the name "oms-exporter")."""
+    text = DISCOVERY_EXAMPLE.read_text(encoding="utf-8").replace("oms-exporter:10066", f"127.0.0.1:{exporter}")
+    jobs: list[dict[str, Any]] = yaml.safe_load(text)["scrape_configs"]
+    for job in jobs:
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        for sd in job.get("http_sd_configs", []):
+            sd["refresh_interval"] = "1s"
+        if job["job_name"] == "oms-exporter":
+            job["job_name"] = "oms-exporter-discovering"
+    return jobs
+
+
 def e2e_alertmanager_config(webhook: str) -> dict[str, Any]:
     """The compose stack's Alertmanager config, its receiver a webhook, notifying at once."""
     doc = copy.deepcopy(alertmanager_config())

@@ -4,11 +4,12 @@ The stand-in and the webhook receiver run in the test's event loop (so the test 
 task); the exporter, Prometheus and Alertmanager run as processes, all on loopback with temporary
 storage. Prometheus and Alertmanager run the compose stack's configs and the shipped rules, with
 only addresses and timings changed (scrapes every second, `for:` shortened, no waits).
-Asserted: the target is up; a task the stand-in fails reaches the webhook as OmsTaskFailed,
-named; a task group it fails reaches it as OmsTaskGroupFailed; failing sync objects and a
-failing collector fire their alerts; every metric the dashboards and rules name exists in
-Prometheus; every dashboard query (variables filled in) returns data. Skips without the
-binaries unless OMS_EXPORTER_REQUIRE_E2E=1.
+Asserted: the targets are up; each project a discovering exporter serves at /discovery is
+scraped once through /probe (examples/prometheus/discovery.yml), with its region and name; a
+task the stand-in fails reaches the webhook as OmsTaskFailed, named; a task group it fails
+reaches it as OmsTaskGroupFailed; failing sync objects and a failing collector fire their alerts;
+every metric the dashboards and rules name exists in Prometheus; every dashboard query (variables
+filled in) returns data. Skips without the binaries unless OMS_EXPORTER_REQUIRE_E2E=1.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from oms_exporter.simulator import add_groups_and_syncs, make_tasks
-from tests.conftest import clean_env, free_port, require_binary
+from oms_exporter.simulator import Credential, add_groups_and_syncs, make_tasks
+from tests.conftest import AK, SK, clean_env, free_port, require_binary
 from tests.shipped import (
     ALERTS_FILE,
     dashboards,
     e2e_alertmanager_config,
+    e2e_discovery_jobs,
     e2e_prometheus_config,
     exprs_of,
     label_values_selector,
@@ -51,6 +53,11 @@ AGGREGATES_PROJECT = "e2e00000000000000000000000000002"  # its exporter serves n
 TOKEN = "e2e-token-4f1a"
 JOB = "oms-exporter"
 DEADLINE = 45.0  # seconds for the whole stack to do everything asked of it
+# The account a third exporter discovers (AK/SK, IAM's project list): project name -> id. Its
+# regions reach the stand-in through endpoint overrides; cn-east-3_legacy answers 403, MOS is
+# no region project: neither is scraped.
+DISCOVERED = {"cn-north-4": "d1500000000000000000000000000001", "cn-east-3": "d1500000000000000000000000000002",
+              "cn-north-4_team": "d1500000000000000000000000000003"}
 
 
 class Processes:
@@ -133,6 +140,23 @@ async def wait_for(what: str, check: Callable[[], Awaitable[bool]], deadline: fl
         await asyncio.sleep(0.25)
 
 
+async def discovered_projects_scraped_once(query: Callable[[str], Awaitable[list[dict[str, Any]]]]) -> None:
+    """Each project of the discovering exporter's /discovery: one scrape of /probe, named after it,
+    labelled with its region and name; its series carry them; the exporter's own job keeps none."""
+    ups = await query('up{job="oms"}')
+    got = sorted((u["metric"]["instance"], u["metric"]["project_name"], u["metric"]["region"],
+                  u["metric"]["project_id"], u["value"][1]) for u in ups)
+    assert got == sorted((name, name, name.split("_")[0], pid, "1") for name, pid in DISCOVERED.items()), got
+    oms_up = await query('oms_up{job="oms"}')
+    assert sorted((u["metric"]["project_name"], u["metric"]["region"], u["metric"]["project_id"], u["value"][1])
+                  for u in oms_up) == sorted((n, n.split("_")[0], pid, "1") for n, pid in DISCOVERED.items())
+    states = {r["metric"]["state"]: r["value"][1]
+              for r in await query('oms_discovery_projects{job="oms-exporter-discovering", discovery="default"}')}
+    assert states == {"scraped": "3", "forbidden": "1", "not_offered": "0", "disabled": "0", "excluded": "1"}
+    assert not await query('oms_up{job="oms-exporter-discovering"}')  # dropped: the /probe job has them
+    assert not await query('{job="oms", __name__=~"oms_(exporter|discovery|api)_.+"}')  # the exporter's own: once
+
+
 def pick_task(sim: StandIn) -> dict[str, Any]:
     return next(t for t in sim.projects[PROJECT].values()
                 if t["status"] == 2 and re.fullmatch(r"[\w-]+", t["name"]))
@@ -145,7 +169,7 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
     started = time.monotonic()
     deadline = started + DEADLINE
 
-    sim = StandIn(tokens={TOKEN})
+    sim = StandIn(tokens={TOKEN}, credentials={AK: Credential(SK)})
     sim.add_project(PROJECT, make_tasks(50, seed=11))
     add_groups_and_syncs(sim, PROJECT)  # a group creating its tasks, a failed one, two sync tasks
     group = "3f0c9a6e5b7d4c21a8e90f1b2c3d4e5f"  # creating its tasks: failed below
@@ -161,7 +185,13 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
     sim.add_project(AGGREGATES_PROJECT, make_tasks(40, seed=12))
     # Its task groups cannot be listed: OmsCollectorFailing (its tasks and sync tasks are served).
     sim.inject(Fault(status=503, times=10**9, api="taskgroups", match=lambda r: AGGREGATES_PROJECT in r.path))
+    for n, (name, pid) in enumerate(DISCOVERED.items()):
+        sim.add_project(pid, make_tasks(10 + n, seed=20 + n))
+        sim.add_iam_project(name, pid, parent_id=DISCOVERED["cn-north-4"] if "_" in name else None)
+    sim.add_iam_project("cn-east-3_legacy", "d1500000000000000000000000000004")  # OMS: 403
+    sim.add_iam_project("MOS")
     oms = await aiohttp_server(sim.app())
+    oms_url = str(oms.make_url("")).rstrip("/")
 
     received: list[dict[str, Any]] = []
 
@@ -173,14 +203,19 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
     hook_app.router.add_post("/hook", hook)
     hook_server = await aiohttp_server(hook_app)
 
-    exp_port, agg_port, prom_port, am_port = free_port(), free_port(), free_port(), free_port()
-    env = clean_env(OMS_PROJECT_ID=PROJECT, OMS_REGION="cn-north-4", OMS_AUTH_TOKEN=TOKEN,
-                    OMS_ENDPOINT=str(oms.make_url("")).rstrip("/"))
+    exp_port, agg_port, prom_port, am_port, disc_port = (free_port() for _ in range(5))
+    env = clean_env(OMS_PROJECT_ID=PROJECT, OMS_REGION="cn-north-4", OMS_AUTH_TOKEN=TOKEN, OMS_ENDPOINT=oms_url)
     processes.start("exporter", [sys.executable, "-m", "oms_exporter", "--web.listen-address",
                                  f"127.0.0.1:{exp_port}", "--log.level", "debug"], env=env)
     processes.start("exporter-aggregates", [
         sys.executable, "-m", "oms_exporter", "--web.listen-address", f"127.0.0.1:{agg_port}",
         "--oms.per-task-series=false"], env={**env, "OMS_PROJECT_ID": AGGREGATES_PROJECT})
+    (tmp_path / "discovering.yml").write_text(yaml.safe_dump({"discovery": {
+        "ak": AK, "sk": SK, "iam_endpoint": oms_url, "refresh_interval": "5s",
+        "endpoints": {"cn-north-4": oms_url, "cn-east-3": oms_url}}}), encoding="utf-8")
+    processes.start("exporter-discovering", [
+        sys.executable, "-m", "oms_exporter", "--web.listen-address", f"127.0.0.1:{disc_port}",
+        "--config.file", str(tmp_path / "discovering.yml")], env=clean_env())
 
     (tmp_path / "alertmanager.yml").write_text(
         yaml.safe_dump(e2e_alertmanager_config(str(hook_server.make_url("/hook")))))
@@ -194,7 +229,9 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
         (tmp_path / entry).parent.mkdir(parents=True, exist_ok=True)
         text = rules.read_text(encoding="utf-8")
         (tmp_path / entry).write_text(shorten_for(text) if rules == ALERTS_FILE else text, encoding="utf-8")
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(e2e_prometheus_config([exp_port, agg_port], am_port)))
+    prometheus_yml = e2e_prometheus_config([exp_port, agg_port], am_port)
+    prometheus_yml["scrape_configs"] += e2e_discovery_jobs(disc_port)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_yml))
     processes.start("prometheus", [
         prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{prom_port}"])
@@ -220,6 +257,10 @@ async def test_stack_end_to_end(tmp_path: Path, processes: Processes,
         await wait_for("Prometheus", lambda: ready(f"{prom_url}/-/ready"), deadline, processes)
         await wait_for("both targets to be up", lambda: has(f'count(up{{job="{JOB}"}} == 1) == 2'),
                        deadline, processes)
+        await wait_for("each discovered project to be scraped through /probe, and the exporter's own job",
+                       lambda: has(f'count(up{{job=~"oms|oms-exporter-discovering"}} == 1) == {len(DISCOVERED) + 1}'),
+                       deadline, processes)
+        await discovered_projects_scraped_once(query)
         await wait_for("the task to be seen migrating",
                        lambda: has(f'oms_task_status{{task_id="{tid}", status="migrating"}} == 1'),
                        deadline, processes)
