@@ -8,6 +8,7 @@ observer it was given (the exporter's own metrics) and turns transport failures 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
 import zlib
@@ -184,13 +185,16 @@ class Proxies:
 
 
 def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
-    """Whether NO_PROXY names `host` (as curl and urllib read it: `*`, a host, a domain and its
-    subdomains with or without a leading dot, optionally with `:port`)."""
+    """Whether NO_PROXY names `host` (as curl and Go read it: `*`, a host, a domain and its
+    subdomains with or without a leading dot, optionally with `:port`; an address or a CIDR
+    block holding an IP host)."""
     host = host.lower().strip("[]")
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if not entry:
             continue
         if entry == "*":
+            return True
+        if _in_block(host, entry):
             return True
         name, _, want = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
         if want and (not want.isdigit() or int(want) != port):
@@ -199,6 +203,14 @@ def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
         if host == name or host.endswith("." + name):
             return True
     return False
+
+
+def _in_block(host: str, entry: str) -> bool:
+    """Whether `host` is an IP address inside the address or CIDR block `entry`."""
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(entry.strip("[]"), strict=False)
+    except ValueError:  # a name, or an entry that is no address
+        return False
 
 
 def _proxies_of(env: Mapping[str, str]) -> dict[str, str]:

@@ -297,6 +297,29 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.parametrize(("host", "port", "no_proxy", "direct"), [
+    ("oms.cn-north-4.myhuaweicloud.com", 443, "*", True),
+    ("oms.cn-north-4.myhuaweicloud.com", 443, "myhuaweicloud.com", True),
+    ("oms.cn-north-4.myhuaweicloud.com", 443, ".myhuaweicloud.com", True),
+    ("oms.cn-north-4.myhuaweicloud.com", 443, "huaweicloud.com", False),  # a suffix is not a domain
+    ("oms.cn-north-4.myhuaweicloud.com", 443, "myhuaweicloud.com:8443", False),
+    ("oms.cn-north-4.myhuaweicloud.com", 443, " other.example , myhuaweicloud.com:443", True),
+    ("10.20.30.40", 443, "10.0.0.0/8", True),
+    ("11.20.30.40", 443, "10.0.0.0/8", False),
+    ("10.20.30.40", 443, "10.20.30.40", True),
+    ("::1", 443, "::1/128", True),
+    ("oms.internal", 443, "10.0.0.0/8", False),
+])
+def test_no_proxy_names_hosts_domains_ports_and_address_blocks(host: str, port: int, no_proxy: str,
+                                                               direct: bool) -> None:
+    from yarl import URL
+
+    from oms_exporter.http import Proxies
+    proxies = Proxies({"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": no_proxy})
+    proxy, _ = proxies.for_url(URL.build(scheme="https", host=host, port=port, path="/v3/auth/projects"))
+    assert (proxy is None) == direct
+
+
 def test_a_static_token_cannot_discover_in_one_line() -> None:
     res = run_cli("--check-config", env={"OMS_AUTH_TOKEN": "t0k3n"})
     assert res.returncode == 2
