@@ -51,3 +51,16 @@ def test_compare_runs_two_checkouts_in_turns() -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("30 tasks") and "new/old: CPU" in lines[-1]
     assert sum("median scrape" in line and "peak RSS" in line for line in lines) == 2
+
+
+def test_discovery_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    out_json = tmp_path / "discovery.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "discovery.py"), "--projects", "6", "--tasks", "40",
+         "--latency-ms", "1", "--scrapes", "2", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 discovered projects x 40 tasks" in proc.stdout and "every scrape exact" in proc.stdout
+    figures = json.loads(out_json.read_text())
+    assert figures["iam_calls"] == 1 and figures["discovery_requests"] == 6  # one probe per project
+    assert len(figures["rows"]) == 3 and all(r["requests"] >= 6 for r in figures["rows"])
