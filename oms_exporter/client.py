@@ -41,6 +41,9 @@ class OmsClient:
 
     RETRIES = 2  # extra attempts after a 5xx, 429 or network error, deadline permitting
     BACKOFF = 0.2  # first backoff; doubles per attempt, with full jitter
+    # The longest Retry-After a listing waits out (within its deadline, which a listing going on in
+    # the background stretches to --oms.listing-budget); a longer one ends it as throttled, paused.
+    MAX_RETRY_AFTER = 30.0
     # After an authentication failure, wait this long (doubling, capped) before trying
     # again: an AK/SK is locked after more than 5 consecutive failures.
     AUTH_BACKOFF = 30.0
@@ -119,7 +122,8 @@ class OmsClient:
                 failure, wait, retry_after = self._judge(answer, attempt)
                 if failure is None:
                     return answer
-            if attempt >= self.RETRIES or clock.monotonic() + wait >= deadline:
+            if (attempt >= self.RETRIES or clock.monotonic() + wait >= deadline
+                    or (retry_after or 0.0) > self.MAX_RETRY_AFTER):
                 if isinstance(failure, Throttled) and retry_after:
                     # Capped like the auth pause: a bogus header must not silence a project for days.
                     pause = min(retry_after, self.AUTH_BACKOFF_MAX)

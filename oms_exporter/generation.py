@@ -141,7 +141,7 @@ class Generation:
         client = OmsClient(self._http, t, self._auth_of(t), self._clock, slots=self._slots)
         on = [area for area in self._areas if self.settings.lists(t, area.name)]
         return Project(t, {area.name: area.lister(Context(area, client, t, self._clock, opts)) for area in on},
-                       self._clock)
+                       self._clock, budget=opts.listing_budget)
 
     # --- its life ------------------------------------------------------------------------------
     async def start(self, before: Generation | None = None) -> None:

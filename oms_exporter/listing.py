@@ -47,6 +47,7 @@ class Listing:
     target: Target
     taken_at: float  # Unix time the listing started (task ages are measured from it)
     parts: Mapping[str, Part]
+    in_progress: bool = False  # an area still lists, past the deadline of the scrape this listing served
 
     @property
     def main(self) -> Part:
@@ -105,10 +106,11 @@ class Listing:
         return None if part is None else part.records
 
     @classmethod
-    def failed(cls, target: Target, taken_at: float, areas: Sequence[str], error: OmsError) -> Listing:
+    def failed(cls, target: Target, taken_at: float, areas: Sequence[str], error: OmsError,
+               in_progress: bool = False) -> Listing:
         """A listing in which every area failed with `error`."""
         return cls(target, taken_at, {name: (TaskPart if i == 0 else Part)(error=error)
-                                      for i, name in enumerate(areas)})
+                                      for i, name in enumerate(areas)}, in_progress)
 
 
 def complete_tasks(tasks: Sequence[Task], **fields: Any) -> TaskPart:

@@ -149,6 +149,11 @@ HEAD: tuple[Family, ...] = (
     project("oms_scrape_duration_seconds", "How long listing the project's tasks took.", (),
             lambda listing: (((), listing.duration),),
             source="per project: listing time", example="`max_over_time(oms_scrape_duration_seconds[1h])`"),
+    project("oms_listing_in_progress", "1 while a listing of the project goes on past the deadline of the scrape "
+            "that started it (a later scrape serves it once it is whole), 0 otherwise.", (),
+            lambda listing: (((), 1 if listing.in_progress else 0),),
+            source="per project: a listing still running in the background",
+            example="`oms_listing_in_progress == 1 and oms_up == 0`"),
 )
 CLIPPED = project(
     "oms_clipped_records", "Records of the last listing (tasks, task groups, sync tasks) with a value cut "

@@ -540,6 +540,10 @@ class Options(BaseModel):
         5.0, "time one request to OMS or IAM may take; then it is given up and tried again, within the scrape's "
         "deadline (a scrape with a longer deadline never holds the listing others share on a request that hangs)",
         flag="oms.request-timeout")
+    listing_budget: Annotated[Duration, Field(ge=0, le=3600)] = setting(
+        300.0, "how long a listing may go on past the deadline of the scrape that started it: it finishes in the "
+        "background and the next scrape serves it (the first listing of a large account outlives a scrape); "
+        "`0`: it stops at the scrape's deadline", flag="oms.listing-budget")
     listing: Literal["liveness", "full"] = setting(
         "liveness", "`liveness`: live states every scrape, finished tasks kept and checked by counts (see *Listing*); "
         "`full`: every task on every scrape", flag="oms.listing")

@@ -74,41 +74,83 @@ class SeriesPolicy:
         return listing.records(area)
 
 
-@dataclass
 class Project:
-    """The listers of one target: one per API area switched on for it, the tasks' first."""
+    """The listers of one target: one per API area switched on for it, the tasks' first.
 
-    target: Target
-    listers: dict[str, AreaLister]
-    clock: Clock
+    Each area lists in a task of its own, bounded by `budget` seconds from its start (or by the
+    scrape's deadline, when that is later), not by the scrape that started it: an area still
+    listing at the scrape's deadline is served as `timeout` and goes on in the background, and
+    the next listing of the target takes its result as soon as it is whole (a first listing of
+    300,000 tasks outlives a scrape; its work is not thrown away). One run per area at a time.
+    """
+
+    def __init__(self, target: Target, listers: dict[str, AreaLister], clock: Clock, budget: float = 0.0) -> None:
+        self.target, self.listers, self.clock, self.budget = target, listers, clock, budget
+        self._running: dict[str, asyncio.Task[Part]] = {}  # area -> its run, until a listing takes its result
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether an area's listing goes on past the deadline of the scrape that started it."""
+        return any(not run.done() for run in self._running.values())
 
     async def run(self, deadline: float) -> Listing:
-        """Every area side by side, before `deadline`; never raises an OmsError.
-
-        An area that raises (a bug) costs that area, not the others: each is awaited to its end.
-        """
+        """Every area side by side; what is whole by `deadline`, and `timeout` for the areas still
+        listing then (they go on). Never raises an OmsError: an area that raises (a bug) costs that
+        area, not the others."""
         taken_at = self.clock.time()
-        names = list(self.listers)
-        parts = await asyncio.gather(*(lister.run(deadline) for lister in self.listers.values()),
-                                     return_exceptions=True)
-        for i, (name, part) in enumerate(zip(names, parts)):
-            if isinstance(part, BaseException):
-                _unexpected(part, self.target.name, name)
-                parts[i] = (TaskPart if i == 0 else Part)(error=_INTERNAL)
-        return Listing(self.target, taken_at, dict(zip(names, parts)))  # type: ignore[arg-type]
+        runs = {name: self._run(name, lister, deadline) for name, lister in self.listers.items()}
+        try:
+            async with self.clock.timeout_at(deadline):
+                await asyncio.wait(runs.values())
+        except TimeoutError:
+            pass
+        parts: dict[str, Part] = {}
+        for i, (name, run) in enumerate(runs.items()):
+            kind = TaskPart if i == 0 else Part
+            if not run.done():
+                parts[name] = kind(error=_CONTINUING)
+                continue
+            del self._running[name]  # taken: the next listing of this area starts afresh
+            if run.cancelled():  # the target is going away
+                raise asyncio.CancelledError()
+            exc = run.exception()
+            if exc is not None:
+                _unexpected(exc, self.target.name, name)
+                parts[name] = kind(error=_INTERNAL)
+            else:
+                parts[name] = run.result()
+        return Listing(self.target, taken_at, parts, in_progress=self.in_progress)
+
+    def _run(self, name: str, lister: AreaLister, deadline: float) -> asyncio.Task[Part]:
+        """The area's run going on in the background, or a new one. A background run that failed is
+        dropped for a new one: its failure is old news, and this listing may do better."""
+        run = self._running.get(name)
+        if run is not None and run.done() and (run.cancelled() or run.exception() is not None or run.result().error):
+            run = None
+        if run is None:
+            until = max(deadline, self.clock.monotonic() + self.budget)
+            run = self._running[name] = asyncio.get_running_loop().create_task(lister.run(until))
+        return run
+
+    def cancel(self) -> list[asyncio.Task[Part]]:
+        """Cancel the areas' runs (the target is gone, or the exporter stops); the runs cancelled."""
+        runs = list(self._running.values())
+        self._running.clear()
+        for run in runs:
+            run.cancel()
+        return runs
 
     def failed(self, error: OmsError, taken_at: float) -> Listing:
         """A listing of this target in which every area failed with `error`."""
-        return Listing.failed(self.target, taken_at, list(self.listers), error)
+        return Listing.failed(self.target, taken_at, list(self.listers), error, in_progress=self.in_progress)
 
 
 _INTERNAL = InternalError("internal error, see the exporter's log")
+_CONTINUING = Timeout("still listing at the scrape's deadline: it goes on, and a later scrape serves it")
 
 
 def _unexpected(exc: BaseException, target: str, collector: str) -> None:
-    """An area raised: a bug (or a cancellation, passed on). Logged with its traceback."""
-    if not isinstance(exc, Exception):
-        raise exc
+    """An area raised: a bug. Logged with its traceback."""
     log.error("listing failed unexpectedly", exc_info=exc, extra={"target": target, "collector": collector})
 
 
@@ -132,11 +174,15 @@ class Snapshots:
         self._reported: dict[tuple[str, str, str], tuple[object, float]] = {}
 
     def set_projects(self, projects: dict[str, Project]) -> None:
-        """Serve these projects from now on; the listings of those gone are cancelled and forgotten."""
-        for name in self._projects.keys() - projects.keys():
+        """Serve these projects from now on; the listings of those gone (or replaced) are cancelled,
+        background ones too, and forgotten."""
+        for name, before in self._projects.items():
+            if projects.get(name) is before:
+                continue
             entry = self._inflight.pop(name, None)
             if entry is not None:
                 entry[0].cancel()
+            before.cancel()
             self._last.pop(name, None)
         self._projects = projects
 
@@ -215,6 +261,11 @@ class Snapshots:
         self._reported[key] = (state, now)
         return logging.WARNING
 
+    def in_progress(self, name: str) -> bool:
+        """Whether a listing of the target `name` goes on past the deadline of the scrape that started it."""
+        project = self._projects.get(name)
+        return project is not None and project.in_progress
+
     def last(self, name: str) -> Listing | None:
         """The last listing of the target `name` that finished, if any."""
         entry = self._last.get(name)
@@ -222,9 +273,11 @@ class Snapshots:
 
     async def aclose(self) -> None:
         """Cancel listings still running (at shutdown, before their HTTP session closes)."""
-        pending = [fut for fut, _ in self._inflight.values()]
+        pending: list[asyncio.Future[Any]] = [fut for fut, _ in self._inflight.values()]
         for fut in pending:
             fut.cancel()
+        for project in self._projects.values():
+            pending += project.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _list(self, project: Project, deadline: float) -> Listing:

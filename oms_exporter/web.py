@@ -221,12 +221,13 @@ def _recent(snapshots: Snapshots | None, targets: Sequence[Target]) -> str:
     rows = []
     for t in targets:
         listing = snapshots.last(t.name) if snapshots is not None else None
+        running = " (a listing goes on in the background)" if snapshots and snapshots.in_progress(t.name) else ""
         if listing is None:
-            cells = ["not listed yet", "", "", "", ""]
+            cells = ["not listed yet" + running, "", "", "", ""]
         else:
             failed = sorted({e.reason for e in listing.collectors.values() if e is not None}
                             | ({listing.error.reason} if listing.error else set()))
-            outcome = "up" if not failed else "failed: " + ", ".join(failed)
+            outcome = ("up" if not failed else "failed: " + ", ".join(failed)) + running
             when = datetime.fromtimestamp(listing.taken_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             requests = listing.requests
             cells = [outcome, when, f"{listing.duration:.3f} s", str(len(listing.tasks)) if listing.up else "",

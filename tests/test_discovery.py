@@ -135,6 +135,30 @@ async def test_a_project_added_or_removed_is_a_target_added_or_removed(
     assert (await client.get("/probe?target=cn-east-3")).status == 400
 
 
+async def test_a_vanished_project_cancels_its_background_listing(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock) -> None:
+    from oms_exporter.web import LIVE
+    from tests.conftest import wait_until
+
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    await metrics(client)
+    release = asyncio.Event()  # never set: OMS holds every request of cn-east-3
+    account.on_list = lambda request: release.wait() if EAST in request.path else None
+    pending = asyncio.ensure_future(client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"}))
+    await wait_until(lambda: account.in_flight and clock.deadlines(), "cn-east-3's listing waits for OMS")
+    await clock.quiet()
+    clock.advance(1.45)
+    s = parse_metrics(await (await pending).text())
+    assert value(s, "oms_up", project_id=EAST) == 0 and value(s, "oms_listing_in_progress", project_id=EAST) == 1
+    runs = list(client.server.app[LIVE].generation.snapshots._projects["cn-east-3"]._running.values())
+    assert runs and not any(run.done() for run in runs)
+    account.iam_projects = [p for p in account.iam_projects if p["id"] != EAST]
+    await _refreshed(client, clock, account)
+    await wait_until(lambda: all(run.done() for run in runs), "cn-east-3's listing cancelled")
+    assert all(run.cancelled() for run in runs)
+    assert EAST not in targets(await metrics(client))
+
+
 async def _refreshed(client: TestClient, clock: ManualClock, account: StandIn) -> None:
     """Move the clock past the refresh interval and wait for the next refresh to end."""
     before = account.iam_calls
