@@ -81,7 +81,8 @@ class Generation:
                           request_timeout=opts.request_timeout, proxies=Proxies())
         self._slots = {area.name: area.slots(opts.max_concurrency) for area in areas}
         self._auths: dict[tuple[str, str], Auth] = {}  # (target name, project id) -> its credentials
-        self._projects: dict[str, Project] = {}
+        self._projects: dict[str, Project] = {}  # target name -> its listers: the targets served now
+        self._clashes: set[tuple[str, str]] = set()  # (name, project id) of discovered projects left out
         self.snapshots = Snapshots({}, stats, clock, min_interval=opts.min_interval)
         self.discoverers = [Discoverer(entry, self._http, clock, stats, self._auth_of, self._apply)
                             for entry in settings.discovery]
@@ -95,16 +96,29 @@ class Generation:
 
     # --- the targets ---------------------------------------------------------------------------
     def targets(self) -> list[Target]:
-        """The configured targets, then those discovered (a project both configured and discovered,
-        or a name taken, once: the first wins)."""
+        """The targets served now: the configured ones, then those discovered (see `_wanted`)."""
+        return [p.target for p in self._projects.values()]
+
+    def _wanted(self) -> list[Target]:
+        """The configured targets, then those discovered: a project both configured and discovered
+        once, under its configured name; a discovered project whose name is taken by another project
+        is left out, with a warning (once)."""
         out = list(self.settings.targets)
-        names, projects = {t.name for t in out}, {t.project_id for t in out}
+        names, projects = {t.name: t.project_id for t in out}, {t.project_id for t in out}
         for d in self.discoverers:
             for t in d.targets:
-                if t.name not in names and t.project_id not in projects:
-                    out.append(t)
-                    names.add(t.name)
-                    projects.add(t.project_id)
+                if t.project_id in projects:
+                    continue
+                if t.name in names:
+                    if (t.name, t.project_id) not in self._clashes:
+                        self._clashes.add((t.name, t.project_id))
+                        log.warning("a discovered project has the name of another target: not scraped", extra={
+                            "discovery": d.entry.name, "target": t.name, "project_id": t.project_id,
+                            "taken_by": names[t.name]})
+                    continue
+                out.append(t)
+                names[t.name] = t.project_id
+                projects.add(t.project_id)
         return out
 
     def target(self, name: str) -> Target | None:
@@ -120,7 +134,7 @@ class Generation:
 
     def _apply(self) -> None:
         """Serve the targets as they are now: listers for the new ones, none for the ones gone."""
-        targets = {t.name: t for t in self.targets()}
+        targets = {t.name: t for t in self._wanted()}
         before = self._projects
         projects = {name: p for name, p in before.items() if name in targets and p.target == targets[name]}
         for name, t in targets.items():
@@ -135,6 +149,10 @@ class Generation:
                     self._stats.remove_project(p.target.project_id)
         self._projects = projects
         self.snapshots.set_projects(projects)
+        # Credentials of projects neither served nor probed any more (an IAM token each) go too.
+        known = kept | {f.id for d in self.discoverers for f in d.found}
+        for key in [k for k in self._auths if k[1] not in known]:
+            del self._auths[key]
 
     def _project(self, t: Target) -> Project:
         opts = self.settings.options
@@ -149,7 +167,7 @@ class Generation:
         each entry's first list, FIRST_DISCOVERY_WAIT at most."""
         adopted = False
         for d in self.discoverers:
-            same = next((o for o in (before.discoverers if before else ()) if o.entry == d.entry), None)
+            same = next((o for o in (before.discoverers if before else ()) if d.same_account(o.entry)), None)
             if same is not None:
                 d.adopt(same)
                 adopted = True

@@ -186,23 +186,32 @@ class Proxies:
 
 def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     """Whether NO_PROXY names `host` (as curl and Go read it: `*`, a host, a domain and its
-    subdomains with or without a leading dot, optionally with `:port`; an address or a CIDR
-    block holding an IP host)."""
+    subdomains written `example.com`, `.example.com` or `*.example.com`, each optionally with
+    `:port`; an IP address (`[::1]:443` with a port) or a CIDR block holding an IP host)."""
     host = host.lower().strip("[]")
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if not entry:
             continue
-        if entry == "*":
+        if entry == "*" or _in_block(host, entry):
             return True
-        if _in_block(host, entry):
-            return True
-        name, _, want = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        name, want = _split_port(entry)
         if want and (not want.isdigit() or int(want) != port):
             continue
-        name = name.lstrip(".")
-        if host == name or host.endswith("." + name):
+        name = name.removeprefix("*").lstrip(".")
+        if host == name or host.endswith("." + name) or _in_block(host, name):
             return True
     return False
+
+
+def _split_port(entry: str) -> tuple[str, str]:
+    """(host, port) of a NO_PROXY entry: `name:443`, `[::1]:443`; an IPv6 address alone has no port."""
+    if entry.startswith("["):
+        name, _, rest = entry[1:].partition("]")
+        return name, rest.removeprefix(":")
+    if entry.count(":") == 1:
+        name, _, want = entry.partition(":")
+        return name, want
+    return entry, ""
 
 
 def _in_block(host: str, entry: str) -> bool:

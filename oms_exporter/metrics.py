@@ -283,6 +283,7 @@ class SelfMetrics:
 
     def __init__(self, kinds: Iterable[str] = ("task", "task_group", "sync_task")) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._discovery_entries: set[str] = set()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         made: dict[str, Any] = {}
@@ -330,7 +331,10 @@ class SelfMetrics:
 
     def add_discovery(self, entry: str, states: Iterable[str]) -> None:
         """Every series of the discovery entry `entry`, from the start: its states and reasons at 0, not
-        (yet) successful."""
+        (yet) successful. An entry already there (a reload keeps it) keeps its values."""
+        if entry in self._discovery_entries:
+            return
+        self._discovery_entries.add(entry)
         for state in states:
             self.discovery_projects.labels(entry, state).set(0)
         for reason in ERROR_REASONS:
@@ -338,6 +342,7 @@ class SelfMetrics:
         self.discovery_success.labels(entry).set(0)
 
     def remove_discovery(self, entry: str) -> None:
+        self._discovery_entries.discard(entry)
         _remove(entry, self.discovery_projects, self.discovery_success, self.discovery_success_time,
                 self.discovery_errors)
 

@@ -84,11 +84,13 @@ class Pager(Generic[R]):
         self._slots = ctx.area.slots(ctx.options.max_concurrency)  # pages asked at once, at most
         self._pace = 0.0  # seconds the first page of the last query took
         self._requests = 0
-        # After a listing that failed as incomplete, the next ones may send about as many requests as
-        # it did, no more, until one succeeds: a list that lies (its count growing with every
-        # request) never costs more and more (None: no bound).
+        # After a listing that failed as incomplete, the next one may send about as many requests as
+        # it did (or the costliest good one), no more; one stopped by that bound leaves the one after
+        # unbounded. A list that lies (its count growing with every request) never costs more and
+        # more; one that grew honestly costs one failed listing (None: no bound).
         self._budget: int | None = None
-        self._last_cost = 0  # requests of the last listing that succeeded
+        self._budget_hit = False  # this listing stopped at the budget
+        self._peak_cost = 0  # requests of the costliest listing that succeeded
 
     @property
     def clock(self) -> Clock:
@@ -122,13 +124,19 @@ class Pager(Generic[R]):
             error = exc
         if error is None:
             self._parser.forget(set(self._parser.ids()) - records.keys())  # gone upstream
-            self._budget, self._last_cost = None, self._requests
+            self._budget, self._peak_cost = None, max(self._peak_cost, self._requests)
         else:
-            if isinstance(error, Incomplete) and self._budget is None:
-                # What the failed listing asked (or the last good one, if more), and one round of
-                # concurrent requests for the list's honest growth: no more, until a listing succeeds.
-                self._budget = max(self._requests, self._last_cost) + self._slots
+            if self._budget_hit:
+                # The budget was tried once: the next listing may cost what it costs (a list that
+                # grew honestly beyond it, or a full listing due, is not locked out for good).
+                self._budget = None
+            elif isinstance(error, Incomplete) and self._budget is None:
+                # What the failed listing asked (or the costliest good one, if more), and one round
+                # of concurrent requests for the list's honest growth: a list that lies forever
+                # costs every other listing no more than that.
+                self._budget = max(self._requests, self._peak_cost) + self._slots
             self._failed()
+        self._budget_hit = False
         self._parser.end(ok=error is None)
         return records, error, clock.monotonic() - started
 
@@ -147,6 +155,7 @@ class Pager(Generic[R]):
         than asked for, or than its own count leaves at its offset, is no page OMS writes: Incomplete.
         """
         if self._budget is not None and self._requests >= self._budget:
+            self._budget_hit = True
             raise Incomplete(f"{self.API}: {self._budget} requests, as many as the listing that failed before, "
                              "did not list every record")
         self._requests += 1

@@ -137,10 +137,17 @@ def _check_http_url(value: str | None) -> str | None:
 
 HttpUrlStr = Annotated[str | None, BeforeValidator(_check_http_url)]
 # The largest `offset` the ListTasks reference documents.
+PROJECT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # a project id as the exporter accepts one
 MAX_OFFSET = 2147483647
 NonEmpty = Annotated[str, Field(min_length=1)]
-# Names a target's or a discovery entry's static labels may not take: those the exporter sets itself.
-RESERVED_LABELS = frozenset({"project_id", "project_name", "region", "job", "instance", "discovery"})
+# Names a target's or a discovery entry's static labels may not take: those the exporter sets itself
+# on any series (a static label is a target label of every series of a /probe scrape), and
+# Prometheus' own (tests/test_settings.py checks every family's labels are here).
+RESERVED_LABELS = frozenset({
+    "project_id", "project_name", "region", "job", "instance", "discovery", "le", "quantile",
+    "task_id", "group_id", "sync_task_id", "status", "state", "name", "reason", "code", "collector", "kind",
+    "result", "version", "group_type", "task_type", "priority", "error_code", "error_msg", "start", "end",
+    "src_cloud", "src_region", "src_bucket", "dst_region", "dst_bucket", "index", "count"})
 
 
 def _label_name(name: str) -> str:
@@ -269,7 +276,7 @@ class Target(Credentials):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-][A-Za-z0-9_.:/-]{0,96}$")] = setting(
         ..., "target name for `/probe?target=`", env="OMS_TARGET_NAME", shown="`default` (env)")
-    project_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = setting(
+    project_id: Annotated[str, Field(pattern=PROJECT_ID_PATTERN)] = setting(
         ..., "project to list (required)", env="OMS_PROJECT_ID")
     region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")] = setting(
         ..., "region, e.g. `cn-north-4` (required)", env="OMS_REGION")
@@ -708,8 +715,10 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
     entries = _complete(entries, options, errors)
     errors += _proxy_errors()
     if not errors and not targets and not entries:
+        sdk_only = " (CLOUD_SDK_AK/CLOUD_SDK_SK alone start nothing: they are often set for other tools)" \
+            if only is None and env_credentials() and not env_credentials(False) else ""
         errors.append("no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, or credentials alone "
-                      "(OMS_AK and OMS_SK) to discover every project, or give --config.file")
+                      f"(OMS_AK and OMS_SK) to discover every project, or give --config.file{sdk_only}")
     if errors or options is None:
         raise SettingsError(errors)
     return Settings(options=options, targets=targets, discovery=entries, switches=switches)
@@ -730,7 +739,10 @@ def _complete(entries: list[DiscoveryEntry], options: Options | None, errors: li
     for entry in entries:
         update = {k: v for k, v in flags.items() if k not in entry.model_fields_set}
         if not entry.has_credentials:
-            update |= env_credentials()
+            env = env_credentials()
+            if "iam_endpoint" in entry.model_fields_set:
+                del env["iam_endpoint"]
+            update = env | update  # the entry's own keys, then the flags, win over the environment
         if update:
             try:
                 entry = DiscoveryEntry.model_validate({**entry.model_dump(exclude_unset=True), **update,

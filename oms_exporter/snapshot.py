@@ -188,17 +188,24 @@ class Snapshots:
 
     async def get(self, names: Sequence[str], deadline: float) -> list[Listing]:
         """Listings of the named targets, each finished or failed by `deadline` (`Clock.monotonic()` time)."""
-        projects = [self._projects[n] for n in names]  # now: discovery may change them while listings run
-        return list(await asyncio.gather(*(self._one(p, deadline) for p in projects)))
+        # Now: discovery may change them while listings run. A project gone meanwhile is left out.
+        projects = [self._projects[n] for n in names if n in self._projects]
+        listings = await asyncio.gather(*(self._one(p, deadline) for p in projects))
+        return [listing for listing in listings if listing is not None]
 
-    async def _one(self, project: Project, deadline: float) -> Listing:
+    async def _one(self, project: Project, deadline: float) -> Listing | None:
+        """The listing of `project` for a scrape with `deadline`; None when the project went away
+        (discovery, reload) while the scrape waited for it."""
         clock = self._clock
         name = project.target.name
         last = self._last.get(name)
         if self._min_interval and last and clock.monotonic() - last[0] < self._min_interval:
             return last[1]
         while True:
-            listing, listing_deadline = await self._join(project, deadline)
+            joined = await self._join(project, deadline)
+            if joined is None:
+                return None
+            listing, listing_deadline = joined
             # A listing started by a scrape with an earlier deadline (a client asking for 0.6 s)
             # may have failed for want of time this scrape still has: list again, within this
             # scrape's own deadline, rather than pass that failure on. Scrapes of one burst
@@ -212,7 +219,7 @@ class Snapshots:
             log.info("listing again: the shared listing failed at an earlier scrape's deadline",
                      extra={"target": name})
 
-    async def _join(self, project: Project, deadline: float) -> tuple[Listing, float]:
+    async def _join(self, project: Project, deadline: float) -> tuple[Listing, float] | None:
         """The listing of `project` in flight (or a new one until `deadline`), and its scrape's deadline."""
         clock = self._clock
         name = project.target.name
@@ -228,6 +235,11 @@ class Snapshots:
             # shield: a scrape that gives up must not cancel the listing others wait for.
             async with clock.timeout_at(deadline):
                 return await asyncio.shield(fut), listing_deadline
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if fut.cancelled() and current is not None and not current.cancelling():
+                return None  # the listing was cancelled because its project went away, not this scrape
+            raise
         except TimeoutError:
             if deadline < listing_deadline:
                 # The shared listing goes on for the scrape that started it; this earlier

@@ -205,10 +205,18 @@ async def discovery_handler(request: web.Request) -> web.Response:
     """Prometheus HTTP service discovery (http_sd_configs): one group per target, whose `/probe` scrapes it."""
     with request.app[LIVE].use() as gen:
         external = gen.settings.options.web_external_url
-        address = URL(external).authority if external else request.host
+        address, where = request.host, {}
+        if external:
+            # As given, with its scheme and path: a reverse proxy's https://host/prefix/ is scraped
+            # at https://host/prefix/probe (an address with brackets keeps them).
+            url = URL(external)
+            address = url.raw_authority
+            where = {"__scheme__": url.scheme}
+            if url.path.rstrip("/"):
+                where["__metrics_path__"] = url.path.rstrip("/") + "/probe"
         groups = [{"targets": [address], "labels": {
-            "__param_target": t.name, "project_id": t.project_id, "project_name": t.project_name or t.name,
-            "region": t.region, **t.labels}} for t in gen.targets()]
+            **t.labels, "__param_target": t.name, "project_id": t.project_id, "project_name": t.project_name or t.name,
+            "region": t.region, **where}} for t in gen.targets()]
         return web.json_response(groups)
 
 

@@ -213,7 +213,8 @@ def test_cloud_sdk_variables_alone_define_no_project(monkeypatch: pytest.MonkeyP
         load({}, None)
     assert info.value.lines == ["no project configured: set OMS_PROJECT_ID, OMS_REGION and credentials, or "
                                 "credentials alone (OMS_AK and OMS_SK) to discover every project, or give "
-                                "--config.file"]
+                                "--config.file (CLOUD_SDK_AK/CLOUD_SDK_SK alone start nothing: they are often "
+                                "set for other tools)"]
 
 
 def test_env_errors(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,21 +9,24 @@ IAM tokens, a proxy, /discovery and /probe of a discovered target.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 
 from oms_exporter.catalog import switches
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import DiscoveryEntry, Options, Settings
 from oms_exporter.simulator import Credential, make_tasks
-from oms_exporter.web import make_app
-from tests.conftest import AK, SK, ManualClock, Samples, parse_metrics, target_for, value, values
+from oms_exporter.web import LIVE, make_app, reload
+from tests.conftest import AK, SK, ManualClock, Samples, parse_metrics, target_for, value, values, wait_until
 from tests.standin import Fault, StandIn
 
 NORTH, EAST, TEAM, FORBIDDEN = "e" * 31 + "1", "e" * 31 + "2", "e" * 31 + "3", "e" * 31 + "4"
@@ -395,3 +398,161 @@ def test_the_stand_in_project_list_reads_back_with_the_official_sdk(account: Sta
         assert all(p.links._self.endswith(p.id) for p in resp.projects)
 
     asyncio.run(serve())
+
+
+# --- at the edges: what a review found -------------------------------------------------------
+
+async def test_a_project_renamed_in_iam_is_served_under_its_new_name(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock) -> None:
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    await metrics(client)
+    for p in account.iam_projects:
+        if p["id"] == TEAM:
+            p["name"] = "cn-north-4_team2"  # same id, new name
+    await _refreshed(client, clock, account)
+    s = await metrics(client)
+    assert targets(s)[TEAM] == "cn-north-4_team2" and value(s, "oms_up", project_id=TEAM) == 1
+    assert (await client.get("/probe?target=cn-north-4_team2")).status == 200
+    assert (await client.get("/probe?target=cn-north-4_team")).status == 400
+
+
+async def test_a_project_vanishing_during_a_scrape_costs_that_project_only(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock) -> None:
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    await metrics(client)
+    hold = asyncio.Event()
+    account.on_list = lambda request: hold.wait() if EAST in request.path else None
+    scrape = asyncio.ensure_future(client.get("/metrics"))
+    await wait_until(lambda: account.api_in_flight["tasks"], "cn-east-3's listing held upstream")
+    account.iam_projects = [p for p in account.iam_projects if p["id"] != EAST]
+    await _refreshed(client, clock, account)
+    hold.set()
+    resp = await asyncio.wait_for(scrape, 10)
+    assert resp.status == 200
+    s = parse_metrics(await resp.text())
+    assert value(s, "oms_up", project_id=NORTH) == 1 and not values(s, "oms_up", project_id=EAST)
+
+
+async def test_a_discovered_project_named_like_a_configured_one_is_left_out_with_a_warning(
+        discovering: Any, iam: TestServer, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING)
+    other = "f" * 32  # another project (of another account, say) the user named "cn-east-3"
+    configured = target_for(iam, name="cn-east-3", project_id=other, ak=AK, sk=SK)
+    s = await metrics(await discovering(targets=[configured]))
+    assert targets(s)[other] == "cn-east-3" and EAST not in targets(s)
+    warned = [r for r in caplog.records if r.getMessage() == "a discovered project has the name of another target: "
+              "not scraped"]
+    assert len(warned) == 1 and warned[0].__dict__["project_id"] == EAST
+    assert warned[0].__dict__["taken_by"] == other
+
+
+async def test_probes_leave_no_series_of_projects_that_are_no_targets(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock) -> None:
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    s = await metrics(client)
+    assert FORBIDDEN not in targets(s)
+    assert not [k for k in s if dict(k[1]).get("project_id") == FORBIDDEN]  # probed, never a target
+    account.iam_projects = [p for p in account.iam_projects if p["id"] != FORBIDDEN]
+    await _refreshed(client, clock, account)
+    assert not [k for k in await metrics(client) if dict(k[1]).get("project_id") == FORBIDDEN]
+
+
+async def test_a_reload_while_iam_fails_keeps_the_list_and_its_counts(
+        discovering: Any, account: StandIn, iam: TestServer) -> None:
+    client = await discovering()
+    s = await metrics(client)
+    assert states(s)["scraped"] == 4
+    account.inject(Fault(status=503, times=1000, api="iam"))
+    app = client.server.app
+    await reload(app, app[LIVE].settings)  # a SIGHUP, the same settings
+    s = await metrics(client)
+    assert len(values(s, "oms_up")) == 4 and states(s)["scraped"] == 4
+    # An entry edited (a label added) is the same account: its last list stays too, with the label.
+    await reload(app, app[LIVE].settings.model_copy(update={"discovery": [entry(iam, labels={"team": "data"})]}))
+    s = await metrics(client)
+    assert len(values(s, "oms_up")) == 4
+    assert {dict(lab).get("team") for lab in values(s, "oms_project_info")} == {"data"}
+    assert value(s, "oms_discovery_success", discovery="default") == 0  # and IAM's failure is told
+
+
+async def test_a_project_id_no_target_can_have_is_excluded_and_discovery_goes_on(
+        discovering: Any, account: StandIn, iam: TestServer, clock: ManualClock, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING)
+    client = await discovering([entry(iam, refresh_interval="1s")])
+    await metrics(client)
+    account.add_iam_project("cn-north-4_odd", "x" * 65)  # longer than a project id may be
+    await _refreshed(client, clock, account)
+    s = await metrics(client)
+    assert states(s)["excluded"] == 2 and value(s, "oms_discovery_success", discovery="default") == 1
+    late = "e" * 31 + "6"
+    account.add_project(late, make_tasks(3, seed=9))
+    account.add_iam_project("cn-east-3_new", late)
+    await _refreshed(client, clock, account)
+    await _refreshed(client, clock, account)
+    assert late in targets(await metrics(client))
+    assert len([r for r in caplog.records if "no OMS project id" in r.getMessage()]) == 1  # once, not per refresh
+
+
+async def test_discovery_behind_a_reverse_proxy_keeps_the_external_urls_brackets_scheme_and_path(
+        discovering: Any) -> None:
+    groups = await (await (await discovering(web_external_url="http://[fd00::10]:10066/")).get("/discovery")).json()
+    assert {tuple(g["targets"]) for g in groups} == {("[fd00::10]:10066",)}
+    assert all(g["labels"]["__scheme__"] == "http" and "__metrics_path__" not in g["labels"] for g in groups)
+    client = await discovering(web_external_url="https://proxy.example.com/oms-exporter/")
+    groups = await (await client.get("/discovery")).json()
+    assert {tuple(g["targets"]) for g in groups} == {("proxy.example.com",)}
+    assert {(g["labels"]["__scheme__"], g["labels"]["__metrics_path__"]) for g in groups} == {
+        ("https", "/oms-exporter/probe")}
+
+
+def _password_entry(account: StandIn, iam: TestServer, **extra: Any) -> DiscoveryEntry:
+    account.iam_users[("acme", "ops")] = "pw-123"
+    url = str(iam.make_url("")).rstrip("/")
+    return DiscoveryEntry.model_validate({
+        "iam_username": "ops", "iam_password": "pw-123", "iam_domain": "acme", "iam_endpoint": url,
+        "endpoints": {"cn-north-4": url, "cn-east-3": url, "xx-far-1": url}, **extra})
+
+
+async def test_a_revoked_account_token_is_renewed(
+        account: StandIn, iam: TestServer, discovering: Any, clock: ManualClock) -> None:
+    client = await discovering([_password_entry(account, iam, refresh_interval="1s")])
+    assert value(await metrics(client), "oms_discovery_success", discovery="default") == 1
+    logins = account.iam_logins
+    for token, scope in list(account.token_scopes.items()):
+        if scope is None:  # the account-scoped token: IAM revokes it (a permission change)
+            account.tokens.pop(token, None)
+    await _refreshed(client, clock, account)
+    s = await metrics(client)
+    assert value(s, "oms_discovery_success", discovery="default") == 1
+    assert account.iam_logins == logins + 1  # one new token, at once
+
+
+async def test_refused_discovery_credentials_back_off_as_a_targets_do(
+        account: StandIn, iam: TestServer, discovering: Any, clock: ManualClock) -> None:
+    bad = entry(iam, refresh_interval="1s").model_copy(update={"sk": SecretStr("wrong")})
+    client = await discovering([bad])
+    s = await metrics(client)
+    assert value(s, "oms_discovery_errors_total", discovery="default", reason="auth") == 1
+    calls = account.iam_calls
+    for seconds in (1.5, 1.5, 20.0):  # within the first pause (30 s): IAM is not asked again
+        clock.advance(seconds)
+        await clock.quiet()
+    assert account.iam_calls == calls
+    clock.advance(8.0)  # past it: asked again, refused again, and the next pause is 60 s
+    await wait_until(lambda: account.iam_calls == calls + 1, "the refresh after the pause")
+    clock.advance(31.0)
+    await clock.quiet()
+    assert account.iam_calls == calls + 1
+
+
+async def test_a_project_that_never_answers_costs_its_probe_not_the_refresh(
+        account: StandIn, iam: TestServer, discovering: Any, clock: ManualClock) -> None:
+    account.sleep = partial(clock.sleep, settled=account.settled)
+    account.add_iam_project("cn-north-4_dead", "d" * 32)  # its region answers nothing (a firewall)
+    account.inject(Fault(status=200, delay=600, times=10**6, api="tasks", match=lambda r: "d" * 32 in r.path))
+    # A request timeout as long as the old refresh timeout: one hung probe used to fail the refresh.
+    s = await metrics(await discovering(request_timeout=30, scrape_timeout=60, listing_budget=0))
+    assert value(s, "oms_discovery_success", discovery="default") == 1
+    assert {NORTH, EAST, TEAM} <= targets(s).keys()
+    assert "d" * 32 in targets(s)  # unanswered: a target, whose failure oms_up shows
+    assert value(s, "oms_up", project_id="d" * 32) == 0

@@ -258,6 +258,36 @@ async def test_a_growing_group_count_is_incomplete_at_a_flat_cost(sim: StandIn, 
     assert costs[1] <= costs[0] + 8 and costs[2] <= costs[0] + 8, costs
 
 
+async def test_one_incomplete_listing_does_not_lock_out_a_costlier_honest_one(
+        sim: StandIn, exporter: Exporter, clock: ManualClock) -> None:
+    """The budget after an incomplete listing (row 11's rule) bounds one listing: a full listing of
+    the finished states falling due right after it (costlier than any cheap round) fails once at
+    most, then lists again in full, instead of failing on every scrape until a restart."""
+    sim.clear(PROJECT)
+    for t in make_tasks(800, seed=9):
+        sim.put_task(PROJECT, {**t, "status": t["status"] if t["id"] % 50 == 0 else 5})
+    client = await exporter(page_limit=10, max_concurrency=4, finished_task_max_age=0)
+    assert up(await scrape(client)) == 1  # the first listing: every state in full (~80 pages)
+    assert up(await scrape(client)) == 1  # a cheap round: what is live, a page of each finished state
+    once = [True]
+
+    def lie(request: web.Request, doc: Any) -> Any:  # one page, once, with a record too many
+        if once[0] and request.path.endswith("/tasks") and doc.get("tasks"):
+            once[0] = False
+            return {**doc, "tasks": doc["tasks"] + [dict(doc["tasks"][0], id=10**9)]}
+        return doc
+
+    sim.rewrite = lie
+    assert up(await scrape(client)) == 0  # incomplete, as it should be
+    sim.rewrite = None  # OMS is honest from now on
+    clock.advance(900)  # the finished states are due to be listed in full: ~80 pages, over the budget
+    ups = []
+    for _ in range(3):
+        clock.advance(15)
+        ups.append(up(await scrape(client)))
+    assert ups[1:] == [1, 1], ups
+
+
 # --- row 12: repeated failures, one warning --------------------------------------------------------------
 
 async def test_broken_targets_warn_once_not_every_scrape(sim: StandIn, oms: Any, exporter: Exporter,

@@ -224,3 +224,15 @@ def test_a_ca_file_broken_after_it_was_read_is_one_settings_line(tmp_path):
     with pytest.raises(SettingsError) as caught:
         outbound_ssl(settings)
     assert caught.value.lines == [f"--oms.ca-file: {path} is not a PEM CA bundle (no certificate or crl found)"]
+
+
+def test_static_labels_cannot_take_a_label_any_family_sets() -> None:
+    """A target's static labels become target labels of every series of its /probe scrape: none may
+    be a label a family of the exporter sets (or the id label of an area's records)."""
+    from oms_exporter.catalog import AREAS, FAMILIES
+    from oms_exporter.metrics import SELF_FAMILIES
+    from oms_exporter.settings import RESERVED_LABELS
+
+    used = {label for f in (*FAMILIES, *SELF_FAMILIES) for label in f.labels}
+    used |= {area.kind.id_label for area in AREAS}
+    assert used <= RESERVED_LABELS, sorted(used - RESERVED_LABELS)
