@@ -3,7 +3,9 @@
 A `Generation` lives from one (re)load of the settings to the next. Its targets are the
 configured ones and, while its discovery entries run, the projects they find: a project
 found or lost is a target added or removed (with its series) without a restart; a project
-both configured and discovered is listed once, under its configured name. A reload makes a
+both configured and discovered is listed once, under its configured name. With shards, it
+serves (lists, exports, offers at /discovery) only its shard's targets, and knows every
+shard's, to say which shard serves a target it does not. A reload makes a
 new generation; scrapes that started on the old one finish on it, and it is closed (discovery
 and listings cancelled, session closed) when the last of them is done.
 """
@@ -95,8 +97,18 @@ class Generation:
 
     # --- the targets ---------------------------------------------------------------------------
     def targets(self) -> list[Target]:
-        """The configured targets, then those discovered (a project both configured and discovered,
-        or a name taken, once: the first wins)."""
+        """The targets this replica serves: those of its shard (every one, unsharded)."""
+        shard = self.settings.options.shard
+        return [t for t in self.every_target() if shard.owns(t.project_id)]
+
+    def owner(self, name: str) -> int | None:
+        """The shard that serves the target `name` (configured or discovered), None for no such target."""
+        found = next((t for t in self.every_target() if t.name == name), None)
+        return None if found is None else self.settings.options.shard.owner(found.project_id)
+
+    def every_target(self) -> list[Target]:
+        """Every shard's targets: the configured ones, then those discovered (a project both configured
+        and discovered, or a name taken, once: the first wins)."""
         out = list(self.settings.targets)
         names, projects = {t.name for t in out}, {t.project_id for t in out}
         for d in self.discoverers:
