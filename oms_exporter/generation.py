@@ -51,13 +51,15 @@ def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
 
 def upstream_connections(settings: Settings, areas: Sequence[Area] = AREAS) -> int:
     """The most connections the exporter opens to OMS and IAM at once: --oms.max-connections, or
-    fewer when the configured targets' request slots (each area's share of --oms.max-concurrency,
-    and IAM) cannot fill it (discovered targets: their number is not known in advance)."""
+    fewer when the request slots of the configured targets it serves (each area's share of
+    --oms.max-concurrency, and IAM) cannot fill it (discovered targets: their number is not known
+    in advance)."""
     if settings.discovery:
         return settings.options.max_connections
     mc = settings.options.max_concurrency
     per_target = sum(area.slots(mc) for area in areas)
-    return min(settings.options.max_connections, per_target * len(settings.targets) + 4)
+    served = sum(1 for t in settings.targets if settings.options.shard.owns(t.project_id))
+    return min(settings.options.max_connections, per_target * served + 4)
 
 
 class Generation:

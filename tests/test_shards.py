@@ -9,6 +9,7 @@ environment and YAML, `auto` from a StatefulSet pod's host name, and one line pe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import DiscoveryEntry, Options, Settings, load
 from oms_exporter.shards import Shard, ordinal, shard_of
 from oms_exporter.simulator import Credential, make_tasks
-from oms_exporter.web import make_app
+from oms_exporter.web import LIVE, make_app, reload
 from tests.conftest import AK, ROOT, SK, ManualClock, Samples, parse_metrics, target_for, value, values
 from tests.standin import StandIn
 
@@ -242,6 +243,22 @@ async def test_unsharded_the_exporter_serves_everything_as_before(replica: Repli
     assert value(s, "oms_exporter_shard_info", index="0", count="1") == 1
     assert value(s, "oms_exporter_shard_targets") == 6
     assert "Shard" not in (await get(client, "/"))[1]
+
+
+async def test_a_reload_can_change_the_shard(replica: Replica, oms: TestServer) -> None:
+    """`shard:` of the file is read again on SIGHUP, with the targets: the next scrape serves the new
+    share, and the projects no longer served lose their series."""
+    client = await replica(0, 2)
+    assert served(parse_metrics((await get(client, "/metrics"))[1])) == {p for p, i in SHARD_OF_2.items() if i == 0}
+    targets = [target_for(oms, name=NAMES[pid], project_id=pid) for pid in PROJECTS]
+    await reload(client.server.app, Settings(options=Options(shard_index=2, shard_count=3), targets=targets))
+    s = parse_metrics((await get(client, "/metrics"))[1])
+    mine = {pid for pid in PROJECTS if shard_of(pid, 3) == 2}
+    assert served(s) == mine and value(s, "oms_exporter_shard_targets") == len(mine)
+    assert list(values(s, "oms_exporter_shard_info")) == [frozenset({("index", "2"), ("count", "3")})]
+    await asyncio.gather(*client.server.app[LIVE].retiring)
+    s = parse_metrics((await get(client, "/metrics"))[1])
+    assert {dict(lab)["project_id"] for lab in values(s, "oms_listings_total")} == mine
 
 
 # --- discovered targets --------------------------------------------------------------------------------
