@@ -56,10 +56,11 @@ def in_region(expr: str) -> str:
 
 
 # Replicas: two exporters may serve the same project for a while (an HA pair, a move from one
-# to another, or /metrics and /probe both scraped), so every series of it comes twice, with
-# another instance or job. Figures of a project or record take one value per record
-# (`max by` its ids) before any sum, and joins take one info series per record (`topk`):
-# nothing is counted twice and no join finds two matches.
+# to another, shards while their count changes, or /metrics and /probe both scraped), so every
+# series of it comes twice, with another instance or job. Figures of a project or record take
+# one value per record (`max by` its ids) before any sum, and joins and info tables take one
+# info series per record (`topk`): nothing is counted or shown twice, no join finds two
+# matches (tests/test_e2e_shards.py runs every panel on a real Prometheus so).
 def one_per(ids: str, expr: str) -> str:
     return f"max by ({ids}) ({expr})"
 
@@ -91,8 +92,15 @@ def totals(metric: str) -> str:
     return one_per("project_id, status", in_region(f'{metric}{{project_id=~"$project_id", status=~"$status"}}'))
 
 
-def one_task(metric: str) -> str:
-    return f'{metric}{{project_id="$project_id", task_id="$task_id"}}'
+def one_task(metric: str, labels: str = "") -> str:
+    """`metric` of the task the variables name: one series (per value of `labels`), however many
+    exporters serve it."""
+    return one_per("project_id, task_id" + labels, f'{metric}{{project_id="$project_id", task_id="$task_id"}}')
+
+
+def one_task_info(metric: str) -> str:
+    """An info series (every label) of the task the variables name, one however many exporters serve it."""
+    return one_info("project_id, task_id", f'{metric}{{project_id="$project_id", task_id="$task_id"}}')
 
 
 # --- building blocks ---------------------------------------------------------------------------
@@ -584,7 +592,7 @@ def started_stat(expr: str, grid: tuple[int, int, int, int]) -> Panel:
 # --- the one-task dashboard --------------------------------------------------------------------
 def task_dashboard() -> dict[str, Any]:
     p: list[Panel] = [row("Task ${name}", 0)]
-    p.append(labels_table("Task", one_task("oms_task_info"), (0, 1, 24, 3)))
+    p.append(labels_table("Task", one_task_info("oms_task_info"), (0, 1, 24, 3)))
     p.append(state_stat(one_task("oms_task_status_code"), (0, 4, 4, 4), status_mappings(by_code=True)))
     p.append(progress_gauge(one_task("oms_task_progress_ratio"), (4, 4, 4, 4)))
     p.append(stat("Speed", [target(one_task("oms_task_speed_bytes_per_second"))], (8, 4, 4, 4), unit="binBps"))
@@ -602,11 +610,11 @@ def task_dashboard() -> dict[str, Any]:
         target(one_task("oms_task_objects_failed"), "C", "failed"),
         target(one_task("oms_task_objects_skipped"), "D", "skipped")], (12, 8, 12, 4),
         overrides=[override("failed", thresholds=GREEN_RED_ABOVE_0)]))
-    p.append(labels_table("Error", one_task("oms_task_error_info"), (0, 12, 24, 3),
+    p.append(labels_table("Error", one_task_info("oms_task_error_info"), (0, 12, 24, 3),
                           "Why OMS says the task failed; empty while it has not."))
     p.append(timeseries("Speed and bandwidth limits", [
         target(one_task("oms_task_speed_bytes_per_second"), "A", "speed"),
-        target(one_task("oms_task_bandwidth_limit_bytes_per_second"), "B", "limit {{start}}-{{end}}")],
+        target(one_task("oms_task_bandwidth_limit_bytes_per_second", ", start, end"), "B", "limit {{start}}-{{end}}")],
         (0, 15, 12, 8), unit="binBps"))
     p.append(timeseries("Progress", [target(one_task("oms_task_progress_ratio"), legend="progress")],
                         (12, 15, 12, 8), unit="percentunit", min_=0, max_=1))
@@ -633,8 +641,14 @@ def task_dashboard() -> dict[str, Any]:
 
 
 # --- the one-group dashboard -------------------------------------------------------------------
-def one_group(metric: str, extra: str = "") -> str:
-    return f'{metric}{{project_id="$project_id", group_id="$group_id"{extra}}}'
+def one_group(metric: str) -> str:
+    """`metric` of the group the variables name: one series, however many exporters serve it."""
+    return one_per("project_id, group_id", f'{metric}{{project_id="$project_id", group_id="$group_id"}}')
+
+
+def one_group_info(metric: str) -> str:
+    """An info series (every label) of the group the variables name, one however many exporters serve it."""
+    return one_info("project_id, group_id", f'{metric}{{project_id="$project_id", group_id="$group_id"}}')
 
 
 # The tasks of the group: their task_id and name from oms_task_info, by the group's id (one
@@ -653,7 +667,7 @@ def group_dashboard() -> dict[str, Any]:
                   "colorMode": "none", "graphMode": "none", "textMode": "value_and_name",
                   "justifyMode": "auto", "orientation": "auto"}
     p: list[Panel] = [row("Task group ${group_id}", 0)]
-    p.append(labels_table("Task group", one_group("oms_task_group_info"), (0, 1, 24, 3)))
+    p.append(labels_table("Task group", one_group_info("oms_task_group_info"), (0, 1, 24, 3)))
     p.append(state_stat(one_group("oms_task_group_status_code"), (0, 4, 4, 4), group_mappings(by_code=True)))
     p.append(progress_gauge(one_group("oms_task_group_progress_ratio"), (4, 4, 4, 4),
                             "Bytes completed / bytes to migrate (complete_size / total_size)."))
@@ -680,7 +694,7 @@ def group_dashboard() -> dict[str, Any]:
         target(one_group("oms_task_group_created_bytes"), "B", "in tasks created"),
         target(one_group("oms_task_group_completed_bytes"), "C", "completed")], (0, 12, 12, 4), unit="bytes",
         options=value_stat))
-    p.append(labels_table("Error", one_group("oms_task_group_error_info"), (12, 12, 12, 4),
+    p.append(labels_table("Error", one_group_info("oms_task_group_error_info"), (12, 12, 12, 4),
                           "Why OMS says the group failed; empty while it has not."))
     p.append(timeseries("Progress of the group and of its tasks", [
         target(one_group("oms_task_group_progress_ratio"), "A", "group"),

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("listening", extra={"address": opts.listen_address, "version": __version__,
                                  "targets": ",".join(t.name for t in settings.targets),
                                  "discovery": ",".join(e.name for e in settings.discovery),
+                                 "shard": f"{opts.shard_index}/{opts.shard_count}",
                                  "max_connections": max_connections, "open_file_limit": file_limit,
                                  **web_config.describe()})
     try:
@@ -222,6 +223,12 @@ def _describe(settings: Settings) -> str:
         collectors = ", ".join(area.name for area in AREAS if settings.lists(t, area.name))
         lines.append(f"target {t.name}: project {t.project_id} in {t.region}, endpoint {t.oms_endpoint}, "
                      f"auth {t.auth_mode}, collectors {collectors}")
+    shard = settings.options.shard
+    if shard.count > 1:
+        served = [t.name for t in settings.targets if shard.owns(t.project_id)]
+        lines.append(f"shard {shard.index} of {shard.count}: serves {len(served)} of {len(settings.targets)} "
+                     f"configured targets ({', '.join(served) or 'none'})"
+                     + (", and its share of the discovered ones" if settings.discovery else ""))
     for e in settings.discovery:
         regions = ", ".join(e.regions) if e.regions else "all with OMS"
         lines.append(f"discovery {e.name}: IAM {e.iam_url} every {format_duration(e.refresh_interval)}, "

@@ -3,7 +3,9 @@
 A `Generation` lives from one (re)load of the settings to the next. Its targets are the
 configured ones and, while its discovery entries run, the projects they find: a project
 found or lost is a target added or removed (with its series) without a restart; a project
-both configured and discovered is listed once, under its configured name. A reload makes a
+both configured and discovered is listed once, under its configured name. With shards, it
+serves (lists, exports, offers at /discovery) only its shard's targets, and knows every
+shard's, to say which shard serves a target it does not. A reload makes a
 new generation; scrapes that started on the old one finish on it, and it is closed (discovery
 and listings cancelled, session closed) when the last of them is done.
 """
@@ -49,13 +51,15 @@ def outbound_ssl(settings: Settings) -> ssl.SSLContext | bool:
 
 def upstream_connections(settings: Settings, areas: Sequence[Area] = AREAS) -> int:
     """The most connections the exporter opens to OMS and IAM at once: --oms.max-connections, or
-    fewer when the configured targets' request slots (each area's share of --oms.max-concurrency,
-    and IAM) cannot fill it (discovered targets: their number is not known in advance)."""
+    fewer when the request slots of the configured targets it serves (each area's share of
+    --oms.max-concurrency, and IAM) cannot fill it (discovered targets: their number is not known
+    in advance)."""
     if settings.discovery:
         return settings.options.max_connections
     mc = settings.options.max_concurrency
     per_target = sum(area.slots(mc) for area in areas)
-    return min(settings.options.max_connections, per_target * len(settings.targets) + 4)
+    served = sum(1 for t in settings.targets if settings.options.shard.owns(t.project_id))
+    return min(settings.options.max_connections, per_target * served + 4)
 
 
 class Generation:
@@ -96,13 +100,23 @@ class Generation:
 
     # --- the targets ---------------------------------------------------------------------------
     def targets(self) -> list[Target]:
-        """The targets served now: the configured ones, then those discovered (see `_wanted`)."""
+        """The targets served now: those of this replica's shard (see `_wanted`)."""
         return [p.target for p in self._projects.values()]
 
+    def owner(self, name: str) -> int | None:
+        """The shard that serves the target `name` (configured or discovered), None for no such target."""
+        found = next((t for t in self.every_target() if t.name == name), None)
+        return None if found is None else self.settings.options.shard.owner(found.project_id)
+
     def _wanted(self) -> list[Target]:
-        """The configured targets, then those discovered: a project both configured and discovered
-        once, under its configured name; a discovered project whose name is taken by another project
-        is left out, with a warning (once)."""
+        """The targets this replica serves: those of its shard (every one, unsharded)."""
+        shard = self.settings.options.shard
+        return [t for t in self.every_target() if shard.owns(t.project_id)]
+
+    def every_target(self) -> list[Target]:
+        """Every shard's targets: the configured ones, then those discovered. A project both
+        configured and discovered once, under its configured name; a discovered project whose name
+        is taken by another project is left out, with a warning (once)."""
         out = list(self.settings.targets)
         names, projects = {t.name: t.project_id for t in out}, {t.project_id for t in out}
         for d in self.discoverers:

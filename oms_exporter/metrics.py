@@ -266,6 +266,13 @@ SELF_FAMILIES = (
                "reasons of oms_scrape_errors_total).", ("discovery", "reason"),
                "per discovery entry: failed refreshes by reason, every reason at 0 from the start",
                "`increase(oms_discovery_errors_total[1h]) > 0`"),
+    SelfFamily("oms_exporter_shard_info", "gauge", "The shard this replica serves (--shard.index of "
+               "--shard.count; 0 of 1 unsharded); the value is always 1.", ("index", "count"),
+               "this replica's shard: `index` of `count` (`0` of `1` unsharded), value 1",
+               "`count by (count) (oms_exporter_shard_info)`"),
+    SelfFamily("oms_exporter_shard_targets", "gauge", "Targets (configured and discovered) this replica "
+               "serves: those of its shard.", (), "targets this replica serves (its shard's, configured and "
+               "discovered)", "`sum(oms_exporter_shard_targets)`"),
     SelfFamily("oms_exporter_encoded_records_total", "counter", "Records written by the encoder: 'reused' "
                "when the record had not changed since the last encode (its lines were kept), 'rendered' "
                "when its lines were written anew.", ("kind", "result"),
@@ -308,6 +315,10 @@ class SelfMetrics:
         self.discovery_success: Gauge = made["oms_discovery_success"]
         self.discovery_success_time: Gauge = made["oms_discovery_last_success_timestamp_seconds"]
         self.discovery_errors: Counter = made["oms_discovery_errors_total"]
+        self.shard_info: Gauge = made["oms_exporter_shard_info"]
+        self.shard_targets: Gauge = made["oms_exporter_shard_targets"]
+        self._shard: tuple[str, str] | None = None
+        self.shard_served(0, 1, 0)
         for kind in kinds:
             for result in ("rendered", "reused"):
                 self.encoded_records.labels(kind, result)
@@ -357,6 +368,16 @@ class SelfMetrics:
             self.discovery_projects.labels(entry, state).set(n)
         self.discovery_success.labels(entry).set(1)
         self.discovery_success_time.labels(entry).set(at)
+
+    def shard_served(self, index: int, count: int, targets: int) -> None:
+        """This replica serves shard `index` of `count`, which holds `targets` targets now."""
+        shard = (str(index), str(count))
+        if shard != self._shard:  # a reload changed it: one series, never two
+            if self._shard is not None:
+                self.shard_info.remove(*self._shard)
+            self.shard_info.labels(*shard).set(1)
+            self._shard = shard
+        self.shard_targets.set(targets)
 
     def config_loaded(self, ok: bool, at: float) -> None:
         """The outcome of reading the configuration files (at start, or a reload) at Unix time `at`."""

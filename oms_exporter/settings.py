@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,14 +38,20 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
+from oms_exporter.shards import Shard, ordinal
+
 
 def setting(default: Any, help: str, *, flag: str | None = None, env: str | None = None, shown: str | None = None,
-            **constraints: Any) -> Any:
+            yaml: str | None = None, **constraints: Any) -> Any:
     """A setting: its default, help text, and the flag or environment variable it is read from.
 
     `shown` is the default as the README states it, where the value alone would not say it.
+    `yaml`: an exporter-wide option (a flag) that the environment (`env`) and the YAML file may
+    set too, under this key (`shard.count`: `count` in the file's `shard:` mapping); a flag wins
+    over the environment, which wins over the file.
     """
-    extra: dict[str, Any] = {k: v for k, v in (("flag", flag), ("env", env), ("shown", shown)) if v is not None}
+    extra: dict[str, Any] = {k: v for k, v in (("flag", flag), ("env", env), ("shown", shown), ("yaml", yaml))
+                             if v is not None}
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
@@ -482,6 +489,13 @@ _ENV_CREDENTIALS = {
 }
 
 
+def _shard_index(value: Any) -> Any:
+    """`auto`: the ordinal of this host's name, a StatefulSet pod's (ValueError when it has none)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return ordinal(socket.gethostname())
+    return value
+
+
 class Options(BaseModel):
     """Exporter-wide options, from command-line flags."""
 
@@ -505,6 +519,14 @@ class Options(BaseModel):
     web_external_url: HttpUrlStr = setting(
         None, "the exporter's address as Prometheus reaches it, for `/discovery`'s targets", flag="web.external-url",
         shown="the address each request came to")
+    # Shards (kube-state-metrics' --total-shards and --shard): replicas that split the targets.
+    shard_count: Annotated[int, Field(ge=1, le=1000)] = setting(
+        1, "replicas that split the targets (configured and discovered) between them by `project_id`: each "
+        "serves only its shard's on `/metrics`, `/probe` and `/discovery`", flag="shard.count",
+        env="OMS_SHARD_COUNT", yaml="shard.count")
+    shard_index: Annotated[int, BeforeValidator(_shard_index), Field(ge=0)] = setting(
+        0, "this replica's shard, `0` to `--shard.count` − 1; `auto`: the ordinal of a StatefulSet pod's host "
+        "name (`oms-exporter-2` → 2)", flag="shard.index", env="OMS_SHARD_INDEX", yaml="shard.index")
     check_config: bool = setting(
         False, "validate the settings (and the web config file) and exit (0 good, 2 bad)", flag="check-config")
     listen_address: str = setting(":10066", "address to listen on", flag="web.listen-address")
@@ -613,6 +635,10 @@ class Options(BaseModel):
         return value
 
     @property
+    def shard(self) -> Shard:
+        return Shard(self.shard_index, self.shard_count)
+
+    @property
     def host_port(self) -> tuple[str | None, int]:
         host, _, port = self.listen_address.rpartition(":")
         host = host.strip("[]")
@@ -699,13 +725,15 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
             errors.append("--config.file: is empty (give the path of a YAML file with targets:)")
         else:
             config_file = Path(flags["config_file"])
-    options = _options(flags, switches, errors)
     if only_target is not None:
         only = FileConfig(targets=[only_target])
+    raw = _read_yaml(config_file, errors) if config_file is not None and only is None else _UNREAD
+    raw, from_file = _file_options(raw, config_file, errors)
+    options = _options(flags, switches, errors, from_file)
     if only is not None:
         targets, entries = list(only.targets), list(only.discovery)
     else:
-        file = _file_config(config_file, switches, errors) if config_file is not None else None
+        file = _file_config(raw, config_file, switches, errors) if config_file is not None else None
         targets, entries = (list(file.targets), list(file.discovery)) if file is not None else ([], [])
         _env_target(targets, config_file, errors)
         # OMS_* credentials and no project: discover every project. The SDK's variables are often set for
@@ -775,30 +803,82 @@ def _proxy_errors() -> list[str]:
     return errors
 
 
-def _options(flags: Mapping[str, Any], switches: Mapping[str, bool], errors: list[str]) -> Options | None:
+def _options(flags: Mapping[str, Any], switches: Mapping[str, bool], errors: list[str],
+             from_file: Mapping[str, tuple[Any, str]]) -> Options | None:
+    """The options: the flags, then the environment and the file (`from_file`) for those they may set."""
+    sources = {**from_file, **{f: (v, meta(Options.model_fields[f])["env"]) for f, v in _env_options().items()}}
+    given = {**{f: v for f, (v, _) in sources.items()}, **flags}
+    names = {f: name for f, (_, name) in sources.items() if f not in flags}  # how each was given, if not a flag
     try:
-        options = Options.model_validate(flags)
+        options = Options.model_validate(given)
     except ValidationError as exc:
-        errors += _lines(exc, lambda loc: _flag_of(loc) if loc else "flags")
+        errors += _lines(exc, lambda loc: (names.get(loc[0]) or _flag_of(loc)) if loc else "flags")
         return None
     errors += [f"--collector.{name}: no such collector" for name in options.collectors if name not in switches]
+    if options.shard_index >= options.shard_count:
+        index = str(given["shard_index"]).strip()
+        shown = f"{index} (the host name's ordinal {options.shard_index})" if index == "auto" else index
+        errors.append(f"{names.get('shard_index', '--shard.index')}: {shown} is not a shard of "
+                      f"{options.shard_count} (shards 0 to {options.shard_count - 1}, by "
+                      f"{names.get('shard_count', '--shard.count')})")
+        return None
     return options
 
 
-def _file_config(config_file: Path, switches: Mapping[str, bool], errors: list[str]) -> FileConfig | None:
-    """The YAML file (None when it is unreadable or bad: its lines are in `errors`)."""
+def _env_options() -> dict[str, Any]:
+    """The options the environment sets (those with an `env` name), as plain strings."""
+    fields: dict[str, Any] = {
+        name: (str | None, Field(None, validation_alias=AliasChoices(meta(info)["env"])))
+        for name, info in Options.model_fields.items() if "env" in meta(info)}
+    loaded: dict[str, Any] = create_model("EnvOptions", __base__=_EnvBase, **fields)().model_dump(exclude_none=True)
+    return loaded
+
+
+_UNREAD = object()  # a YAML file that could not be read (its error is on the list)
+
+
+def _read_yaml(config_file: Path, errors: list[str]) -> Any:
+    """The YAML file as parsed ({} when empty), or _UNREAD."""
     try:
         raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     except OSError as exc:
         errors.append(f"--config.file: cannot read {config_file}: {exc.strerror}")
-        return None
+        return _UNREAD
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         errors.append(f"--config.file: {config_file}{where} is not valid YAML")
+        return _UNREAD
+    return raw if raw is not None else {}
+
+
+def _file_options(raw: Any, config_file: Path | None, errors: list[str]) -> tuple[Any, dict[str, tuple[Any, str]]]:
+    """The file without the options it sets, and those (field -> its value, and its key as the file names it).
+
+    An option's `yaml` key is `section.key`: `shard.count` is `count` in the file's `shard:` mapping.
+    """
+    keys = {meta(info)["yaml"]: field for field, info in Options.model_fields.items() if "yaml" in meta(info)}
+    if not isinstance(raw, dict) or not {k.split(".")[0] for k in keys} & raw.keys():
+        return raw, {}
+    raw = dict(raw)
+    found: dict[str, tuple[Any, str]] = {}
+    for section in sorted({k.split(".")[0] for k in keys} & raw.keys()):
+        given = raw.pop(section)
+        names = [k.split(".", 1)[1] for k in keys if k.split(".")[0] == section]
+        if not isinstance(given, dict):
+            errors.append(f"{config_file}: {section}: should be a mapping of {', '.join(names)}")
+            continue
+        errors += [f"{config_file}: {section}.{k}: Extra inputs are not permitted" for k in given if k not in names]
+        found |= {keys[f"{section}.{k}"]: (v, f"{config_file}: {section}.{k}") for k, v in given.items() if k in names}
+    return raw, found
+
+
+def _file_config(raw: Any, config_file: Path, switches: Mapping[str, bool], errors: list[str]) -> FileConfig | None:
+    """The YAML file (None when it is unreadable or bad: its lines are in `errors`)."""
+    if raw is _UNREAD:
         return None
     try:
-        return FileConfig.model_validate(raw if raw is not None else {}, context={"areas": tuple(switches)})
+        return FileConfig.model_validate(raw, context={"areas": tuple(switches)})
     except ValidationError as exc:
         errors += _lines(exc, lambda loc: f"{config_file}: {_loc(loc) or 'file'}")
         return None

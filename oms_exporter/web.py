@@ -180,7 +180,10 @@ async def _respond(request: web.Request, gen: Generation, names: Sequence[str],
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
     with request.app[LIVE].use() as gen:
-        return await _respond(request, gen, [t.name for t in gen.targets()], with_self=True)
+        targets = gen.targets()
+        shard = gen.settings.options.shard
+        request.app[STATS].shard_served(shard.index, shard.count, len(targets))
+        return await _respond(request, gen, [t.name for t in targets], with_self=True)
 
 
 async def probe_handler(request: web.Request) -> web.StreamResponse:
@@ -191,6 +194,10 @@ async def probe_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="target parameter is missing\n")  # blackbox_exporter's words
     with request.app[LIVE].use() as gen:
         if gen.target(name) is None:
+            owner = gen.owner(name)
+            if owner is not None:  # another replica's: Prometheus' target list is out of step with the shards
+                count = gen.settings.options.shard.count
+                raise web.HTTPNotFound(text=f"target {name} belongs to shard {owner} of {count}\n")
             # Never a request to a host the configuration does not name, nor an answer that lists
             # the names it does to whoever asks.
             raise web.HTTPBadRequest(text="unknown target\n")
@@ -251,7 +258,11 @@ async def landing_handler(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     gen = live.generation
     path = live.settings.options.telemetry_path
-    targets = gen.targets() if gen is not None else live.settings.targets
+    shard = live.settings.options.shard
+    targets = gen.targets() if gen is not None else [t for t in live.settings.targets if shard.owns(t.project_id)]
+    sharded = (f"<p>Shard {shard.index} of {shard.count}: this replica serves the {len(targets)} targets whose "
+               "project hashes to it; the other shards' targets are served by the other replicas.</p>\n"
+               if shard.count > 1 else "")
     probes = "".join(
         f'<li><a href="/probe?target={html.escape(t.name)}">/probe?target={html.escape(t.name)}</a> '
         f"(project {html.escape(t.project_id)}, {html.escape(t.region)})</li>" for t in targets)
@@ -260,7 +271,7 @@ async def landing_handler(request: web.Request) -> web.Response:
 <html><head><meta charset="utf-8"><title>OMS exporter</title></head>
 <body><h1>OMS exporter {html.escape(__version__)}</h1>
 <p>Prometheus exporter for Huawei Cloud OMS migration tasks.</p>
-<ul><li><a href="{html.escape(path)}">{html.escape(path)}</a>
+{sharded}<ul><li><a href="{html.escape(path)}">{html.escape(path)}</a>
  (every configured project and the exporter's own metrics)</li>
 {probes}
 <li><a href="/discovery">/discovery</a> (Prometheus HTTP service discovery: every target)</li>

@@ -3,9 +3,10 @@
     python scripts/readme_tables.py           # rewrite the tables in README.md
     python scripts/readme_tables.py --check   # exit 1 if README.md is not what this writes
 
-The settings come from the fields of `oms_exporter.settings.Options` (flags) and `Target`
-(environment and YAML) and the API areas' switches (`oms_exporter.catalog.AREAS`), the metrics
-from `oms_exporter.catalog.families()` and `oms_exporter.metrics.SELF_FAMILIES`.
+The settings come from the fields of `oms_exporter.settings.Options` (flags, a few also from the
+environment and YAML) and `Target` (environment and YAML) and the API areas' switches
+(`oms_exporter.catalog.AREAS`), the metrics from `oms_exporter.catalog.families()` and
+`oms_exporter.metrics.SELF_FAMILIES`.
 Each table sits between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`.
 tests/test_readme.py fails when README.md differs from this output.
 """
@@ -39,7 +40,10 @@ def settings_table() -> str:
     switchable = [area for area in AREAS if area.optional]
     for info in Options.model_fields.values():
         if "flag" in meta(info):
-            rows.append(f"| `--{meta(info)['flag']}` | flag | {_default(info)} | {info.description} |")
+            # A flag that the environment and the YAML file may set too (`--shard.count`).
+            names = [f"`--{meta(info)['flag']}`"] + [f"`{meta(info)[k]}`" for k in ("env", "yaml") if k in meta(info)]
+            where = " / ".join(w for k, w in (("flag", "flag"), ("env", "env"), ("yaml", "YAML")) if k in meta(info))
+            rows.append(f"| {' / '.join(names)} | {where} | {_default(info)} | {info.description} |")
     for area in switchable:
         rows.append(f"| `--{area.flag}` | flag | `{str(area.default).lower()}` | {switch_help(area)} |")
     for name, info in Target.model_fields.items():

@@ -2,8 +2,9 @@
 its optional components) and deploy/kubernetes-example/ (an overlay).
 
 No cluster, Prometheus Operator or Grafana runs here. In their place:
-- `kubectl kustomize` renders the base, the overlay, and the overlay with its components (probe and
-  discovery are alternatives: each scrapes every project, so they render apart);
+- `kubectl kustomize` renders the base, the overlay, and the overlay with its components (probe,
+  discovery and sharded are alternatives: each scrapes every project, so they render apart);
+  sharded's StatefulSet runs the Deployment's pod, field for field, but for the shard flags;
 - the core kinds validate against the Kubernetes OpenAPI schemas, offline and strict
   (kubernetes-validate: an unknown field is an error, as `kubectl apply --validate=strict` makes it);
 - the operator's kinds (ServiceMonitor, Probe, ScrapeConfig, PrometheusRule) are checked for the
@@ -40,6 +41,7 @@ import oms_exporter
 from oms_exporter.catalog import ALL_METRIC_NAMES
 from oms_exporter.metrics import SELF_FAMILIES
 from oms_exporter.settings import Target, parse_duration
+from oms_exporter.shards import ordinal
 from tests.conftest import load_module, missing, promtool, require_binary, run_exporter_once
 from tests.shipped import RULES, load_rules
 
@@ -47,9 +49,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "kubernetes"
 OVERLAY = DEPLOY / "kubernetes-example"
-COMPONENTS = ("network-policy", "probe", "discovery")
-# The overlay renders with these components enabled: probe and discovery are alternatives.
-COMPONENT_RENDERS = {"components": ("network-policy", "probe"), "discovery": ("network-policy", "discovery")}
+COMPONENTS = ("network-policy", "probe", "discovery", "sharded")
+# The overlay renders with these components enabled: probe, discovery and sharded are alternatives.
+PROBE_RENDERS = {"components": ("network-policy", "probe"), "discovery": ("network-policy", "discovery")}
+COMPONENT_RENDERS = {**PROBE_RENDERS, "sharded": ("network-policy", "sharded")}
 # Schemas of these Kubernetes versions (kubernetes-validate ships them): the oldest release still
 # in wide use when this was written, and the newest the installed package knows.
 K8S_VERSIONS = ("1.29.0", "latest")
@@ -231,7 +234,7 @@ def test_overlay_renders() -> None:
     assert config["metadata"]["name"] != config_map_of(rendered("base"))["metadata"]["name"]  # replaced: a new hash
 
 
-@pytest.mark.parametrize("which", COMPONENT_RENDERS)
+@pytest.mark.parametrize("which", PROBE_RENDERS)
 def test_overlay_with_its_components_renders(which: str) -> None:
     docs = rendered(which)
     scrapes = {"components": "Probe", "discovery": "ScrapeConfig"}
@@ -248,7 +251,8 @@ def test_overlay_with_its_components_renders(which: str) -> None:
 CORE_KINDS = {"base": {"ConfigMap", "Deployment", "Service"},
               "overlay": {"ConfigMap", "Deployment", "Service", "Namespace"},
               "components": {"ConfigMap", "Deployment", "Service", "Namespace", "NetworkPolicy"},
-              "discovery": {"ConfigMap", "Deployment", "Service", "Namespace", "NetworkPolicy"}}
+              "discovery": {"ConfigMap", "Deployment", "Service", "Namespace", "NetworkPolicy"},
+              "sharded": {"ConfigMap", "StatefulSet", "Service", "Namespace", "NetworkPolicy"}}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -285,9 +289,14 @@ def test_every_object_fits_kubectl_apply_annotation(which: str) -> None:
         assert size < ANNOTATIONS_LIMIT, (d["kind"], d["metadata"]["name"], size)
 
 
-# --- the Deployment ------------------------------------------------------------------------------
+# --- the Deployment (with components/sharded, a StatefulSet of the same pod) ------------------------
+def workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (w,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    return w
+
+
 def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = workload(docs)["spec"]["template"]["spec"]
     return spec
 
 
@@ -403,6 +412,8 @@ def test_config_passes_the_exporters_check(which: str, tmp_path: Path) -> None:
     text = config_map_of(docs)["data"]["oms.yml"].replace(f"{secret_dir}/", f"{tmp_path}{secret_dir}/")
     (at / "oms.yml").write_text(text, encoding="utf-8")
     args = [a.replace(f"={config_dir}/", f"={at}/") for a in container(docs)["args"]]
+    # components/sharded: this host's name is no StatefulSet pod's; a pod's ordinal instead.
+    args = [a.replace("--shard.index=auto", "--shard.index=2") for a in args]
     res = run_exporter_once("--check-config", *args, cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
     for target in config["targets"]:
@@ -431,7 +442,7 @@ def test_service_monitor_scrapes_the_service(which: str) -> None:
     svc, sm = one(docs, "Service"), one(docs, "ServiceMonitor")
     assert set(sm["spec"]) <= SERVICE_MONITOR_SPEC
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
-    assert svc["spec"]["selector"] == one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"] == workload(docs)["spec"]["template"]["metadata"]["labels"]
     (port,) = svc["spec"]["ports"]
     assert port["targetPort"] == container(docs)["ports"][0]["name"]
     # OmsExporterDown selects job="oms-exporter": the job is the value of the jobLabel label.
@@ -505,7 +516,7 @@ def test_scrape_config_follows_the_overlays_namespace(tmp_path: Path) -> None:
     assert sd["url"] == "http://oms-exporter.observability.svc:10066/discovery"
 
 
-@pytest.mark.parametrize("which", COMPONENT_RENDERS)
+@pytest.mark.parametrize("which", PROBE_RENDERS)
 def test_probe_components_keep_only_the_exporters_own_metrics_from_metrics(which: str) -> None:
     (endpoint,) = one(rendered(which), "ServiceMonitor")["spec"]["endpoints"]
     (keep,) = endpoint["metricRelabelings"]
@@ -544,3 +555,52 @@ def test_network_policy_admits_prometheus_only() -> None:
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
     assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+# --- components/sharded ------------------------------------------------------------------------------
+SHARD_FLAGS = ("--shard.count=", "--shard.index=")
+
+
+def test_sharded_runs_the_deployments_pod_as_a_statefulset_of_shards() -> None:
+    docs = rendered("sharded")
+    assert not {"Deployment", "Probe", "ScrapeConfig"} & {d["kind"] for d in docs}
+    sts = one(docs, "StatefulSet")
+    replicas = sts["spec"]["replicas"]
+    flags = [a for a in container(docs)["args"] if a.startswith(SHARD_FLAGS)]
+    # The replica count and --shard.count are the same number; each pod's ordinal is its shard.
+    assert replicas > 1 and flags == [f"--shard.count={replicas}", "--shard.index=auto"]
+    assert [ordinal(f"{sts['metadata']['name']}-{i}") for i in range(replicas)] == list(range(replicas))
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    # The base's pod, field for field, but for the shard flags (statefulset.yaml is a copy of
+    # deployment.yaml: this keeps them from drifting apart).
+    base = one(rendered("overlay"), "Deployment")
+    template = json.loads(json.dumps(sts["spec"]["template"]))
+    c = template["spec"]["containers"][0]
+    c["args"] = [a for a in c["args"] if not a.startswith(SHARD_FLAGS)]
+    assert template == base["spec"]["template"]
+    assert sts["spec"]["selector"] == base["spec"]["selector"]
+    assert sts["metadata"]["labels"] == base["metadata"]["labels"]
+    assert sts["spec"]["revisionHistoryLimit"] == base["spec"]["revisionHistoryLimit"]
+
+
+def test_sharded_scrapes_every_pod_once_under_its_name() -> None:
+    docs = rendered("sharded")
+    # One Service, headless and governing the StatefulSet: each pod is one endpoint of it, and the
+    # ServiceMonitor scrapes each endpoint (a second Service with the same labels would scrape twice).
+    (svc,) = of_kind(docs, "Service")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert one(docs, "StatefulSet")["spec"]["serviceName"] == svc["metadata"]["name"]
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    # Every series of /metrics: each pod serves its shard's projects there, and nothing else scrapes them.
+    assert endpoint["path"] == "/metrics" and "metricRelabelings" not in endpoint
+    (relabel,) = endpoint["relabelings"]
+    assert set(relabel) <= RELABEL
+    assert relabel == {"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "instance"}
+
+
+def test_sharded_component_says_to_change_replicas_and_shard_count_together() -> None:
+    text = (BASE / "components" / "sharded" / "kustomization.yaml").read_text(encoding="utf-8")
+    assert "replicas: 3" in text and "--shard.count=3" in text and "change both together" in text
+    sts = (BASE / "components" / "sharded" / "statefulset.yaml").read_text(encoding="utf-8")
+    assert len(re.findall(r"CHANGE with (--shard.count|replicas)", sts)) == 2
