@@ -1,12 +1,12 @@
 """Settings: every setting of the exporter, each defined once, and their validation.
 
-Each field of `Options` (exporter-wide, from command-line flags) and of `Target` (one
-project, from the `OMS_*` environment or a YAML file's `targets:`) carries its type,
-default, help and the names it goes by (`flag`, `env`): the flags, the environment loading
-and the README's configuration table are all made from these fields. Everything is
-validated before the server starts: `load()` turns every problem into a `SettingsError`
-holding one line per bad setting, each naming the setting the way the user wrote it
-(`OMS_REGION`, `targets[1].endpoint`, `--oms.page-limit`).
+Each field of `Options` (exporter-wide, from command-line flags; a few also from the environment
+and the YAML file's top level) and of `Target` (one project, from the `OMS_*` environment or a
+YAML file's `targets:`) carries its type, default, help and the names it goes by (`flag`, `env`,
+`yaml`): the flags, the environment loading and the README's configuration table are all made
+from these fields. Everything is validated before the server starts: `load()` turns every
+problem into a `SettingsError` holding one line per bad setting, each naming the setting the
+way the user wrote it (`OMS_REGION`, `targets[1].endpoint`, `--oms.page-limit`).
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ from yarl import URL
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, env: str | None = None, shown: str | None = None,
-            **constraints: Any) -> Any:
+            yaml: str | None = None, **constraints: Any) -> Any:
     """A setting: its default, help text, and the flag or environment variable it is read from.
 
     `shown` is the default as the README states it, where the value alone would not say it.
+    `yaml`: the top-level key of the YAML file an option (a flag) is also read from.
     """
-    extra: dict[str, Any] = {k: v for k, v in (("flag", flag), ("env", env), ("shown", shown)) if v is not None}
+    extra: dict[str, Any] = {k: v for k, v in (("flag", flag), ("env", env), ("shown", shown), ("yaml", yaml))
+                             if v is not None}
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
@@ -327,6 +329,18 @@ def _pattern(value: str) -> str:
     return value
 
 
+def _patterns(value: Any) -> tuple[str, ...]:
+    """Regular expressions from a comma-separated text (a flag, a variable) or a YAML list (where a
+    pattern may hold a comma): blanks around each are dropped, and empty ones."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError("should be regular expressions, comma-separated or a YAML list")
+    return tuple(_pattern(i.strip()) for i in items if i.strip())
+
+
+Patterns = Annotated[tuple[str, ...], BeforeValidator(_patterns)]
+
+
 def _endpoint_template(value: str) -> str:
     if "{region}" not in value:
         raise ValueError(f"{value!r} should hold {{region}}")
@@ -476,7 +490,8 @@ _ENV_CREDENTIALS = {
 
 
 class Options(BaseModel):
-    """Exporter-wide options, from command-line flags."""
+    """Exporter-wide options, from command-line flags; those with an `env` and a `yaml` name also from that
+    environment variable and that top-level key of the YAML file (the flag wins, then the variable)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -558,6 +573,15 @@ class Options(BaseModel):
         "(see its runbook); `0` (the default): a failed task keeps its series while it is failed",
         flag="oms.failed-task-max-age")
     per_task_series: bool = setting(True, "`false`: per-project aggregates only", flag="oms.per-task-series")
+    metric_allowlist: Patterns = setting(
+        (), "serve only the OMS families whose whole name one of these regular expressions matches "
+        "(comma-separated; a YAML list); `oms_up`, `oms_collector_success`, `oms_project_info` always "
+        "(see *Metrics*)", flag="metric-allowlist", env="OMS_METRIC_ALLOWLIST", yaml="metric_allowlist",
+        shown="all")
+    metric_denylist: Patterns = setting(
+        (), "serve no OMS family whose whole name one of these regular expressions matches; not with "
+        "`--metric-allowlist`", flag="metric-denylist", env="OMS_METRIC_DENYLIST", yaml="metric_denylist",
+        shown="none")
     # `--collector.<area>` / `--no-collector.<area>` of the areas that can be switched off (cli.py).
     collectors: dict[str, bool] = Field(default_factory=dict)
     ca_file: Path | None = setting(None, "CA bundle for OMS/IAM TLS", flag="oms.ca-file", shown="system CAs")
@@ -591,6 +615,14 @@ class Options(BaseModel):
             raise ValueError(f"--oms.timeout-offset ({self.timeout_offset:g}s) must be smaller than "
                              f"--oms.scrape-timeout ({self.scrape_timeout:g}s)")
         return self
+
+    @field_validator("metric_denylist")
+    @classmethod
+    def _one_list(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if value and info.data.get("metric_allowlist"):
+            raise ValueError("mutually exclusive with the allowlist (--metric-allowlist, OMS_METRIC_ALLOWLIST or "
+                             "metric_allowlist), which is set too: give one of them")
+        return value
 
     @field_validator("ca_file")
     @classmethod
@@ -678,8 +710,8 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
     """Build and validate all settings (flags, YAML file, OMS_* environment), or raise SettingsError.
 
     `config_file` defaults to the `config_file` flag. With `only` (the demo; `only_target`: one
-    target), that configuration replaces the file and the environment. `switches`: the API areas
-    that can be switched off, and their defaults (catalog.switches()).
+    target), that configuration replaces the file and the environment's target. `switches`: the API
+    areas that can be switched off, and their defaults (catalog.switches()).
     """
     switches = dict(switches or {})
     errors: list[str] = []
@@ -688,13 +720,16 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
             errors.append("--config.file: is empty (give the path of a YAML file with targets:)")
         else:
             config_file = Path(flags["config_file"])
-    options = _options(flags, switches, errors)
     if only_target is not None:
         only = FileConfig(targets=[only_target])
+    file_errors: list[str] = []
+    file, file_options = (_file_config(config_file, switches, file_errors)
+                          if only is None and config_file is not None else (None, {}))
+    options = _options(flags, switches, errors, file_options, config_file)
+    errors += file_errors
     if only is not None:
         targets, entries = list(only.targets), list(only.discovery)
     else:
-        file = _file_config(config_file, switches, errors) if config_file is not None else None
         targets, entries = (list(file.targets), list(file.discovery)) if file is not None else ([], [])
         _env_target(targets, config_file, errors)
         # OMS_* credentials and no project: discover every project. The SDK's variables are often set for
@@ -759,33 +794,55 @@ def _proxy_errors() -> list[str]:
     return errors
 
 
-def _options(flags: Mapping[str, Any], switches: Mapping[str, bool], errors: list[str]) -> Options | None:
+def _options(flags: Mapping[str, Any], switches: Mapping[str, bool], errors: list[str],
+             from_file: Mapping[str, Any], config_file: Path | None) -> Options | None:
+    given, names = _option_input(flags, from_file, config_file)
     try:
-        options = Options.model_validate(flags)
+        options = Options.model_validate(given)
     except ValidationError as exc:
-        errors += _lines(exc, lambda loc: _flag_of(loc) if loc else "flags")
+        errors += _lines(exc, lambda loc: (names.get(str(loc[0])) or _flag_of(loc)) if loc else "flags")
         return None
     errors += [f"--collector.{name}: no such collector" for name in options.collectors if name not in switches]
     return options
 
 
-def _file_config(config_file: Path, switches: Mapping[str, bool], errors: list[str]) -> FileConfig | None:
-    """The YAML file (None when it is unreadable or bad: its lines are in `errors`)."""
+def _option_input(flags: Mapping[str, Any], from_file: Mapping[str, Any], config_file: Path | None
+                  ) -> tuple[dict[str, Any], dict[str, str]]:
+    """What Options is made of: each option's flag, else its environment variable, else its key in the
+    YAML file; and the name of each option not given as a flag, as error lines name it."""
+    given, names = dict(flags), {}
+    for field, info in Options.model_fields.items():
+        m = meta(info)
+        if field in flags:
+            continue
+        if "env" in m and m["env"] in os.environ:
+            given[field], names[field] = os.environ[m["env"]], m["env"]
+        elif "yaml" in m and m["yaml"] in from_file:
+            given[field], names[field] = from_file[m["yaml"]], f"{config_file}: {m['yaml']}"
+    return given, names
+
+
+def _file_config(config_file: Path, switches: Mapping[str, bool], errors: list[str]
+                 ) -> tuple[FileConfig | None, dict[str, Any]]:
+    """The YAML file (None when it is unreadable or bad: its lines are in `errors`), and the options
+    it sets (its top-level keys of `setting(..., yaml=...)`), as written."""
     try:
         raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     except OSError as exc:
         errors.append(f"--config.file: cannot read {config_file}: {exc.strerror}")
-        return None
+        return None, {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         errors.append(f"--config.file: {config_file}{where} is not valid YAML")
-        return None
+        return None, {}
+    keys = {meta(info)["yaml"] for info in Options.model_fields.values() if "yaml" in meta(info)}
+    options = {k: raw.pop(k) for k in keys & set(raw)} if isinstance(raw, dict) else {}
     try:
-        return FileConfig.model_validate(raw if raw is not None else {}, context={"areas": tuple(switches)})
+        return FileConfig.model_validate(raw if raw is not None else {}, context={"areas": tuple(switches)}), options
     except ValidationError as exc:
         errors += _lines(exc, lambda loc: f"{config_file}: {_loc(loc) or 'file'}")
-        return None
+        return None, options
 
 
 def _env_target(targets: list[Target], config_file: Path | None, errors: list[str]) -> None:

@@ -3,8 +3,8 @@
     python scripts/readme_tables.py           # rewrite the tables in README.md
     python scripts/readme_tables.py --check   # exit 1 if README.md is not what this writes
 
-The settings come from the fields of `oms_exporter.settings.Options` (flags) and `Target`
-(environment and YAML) and the API areas' switches (`oms_exporter.catalog.AREAS`), the metrics
+The settings come from the fields of `oms_exporter.settings.Options` (flags; a few also env and
+YAML) and `Target` (environment and YAML) and the API areas' switches (`oms_exporter.catalog.AREAS`), the metrics
 from `oms_exporter.catalog.families()` and `oms_exporter.metrics.SELF_FAMILIES`.
 Each table sits between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`.
 tests/test_readme.py fails when README.md differs from this output.
@@ -38,8 +38,11 @@ def settings_table() -> str:
     rows = ["| setting | where | default | meaning |", "|---|---|---|---|"]
     switchable = [area for area in AREAS if area.optional]
     for info in Options.model_fields.values():
-        if "flag" in meta(info):
-            rows.append(f"| `--{meta(info)['flag']}` | flag | {_default(info)} | {info.description} |")
+        m = meta(info)
+        if "flag" in m:  # an option with an `env` and a `yaml` name is read from those too
+            names = " / ".join([f"`--{m['flag']}`", *(f"`{m[k]}`" for k in ("env", "yaml") if k in m)])
+            where = " / ".join(w for w, k in (("flag", "flag"), ("env", "env"), ("YAML", "yaml")) if k in m)
+            rows.append(f"| {names} | {where} | {_default(info)} | {info.description} |")
     for area in switchable:
         rows.append(f"| `--{area.flag}` | flag | `{str(area.default).lower()}` | {switch_help(area)} |")
     for name, info in Target.model_fields.items():
