@@ -8,9 +8,10 @@ encoding, the web app and the stand-in read this table.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from oms_exporter.area import Area
+from oms_exporter.grafana_uses import USES
 from oms_exporter.groups import TASK_GROUPS
 from oms_exporter.metrics import COLLECTOR_SUCCESS, HEAD, SELF_METRIC_NAMES, Family, project_info
 from oms_exporter.syncs import SYNC_TASKS
@@ -49,6 +50,17 @@ def select(table: tuple[Family, ...], allow: Sequence[str] = (), deny: Sequence[
         return table
     matches = [re.compile(p).fullmatch for p in (allow or deny)]
     return tuple(f for f in table if f.name in ALWAYS_SERVED or any(m(f.name) for m in matches) == bool(allow))
+
+
+def needed_by(dropped: Collection[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The families of `dropped` that shipped alerts, recording rules or dashboard panels read
+    (grafana_uses.USES), and those that read one: {"alerts" | "recording rules" | "dashboard TITLE":
+    their names}, only the groups with one."""
+    gone = set(dropped)
+    read = [f for f in dropped if any(f in reads for entries in USES.values() for reads in entries.values())]
+    users = {what: [name for name, reads in entries.items() if not gone.isdisjoint(reads)]
+             for what, entries in USES.items()}
+    return read, {what: names for what, names in users.items() if names}
 
 
 def switches(areas: Sequence[Area] = AREAS) -> dict[str, bool]:

@@ -21,7 +21,7 @@ import aiohttp
 
 from oms_exporter.area import Area, Context
 from oms_exporter.auth import Auth, make_auth
-from oms_exporter.catalog import AREAS, families, select
+from oms_exporter.catalog import AREAS, families, needed_by, select
 from oms_exporter.client import OmsClient
 from oms_exporter.clock import Clock
 from oms_exporter.discovery import STATES, Discoverer
@@ -60,8 +60,8 @@ def upstream_connections(settings: Settings, areas: Sequence[Area] = AREAS) -> i
 
 
 def _report_lists(opts: Options, every: Sequence[Family], served: Sequence[Family]) -> None:
-    """Log what --metric-allowlist / --metric-denylist drop (info), and patterns that match no family (warn:
-    a typo drops or keeps nothing)."""
+    """Log what --metric-allowlist / --metric-denylist drop (info), patterns that match no family (warn: a
+    typo drops or keeps nothing), and the shipped alerts, rules and dashboards left without data (warn)."""
     flag, patterns = (("allowlist", opts.metric_allowlist) if opts.metric_allowlist
                       else ("denylist", opts.metric_denylist))
     if not patterns:
@@ -74,6 +74,15 @@ def _report_lists(opts: Options, every: Sequence[Family], served: Sequence[Famil
     if unmatched:
         log.warning(f"--metric-{flag}: patterns that match no OMS family (each matches a whole name)",
                     extra={"patterns": ",".join(unmatched)})
+    read, users = needed_by(dropped)
+    if read:
+        dashboards = "; ".join(f"{what.removeprefix('dashboard ')}: {', '.join(names)}"
+                               for what, names in users.items() if what.startswith("dashboard "))
+        log.warning("dropped metric families are read by shipped alerts, recording rules or dashboards: "
+                    "they will show no data", extra={
+                        "families": ",".join(read), "alerts": ",".join(users.get("alerts", ())) or "none",
+                        "recording_rules": ",".join(users.get("recording rules", ())) or "none",
+                        "dashboards": dashboards or "none"})
 
 
 class Generation:

@@ -3,7 +3,7 @@
 Over HTTP against the stand-in: a dropped family's series are absent from /metrics and /probe in
 every format, the kept ones are byte for byte what an exporter without lists serves, the encoder
 renders nothing for what is dropped; bad settings are one line and exit code 2; the start (and a
-reload) says what is dropped.
+reload) names the shipped alerts, rules and dashboard panels a dropped family leaves without data.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from oms_exporter import exposition
 from oms_exporter.catalog import ALWAYS_SERVED, FAMILIES, families, select
 from oms_exporter.cli import main
 from oms_exporter.collector import SnapshotCollector
+from oms_exporter.grafana_uses import USES
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Options, Settings, load
 from oms_exporter.simulator import add_groups_and_syncs
@@ -31,9 +32,11 @@ from oms_exporter.tasks import TASKS
 from oms_exporter.web import make_app, reload
 from tests.conftest import (
     PROJECT,
+    ROOT,
     TOKEN,
     Exporter,
     ManualClock,
+    load_module,
     run_exporter_once,
     scrape,
     target_for,
@@ -267,11 +270,33 @@ async def test_a_pattern_that_matches_no_family_is_a_warning(
         exporter: Exporter, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     await exporter(metric_denylist=("oms_clipped_records", "task_status", "oms_nothing_like_this"))
-    (typo,) = warnings(caplog)
+    (typo,) = warnings(caplog)  # and none about shipped files: none reads oms_clipped_records
     assert typo.getMessage().startswith("--metric-denylist: patterns that match no OMS family")
     assert typo.patterns == "task_status,oms_nothing_like_this"  # type: ignore[attr-defined]
     (info,) = [r for r in caplog.records if r.getMessage() == "metric families dropped"]
     assert info.dropped == "oms_clipped_records"  # type: ignore[attr-defined]
+
+
+async def test_the_start_names_the_alerts_rules_and_panels_a_dropped_family_leaves_without_data(
+        exporter: Exporter, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    await exporter(metric_denylist=(PER_TASK_DENY, "oms_nothing_like_this"))
+    typo, needed = warnings(caplog)
+    assert typo.getMessage().startswith("--metric-denylist: patterns that match no OMS family")
+    assert typo.patterns == "oms_nothing_like_this"  # type: ignore[attr-defined]
+    assert "they will show no data" in needed.getMessage()
+    fields: dict[str, str] = vars(needed)
+    assert fields["families"].split(",")[:2] == ["oms_task_info", "oms_task_status"]
+    assert set(fields["alerts"].split(",")) == {"OmsTaskFailed", "OmsTaskStalled", "OmsTaskFailedObjectsIncreasing",
+                                                "OmsTaskWaitingTooLong", "OmsTaskSpeedFarBelowLimit"}
+    assert fields["recording_rules"] == "project_id_task_id:oms_task_bandwidth_limit_bytes_per_second:min"
+    dashboards = dict(d.split(": ", 1) for d in fields["dashboards"].split("; "))
+    assert "ETA" in dashboards["OMS migration task"].split(", ")
+    assert {"$task", "Tasks", "Throughput per task"} <= set(dashboards["OMS migration tasks"].split(", "))
+    assert "Tasks per status" not in dashboards["OMS migration tasks"]  # per-project totals: kept
+    assert "Tasks of the group" in dashboards["OMS task group"] and "Bytes" not in dashboards["OMS task group"]
+    (info,) = [r for r in caplog.records if r.getMessage() == "metric families dropped"]
+    assert info.dropped.split(",") == [f.name for f in TASKS.families if f.name in PER_TASK]  # type: ignore[attr-defined]
 
 
 async def test_no_warning_when_nothing_shipped_reads_what_is_dropped(
@@ -284,7 +309,7 @@ async def test_no_warning_when_nothing_shipped_reads_what_is_dropped(
             if r.getMessage() == "metric families dropped"] == ["oms_clipped_records"]
 
 
-async def test_a_reload_applies_the_files_lists(
+async def test_a_reload_applies_the_files_lists_and_warns_again(
         oms: TestServer, clock: ManualClock, aiohttp_client: Any, tmp_path: Path,
         clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -296,12 +321,47 @@ async def test_a_reload_applies_the_files_lists(
     app = make_app(load({}, f), stats=SelfMetrics(), clock=clock)
     client = await aiohttp_client(app)
     assert served(await scrape(client)) == {"oms_tasks", "oms_scrape_duration_seconds"} | ALWAYS_SERVED
+    (first,) = warnings(caplog)
+    assert first.alerts == "OmsTaskFailed,OmsTaskStalled,OmsTaskFailedObjectsIncreasing,OmsTaskWaitingTooLong," \
+        "OmsTaskSpeedFarBelowLimit,OmsTaskGroupFailed,OmsTaskGroupStalled,OmsSyncTaskObjectsFailing"  # type: ignore
+    caplog.clear()
     f.write_text(targets + f"metric_denylist: ['{PER_TASK_DENY}']\n")
     await reload(app, load({}, f))
     assert served(await scrape(client)) & PER_TASK == set()
     assert "oms_task_group_info" in served(await scrape(client))
+    (needed,) = warnings(caplog)
+    assert "OmsTaskFailed" in needed.alerts  # type: ignore[attr-defined]
     assert [r.dropped.split(",")[0] for r in caplog.records  # type: ignore[attr-defined]
-            if r.getMessage() == "metric families dropped"] == ["oms_tasks_size_bytes", "oms_task_info"]
+            if r.getMessage() == "metric families dropped"] == ["oms_task_info"]
+
+
+# --- the table of what the shipped files read -----------------------------------------------------
+
+def test_the_table_of_what_grafana_reads_is_the_generated_one() -> None:
+    script = load_module(ROOT / "scripts" / "grafana_uses.py")
+    table = ROOT / "oms_exporter" / "grafana_uses.py"
+    assert script.render() == table.read_text(encoding="utf-8"), "stale: run python scripts/grafana_uses.py"
+
+
+def test_a_changed_dashboard_makes_the_table_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = load_module(ROOT / "scripts" / "grafana_uses.py")
+    before = script.render()
+    shipped = script.dashboards()
+    shipped["oms-task.json"]["panels"][1]["targets"][0]["expr"] += " * on (project_id) oms_malformed_tasks"
+    monkeypatch.setattr(script, "dashboards", lambda: shipped)
+    assert script.render() != before
+
+
+def test_the_table_names_only_families_and_every_shipped_file() -> None:
+    assert {f for entries in USES.values() for reads in entries.values() for f in reads} <= OMS
+    assert set(USES) == {"alerts", "recording rules", "dashboard OMS migration tasks", "dashboard OMS migration task",
+                         "dashboard OMS task group"}
+    assert USES["alerts"]["OmsTaskFailed"] == ("oms_task_info", "oms_task_status", "oms_task_error_info",
+                                               "oms_project_info")
+    # Through a recording rule: the alert reads what the rule reads.
+    assert "oms_task_bandwidth_limit_bytes_per_second" in USES["alerts"]["OmsTaskSpeedFarBelowLimit"]
+    # A variable selecting by __name__ reads both families.
+    assert USES["dashboard OMS migration tasks"]["$group_id"] == ("oms_task_info", "oms_task_group_info")
 
 
 def test_the_settings_of_a_demo_keep_their_lists() -> None:
