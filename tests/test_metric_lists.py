@@ -368,3 +368,34 @@ def test_the_settings_of_a_demo_keep_their_lists() -> None:
     """The lists are options: a Settings made in code (the tests', the demo's) carries them through."""
     s = Settings(options=Options(metric_allowlist="oms_tasks.*"), targets=[])
     assert s.options.metric_allowlist == ("oms_tasks.*",) and s.options.metric_denylist == ()
+
+
+# --- the README's series per task, group, sync task and project -----------------------------------
+
+async def test_the_readme_series_table_is_what_a_scrape_serves(sim: StandIn, exporter: Exporter) -> None:
+    """The figures scripts/readme_tables.py computes from the families are those a scrape of the stand-in
+    has: per task in each state (without bandwidth windows), per group, per sync task, per project."""
+    rows = load_module(ROOT / "scripts" / "readme_tables.py").series_table().splitlines()[2:]
+    figures = [int(re.search(r"\| (\d+)", row).group(1)) for row in rows]  # type: ignore[union-attr]
+    live, failed, succeeded, group, sync, project = figures
+    own = int(re.search(r"and (\d+) of the exporter's own", rows[-1]).group(1))  # type: ignore[union-attr]
+    samples = await scrape(await exporter())
+
+    def owner(labels: frozenset[tuple[str, str]]) -> tuple[str, str] | None:
+        """The record a series is of: its task, else its group, else its sync task (a task's info
+        series has a group_id too)."""
+        found = dict(labels)
+        return next(((k, found[k]) for k in ("task_id", "group_id", "sync_task_id") if k in found), None)
+
+    def count(label: str, ident: object) -> int:
+        return sum(1 for name, labels in samples if name in OMS and owner(labels) == (label, str(ident)))
+
+    tasks = {t["id"]: t for t in sim.projects[PROJECT].values() if not t["bandwidth_policy"]}
+    for status, want in ((2, live), (4, failed), (5, succeeded)):
+        some = [i for i, t in tasks.items() if t["status"] == status][:3]
+        assert some and {count("task_id", i) for i in some} == {want}, status
+    creating = next(g for g, fields in sim.groups[PROJECT].items() if fields.get("status") == 1)
+    assert count("group_id", creating) == group
+    assert {count("sync_task_id", s) for s in sim.sync_tasks[PROJECT]} == {sync}
+    assert sum(1 for name, labels in samples if name in OMS and owner(labels) is None) == project
+    assert sum(1 for name, labels in samples if name not in OMS and ("project_id", PROJECT) in labels) == own
