@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from oms_exporter import __version__, logs, server, webconfig
-from oms_exporter.catalog import AREAS, switch_help, switches
+from oms_exporter.catalog import AREAS, families, select, switch_help, switches
 from oms_exporter.settings import (
     FileConfig,
     Options,
@@ -233,4 +233,10 @@ def _describe(settings: Settings) -> str:
         regions = ", ".join(e.regions) if e.regions else "all with OMS"
         lines.append(f"discovery {e.name}: IAM {e.iam_url} every {format_duration(e.refresh_interval)}, "
                      f"regions {regions}, auth {e.auth_mode}")
+    opts = settings.options
+    if opts.metric_allowlist or opts.metric_denylist:
+        every = families(AREAS, settings.info_labels)
+        kept = {f.name for f in select(every, opts.metric_allowlist, opts.metric_denylist)}
+        lines.append(f"metric families: {len(kept)} of {len(every)} served, dropped "
+                     + (", ".join(f.name for f in every if f.name not in kept) or "none"))
     return "\n".join(lines) + "\n"

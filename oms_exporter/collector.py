@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from oms_exporter.area import Area
-from oms_exporter.catalog import AREAS, families
+from oms_exporter.catalog import AREAS, families, select
 from oms_exporter.listing import Listing
 from oms_exporter.snapshot import SeriesPolicy
 
@@ -29,11 +29,14 @@ from oms_exporter.snapshot import SeriesPolicy
 class SnapshotCollector(Collector):
     """Yields the OMS metric families of a list of project listings, in catalog order."""
 
-    def __init__(self, listings: Sequence[Listing], policy: SeriesPolicy, areas: Sequence[Area] = AREAS) -> None:
+    def __init__(self, listings: Sequence[Listing], policy: SeriesPolicy, areas: Sequence[Area] = AREAS,
+                 allow: Sequence[str] = (), deny: Sequence[str] = ()) -> None:
+        """`allow`, `deny`: --metric-allowlist and --metric-denylist (catalog.select)."""
         self._listings = listings
         self._policy = policy
         self._areas = areas
-        self._table = families(areas, tuple(sorted({k for lst in listings for k in lst.target.labels})))
+        self._table = select(families(areas, tuple(sorted({k for lst in listings for k in lst.target.labels}))),
+                             allow, deny)
 
     def collect(self) -> Iterator[Metric]:
         area_of = {area.kind: area.name for area in self._areas}

@@ -416,13 +416,15 @@ class _Run:
         return seg
 
 
-def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: RecordLines,
-            areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None = None
-            ) -> Iterator[bytes | _Run]:
-    """The OMS families of the body in order (`table`: families(areas)): bytes, and runs of record lines."""
-    tp = templates(style, table)
+def _entries(listings: Sequence[Listing], policy: SeriesPolicy, tp: _Templates, cache: RecordLines,
+             areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None) -> dict[Kind, list[_Lines]]:
+    """The rendered lines of each listing's records, by kind. An area none of whose families is in
+    `table` (the metric lists dropped them all) is not even looked at: its records cost nothing."""
     entries: dict[Kind, list[_Lines]] = {area.kind: [] for area in areas}
+    served = {f.kind for f in table}
     for area in areas:
+        if area.kind not in served:
+            continue
         for lst in listings:
             records = policy.records(lst, area.name)
             if records is None:  # a failed listing exports nothing, and keeps the cached lines
@@ -432,6 +434,16 @@ def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cac
             if stats is not None:
                 stats.encoded_records.labels(area.kind.name, "rendered").inc(rendered)
                 stats.encoded_records.labels(area.kind.name, "reused").inc(len(records) - rendered)
+    return entries
+
+
+def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: RecordLines,
+            areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None = None
+            ) -> Iterator[bytes | _Run]:
+    """The OMS families of the body in order (`table`: families(areas), or those of them the metric lists
+    keep): bytes, and runs of record lines."""
+    tp = templates(style, table)
+    entries = _entries(listings, policy, tp, cache, areas, table, stats)
     for family in table:
         yield tp.header[family.name]
         if family.kind is None:  # a project family: a few lines, written afresh each time
@@ -490,9 +502,11 @@ def gzip_body(pieces: Iterable[bytes | _Run], level: int) -> bytes:
 
 
 def encode(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: RecordLines | None = None,
-           tail: bytes = b"", areas: Sequence[Area] = AREAS) -> bytes:
-    """The OMS families of `listings` in `style`, as `generate_latest` would write them, then `tail`."""
-    return b"".join(_text(_pieces(listings, policy, style, cache or RecordLines(), areas, families(areas)))) + tail
+           tail: bytes = b"", areas: Sequence[Area] = AREAS, table: tuple[Family, ...] | None = None) -> bytes:
+    """The OMS families of `listings` in `style` (`table`: these of them; default all), as `generate_latest`
+    would write them, then `tail`."""
+    pieces = _pieces(listings, policy, style, cache or RecordLines(), areas, table or families(areas))
+    return b"".join(_text(pieces)) + tail
 
 
 class Renderer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Iterator, Sequence
 
@@ -22,12 +23,12 @@ import aiohttp
 
 from oms_exporter.area import Area, Context
 from oms_exporter.auth import Auth, make_auth
-from oms_exporter.catalog import AREAS, families
+from oms_exporter.catalog import AREAS, families, needed_by, select
 from oms_exporter.client import OmsClient
 from oms_exporter.clock import Clock
 from oms_exporter.discovery import STATES, Discoverer
 from oms_exporter.http import Http, Proxies
-from oms_exporter.metrics import SelfMetrics
+from oms_exporter.metrics import Family, SelfMetrics
 from oms_exporter.settings import Options, Settings, SettingsError, Target, ca_context, meta
 from oms_exporter.snapshot import Project, Snapshots
 
@@ -62,6 +63,32 @@ def upstream_connections(settings: Settings, areas: Sequence[Area] = AREAS) -> i
     return min(settings.options.max_connections, per_target * served + 4)
 
 
+def _report_lists(opts: Options, every: Sequence[Family], served: Sequence[Family]) -> None:
+    """Log what --metric-allowlist / --metric-denylist drop (info), patterns that match no family (warn: a
+    typo drops or keeps nothing), and the shipped alerts, rules and dashboards left without data (warn)."""
+    flag, patterns = (("allowlist", opts.metric_allowlist) if opts.metric_allowlist
+                      else ("denylist", opts.metric_denylist))
+    if not patterns:
+        return
+    kept = {f.name for f in served}
+    dropped = [f.name for f in every if f.name not in kept]
+    log.info("metric families dropped", extra={flag: ",".join(patterns), "dropped": ",".join(dropped) or "none",
+                                                "served": len(served), "of": len(every)})
+    unmatched = [p for p in patterns if not any(re.fullmatch(p, f.name) for f in every)]
+    if unmatched:
+        log.warning(f"--metric-{flag}: patterns that match no OMS family (each matches a whole name)",
+                    extra={"patterns": ",".join(unmatched)})
+    read, users = needed_by(dropped)
+    if read:
+        dashboards = "; ".join(f"{what.removeprefix('dashboard ')}: {', '.join(names)}"
+                               for what, names in users.items() if what.startswith("dashboard "))
+        log.warning("dropped metric families are read by shipped alerts, recording rules or dashboards: "
+                    "they will show no data", extra={
+                        "families": ",".join(read), "alerts": ",".join(users.get("alerts", ())) or "none",
+                        "recording_rules": ",".join(users.get("recording rules", ())) or "none",
+                        "dashboards": dashboards or "none"})
+
+
 class Generation:
     """The settings in force, the targets they make, and what lists them (see the module's docstring)."""
 
@@ -70,7 +97,9 @@ class Generation:
     def __init__(self, settings: Settings, stats: SelfMetrics, clock: Clock, areas: Sequence[Area] = AREAS) -> None:
         opts = settings.options
         self.settings = settings
-        self.table = families(areas, settings.info_labels)  # the OMS families, in output order
+        every = families(areas, settings.info_labels)
+        self.table = select(every, opts.metric_allowlist, opts.metric_denylist)  # the OMS families served, in order
+        _report_lists(opts, every, self.table)
         self._stats, self._clock, self._areas = stats, clock, tuple(areas)
         tls = outbound_ssl(settings)
         # Every target together: many targets queue for a connection instead of running the process

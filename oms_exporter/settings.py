@@ -1,12 +1,12 @@
 """Settings: every setting of the exporter, each defined once, and their validation.
 
-Each field of `Options` (exporter-wide, from command-line flags) and of `Target` (one
-project, from the `OMS_*` environment or a YAML file's `targets:`) carries its type,
-default, help and the names it goes by (`flag`, `env`): the flags, the environment loading
-and the README's configuration table are all made from these fields. Everything is
-validated before the server starts: `load()` turns every problem into a `SettingsError`
-holding one line per bad setting, each naming the setting the way the user wrote it
-(`OMS_REGION`, `targets[1].endpoint`, `--oms.page-limit`).
+Each field of `Options` (exporter-wide, from command-line flags; a few also from the environment
+and the YAML file's top level) and of `Target` (one project, from the `OMS_*` environment or a
+YAML file's `targets:`) carries its type, default, help and the names it goes by (`flag`, `env`,
+`yaml`): the flags, the environment loading and the README's configuration table are all made
+from these fields. Everything is validated before the server starts: `load()` turns every
+problem into a `SettingsError` holding one line per bad setting, each naming the setting the
+way the user wrote it (`OMS_REGION`, `targets[1].endpoint`, `--oms.page-limit`).
 """
 
 from __future__ import annotations
@@ -341,6 +341,18 @@ def _pattern(value: str) -> str:
     return value
 
 
+def _patterns(value: Any) -> tuple[str, ...]:
+    """Regular expressions from a comma-separated text (a flag, a variable) or a YAML list (where a
+    pattern may hold a comma): blanks around each are dropped, and empty ones."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError("should be regular expressions, comma-separated or a YAML list")
+    return tuple(_pattern(i.strip()) for i in items if i.strip())
+
+
+Patterns = Annotated[tuple[str, ...], BeforeValidator(_patterns)]
+
+
 def _endpoint_template(value: str) -> str:
     if "{region}" not in value:
         raise ValueError(f"{value!r} should hold {{region}}")
@@ -497,7 +509,8 @@ def _shard_index(value: Any) -> Any:
 
 
 class Options(BaseModel):
-    """Exporter-wide options, from command-line flags."""
+    """Exporter-wide options, from command-line flags; those with an `env` and a `yaml` name also from that
+    environment variable and that top-level key of the YAML file (the flag wins, then the variable)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -591,6 +604,15 @@ class Options(BaseModel):
         "(see its runbook); `0` (the default): a failed task keeps its series while it is failed",
         flag="oms.failed-task-max-age")
     per_task_series: bool = setting(True, "`false`: per-project aggregates only", flag="oms.per-task-series")
+    metric_allowlist: Patterns = setting(
+        (), "serve only the OMS families whose whole name one of these regular expressions matches "
+        "(comma-separated; a YAML list); `oms_up`, `oms_collector_success`, `oms_project_info` always "
+        "(see *Metrics*)", flag="metric-allowlist", env="OMS_METRIC_ALLOWLIST", yaml="metric_allowlist",
+        shown="all")
+    metric_denylist: Patterns = setting(
+        (), "serve no OMS family whose whole name one of these regular expressions matches; not with "
+        "`--metric-allowlist`", flag="metric-denylist", env="OMS_METRIC_DENYLIST", yaml="metric_denylist",
+        shown="none")
     # `--collector.<area>` / `--no-collector.<area>` of the areas that can be switched off (cli.py).
     collectors: dict[str, bool] = Field(default_factory=dict)
     ca_file: Path | None = setting(None, "CA bundle for OMS/IAM TLS", flag="oms.ca-file", shown="system CAs")
@@ -624,6 +646,14 @@ class Options(BaseModel):
             raise ValueError(f"--oms.timeout-offset ({self.timeout_offset:g}s) must be smaller than "
                              f"--oms.scrape-timeout ({self.scrape_timeout:g}s)")
         return self
+
+    @field_validator("metric_denylist")
+    @classmethod
+    def _one_list(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if value and info.data.get("metric_allowlist"):
+            raise ValueError("mutually exclusive with the allowlist (--metric-allowlist, OMS_METRIC_ALLOWLIST or "
+                             "metric_allowlist), which is set too: give one of them")
+        return value
 
     @field_validator("ca_file")
     @classmethod
@@ -715,8 +745,8 @@ def load(flags: Mapping[str, Any], config_file: Path | None = None, *,
     """Build and validate all settings (flags, YAML file, OMS_* environment), or raise SettingsError.
 
     `config_file` defaults to the `config_file` flag. With `only` (the demo; `only_target`: one
-    target), that configuration replaces the file and the environment. `switches`: the API areas
-    that can be switched off, and their defaults (catalog.switches()).
+    target), that configuration replaces the file and the environment's target. `switches`: the API
+    areas that can be switched off, and their defaults (catalog.switches()).
     """
     switches = dict(switches or {})
     errors: list[str] = []
@@ -855,21 +885,26 @@ def _read_yaml(config_file: Path, errors: list[str]) -> Any:
 def _file_options(raw: Any, config_file: Path | None, errors: list[str]) -> tuple[Any, dict[str, tuple[Any, str]]]:
     """The file without the options it sets, and those (field -> its value, and its key as the file names it).
 
-    An option's `yaml` key is `section.key`: `shard.count` is `count` in the file's `shard:` mapping.
+    An option's `yaml` key is a top-level key (`metric_denylist`), or `section.key`: `shard.count`
+    is `count` in the file's `shard:` mapping.
     """
     keys = {meta(info)["yaml"]: field for field, info in Options.model_fields.items() if "yaml" in meta(info)}
-    if not isinstance(raw, dict) or not {k.split(".")[0] for k in keys} & raw.keys():
+    tops = {k.split(".")[0] for k in keys}
+    if not isinstance(raw, dict) or not tops & raw.keys():
         return raw, {}
     raw = dict(raw)
     found: dict[str, tuple[Any, str]] = {}
-    for section in sorted({k.split(".")[0] for k in keys} & raw.keys()):
-        given = raw.pop(section)
-        names = [k.split(".", 1)[1] for k in keys if k.split(".")[0] == section]
-        if not isinstance(given, dict):
-            errors.append(f"{config_file}: {section}: should be a mapping of {', '.join(names)}")
+    for top in sorted(tops & raw.keys()):
+        given = raw.pop(top)
+        if top in keys:  # a key of its own
+            found[keys[top]] = (given, f"{config_file}: {top}")
             continue
-        errors += [f"{config_file}: {section}.{k}: Extra inputs are not permitted" for k in given if k not in names]
-        found |= {keys[f"{section}.{k}"]: (v, f"{config_file}: {section}.{k}") for k, v in given.items() if k in names}
+        names = [k.split(".", 1)[1] for k in keys if k.split(".")[0] == top]
+        if not isinstance(given, dict):
+            errors.append(f"{config_file}: {top}: should be a mapping of {', '.join(names)}")
+            continue
+        errors += [f"{config_file}: {top}.{k}: Extra inputs are not permitted" for k in given if k not in names]
+        found |= {keys[f"{top}.{k}"]: (v, f"{config_file}: {top}.{k}") for k, v in given.items() if k in names}
     return raw, found
 
 

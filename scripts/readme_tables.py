@@ -1,4 +1,5 @@
-"""Writes the README's generated tables from their one definition: the settings and the metrics.
+"""Writes the README's generated tables from their one definition: the settings, the metrics, the series
+per task, task group, sync task and project.
 
     python scripts/readme_tables.py           # rewrite the tables in README.md
     python scripts/readme_tables.py --check   # exit 1 if README.md is not what this writes
@@ -13,16 +14,22 @@ tests/test_readme.py fails when README.md differs from this output.
 
 from __future__ import annotations
 
+import random
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 from pydantic.fields import FieldInfo
 
 from oms_exporter.catalog import AREAS, families, switch_help, target_switch_help
-from oms_exporter.metrics import SELF_FAMILIES
+from oms_exporter.listing import Listing, Part, complete_tasks
+from oms_exporter.metrics import SELF_FAMILIES, Family, SelfMetrics
+from oms_exporter.model import FAILED, SUCCEEDED, SyncTask, Task, TaskGroup, parse_group, parse_sync, parse_task
 from oms_exporter.settings import Credentials, DiscoveryEntry, Options, Target, meta, shown_default
+from oms_exporter.simulator import SYNC_COUNTERS, SYNC_DEFAULTS, Simulator, add_groups_and_syncs, make_task
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -71,7 +78,65 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"settings": settings_table, "metrics": metrics_table}
+NOW_MS = 1_765_000_000_000  # any time: the counts do not depend on it
+MIGRATING = 2  # a live state (model.STATUS_NAMES)
+
+
+def _record_series(families: tuple[Family, ...], record: Any) -> int:
+    """The series the record families of an area give for one record."""
+    return sum(len(list(f.series(f.read(record)))) for f in families if f.kind is not None)
+
+
+def _task(status: int) -> Task:
+    """A task in `status` as OMS sends one (every field present; no bandwidth window)."""
+    fields = make_task(random.Random(1), 1, NOW_MS, status=status) | {"bandwidth_policy": []}
+    return parse_task(msgspec.json.encode(fields))
+
+
+def _group() -> TaskGroup:
+    sim = Simulator()
+    sim.add_project("p")
+    add_groups_and_syncs(sim, "p", now_ms=NOW_MS)
+    creating = next(g for g, fields in sim.groups["p"].items() if fields.get("status") == 1)  # every field, no error
+    return parse_group(msgspec.json.encode(sim.group_resp("p", creating)))
+
+
+def _sync() -> SyncTask:
+    fields = {k: v for k, v in SYNC_DEFAULTS.items() if k != "monthly"} | dict.fromkeys(SYNC_COUNTERS, 1)
+    return parse_sync(msgspec.json.encode(fields | {"sync_task_id": "s", "last_start_time": NOW_MS}))
+
+
+def _project_series() -> tuple[int, int]:
+    """The series of one project as a whole (every area listed, none of its records counted) on /probe,
+    and the exporter's own series of one project (on /metrics only)."""
+    target = Target.model_validate({"name": "t", "project_id": "p", "region": "cn-north-4", "auth_token": "t"})
+    now = NOW_MS / 1000
+    listing = Listing(target, now, {"tasks": complete_tasks([], finished_listed_at=now),
+                                    **{area.name: Part(records=[]) for area in AREAS[1:]}})
+    oms = sum(len(list(f.series(listing))) for f in families() if f.kind is None)
+    own = SelfMetrics()
+    own.add_project("p")
+    return oms, sum(s.labels.get("project_id") == "p" and not s.name.endswith("_created")  # none served (cli)
+                    for fam in own.registry.collect() for s in fam.samples)
+
+
+def series_table() -> str:
+    """Series per record and per project, so that users can size Prometheus."""
+    tasks, groups, syncs = (area.families for area in AREAS)
+    live, failed, succeeded = (_record_series(tasks, _task(s)) for s in (MIGRATING, FAILED, SUCCEEDED))
+    project, own = _project_series()
+    rows = ["| each | series |", "|---|---|",
+            f"| live task (waiting, migrating, paused, retrying, pausing) | {live}, and 1 per bandwidth window |",
+            f"| failed task | {failed} (with its error) |",
+            f"| succeeded task, ended within `--oms.finished-task-max-age` (older: none) | {succeeded} |",
+            f"| task group | {_record_series(groups, _group())}, and 1 with an error |",
+            f"| sync task | {_record_series(syncs, _sync())} |",
+            f"| project (every task, group and sync task counted in its totals) | {project}, and {own} of the "
+            "exporter's own on `/metrics` |"]
+    return "\n".join(rows)
+
+
+TABLES = {"settings": settings_table, "metrics": metrics_table, "series": series_table}
 
 
 def _block(table: str) -> Callable[[re.Match[str]], str]:

@@ -127,7 +127,7 @@ def referenced_metric_names() -> set[str]:
 
 # --- the compose stack ------------------------------------------------------------------------
 def services() -> dict[str, dict[str, Any]]:
-    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    doc: dict[str, dict[str, dict[str, Any]]] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     return doc["services"]
 
 
@@ -152,7 +152,8 @@ def in_container(service: str, path: str | PurePosixPath) -> Path:
 
 def flag(service: str, name: str) -> str:
     """The value of --NAME=VALUE in the service's command."""
-    values = [a.split("=", 1)[1] for a in services()[service].get("command", []) if a.startswith(f"--{name}=")]
+    values: list[str] = [a.split("=", 1)[1] for a in services()[service].get("command", [])
+                         if a.startswith(f"--{name}=")]
     assert len(values) == 1, f"{service}: expected one --{name}= in its command, found {values}"
     return values[0]
 
