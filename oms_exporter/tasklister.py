@@ -11,11 +11,23 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 
 from oms_exporter.area import Context
 from oms_exporter.errors import Incomplete
 from oms_exporter.listing import TaskPart
-from oms_exporter.model import STATUS_NAMES, RecordParser, Task, Totals, parse_task, task_totals
+from oms_exporter.model import (
+    FAILED,
+    INF,
+    STATUS_NAMES,
+    SUCCEEDED,
+    RecordParser,
+    Task,
+    Totals,
+    bare,
+    parse_task,
+    task_totals,
+)
 from oms_exporter.pager import Pager, Query, Unreachable, together
 
 log = logging.getLogger(__name__)
@@ -29,11 +41,13 @@ class TaskLister(Pager[Task]):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx, RecordParser(parse_task))
+        self._options = ctx.options
         self._finished_listed_at: float | None = None  # Unix time the finished states were last listed in full
 
     async def run(self, deadline: float) -> TaskPart:
         """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
         taken_at = self._clock.time()
+        self._parser.compact = self._compactor(taken_at)
         tasks, error, duration = await self._run(deadline, lambda: self._collect(deadline, taken_at))
         if error is not None:
             return TaskPart(error=error, duration=duration, requests=self._requests)
@@ -43,6 +57,24 @@ class TaskLister(Pager[Task]):
         counts, totals = self._totals(ordered)
         return TaskPart(records=ordered, counts=counts, totals=totals, malformed=len(self._parser.malformed),
                         duration=duration, requests=self._requests, finished_listed_at=self._finished_listed_at)
+
+    def _compactor(self, taken_at: float) -> Callable[[Task], Task] | None:
+        """What a finished task that gets no series (SeriesPolicy's rules) is kept as: `bare`, for a
+        listing started at Unix time `taken_at` (a minute earlier: a listing served later only finds
+        it older). None when every finished task keeps its series."""
+        opts = self._options
+        ages = {SUCCEEDED: opts.finished_task_max_age, FAILED: opts.failed_task_max_age}
+        if not opts.per_task_series:
+            ages = dict.fromkeys(ages, -INF)
+        cut = {code: (taken_at - age) * 1000 - 60_000 for code, age in ages.items() if age}
+        if not cut:
+            return None
+
+        def compact(task: Task) -> Task:
+            limit = cut.get(task.status)  # type: ignore[arg-type]
+            return bare(task) if limit is not None and task.ended_ms < limit and not task.bare else task
+
+        return compact
 
     def _totals(self, tasks: list[Task]) -> tuple[dict[int, int], dict[int, Totals]]:
         """Tasks per state and the per-state sums of a complete listing's tasks."""
