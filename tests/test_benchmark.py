@@ -64,3 +64,16 @@ def test_discovery_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     figures = json.loads(out_json.read_text())
     assert figures["iam_calls"] == 1 and figures["discovery_requests"] == 6  # one probe per project
     assert len(figures["rows"]) == 3 and all(r["requests"] >= 6 for r in figures["rows"])
+
+
+def test_edge_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    out_json = tmp_path / "edge.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "edge.py"), "--tasks", "2000", "--latency-ms", "1", "--scrapes", "2",
+         "--interval", "1", "--timeout", "5", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "first up: scrape 1" in proc.stdout
+    rows = json.loads(out_json.read_text())
+    assert [r["up"] for r in rows] == [1, 1] and all(r["exact"] for r in rows)
+    assert rows[0]["requests"] > rows[1]["requests"]  # the first listing in full, then by liveness
