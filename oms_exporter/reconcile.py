@@ -81,8 +81,13 @@ class Scope:
         return [(state, g) for g in self.groups]
 
     def tracked(self) -> tuple[int, ...]:
-        """The states whose tasks a round places: every live one, and the finished ones in scope."""
+        """The states a round lists: every live one it can list, and the finished ones in scope."""
         return (*self.live, *self.finished)
+
+    def placed(self) -> tuple[int, ...]:
+        """The states a round places tasks in: every live one (a task followed into one it cannot list,
+        retrying where status=6 is refused, stays followed), and the finished ones in scope."""
+        return (*LIVE_STATES, *self.finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +200,7 @@ def _finished_step(view: View, rnd: Round, scope: Scope, where: dict[int, int], 
 
 def _serve(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: dict[int, Task],
            now: float) -> Serve | Everything:
-    by_state: dict[int, dict[int, Task]] = {s: {} for s in scope.tracked()}
+    by_state: dict[int, dict[int, Task]] = {s: {} for s in scope.placed()}
     for tid, s in where.items():
         by_state[s][tid] = tasks[tid]
     for s in scope.finished:
@@ -204,7 +209,7 @@ def _serve(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: d
     broken = _broken(view, rnd, scope, where, by_state)
     if broken:
         return Everything(f"invariant broken: {broken}")
-    live = {tid: t for s in scope.live for tid, t in by_state[s].items()}
+    live = {tid: t for s in LIVE_STATES for tid, t in by_state[s].items()}
     finished = {s: by_state[s] for s in scope.finished}
     refreshed = rnd.refreshed or bool(scope.finished) and all(s in rnd.whole for s in scope.finished)
     seen = where.keys() | rnd.shown.keys()
@@ -237,7 +242,7 @@ def _placed(rnd: Round, scope: Scope) -> tuple[dict[int, int], dict[int, Task]]:
 
     A state listed again in full replaces what its first batch saw of it, except that a task
     seen in another state this round stays there (it moved meanwhile); ShowTask has the last
-    word: a task it found in no tracked state (or out of the target's groups) is placed nowhere.
+    word: a task it found in no state placed (or out of the target's groups) is placed nowhere.
     """
     where: dict[int, int] = {}
     tasks: dict[int, Task] = {}
@@ -250,7 +255,7 @@ def _placed(rnd: Round, scope: Scope) -> tuple[dict[int, int], dict[int, Task]]:
         for tid, t in found.items():
             if where.setdefault(tid, s) == s:
                 tasks[tid] = t
-    tracked = set(scope.tracked())
+    tracked = set(scope.placed())
     groups = {g for g in scope.groups if g is not None}
     for tid, shown in rnd.shown.items():
         where.pop(tid, None)

@@ -149,6 +149,21 @@ def test_a_first_page_of_arrivals_only_is_paged_on() -> None:
     assert reconcile(view, rnd, SCOPE, NOW) == Fetch(whole=frozenset({5}))
 
 
+def test_a_task_followed_into_retrying_where_status_6_is_refused_stays_followed() -> None:
+    """Retrying cannot be listed (status=6 refused): a task followed there stays in the view and is followed
+    again next time, so that when it finishes (deep in a finished state's list, while another task of it is
+    deleted) it is not lost."""
+    no6 = Scope(ALL, (None,), limit=2, status6=False)
+    view = view_of([t(10, 2), t(11, 1), t(1, 5), t(2, 5)], no6, NOW)
+    rnd = first_batch(view, no6, live=[t(11, 1)], heads={4: [], 5: [t(2, 5), t(1, 5)]}, total=3)
+    assert reconcile(view, rnd, no6, NOW) == Fetch(show=frozenset({10}))
+    rnd.shown[10] = t(10, 6)  # it went retrying after the counts were read
+    d = reconcile(view, rnd, no6, NOW)
+    assert isinstance(d, Serve) and d.view.live.keys() == {10, 11}
+    rnd = first_batch(d.view, no6, live=[t(11, 1)], heads={4: [], 5: [t(2, 5), t(1, 5)]}, total=3)
+    assert reconcile(d.view, rnd, no6, NOW) == Fetch(show=frozenset({10}))
+
+
 def test_many_departures_list_the_finished_states_in_full_and_refused_showtask_does_too() -> None:
     view = view_of([*(t(i, 2) for i in range(100, 140)), t(1, 5)], SCOPE, NOW)
     rnd = first_batch(view, SCOPE, live=[], heads={4: [], 5: [t(1, 5)]}, counts={4: 0, 5: 41}, total=41)
