@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from array import array
 
 from oms_exporter.area import Context
 from oms_exporter.errors import Incomplete
@@ -57,10 +58,12 @@ class TaskLister(Pager[Task]):
         groups: list[str | None] = [*self.target.group_ids] if self.target.group_ids else [None]
         return list(itertools.product(statuses, groups))
 
-    async def _whole(self, query: Query, into: dict[int, Task], deadline: float) -> int:
-        """Every task of one state (and group) into `into`; its count."""
+    async def _whole(self, query: Query, into: dict[int, Task], deadline: float,
+                     order: array[int] | None = None) -> int:
+        """Every task of one state (and group) into `into`; its count. With `order`: the ids in the order
+        served, appended when that order is known (see `Pager._page_through`)."""
         try:
-            return await self._page_through(query, into, deadline)
+            return await self._page_through(query, into, deadline, order)
         except Unreachable as exc:
             raise Incomplete(f"{exc.count} tasks in state {STATUS_NAMES.get(query[0] or 0, query[0])} "
                              f"(group_id={query[1]}), but offset paging reaches only {self._reach()} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from array import array
 from typing import Any, cast
 
 import msgspec
@@ -396,3 +397,29 @@ def test_steady_scrapes_cost_what_changed(seed: int) -> None:
         assert machine.part.requests == 5 + 2 + 1  # five live states, two finished heads, the total
     finally:
         machine.teardown()
+
+
+def test_a_listing_in_full_records_the_order_its_pages_served_only_when_sure() -> None:
+    sim = Simulator(clock=lambda: NOW)
+    sim.add_project(PID)
+    rng = random.Random(3)
+    for tid in range(1, 26):
+        sim.put_task(PID, make_task(rng, tid, 0, status=5))
+    target = Target(name="m", project_id=PID, region="cn-north-4", auth_token="t")
+    lister = MemoryLister(sim, target, Options(page_limit=4))
+    loop = asyncio.new_event_loop()
+
+    def listed(*during: Any) -> tuple[int, list[int]]:
+        order: array[int] = array("q")
+        lister.during = list(during)
+        n = loop.run_until_complete(lister._whole((5, None), {}, Clock().monotonic() + 60, order))
+        return n, list(order)
+
+    try:
+        assert listed() == (25, list(range(25, 0, -1)))  # the stand-in lists newest first
+        # A task created after the first pages were answered: the count changed while paging, the
+        # pages were read again, and which order the list had is not sure.
+        assert listed(lambda: sim.put_task(PID, make_task(rng, 26, 0, status=5)), *[lambda: None] * 3) == (26, [])
+        assert listed() == (26, list(range(26, 0, -1)))
+    finally:
+        loop.close()
