@@ -31,19 +31,22 @@ class TaskLister(Pager[Task]):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx, RecordParser(parse_task))
         self._finished_listed_at: float | None = None  # Unix time the finished states were last listed in full
+        self._fallbacks: list[str] = []  # this listing's: why a finished state was listed in full, not probed
 
     async def run(self, deadline: float) -> TaskPart:
         """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
         taken_at = self._clock.time()
+        self._fallbacks = []
         tasks, error, duration = await self._run(deadline, lambda: self._collect(deadline, taken_at))
         if error is not None:
-            return TaskPart(error=error, duration=duration, requests=self._requests)
+            return TaskPart(error=error, duration=duration, requests=self._requests, fallbacks=tuple(self._fallbacks))
         # In id order, whatever order the pages came back in: a stable order lets the encoder
         # reuse the text of runs of unchanged tasks (and makes the output reproducible).
         ordered = list(map(tasks.__getitem__, sorted(tasks)))
         counts, totals = self._totals(ordered)
         return TaskPart(records=ordered, counts=counts, totals=totals, malformed=len(self._parser.malformed),
-                        duration=duration, requests=self._requests, finished_listed_at=self._finished_listed_at)
+                        duration=duration, requests=self._requests, finished_listed_at=self._finished_listed_at,
+                        fallbacks=tuple(self._fallbacks))
 
     def _totals(self, tasks: list[Task]) -> tuple[dict[int, int], dict[int, Totals]]:
         """Tasks per state and the per-state sums of a complete listing's tasks."""
