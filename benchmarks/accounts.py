@@ -4,12 +4,16 @@
   of the newest ones live. Between two scrapes every migrating task moves on, and now and
   then a task finishes, one fails, a failed one is restarted, a new one is created and an
   old finished one is deleted: what an account in use looks like from one scrape to the next.
+- `deletions`: a `real` account whose owner also tidies it: between two scrapes 1–5 old finished
+  tasks (picked among the 100 oldest) are deleted, as a user clears the last page of the
+  console's task list.
 - `churn`: the stand-in's demo account (`simulator.make_tasks` and `Evolution`): about a
   quarter of all tasks migrate and change on every scrape. The encoder's worst case.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
 import time
 from typing import Any
@@ -77,10 +81,23 @@ class RealAccount:
             sim.remove_task(pid, min(finished))
 
 
+class TidiedAccount(RealAccount):
+    """A `real` account whose owner deletes 1–5 old finished tasks between two scrapes."""
+
+    OLDEST = 100  # the deleted tasks are picked among this many of the oldest finished ones
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        tasks = self._sim.projects[self._pid]
+        oldest = heapq.nsmallest(self.OLDEST, (tid for tid, t in tasks.items() if t["status"] in (4, 5)))
+        for tid in self._rng.sample(oldest, min(len(oldest), self._rng.randint(1, 5))):
+            self._sim.remove_task(self._pid, tid)
+
+
 def account(sim: Simulator, project_id: str, kind: str, n: int, live_share: float) -> Evolution | RealAccount:
     """Fill `project_id` of `sim` with an account of `kind`; what moves it on."""
     if kind == "churn":
         sim.add_project(project_id, make_tasks(n, seed=11))
         return Evolution(sim, project_id, seed=5)
     sim.add_project(project_id, real_tasks(n, live_share))
-    return RealAccount(sim, project_id)
+    return TidiedAccount(sim, project_id) if kind == "deletions" else RealAccount(sim, project_id)

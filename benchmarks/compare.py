@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--scrapes", type=int, default=24, help="scrapes of each exporter, after one warm-up")
     p.add_argument("--max-concurrency", type=int, default=Options().max_concurrency)
-    p.add_argument("--account", choices=["real", "churn"], default="real",
+    p.add_argument("--account", choices=["real", "deletions", "churn"], default="real",
                    help="the stand-in's account (see benchmarks/accounts.py; the new checkout's stand-in runs it)")
     p.add_argument("--live-share", type=float, default=0.05)
     args = p.parse_args(argv)

@@ -4,6 +4,8 @@
     python benchmarks/scrape.py --tasks 100000 --live-share 0.01 --scrapes 5 --listing liveness
     python benchmarks/scrape.py --tasks 10000 --account churn --keep-finished    # the encoder's worst case
     python benchmarks/scrape.py --tasks 100 1000 10000 50000                     # scaling table
+    python benchmarks/scrape.py --tasks 100000 --live-share 0.01 --account deletions --listing liveness \
+        --scrapes 5 --exporter-root /tmp/old                                   # another checkout's exporter
 
 Three processes, so that each one's CPU and memory are its own: the stand-in (with the
 added latency per OMS call, an account that moves on by one scrape interval before every
@@ -344,7 +346,8 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         try:
             max_age = 0.0 if args.keep_finished else Options().finished_task_max_age
             exp, exp_port = _spawn("exporter", *common, "--endpoint", f"http://127.0.0.1:{sim_port}",
-                                   "--listing", mode, "--finished-task-max-age", str(max_age))
+                                   "--listing", mode, "--finished-task-max-age", str(max_age),
+                                   root=args.exporter_root)
             try:
                 res = asyncio.run(_measure(n, args, sim_port, exp_port, exp.pid))
             finally:
@@ -367,7 +370,8 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [(f"oms-exporter scrape benchmark: {args.account} account"
-              + (f" ({args.live_share:.0%} live)" if args.account == "real" else "")
+              + (f" ({args.live_share:.0%} live)" if args.account in ("real", "deletions") else "")
+              + ("" if args.exporter_root == ROOT else f", the exporter of {args.exporter_root}")
               + f", stand-in latency {args.latency_ms:g} ms per OMS call, --oms.max-concurrency "
               f"{args.max_concurrency}, {'every finished task kept' if args.keep_finished else 'exporter defaults'}, "
               f"{os.cpu_count()} CPUs, {args.scrapes} timed scrapes after 1 warm-up, the account moves on "
@@ -419,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-runs", type=int, default=3, help="SDK baseline scrapes per size")
     p.add_argument("--baseline-at", type=int, nargs="*", default=None,
                    help="task counts to run the SDK baseline at (default: every size up to 10000)")
-    p.add_argument("--account", choices=["real", "churn"], default="real",
-                   help="real: most tasks finished, a share live (default); churn: ~22%% change every scrape")
+    p.add_argument("--account", choices=["real", "deletions", "churn"], default="real",
+                   help="real: most tasks finished, a share live (default); deletions: real, and 1-5 old finished "
+                   "tasks deleted between scrapes; churn: ~22%% change every scrape")
     p.add_argument("--live-share", type=float, default=0.05, help="share of live tasks of a real account")
     p.add_argument("--listing", choices=["both", "liveness", "full"], default="both",
                    help="the exporter's --oms.listing (both: one run each, on the same account)")
@@ -428,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="--oms.finished-task-max-age 0 (every finished task's series: the largest body)")
     p.add_argument("--finished-task-max-age", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    p.add_argument("--exporter-root", type=Path, default=ROOT,
+                   help="the checkout whose exporter is measured (default: this one; the stand-in and the "
+                   "account are always this checkout's)")
     p.add_argument("--role", choices=["standin", "exporter", "sdk"], help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
     p.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)

@@ -35,6 +35,7 @@ class TaskPart(Part):
     counts: Mapping[int, int] = field(default_factory=dict)
     totals: Mapping[int, Totals] = field(default_factory=dict)
     finished_listed_at: float | None = None  # Unix time the finished states were last listed in full
+    fallbacks: tuple[str, ...] = ()  # why finished states that lost tasks were listed in full, not probed
 
 
 _NO_TASKS = TaskPart()
@@ -90,6 +91,10 @@ class Listing:
     @property
     def finished_listed_at(self) -> float | None:
         return self._tasks.finished_listed_at
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        return self._tasks.fallbacks
 
     @property
     def requests(self) -> int:

@@ -4,7 +4,9 @@ A round lists every live state in full, the first page of each finished state in
 the whole of them, when they are due), the unfiltered count and the counts of the finished
 states out of scope; then it asks `reconcile.reconcile` what to do, does it (`Fetch`) and
 asks again, until the answer is a view to serve. A round disturbed by tasks moving gets one
-more; a round whose counts cannot be explained pages through every task instead. What OMS
+more; a round whose counts cannot be explained pages through every task instead. It records
+what the kept order of a finished state needs: each listing of a state in full in the order
+its pages served it, and the task read at each offset of a first page or a probe. What OMS
 refuses is learnt and kept: `status=6` as a filter (retrying tasks are then what the total
 leaves), ShowTask (finished states are then listed again instead; ShowTask is tried again
 every refresh interval, as the permission may be granted). A listing that fails keeps the
@@ -14,7 +16,9 @@ last complete view for the next one.
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Coroutine, Mapping
+from operator import attrgetter
 from typing import Any
 
 from oms_exporter.area import Context
@@ -37,6 +41,8 @@ from oms_exporter.reconcile import (
 from oms_exporter.tasklister import TaskLister
 
 log = logging.getLogger(__name__)
+
+_task_id = attrgetter("id")
 
 
 class LiveLister(TaskLister):
@@ -63,6 +69,7 @@ class LiveLister(TaskLister):
                 if not isinstance(step, Fetch):
                     decision = step
                     break
+                self._fell_back(step)
                 await self._more(step, rnd, scope, deadline)
             if isinstance(decision, Serve):
                 self._view, self._served_sums = decision.view, decision.view.sums
@@ -106,16 +113,32 @@ class LiveLister(TaskLister):
                      for offset in range(read * self._limit, min(2 * read * self._limit, rnd.counts[key]), self._limit)]
         for s in step.whole:
             rnd.relisted[s] = {}
-            jobs += [self._whole((s, g), rnd.relisted[s], deadline) for g in scope.groups]
+            jobs += [self._listed(rnd, (s, g), rnd.relisted[s], deadline) for g in scope.groups]
+        rnd.probed += bool(step.probes)
+        jobs += [self._read(rnd, p.key, p.offset, p.limit, deadline) for p in step.probes]
         rnd.refreshed |= step.refresh
         if step.show:
             jobs.append(self._show(step.show, rnd, deadline))
         await together(jobs)
 
+    def _fell_back(self, step: Fetch) -> None:
+        for s, reason in step.fallbacks:
+            log.debug("listing a finished state again in full instead of probing where its tasks went",
+                      extra={"target": self.target.name, "state": STATUS_NAMES[s], "reason": reason})
+            self._fallbacks.append(reason)
+
+    async def _listed(self, rnd: Round, key: Key, into: dict[int, Task], deadline: float) -> int:
+        """A state (and group) in full into `into`, its order kept in `rnd` when sure; its count."""
+        order: array[int] = array("q")
+        n = await self._whole(key, into, deadline, order)
+        if len(order) == n:
+            rnd.orders[key] = order
+        return n
+
     async def _state(self, rnd: Round, key: Key, deadline: float) -> None:
         """A state in full, with its count."""
         try:
-            rnd.counts[key] = await self._whole(key, rnd.pages[key[0]], deadline)
+            rnd.counts[key] = await self._listed(rnd, key, rnd.pages[key[0]], deadline)
             rnd.whole.add(key[0])
         except RequestRejected as exc:
             if key[0] != RETRYING or exc.status != 400:
@@ -124,10 +147,21 @@ class LiveLister(TaskLister):
 
     async def _head(self, rnd: Round, key: Key, offset: int, deadline: float) -> None:
         """One page of a finished state from its head (the first: with its count)."""
-        tasks, n = await self._page(key, offset, deadline)
+        tasks, n = await self._read(rnd, key, offset, self._limit, deadline)
         rnd.pages[key[0]].update((t.id, t) for t in tasks)
         if not offset:
             rnd.counts[key], rnd.heads[key] = n, 1
+
+    async def _read(self, rnd: Round, key: Key, offset: int, limit: int, deadline: float) -> tuple[list[Task], int]:
+        """A page of a finished list, each task put at its offset in `rnd.at`; a page that cannot be placed
+        so (its count not the first page's, a record unreadable or missing) makes the list unsure."""
+        unreadable: set[int] = set()
+        tasks, n = await self._page(key, offset, deadline, limit=limit, unreadable=unreadable)
+        if unreadable or len(tasks) != min(limit, max(n - offset, 0)) or n != rnd.counts.get(key, n):
+            rnd.unsure.add(key)
+        else:
+            rnd.at.setdefault(key, {}).update(zip(range(offset, offset + len(tasks)), map(_task_id, tasks)))
+        return tasks, n
 
     async def _count(self, rnd: Round, key: Query, deadline: float) -> None:
         """The count of a state (None: of every task) and group."""

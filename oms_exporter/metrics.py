@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from oms_exporter import __version__
+from oms_exporter.reconcile import FALLBACK_REASONS
 
 if TYPE_CHECKING:
     from oms_exporter.listing import Listing
@@ -239,6 +240,12 @@ SELF_FAMILIES = (
                "share one; with --oms.min-interval a young listing is served again).", ("project_id",),
                "listings asked of OMS; fewer than scrapes when scrapes share them",
                "`rate(oms_listings_total[5m])`"),
+    SelfFamily("oms_listing_fallbacks_total", "counter", "Finished states listed again in full because they lost "
+               "tasks unseen (deleted, say) and probing their kept order could not place the gaps, by reason: "
+               "no_order, contradicted, unexplained, cheaper, no_showtask.", ("project_id", "reason"),
+               "with `--oms.listing=liveness`, finished states relisted instead of probed after a deletion, by "
+               "reason (`" + "`, `".join(FALLBACK_REASONS) + "`; see docs/listing.md); every reason at 0 from the "
+               "start", '`sum by (reason) (increase(oms_listing_fallbacks_total[1h]))`'),
     SelfFamily("oms_exporter_config_last_reload_successful", "gauge",
                "1 when the last reading of --config.file and --web.config.file (at start or on SIGHUP) succeeded.",
                (), "1 when the last (re)load of the files succeeded, 0 when a reload was refused (the settings "
@@ -307,6 +314,7 @@ class SelfMetrics:
         self.api_request_duration: Histogram = made["oms_api_request_duration_seconds"]
         self.scrape_errors: Counter = made["oms_scrape_errors_total"]
         self.listings: Counter = made["oms_listings_total"]
+        self.fallbacks: Counter = made["oms_listing_fallbacks_total"]
         self.encodes: Counter = made["oms_exporter_encodes_total"]
         self.encoded_records: Counter = made["oms_exporter_encoded_records_total"]
         self.reload_successful: Gauge = made["oms_exporter_config_last_reload_successful"]
@@ -335,10 +343,13 @@ class SelfMetrics:
             self.api_requests.labels(project_id, code)
         self.api_request_duration.labels(project_id)
         self.listings.labels(project_id)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(project_id, reason)
 
     def remove_project(self, project_id: str) -> None:
         """Drop every series of `project_id` (no longer configured after a reload, or no longer discovered)."""
-        _remove(project_id, self.scrape_errors, self.api_requests, self.api_request_duration, self.listings)
+        _remove(project_id, self.scrape_errors, self.api_requests, self.api_request_duration, self.listings,
+                self.fallbacks)
 
     def add_discovery(self, entry: str, states: Iterable[str]) -> None:
         """Every series of the discovery entry `entry`, from the start: its states and reasons at 0, not
@@ -398,6 +409,10 @@ class SelfMetrics:
 
     def listing_failed(self, project_id: str, reason: str) -> None:
         self.scrape_errors.labels(project_id, reason).inc()
+
+    def listing_fallback(self, project_id: str, reason: str) -> None:
+        """A finished state was listed in full instead of probed, for `reason` (reconcile.FALLBACK_REASONS)."""
+        self.fallbacks.labels(project_id, reason).inc()
 
 
 def _remove(first: str, *metrics: Any) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from array import array
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
@@ -199,15 +200,19 @@ class Pager(Generic[R]):
             raise BadPayload(f"{self.API} says it has {count} records: {pages} pages, more than the "
                              f"{left:.1f}s left can fetch ({fit:.0f} at {self._pace * 1000:.0f} ms a page)")
 
-    async def _page_through(self, query: Query, records: dict[Any, R], deadline: float) -> int:
+    async def _page_through(self, query: Query, records: dict[Any, R], deadline: float,
+                            order: array[int] | None = None) -> int:
         """Put every record `query` matches into `records`; the query's count (the largest seen).
 
-        Raises Unreachable when the count is beyond what offsets reach.
+        With `order`, the records' ids are appended to it in the order the pages served them, when
+        that order is known: one pass over pages of one count, each whole and readable, no id twice
+        (`order` is left as it was otherwise). Raises Unreachable when the count is beyond what
+        offsets reach.
         """
         last = self._last_count.get(query, 0)
         # Start the pages the previous listing had together with the first one (only the first
         # when they were beyond reach: its count is all this listing needs before splitting).
-        walk = _Walk(self, query, records, deadline)
+        walk = _Walk(self, query, records, deadline, record=order is not None)
         await walk.one_pass(last if last <= self._reach() else 0)
         if len(walk.counts) > 1:
             # Records were created or deleted while the pages were fetched. Offset pages then
@@ -227,14 +232,20 @@ class Pager(Generic[R]):
                 raise Incomplete(f"{self.API} answered {len(walk.ids)} distinct records over every page (twice), "
                                  f"but its count says {min(walk.counts)}")
         self._last_count[query] = max(walk.counts)
+        if order is not None:
+            order.extend(walk.order())
         return max(walk.counts)
 
 
 class _Walk(Generic[R]):
     """The pages of one query of one listing: what they said, page by page and pass by pass."""
 
-    def __init__(self, pager: Pager[R], query: Query, records: dict[Any, R], deadline: float) -> None:
+    def __init__(self, pager: Pager[R], query: Query, records: dict[Any, R], deadline: float,
+                 record: bool = False) -> None:
         self.pager, self.query, self.records, self.deadline = pager, query, records, deadline
+        # offset -> the ids of its page in the order served (None: not asked for, or no longer knowable)
+        self.pages: dict[int, list[Any]] | None = {} if record else None
+        self.passes = 0
         self.counts: set[int] = set()
         self.answered: set[int] = set()
         self.refused: list[int] = []
@@ -245,12 +256,21 @@ class _Walk(Generic[R]):
     def short(self) -> bool:
         return len(self.ids) + len(self.unreadable) < min(self.counts)
 
+    def order(self) -> list[Any]:
+        """Every id in the order the pages served them, or [] when that order is not known for sure."""
+        pages = self.pages
+        if pages is None or self.passes != 1 or len(self.counts) != 1 or self.unreadable:
+            return []
+        ids = [rid for offset in sorted(pages) for rid in pages[offset]]
+        return ids if len(ids) == len(self.ids) == min(self.counts) else []
+
     async def one_pass(self, start_count: int) -> None:
         """Fetch pages until every offset below the largest count seen has been fetched."""
         pager = self.pager
         limit, reach = pager._limit, pager._reach()
         fetched: set[int] = set()
         self.end = None
+        self.passes += 1
         count = max(start_count, 1)
         for _ in range(2 + pager.MAX_GROWTH_ROUNDS):
             todo = [o for o in range(0, min(count, reach), limit) if o not in fetched]
@@ -302,6 +322,8 @@ class _Walk(Generic[R]):
             self.end = offset if self.end is None else min(self.end, offset)  # a short page: the list ends
         # A record on two pages (the list shifted between them): the later page is the fresher.
         page_ids = list(map(_record_id, page))
+        if self.pages is not None:
+            self.pages[offset] = page_ids
         self.records.update(zip(page_ids, page))
         self.ids.update(page_ids)
 

@@ -25,18 +25,35 @@ What it checks, in this order:
 3. A finished state known by its first page keeps the view's tasks, moved by what was seen;
    while its pages hold only tasks it did not have (arrivals), the next page is read, so
    arrivals beyond the first page are seen. If its count still differs from what is kept
-   (a deletion), it is listed in full, and the tasks it lost unseen are followed.
+   (a deletion), the gaps are located in the order OMS last served the state (`View.order`):
+   a record read at offset k that the kept order holds at index j says that j - k tasks
+   before it are gone (arrivals read on its first pages counted), so single records read
+   at chosen offsets (`Fetch.probes`) bisect the list down to the gaps, in O(d log n)
+   requests for d gaps in n tasks; the tasks found in them are followed with ShowTask,
+   which confirms each is gone. A record that is not where the kept order says, a count
+   the kept order cannot explain, or no kept order lists the state in full instead
+   (`Fetch.fallbacks` says why), and the tasks it lost unseen are followed.
 
-Every finished state is listed in full at least every refresh interval (`Scope.refresh`).
-Before serving, the invariants are checked in code (`_broken`): per scope the counts add up
-to the total, each kept finished state holds as many tasks as its count, and every
-previously live task is placed or known gone; a view that breaks one is never served.
+Every finished state is listed in full at least every refresh interval (`Scope.refresh`); a
+listing in full records the order its pages served, and a served view keeps it, moved by the
+tasks that went (dropped) and came (put where the pages read them; where that was not read,
+the order is not known until the next listing in full). Before serving, the invariants are
+checked in code (`_broken`): per scope the counts add up to the total, each kept finished
+state holds as many tasks as its count, and every previously live task is placed or known
+gone; a view that breaks one is never served. The kept order only says where to look:
+what it places is confirmed (a gap by ShowTask, an order by the pages read) before it is
+used, so exactness never rests on OMS keeping its order.
 """
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import filterfalse, pairwise
+from operator import itemgetter
+from typing import NamedTuple, TypeAlias
 
 from oms_exporter.model import FINISHED_STATUSES, STATUS_NAMES, Task, Totals, state_totals
 
@@ -44,6 +61,15 @@ RETRYING = 6
 LIVE_STATES = tuple(s for s in STATUS_NAMES if s not in FINISHED_STATUSES)
 Key = tuple[int, str | None]  # (state, group_id filter)
 Tasks = Mapping[int, Task]
+Order: TypeAlias = "array[int]"  # task ids ('q'), in the order OMS served a finished list
+# Why a finished state that lost tasks unseen was listed again in full instead of probed:
+# no_order: none kept (listed with every task, a listing whose order was not sure, an arrival
+# whose place was not read); contradicted: a record read is not where the kept order says (or a
+# task placed in a gap is still there); unexplained: more tasks than kept and seen arriving, or
+# the count changed while probing; cheaper: a listing in full costs fewer requests; no_showtask:
+# OMS refuses ShowTask, which confirms what the probes find.
+FALLBACK_REASONS = ("no_order", "contradicted", "unexplained", "cheaper", "no_showtask")
+MAX_PROBE_STEPS = 8  # probe steps of one round before the state is listed in full instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +107,13 @@ class Scope:
         return [(state, g) for g in self.groups]
 
     def tracked(self) -> tuple[int, ...]:
-        """The states whose tasks a round places: every live one, and the finished ones in scope."""
+        """The states a round lists: every live one it can list, and the finished ones in scope."""
         return (*self.live, *self.finished)
+
+    def placed(self) -> tuple[int, ...]:
+        """The states a round places tasks in: every live one (a task followed into one it cannot list,
+        retrying where status=6 is refused, stays followed), and the finished ones in scope."""
+        return (*LIVE_STATES, *self.finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +124,7 @@ class View:
     finished: Mapping[int, Tasks] = field(default_factory=dict)  # finished state in scope -> its tasks
     sums: Mapping[int, tuple[int, Totals]] = field(default_factory=dict)  # served state -> (count, sums)
     listed_at: float | None = None  # Unix time the finished states were last listed in full
+    order: Mapping[Key, Order] = field(default_factory=dict)  # finished list -> its ids as OMS serves them
 
 
 @dataclass
@@ -108,6 +140,18 @@ class Round:
     relisted: dict[int, dict[int, Task]] = field(default_factory=dict)  # finished states listed in full later
     refreshed: bool = False  # every finished state listed in full this round
     shown: dict[int, Task | None] = field(default_factory=dict)  # ShowTask answers (None: gone)
+    at: dict[Key, dict[int, int]] = field(default_factory=dict)  # finished list -> offset -> task id read there
+    orders: dict[Key, Order] = field(default_factory=dict)  # finished lists listed in full: their order, when sure
+    unsure: set[Key] = field(default_factory=set)  # a page read of it could not be placed (count changed, unreadable)
+    probed: int = 0  # Fetch steps with probes so far
+
+
+class Probe(NamedTuple):
+    """A page of a finished list to read: `limit` records from `offset`."""
+
+    key: Key
+    offset: int
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +167,8 @@ class Fetch:
     whole: frozenset[int] = frozenset()  # these finished states in full
     refresh: bool = False  # `whole` is every finished state: it counts as the periodic refresh
     show: frozenset[int] = frozenset()  # ShowTask of each
+    probes: frozenset[Probe] = frozenset()  # pages of finished lists, to place their gaps
+    fallbacks: tuple[tuple[int, str], ...] = ()  # (state in `whole`, why it is not probed instead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +191,7 @@ def reconcile(view: View, rnd: Round, scope: Scope, now: float) -> Decision:
     new = [tid for tid in where.keys() - view.live.keys() if all(tid not in f for f in finished)]
     if scope.checked:
         if new and not rnd.recounted:
-            return Fetch(recount=True)
+            return _early(Fetch(recount=True), view, rnd, scope, where, tasks)
         if not _adds_up(rnd, scope):
             if not scope.last and scope.status6 and (_listed_twice(rnd.pages) or new):
                 return Again("tasks moved while the states were listed")
@@ -162,7 +208,7 @@ def reconcile(view: View, rnd: Round, scope: Scope, now: float) -> Decision:
     follow -= rnd.shown.keys()
     if follow:
         if scope.show:
-            return Fetch(show=frozenset(follow))
+            return _early(Fetch(show=frozenset(follow)), view, rnd, scope, where, tasks)
         return Again("ShowTask refused") if not scope.last else Everything("ShowTask refused")
     step = _finished_step(view, rnd, scope, where, tasks, partial)
     if step is not None:
@@ -176,9 +222,9 @@ def _finished_step(view: View, rnd: Round, scope: Scope, where: dict[int, int], 
     heads = frozenset(k for s in partial for k in scope.keys(s) if _arrivals_only(view, rnd, scope, k))
     if heads:
         return Fetch(heads=heads)
-    unexplained = frozenset(s for s in partial if _kept_count(view, s, where, rnd) != _count(rnd, scope, s))
+    unexplained = [s for s in partial if _kept_count(view, s, where, rnd) != _count(rnd, scope, s)]
     if unexplained:
-        return Fetch(whole=unexplained)
+        return _locate_all(view, rnd, scope, where, tasks, unexplained)
     # The tasks a state listed again lost unseen: one may have gone to another finished state
     # (restarted, finished again), whose count the arrival hid a deletion from.
     vanished: set[int] = set()
@@ -195,7 +241,7 @@ def _finished_step(view: View, rnd: Round, scope: Scope, where: dict[int, int], 
 
 def _serve(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: dict[int, Task],
            now: float) -> Serve | Everything:
-    by_state: dict[int, dict[int, Task]] = {s: {} for s in scope.tracked()}
+    by_state: dict[int, dict[int, Task]] = {s: {} for s in scope.placed()}
     for tid, s in where.items():
         by_state[s][tid] = tasks[tid]
     for s in scope.finished:
@@ -204,7 +250,7 @@ def _serve(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: d
     broken = _broken(view, rnd, scope, where, by_state)
     if broken:
         return Everything(f"invariant broken: {broken}")
-    live = {tid: t for s in scope.live for tid, t in by_state[s].items()}
+    live = {tid: t for s in LIVE_STATES for tid, t in by_state[s].items()}
     finished = {s: by_state[s] for s in scope.finished}
     refreshed = rnd.refreshed or bool(scope.finished) and all(s in rnd.whole for s in scope.finished)
     seen = where.keys() | rnd.shown.keys()
@@ -212,7 +258,8 @@ def _serve(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: d
     served: dict[int, Task] = {}
     for s in scope.states:
         served.update(by_state.get(s, {}))
-    return Serve(View(live, finished, sums, now if refreshed else view.listed_at), served)
+    order = _orders(view, rnd, scope, where, tasks, by_state)
+    return Serve(View(live, finished, sums, now if refreshed else view.listed_at, order), served)
 
 
 def _broken(view: View, rnd: Round, scope: Scope, where: dict[int, int],
@@ -230,6 +277,227 @@ def _broken(view: View, rnd: Round, scope: Scope, where: dict[int, int],
     return ""
 
 
+# --- where tasks went unseen: the kept order ---------------------------------------------------
+
+class _Found(NamedTuple):
+    probes: set[Probe]  # to read next
+    gone: set[int]  # tasks the gaps hold: to follow
+
+
+def _locate_all(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: dict[int, Task],
+                states: list[int]) -> Fetch:
+    """For each finished state whose count says it lost tasks unseen: the probes that place its gaps in
+    its kept order, the tasks found in them (followed: ShowTask confirms each is gone), or a listing
+    in full (a fallback, and why)."""
+    probes: set[Probe] = set()
+    show: set[int] = set()
+    fallbacks: list[tuple[int, str]] = []
+    for s in states:
+        found = _locate_state(view, rnd, scope, where, tasks, s)
+        if isinstance(found, str):
+            fallbacks.append((s, found))
+        else:
+            probes |= found.probes
+            show |= found.gone
+    return Fetch(whole=frozenset(s for s, _ in fallbacks), show=frozenset(show), probes=frozenset(probes),
+                 fallbacks=tuple(fallbacks))
+
+
+def _early(step: Fetch, view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: dict[int, Task]) -> Fetch:
+    """`step`, with the probes (and the tasks they found in gaps, to follow) of each finished state that
+    lost tasks unseen whatever the steps before the finished ones find (it keeps more tasks than its
+    count, and the tasks still to follow can only add to it): read alongside those steps, locating
+    costs no round trips of its own. What they read is used once those steps are done."""
+    probes: set[Probe] = set()
+    show: set[int] = set()
+    for s in scope.finished:
+        if (_listed_whole(s, rnd) or _kept_count(view, s, where, rnd) <= _count(rnd, scope, s)
+                or any(_arrivals_only(view, rnd, scope, k) for k in scope.keys(s))):
+            continue
+        found = _locate_state(view, rnd, scope, where, tasks, s)
+        if not isinstance(found, str):
+            probes |= found.probes
+            show |= found.gone
+    return replace(step, probes=frozenset(probes), show=step.show | show) if probes or show else step
+
+
+def _locate_state(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: dict[int, Task],
+                  s: int) -> _Found | str:
+    """What to read or follow next to place the gaps of state `s`, or why it is listed in full instead."""
+    if not scope.show:
+        return "no_showtask"
+    if _kept_count(view, s, where, rnd) < _count(rnd, scope, s) or any(k in rnd.unsure for k in scope.keys(s)):
+        return "unexplained"
+    if rnd.probed >= MAX_PROBE_STEPS:
+        return "cheaper"
+    found = _Found(set(), set())
+    for key in scope.keys(s):
+        one = _locate(view, rnd, scope, where, tasks, key)
+        if isinstance(one, str):
+            return one
+        found.probes.update(one.probes)
+        found.gone.update(one.gone)
+    if found.gone & rnd.shown.keys():
+        return "contradicted"  # a task placed in a gap is still in the state, ShowTask says
+    if not found.probes and not found.gone:
+        return "unexplained"
+    return found
+
+
+def _locate(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: dict[int, Task],
+            key: Key) -> _Found | str:
+    """Place the gaps of one finished list (state, group) in its kept order, or say why not."""
+    order = view.order.get(key)
+    if order is None:
+        return "no_order"
+    kept = view.finished.get(key[0], {})
+    gone = _gone(kept, key, where, tasks, rnd)
+    arrivals = _arrivals(kept, key, where, tasks)
+    n = rnd.counts.get(key, 0)
+    d = len(order) - len(gone) + len(arrivals) - n  # tasks gone unseen
+    if d < 0:
+        return "unexplained"
+    if not d:
+        return _Found(set(), set())
+    at = rnd.at.get(key, {})
+    placed = sorted(k for k, tid in at.items() if tid in arrivals)
+    if len(placed) < len(arrivals):
+        return "no_order"  # an arrival not read on the pages: where it went in the order is not known
+    pages = -(-n // scope.limit)
+    if d * (pages.bit_length() + 1) >= pages:
+        return "cheaper"
+    seq = array("q", filterfalse(gone.__contains__, order)) if gone else order
+    points = _points(seq, at, arrivals, placed, d)
+    if points is None:
+        return "contradicted"
+    points.append((n, len(seq), d))
+    return _gaps(seq, points, placed, n, scope.limit, key)
+
+
+def _member(task: Task, g: str | None) -> bool:
+    return g is None or task.group_id == g
+
+
+def _gone(kept: Tasks, key: Key, where: dict[int, int], tasks: dict[int, Task], rnd: Round) -> set[int]:
+    """The tasks of a kept finished list seen elsewhere this round (or followed out of it)."""
+    s, g = key
+    return {tid for tid in _touched(kept, where, rnd)
+            if _member(kept[tid], g) and not (where.get(tid) == s and _member(tasks[tid], g))}
+
+
+def _arrivals(kept: Tasks, key: Key, where: dict[int, int], tasks: dict[int, Task]) -> set[int]:
+    """The tasks placed in a finished list this round that its kept order does not hold."""
+    s, g = key
+    return {tid for tid, st in where.items()
+            if st == s and _member(tasks[tid], g) and not (tid in kept and _member(kept[tid], g))}
+
+
+def _points(seq: Order, at: Mapping[int, int], arrivals: set[int], placed: list[int],
+            d: int) -> list[tuple[int, int, int]] | None:
+    """(offset, index in `seq`, tasks gone before it) of each kept task read, in offset order, after the
+    list's start; None when one is not where `seq` can hold it (at most `d` places further on) or the
+    gone count falls: the order was not kept."""
+    points = [(-1, -1, 0)]
+    ids: set[int] = set()
+    for k, tid in sorted(at.items()):
+        if tid in ids:
+            return None
+        ids.add(tid)
+        if tid in arrivals:
+            continue
+        base = k - bisect_left(placed, k)  # its index in `seq` if nothing before it were gone
+        window = seq[max(base, 0):base + d + 1]
+        if tid not in window:
+            return None
+        j = max(base, 0) + window.index(tid)
+        if j - base < points[-1][2] or j <= points[-1][1]:
+            return None
+        points.append((k, j, j - base))
+    return points
+
+
+def _gaps(seq: Order, points: list[tuple[int, int, int]], placed: list[int], n: int, limit: int,
+          key: Key) -> _Found | str:
+    """Between two neighbouring points whose gone counts differ, the tasks of `seq` between them are
+    gone when every offset between them was read; else the probes that narrow it down."""
+    found = _Found(set(), set())
+    for (k1, j1, g1), (k2, j2, g2) in pairwise(points):
+        if g2 < g1:
+            return "contradicted"
+        if g2 == g1:
+            continue
+        unread = k2 - k1 - 1 - (bisect_left(placed, k2) - bisect_left(placed, k1 + 1))
+        if unread:
+            found.probes.update(_split(k1 + 1, k2, n, limit, key))
+        else:
+            found.gone.update(seq[j1 + 1:j2])
+    return found
+
+
+def _split(lo: int, hi: int, n: int, limit: int, key: Key) -> list[Probe]:
+    """Probes into offsets [lo, hi) of a list of `n`, where gaps are: a page when it is one; the last page
+    when the range runs to the end (old tasks are the ones deleted, and the stand-in and the API as seen
+    list them last); up to four pages; else three single records that split it in four."""
+    width = hi - lo
+    if width <= limit:
+        return [Probe(key, lo, width)]
+    if hi == n:
+        return [Probe(key, n - limit, limit)]
+    if width <= 4 * limit:
+        return [Probe(key, o, min(limit, hi - o)) for o in range(lo, hi, limit)]
+    return [Probe(key, lo + width * i // 4, 1) for i in (1, 2, 3)]
+
+
+def _orders(view: View, rnd: Round, scope: Scope, where: dict[int, int], tasks: dict[int, Task],
+            by_state: dict[int, dict[int, Task]]) -> dict[Key, Order]:
+    """The order of each finished list served, where known: as its listing in full served it this round,
+    or the kept one moved by what this round saw."""
+    out: dict[Key, Order] = {}
+    for s in scope.finished:
+        for key in scope.keys(s):
+            if _listed_whole(s, rnd):
+                order = rnd.orders.get(key)
+                if order is not None and _holds(order, by_state[s], key[1]):
+                    out[key] = order
+            else:
+                moved = _moved_order(view, rnd, key, where, tasks)
+                if moved is not None and len(moved) == _members(by_state[s], key[1]):
+                    out[key] = moved
+    return out
+
+
+def _members(served: Tasks, g: str | None) -> int:
+    return len(served) if g is None else sum(1 for t in served.values() if t.group_id == g)
+
+
+def _holds(order: Order, served: Tasks, g: str | None) -> bool:
+    """Whether `order` lists exactly the served tasks of group `g` (None: all)."""
+    return len(order) == _members(served, g) and all(map(served.__contains__, order))
+
+
+def _moved_order(view: View, rnd: Round, key: Key, where: dict[int, int], tasks: dict[int, Task]) -> Order | None:
+    """The kept order of a finished list without the tasks that went, with those that came where the pages
+    read them; None when one came where no page was read, or a page read disagrees with it."""
+    order = view.order.get(key)
+    if order is None:
+        return None
+    kept = view.finished.get(key[0], {})
+    gone = _gone(kept, key, where, tasks, rnd)
+    arrivals = _arrivals(kept, key, where, tasks)
+    at = rnd.at.get(key, {})
+    placed = sorted(((k, tid) for k, tid in at.items() if tid in arrivals), key=itemgetter(0))
+    if len(placed) != len(arrivals):
+        return None
+    moved = order
+    if gone or placed:
+        moved = array("q", filterfalse(gone.__contains__, order)) if gone else array("q", order)
+        for k, tid in placed:
+            moved.insert(k, tid)
+    if any(k >= len(moved) or moved[k] != tid for k, tid in at.items()):
+        return None
+    return moved
+
+
 # --- what the round saw ------------------------------------------------------------------------
 
 def _placed(rnd: Round, scope: Scope) -> tuple[dict[int, int], dict[int, Task]]:
@@ -237,7 +505,7 @@ def _placed(rnd: Round, scope: Scope) -> tuple[dict[int, int], dict[int, Task]]:
 
     A state listed again in full replaces what its first batch saw of it, except that a task
     seen in another state this round stays there (it moved meanwhile); ShowTask has the last
-    word: a task it found in no tracked state (or out of the target's groups) is placed nowhere.
+    word: a task it found in no state placed (or out of the target's groups) is placed nowhere.
     """
     where: dict[int, int] = {}
     tasks: dict[int, Task] = {}
@@ -250,7 +518,7 @@ def _placed(rnd: Round, scope: Scope) -> tuple[dict[int, int], dict[int, Task]]:
         for tid, t in found.items():
             if where.setdefault(tid, s) == s:
                 tasks[tid] = t
-    tracked = set(scope.tracked())
+    tracked = set(scope.placed())
     groups = {g for g in scope.groups if g is not None}
     for tid, shown in rnd.shown.items():
         where.pop(tid, None)

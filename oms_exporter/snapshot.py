@@ -40,6 +40,8 @@ class Observer(Protocol):
 
     def listing_failed(self, project_id: str, reason: str) -> None: ...
 
+    def listing_fallback(self, project_id: str, reason: str) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class SeriesPolicy:
@@ -304,6 +306,8 @@ class Snapshots:
             self._inflight.pop(name, None)
         for reason in sorted({e.reason for e in listing.collectors.values() if e is not None}):
             self._observer.listing_failed(pid, reason)  # one failed listing: each of its reasons once
+        for reason in listing.fallbacks:
+            self._observer.listing_fallback(pid, reason)
         for collector, part in listing.parts.items():
             self._report(name, collector, part)
         self._last[name] = (self._clock.monotonic(), listing)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from array import array
 from collections.abc import Callable
 
 from oms_exporter.area import Context
@@ -43,20 +44,23 @@ class TaskLister(Pager[Task]):
         super().__init__(ctx, RecordParser(parse_task))
         self._options = ctx.options
         self._finished_listed_at: float | None = None  # Unix time the finished states were last listed in full
+        self._fallbacks: list[str] = []  # this listing's: why a finished state was listed in full, not probed
 
     async def run(self, deadline: float) -> TaskPart:
         """List every task before `deadline` (`Clock.monotonic()` time); never raises an OmsError."""
         taken_at = self._clock.time()
         self._parser.compact = self._compactor(taken_at)
+        self._fallbacks = []
         tasks, error, duration = await self._run(deadline, lambda: self._collect(deadline, taken_at))
         if error is not None:
-            return TaskPart(error=error, duration=duration, requests=self._requests)
+            return TaskPart(error=error, duration=duration, requests=self._requests, fallbacks=tuple(self._fallbacks))
         # In id order, whatever order the pages came back in: a stable order lets the encoder
         # reuse the text of runs of unchanged tasks (and makes the output reproducible).
         ordered = list(map(tasks.__getitem__, sorted(tasks)))
         counts, totals = self._totals(ordered)
         return TaskPart(records=ordered, counts=counts, totals=totals, malformed=len(self._parser.malformed),
-                        duration=duration, requests=self._requests, finished_listed_at=self._finished_listed_at)
+                        duration=duration, requests=self._requests, finished_listed_at=self._finished_listed_at,
+                        fallbacks=tuple(self._fallbacks))
 
     def _compactor(self, taken_at: float) -> Callable[[Task], Task] | None:
         """What a finished task that gets no series (SeriesPolicy's rules) is kept as: `bare`, for a
@@ -89,10 +93,12 @@ class TaskLister(Pager[Task]):
         groups: list[str | None] = [*self.target.group_ids] if self.target.group_ids else [None]
         return list(itertools.product(statuses, groups))
 
-    async def _whole(self, query: Query, into: dict[int, Task], deadline: float) -> int:
-        """Every task of one state (and group) into `into`; its count."""
+    async def _whole(self, query: Query, into: dict[int, Task], deadline: float,
+                     order: array[int] | None = None) -> int:
+        """Every task of one state (and group) into `into`; its count. With `order`: the ids in the order
+        served, appended when that order is known (see `Pager._page_through`)."""
         try:
-            return await self._page_through(query, into, deadline)
+            return await self._page_through(query, into, deadline, order)
         except Unreachable as exc:
             raise Incomplete(f"{exc.count} tasks in state {STATUS_NAMES.get(query[0] or 0, query[0])} "
                              f"(group_id={query[1]}), but offset paging reaches only {self._reach()} "

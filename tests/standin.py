@@ -2,14 +2,16 @@
 
 `StandIn` is `oms_exporter.simulator.Simulator` (the wire format, the demo's stand-in) with
 a middleware in front of its OMS API routes that records each request, adds latency,
-answers with injected faults and lets a test change the account between pages. Nothing of
-this ships with the exporter.
+answers with injected faults and lets a test change the account between pages, and an order
+of its task lists a test can change (the Simulator keeps one: newest first). Nothing of this
+ships with the exporter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import random
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -72,6 +74,27 @@ class StandIn(Simulator):
         self.iam_calls = 0  # GET /v3/auth/projects
         self.auth_failures = 0  # 401 answers of OMS and IAM
         self.iam_logins = 0  # tokens IAM issued
+        # When set: each ListTasks answer pages through its tasks in the order this returns for the
+        # task ids that match the query, newest first (the order OMS is seen to keep): OMS reordering.
+        self.reorder: Callable[[list[int]], list[int]] | None = None
+
+    def tasks_page(self, pid: str, offset: int, limit: int, status: int | None = None,
+                   group_id: str | None = None) -> dict[str, Any]:
+        if self.reorder is None:
+            return super().tasks_page(pid, offset, limit, status, group_id)
+        tasks = self.projects[pid]
+        ids = self.reorder([i for i in sorted(tasks, reverse=True)
+                            if (status is None or tasks[i].get("status") == status)
+                            and (group_id is None or tasks[i].get("group_id") == group_id)])
+        return {"tasks": [self._task_json(pid, i) for i in ids[offset:offset + limit]], "count": len(ids)}
+
+    def reorder_old(self, project_id: str, seed: int) -> None:
+        """From now on, list the tasks `project_id` has now in a random order (of `seed`), after the tasks
+        created later (newest first, as before): an OMS that reorders what it listed before."""
+        old = sorted(self.projects[project_id])
+        rank = dict(zip(random.Random(seed).sample(old, len(old)), range(len(old))))
+        self.reorder = lambda ids: ([i for i in ids if i not in rank]
+                                    + sorted((i for i in ids if i in rank), key=rank.__getitem__))
 
     async def settled(self) -> None:
         """Returns once every OMS API request in flight is one that hangs (a fault's delay), and no

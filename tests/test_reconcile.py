@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from array import array
+from dataclasses import replace
 from typing import Any, cast
 
 import msgspec
@@ -23,12 +25,13 @@ from oms_exporter.client import OmsClient
 from oms_exporter.clock import Clock
 from oms_exporter.errors import Incomplete, RequestRejected
 from oms_exporter.liveness import LiveLister
-from oms_exporter.model import STATUS_NAMES, TOTAL_FIELDS, Task
+from oms_exporter.model import STATUS_NAMES, TOTAL_FIELDS, Task, state_totals
 from oms_exporter.pager import Query
 from oms_exporter.reconcile import (
     Again,
     Everything,
     Fetch,
+    Probe,
     Round,
     Scope,
     Serve,
@@ -37,8 +40,9 @@ from oms_exporter.reconcile import (
     view_of,
 )
 from oms_exporter.settings import Options, Target
-from oms_exporter.simulator import Simulator, make_task
+from oms_exporter.simulator import make_task
 from oms_exporter.tasks import TASKS
+from tests.standin import StandIn
 
 NOW = 1_765_000_000.0
 ALL = tuple(STATUS_NAMES)
@@ -122,7 +126,8 @@ def test_a_deleted_finished_task_makes_its_state_listed_in_full_and_its_lost_tas
     view = steady_view()
     rnd = first_batch(view, SCOPE, live=[t(10, 2), t(11, 1)], heads={4: [t(3, 4)], 5: [t(4, 5), t(2, 5)]},
                       counts={5: 2}, total=5)
-    assert reconcile(view, rnd, SCOPE, NOW) == Fetch(whole=frozenset({5}))
+    # The view was made by a listing of every task (view_of): no order kept, nothing to probe.
+    assert reconcile(view, rnd, SCOPE, NOW) == Fetch(whole=frozenset({5}), fallbacks=((5, "no_order"),))
     rnd.relisted[5] = by_id(t(4, 5), t(2, 5))
     assert reconcile(view, rnd, SCOPE, NOW) == Fetch(show=frozenset({1}))
     rnd.shown[1] = None
@@ -146,7 +151,22 @@ def test_a_first_page_of_arrivals_only_is_paged_on() -> None:
     rnd.pages[5].update(by_id(t(4, 5)))
     rnd.heads[(5, None)] = 4
     # Now a known task is seen: 4 kept + 4 arrived = 3 + 4 - ... the kept count (4, 1, 2 + arrivals) is 7, not 5.
-    assert reconcile(view, rnd, SCOPE, NOW) == Fetch(whole=frozenset({5}))
+    assert reconcile(view, rnd, SCOPE, NOW) == Fetch(whole=frozenset({5}), fallbacks=((5, "no_order"),))
+
+
+def test_a_task_followed_into_retrying_where_status_6_is_refused_stays_followed() -> None:
+    """Retrying cannot be listed (status=6 refused): a task followed there stays in the view and is followed
+    again next time, so that when it finishes (deep in a finished state's list, while another task of it is
+    deleted) it is not lost."""
+    no6 = Scope(ALL, (None,), limit=2, status6=False)
+    view = view_of([t(10, 2), t(11, 1), t(1, 5), t(2, 5)], no6, NOW)
+    rnd = first_batch(view, no6, live=[t(11, 1)], heads={4: [], 5: [t(2, 5), t(1, 5)]}, total=3)
+    assert reconcile(view, rnd, no6, NOW) == Fetch(show=frozenset({10}))
+    rnd.shown[10] = t(10, 6)  # it went retrying after the counts were read
+    d = reconcile(view, rnd, no6, NOW)
+    assert isinstance(d, Serve) and d.view.live.keys() == {10, 11}
+    rnd = first_batch(d.view, no6, live=[t(11, 1)], heads={4: [], 5: [t(2, 5), t(1, 5)]}, total=3)
+    assert reconcile(d.view, rnd, no6, NOW) == Fetch(show=frozenset({10}))
 
 
 def test_many_departures_list_the_finished_states_in_full_and_refused_showtask_does_too() -> None:
@@ -168,7 +188,145 @@ def test_a_view_that_breaks_an_invariant_is_never_served() -> None:
     rnd.counts[(4, None)] = 7
     rnd.totals[None] += 6
     d = reconcile(view, rnd, SCOPE, NOW)
-    assert d == Fetch(whole=frozenset({4}))
+    assert d == Fetch(whole=frozenset({4}), fallbacks=((4, "unexplained"),))
+
+
+# --- deletions placed in the kept order -----------------------------------------------------------
+
+KEPT = list(range(40, 0, -1))  # succeeded, as the last listing in full served it (newest first)
+KEY5 = (5, None)
+
+
+def ordered_view(order5: list[int] = KEPT) -> View:
+    """Migrating 100, waiting 101, failed 200, and succeeded kept in the order `order5`."""
+    view = view_of([t(100, 2), t(101, 1), t(200, 4), *(t(i, 5) for i in order5)], SCOPE, NOW)
+    return replace(view, order={(4, None): array("q", [200]), KEY5: array("q", order5)})
+
+
+def probing_round(view: View, now5: list[int], live: list[Task] | None = None, scope: Scope = SCOPE) -> Round:
+    """A round's first batch while succeeded lists `now5`: its first page read, and where each task was on it."""
+    live = [t(100, 2), t(101, 1)] if live is None else live
+    rnd = first_batch(view, scope, live=live, heads={4: [t(200, 4)], 5: [t(i, 5) for i in now5[:scope.limit]]},
+                      counts={5: len(now5)})
+    rnd.at = {(4, None): {0: 200}, KEY5: dict(enumerate(now5[:scope.limit]))}
+    rnd.recounted = True
+    return rnd
+
+
+def settle(view: View, rnd: Round, now5: list[int], scope: Scope = SCOPE,
+           shown: dict[int, Task] | None = None) -> tuple[Any, list[Fetch], set[int]]:
+    """reconcile driven as the lister drives it, the probes read from `now5` and ShowTask answering from
+    `shown` (absent: gone): the last decision (a Serve, or a Fetch listing a state in full), the Fetch
+    steps before it, and the tasks followed."""
+    steps: list[Fetch] = []
+    followed: set[int] = set()
+    for _ in range(20):
+        d = reconcile(view, rnd, scope, NOW)
+        if not isinstance(d, Fetch) or d.whole:
+            return d, steps, followed
+        steps.append(d)
+        for p in d.probes:
+            rnd.at.setdefault(p.key, {}).update((o, now5[o]) for o in range(p.offset, p.offset + p.limit))
+        rnd.probed += bool(d.probes)
+        rnd.shown.update((tid, (shown or {}).get(tid)) for tid in d.show)
+        followed |= d.show
+    raise AssertionError("no decision in 20 steps")
+
+
+def probes(steps: list[Fetch]) -> int:
+    return sum(len(step.probes) for step in steps)
+
+
+@pytest.mark.parametrize(("now5", "first", "most"), [
+    # The two oldest deleted: the last page first (old tasks are the ones deleted), which places both.
+    (KEPT[:-2], Fetch(probes=frozenset({Probe(KEY5, 36, 2)})), 1),
+    # One deletion in the middle: the last page, three records that split the rest in four, the pages
+    # of the quarter that holds it.
+    ([i for i in KEPT if i != 25], Fetch(probes=frozenset({Probe(KEY5, 37, 2)})), 8),
+    # A deletion among the newest: the first page shows the gap; nothing to probe.
+    ([40, 38, *KEPT[3:]], Fetch(show=frozenset({39})), 0),
+    # Deletions at both ends.
+    ([i for i in KEPT if i not in (38, 3)], Fetch(probes=frozenset({Probe(KEY5, 36, 2)})), 12),
+    # A task created and finished since (on the first page) while an old one was deleted.
+    ([41, *(i for i in KEPT if i != 20)], Fetch(probes=frozenset({Probe(KEY5, 38, 2)})), 8),
+])
+def test_deletions_are_placed_in_the_kept_order_and_followed(now5: list[int], first: Fetch, most: int) -> None:
+    view = ordered_view()
+    rnd = probing_round(view, now5)
+    assert reconcile(view, rnd, SCOPE, NOW) == first
+    d, steps, followed = settle(view, rnd, now5)
+    assert isinstance(d, Serve), d
+    assert followed == set(KEPT) - set(now5)  # each task placed in a gap, and ShowTask said it is gone
+    assert probes(steps) <= most
+    assert sorted(d.view.finished[5]) == sorted(now5) and d.view.sums[5] == (len(now5), state_totals(
+        [t(i, 5) for i in now5]))
+    assert list(d.view.order[KEY5]) == now5  # moved: what went dropped, what came where it was read
+
+
+def _unread_arrival() -> tuple[View, Round, list[int], Scope, dict[int, Task]]:
+    """Migrating 100 finished, OMS lists it deep in succeeded; 25 deleted."""
+    now5 = [i for i in KEPT if i != 25]
+    now5.insert(20, 100)
+    view = ordered_view()
+    return view, probing_round(view, now5, live=[t(101, 1)]), now5, SCOPE, {100: t(100, 5)}
+
+
+def _case(now5: list[int], scope: Scope = SCOPE, view: View | None = None, shown: dict[int, Task] | None = None,
+          unsure: bool = False) -> Any:
+    def make() -> tuple[View, Round, list[int], Scope, dict[int, Task]]:
+        v = ordered_view() if view is None else view
+        rnd = probing_round(v, now5, scope=scope)
+        if unsure:
+            rnd.unsure.add(KEY5)
+        return v, rnd, now5, scope, shown or {}
+    return make
+
+
+WITHOUT_25 = [i for i in KEPT if i != 25]
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    # OMS lists its tasks in another order now: the first page is not where the kept order says.
+    (_case(sorted(WITHOUT_25)), "contradicted"),
+    # The view came from a listing of every task: no order kept.
+    (_case(WITHOUT_25, view=view_of([t(100, 2), t(101, 1), t(200, 4), *(t(i, 5) for i in KEPT)], SCOPE, NOW)),
+     "no_order"),
+    # A task that finished is listed where no page was read: where it sits in the order is not known.
+    (_unread_arrival, "no_order"),
+    # A task beyond the first page that the view never had: more tasks than kept and seen arriving.
+    (_case([*KEPT[:10], 45, *KEPT[10:]]), "unexplained"),
+    # A page read of it could not be placed (its count changed while it was read, say).
+    (_case(WITHOUT_25, unsure=True), "unexplained"),
+    # Four gaps in 20 pages: a listing in full is cheaper.
+    (_case(KEPT[2:-2]), "cheaper"),
+    # ShowTask refused: what the probes find cannot be confirmed.
+    (_case(WITHOUT_25, scope=Scope(ALL, (None,), limit=2, show=False)), "no_showtask"),
+    # ShowTask says the task the probes place in the gap is still there.
+    (_case(WITHOUT_25, shown={25: t(25, 5)}), "contradicted"),
+])
+def test_what_the_kept_order_cannot_place_lists_the_state_in_full(make: Any, reason: str) -> None:
+    view, rnd, now5, scope, shown = make()
+    d, _, _ = settle(view, rnd, now5, scope, shown)
+    assert d == Fetch(whole=frozenset({5}), fallbacks=((5, reason),))
+
+
+def test_a_listing_in_full_keeps_the_order_its_pages_served_when_it_holds_the_served_tasks() -> None:
+    view = ordered_view()
+    rnd = probing_round(view, WITHOUT_25)
+    rnd.relisted[5] = {i: t(i, 5) for i in WITHOUT_25}
+    shuffled = random.Random(1).sample(WITHOUT_25, len(WITHOUT_25))
+    rnd.orders[KEY5] = array("q", shuffled)
+    rnd.shown[25] = None
+    d = reconcile(view, rnd, SCOPE, NOW)
+    assert isinstance(d, Serve) and list(d.view.order[KEY5]) == shuffled  # recorded, whatever it is
+    rnd.orders[KEY5] = array("q", shuffled[1:])  # a listing whose order was not sure leaves fewer
+    d = reconcile(view, rnd, SCOPE, NOW)
+    assert isinstance(d, Serve) and KEY5 not in d.view.order
+    # A task that finished, listed where no page was read (nothing went): served, but the order is not
+    # known until the next listing in full.
+    now5 = [*KEPT[:20], 100, *KEPT[20:]]
+    d, _, _ = settle(view, probing_round(view, now5, live=[t(101, 1)]), now5, shown={100: t(100, 5)})
+    assert isinstance(d, Serve) and 100 in d.view.finished[5] and KEY5 not in d.view.order
 
 
 # --- the state machine ---------------------------------------------------------------------------
@@ -176,7 +334,7 @@ def test_a_view_that_breaks_an_invariant_is_never_served() -> None:
 class MemoryLister(LiveLister):
     """The real LiveLister, reading pages and ShowTask answers from a stand-in's state in memory."""
 
-    def __init__(self, sim: Simulator, target: Target, options: Options) -> None:
+    def __init__(self, sim: StandIn, target: Target, options: Options) -> None:
         super().__init__(Context(TASKS, cast(OmsClient, None), target, Clock(), options))
         self.sim = sim
         self.during: list[Any] = []  # changes to make before the next requests, one each
@@ -213,7 +371,7 @@ class Account(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.rng = random.Random(0)
-        self.sim = Simulator(clock=lambda: NOW)
+        self.sim = StandIn(clock=lambda: NOW)
         self.next_id = 1
         self.served: dict[int, Task] | None = None
         self.quiet = True
@@ -229,10 +387,14 @@ class Account(RuleBasedStateMachine):
         self.loop.close()
 
     @initialize(tasks=st.integers(0, 40), scope=st.sampled_from(["all", "statuses", "group", "no6", "noshow"]),
-                limit=st.sampled_from([2, 3, 100]), seed=st.integers(0, 1000))
-    def start(self, tasks: int, scope: str, limit: int, seed: int) -> None:
+                limit=st.sampled_from([2, 3, 100]), seed=st.integers(0, 1000), finished=st.integers(0, 60))
+    def start(self, tasks: int, scope: str, limit: int, seed: int, finished: int = 0) -> None:
+        """`finished` old tasks first (failed or succeeded: lists long enough at 2 or 3 a page for a deletion
+        to be probed rather than listed again), then `tasks` in any state."""
         self.rng = random.Random(seed)
         self.sim.add_project(PID)
+        for _ in range(finished):
+            self._create(self.rng.choice(FINISHED))
         for _ in range(tasks):
             self._create()
         extra: dict[str, Any] = {"statuses": [1, 2, 4, 5, 7]} if scope == "statuses" else {}
@@ -296,6 +458,20 @@ class Account(RuleBasedStateMachine):
             self.sim.remove_task(PID, tid)
         for _ in range(self.lister._limit + len(old)):
             self._create(status)
+
+    @rule(n=st.integers(1, 3), oldest=st.booleans())
+    def tidy(self, n: int, oldest: bool) -> None:
+        """The owner deletes finished tasks: the `n` oldest (the last OMS lists), or `n` anywhere. The
+        lister places them in the order it kept (or lists the state again when it cannot)."""
+        done = sorted(tid for tid, x in self.sim.projects[PID].items() if x["status"] in FINISHED)
+        for tid in done[:n] if oldest else self.rng.sample(done, min(n, len(done))):
+            self.sim.remove_task(PID, tid)
+
+    @rule(seed=st.integers(0, 3))
+    def reorder(self, seed: int) -> None:
+        """OMS lists the tasks it has in another order from now on (new ones still first): what the lister
+        kept of its order no longer holds, and what it reads says so."""
+        self.sim.reorder_old(PID, seed)
 
     @rule(to=st.sampled_from(FINISHED))
     def crossing_hides_a_deletion(self, to: int) -> None:
@@ -381,3 +557,60 @@ def test_steady_scrapes_cost_what_changed(seed: int) -> None:
         assert machine.part.requests == 5 + 2 + 1  # five live states, two finished heads, the total
     finally:
         machine.teardown()
+
+
+def test_old_deletions_cost_the_last_page_and_a_showtask_each_and_a_reordering_a_listing() -> None:
+    """The state machine's account, 300 tasks at 10 a page: deleting the oldest succeeded tasks costs the
+    last page of succeeded and a ShowTask each; after OMS reorders, the next deletion lists the state in
+    full (the fallback, and why), and the one after is placed in the order it lists now."""
+    machine = Account()
+    try:
+        machine.start(tasks=0, scope="all", limit=10, seed=0)
+        for _ in range(270):
+            machine._create(5)
+        for _ in range(30):
+            machine._create(machine.rng.choice((1, 2, 3, 6, 7)))
+        machine.scrape(0)
+        machine.scrape(0)
+        machine.tidy(2, oldest=True)
+        machine.scrape(0)
+        assert machine.part.requests == 8 + 1 + 2 and machine.part.fallbacks == ()
+        machine.reorder(1)
+        machine.tidy(1, oldest=False)
+        machine.scrape(0)
+        assert machine.part.fallbacks == ("contradicted",)
+        machine.tidy(1, oldest=True)
+        machine.scrape(0)
+        assert machine.part.fallbacks == () and machine.part.requests < 8 + 27
+    finally:
+        machine.teardown()
+
+
+def test_a_listing_in_full_records_the_order_its_pages_served_only_when_sure() -> None:
+    sim = StandIn(clock=lambda: NOW)
+    sim.add_project(PID)
+    rng = random.Random(3)
+    for tid in range(1, 26):
+        sim.put_task(PID, make_task(rng, tid, 0, status=5))
+    target = Target(name="m", project_id=PID, region="cn-north-4", auth_token="t")
+    lister = MemoryLister(sim, target, Options(page_limit=4))
+    loop = asyncio.new_event_loop()
+
+    def listed(*during: Any) -> tuple[int, list[int]]:
+        order: array[int] = array("q")
+        lister.during = list(during)
+        n = loop.run_until_complete(lister._whole((5, None), {}, Clock().monotonic() + 60, order))
+        return n, list(order)
+
+    try:
+        assert listed() == (25, list(range(25, 0, -1)))  # the stand-in lists newest first
+        # A task created after the first pages were answered: the count changed while paging, the
+        # pages were read again, and which order the list had is not sure.
+        assert listed(lambda: sim.put_task(PID, make_task(rng, 26, 0, status=5)), *[lambda: None] * 3) == (26, [])
+        assert listed() == (26, list(range(26, 0, -1)))
+        sim.reorder_old(PID, seed=1)  # recorded, not assumed: whatever order OMS serves
+        n, order = listed()
+        assert n == 26 and order != list(range(26, 0, -1)) and sorted(order) == list(range(1, 27))
+        assert order == [x["id"] for o in range(0, 26, 4) for x in sim.tasks_page(PID, o, 4, 5)["tasks"]]
+    finally:
+        loop.close()
