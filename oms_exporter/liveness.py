@@ -9,8 +9,11 @@ what the kept order of a finished state needs: each listing of a state in full i
 its pages served it, and the task read at each offset of a first page or a probe. What OMS
 refuses is learnt and kept: `status=6` as a filter (retrying tasks are then what the total
 leaves), ShowTask (finished states are then listed again instead; ShowTask is tried again
-every refresh interval, as the permission may be granted). A listing that fails keeps the
-last complete view for the next one.
+every refresh interval, as the permission may be granted). A round that listed the finished
+states in full but whose counts did not add up (tasks moved while a large account was listed)
+leaves its listing as the view the next rounds check (`reconcile.seed_of`), never served
+unchecked, instead of listing everything again. A listing that fails keeps the last view it
+reached for the next one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from oms_exporter.reconcile import (
     Serve,
     View,
     reconcile,
+    seed_of,
     view_of,
 )
 from oms_exporter.tasklister import TaskLister
@@ -49,6 +53,7 @@ class LiveLister(TaskLister):
     """Live states every scrape, finished ones kept and checked (see `reconcile`)."""
 
     MAX_STEPS = 16  # Fetch steps of one round before it gives up and lists every task
+    SEEDED_ROUNDS = 3  # rounds that check a listing in full that did not add up, before listing every task
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -59,28 +64,42 @@ class LiveLister(TaskLister):
         self._served_sums: Mapping[int, tuple[int, Totals]] | None = None  # None: count them from the tasks
 
     async def _collect(self, deadline: float, taken_at: float) -> dict[int, Task]:
-        for last in (False, True):
+        rounds, seeded = 0, False
+        while True:
+            rounds += 1
+            last = rounds > (self.SEEDED_ROUNDS if seeded else 1)
             rnd = Round()
-            await self._first(rnd, self._scope(taken_at, last), deadline)
-            decision: Serve | Again | Everything = Everything("too many steps")
-            for _ in range(self.MAX_STEPS):
-                scope = self._scope(taken_at, last)  # what was learnt meanwhile counts at once
-                step = reconcile(self._view, rnd, scope, taken_at)
-                if not isinstance(step, Fetch):
-                    decision = step
-                    break
-                self._fell_back(step)
-                await self._more(step, rnd, scope, deadline)
+            first = self._scope(taken_at, last)
+            await self._first(rnd, first, deadline)
+            decision = await self._decide(rnd, taken_at, last, deadline)
             if isinstance(decision, Serve):
                 self._view, self._served_sums = decision.view, decision.view.sums
                 self._finished_listed_at = decision.view.listed_at
                 return decision.records
+            if first.refresh and first.checked and not last and not seeded:
+                # The finished states were listed in full, but tasks moved meanwhile (a large account
+                # takes long to list): what was listed is checked by the cheap rounds after this one,
+                # as a served view is, instead of listing everything again (and again).
+                log.debug("checking what was listed in full by the rounds after it",
+                          extra={"target": self.target.name, "reason": decision.reason})
+                self._view, seeded, rounds = seed_of(rnd, first, taken_at), True, 0
+                continue
             log.debug("listing again" if isinstance(decision, Again) else "listing every task",
                       extra={"target": self.target.name, "reason": decision.reason})
             if isinstance(decision, Everything):
                 seen = set().union(*(found.keys() for found in rnd.pages.values()))
                 return await self._everything(self._scope(taken_at, last), deadline, taken_at, len(seen))
-        raise AssertionError("the last round answers Serve or Everything")
+
+    async def _decide(self, rnd: Round, taken_at: float, last: bool, deadline: float) -> Serve | Again | Everything:
+        """Reconcile and fetch what it asks, until it answers something else (or MAX_STEPS)."""
+        for _ in range(self.MAX_STEPS):
+            scope = self._scope(taken_at, last)  # what was learnt meanwhile counts at once
+            step = reconcile(self._view, rnd, scope, taken_at)
+            if not isinstance(step, Fetch):
+                return step
+            self._fell_back(step)
+            await self._more(step, rnd, scope, deadline)
+        return Everything("too many steps")
 
     def _scope(self, now: float, last: bool) -> Scope:
         t = self.target
@@ -131,7 +150,7 @@ class LiveLister(TaskLister):
         """A state (and group) in full into `into`, its order kept in `rnd` when sure; its count."""
         order: array[int] = array("q")
         n = await self._whole(key, into, deadline, order)
-        if len(order) == n:
+        if order or not n:  # (tasks deleted and created while it was listed: not n long, but sure)
             rnd.orders[key] = order
         return n
 

@@ -3,10 +3,14 @@
 The first page's `count` says how many pages follow; they are fetched concurrently (the
 client keeps each area's requests of a target within its slots). The previous listing's
 count lets the next one start every page at once instead of waiting for the first. Offset
-paging shifts while records are created or deleted, so records are keyed by id, pages that
-a growing `count` adds are fetched, and when the count changed during the listing every
-page is fetched a second time (a live record can fall between two shifted pages). Offsets
-go up to the documented maximum; an API edition that caps them lower (one caps them at
+paging shifts while records are created or deleted, so records are keyed by id and pages that
+a growing `count` adds are fetched. Neighbouring pages overlap by two records (a page of
+`limit` every `limit - 2` offsets): where the next page holds the record that ends one page,
+and before it what that page holds before it, nothing fell between them, whatever moved
+while they were fetched (records created before them, or one deleted). A pair that
+does not link so (the list shifted between their fetches) is fetched again, and only where
+that does not settle it is every page fetched a second time. Offsets go up to the documented
+maximum; an API edition that caps them lower (one caps them at
 10,000) answers 400, and the pager learns that cap. A count beyond what `offset` can reach
 raises `Unreachable`: the tasks then list per status; any other area fails as `incomplete`.
 
@@ -20,6 +24,7 @@ import asyncio
 import logging
 from array import array
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from itertools import pairwise
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
@@ -64,6 +69,8 @@ class Pager(Generic[R]):
     """
 
     MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that records created mid-listing push out
+    OVERLAP = 2  # records two neighbouring pages share
+    MAX_RELINKS = 3  # rounds of fetching again the pages around links that do not hold, before a second pass
 
     def __init__(self, ctx: Context, parser: RecordParser[R]) -> None:
         self._client = ctx.client
@@ -72,6 +79,10 @@ class Pager(Generic[R]):
         self._area = ctx.area
         self.API = ctx.area.api  # the list this pager reads (log lines, errors)
         self._limit = ctx.options.page_limit
+        # Pages start every `_stride` offsets: two records before the end of the page before, so that
+        # two neighbours share two records and still link when one record before them went between
+        # their fetches (one-record pages share none: they cannot be linked).
+        self._stride = self._limit - min(self.OVERLAP, self._limit - 1)
         self._last_count: dict[Query, int] = {}
         self._parser = parser
         # Pages are parsed on the event loop, one at a time with a turn of the loop between
@@ -145,8 +156,13 @@ class Pager(Generic[R]):
         """The listing failed: forget whatever it had learnt that the next one must not trust."""
 
     def _reach(self) -> int:
-        """Number of tasks that offset paging (offsets are multiples of the limit) can reach."""
-        return (self._max_offset // self._limit + 1) * self._limit
+        """Number of tasks that offset paging (pages start at multiples of the stride) can reach."""
+        return self._max_offset // self._stride * self._stride + self._limit
+
+    def _offsets(self, count: int) -> range:
+        """The offsets of the pages that hold a list of `count` records (within reach)."""
+        overlap = self._limit - self._stride
+        return range(0, max(min(count, self._reach()) - overlap, 1), self._stride)
 
     async def _page(self, query: Query, offset: int, deadline: float, limit: int = 0,
                     unreadable: set[int] | None = None) -> tuple[list[R], int]:
@@ -212,15 +228,19 @@ class Pager(Generic[R]):
         last = self._last_count.get(query, 0)
         # Start the pages the previous listing had together with the first one (only the first
         # when they were beyond reach: its count is all this listing needs before splitting).
-        walk = _Walk(self, query, records, deadline, record=order is not None)
+        walk = _Walk(self, query, records, deadline)
         await walk.one_pass(last if last <= self._reach() else 0)
-        if len(walk.counts) > 1:
+        settled = await walk.relink()
+        if not settled:
             # Records were created or deleted while the pages were fetched. Offset pages then
             # shift, and a live record can fall between two pages fetched at different moments.
             # A second pass catches it unless the list shifts at the same place again.
             log.debug("list changed while listing, listing again",
                       extra={"target": self.target.name, "api": self.API, "counts": sorted(walk.counts)})
             await walk.one_pass(max(walk.counts))
+            if settled is not None and not await walk.relink():
+                raise Incomplete(f"{self.API}: pages that do not link to their neighbours, read twice (the list "
+                                 "kept shifting, or its pages are not offsets of one list)")
         # Every page fetched: the distinct records must account for the count (its smallest
         # value: records deleted meanwhile lower it). Pages that repeat records while `count`
         # says there are more are a listing that missed records, not a complete one.
@@ -240,11 +260,11 @@ class Pager(Generic[R]):
 class _Walk(Generic[R]):
     """The pages of one query of one listing: what they said, page by page and pass by pass."""
 
-    def __init__(self, pager: Pager[R], query: Query, records: dict[Any, R], deadline: float,
-                 record: bool = False) -> None:
+    def __init__(self, pager: Pager[R], query: Query, records: dict[Any, R], deadline: float) -> None:
         self.pager, self.query, self.records, self.deadline = pager, query, records, deadline
-        # offset -> the ids of its page in the order served (None: not asked for, or no longer knowable)
-        self.pages: dict[int, list[Any]] | None = {} if record else None
+        self.pages: dict[int, list[Any]] = {}  # offset -> the ids of its page (its latest fetch) in the order served
+        self.page_counts: dict[int, int] = {}  # offset -> the count its latest fetch said
+        self.arrived: list[Any] = []  # records that came before the first page while the others were read
         self.passes = 0
         self.counts: set[int] = set()
         self.answered: set[int] = set()
@@ -256,24 +276,84 @@ class _Walk(Generic[R]):
     def short(self) -> bool:
         return len(self.ids) + len(self.unreadable) < min(self.counts)
 
+    def _chain(self) -> tuple[list[int], list[int]] | None:
+        """(the offsets of the pages from the head to the end of the list, the offsets among them whose
+        link to the next page does not hold); None when pages cannot be linked (one-record pages,
+        unreadable records: a page's ids are not all of its records)."""
+        pager = self.pager
+        if pager._stride == pager._limit or self.unreadable or 0 not in self.pages:
+            return None
+        offsets: list[int] = []
+        for offset in sorted(self.pages):
+            offsets.append(offset)
+            page = self.pages[offset]
+            if len(page) < pager._limit or offset + len(page) >= self.page_counts[offset]:
+                break  # the list ends on this page (as it was when fetched)
+        broken = [a for a, b in pairwise(offsets)
+                  if b - a != pager._stride or _link(self.pages[a], self.pages[b]) is None]
+        return offsets, broken
+
+    async def relink(self) -> bool | None:
+        """Fetch again the pages on both sides of each link that does not hold (a few rounds), and the
+        first page when the count changed: whether every page now links to the next from the head to
+        the end of the list, and what came at the head meanwhile is read. Pages that cannot be linked:
+        True when the count stayed the same (the rule without links), None when it did not."""
+        for attempt in range(self.pager.MAX_RELINKS + 1):
+            chain = self._chain()
+            if chain is None:
+                return True if len(self.counts) == 1 else None
+            offsets, broken = chain
+            if not broken:
+                return self._ends(offsets) and (len(self.counts) == 1 or await self._rehead())
+            if attempt < self.pager.MAX_RELINKS:
+                await self._fetch_all(sorted({o for a in broken for o in (a, a + self.pager._stride)}), ends=False)
+        return False
+
+    async def _rehead(self) -> bool:
+        """Read the first page again: whether what the list's first page held is still there, after the
+        records that came before it meanwhile (`arrived`, kept before the chain)."""
+        first = self.pages[0]
+        unreadable = len(self.unreadable)
+        page, count = await self.pager._page(self.query, 0, self.deadline, unreadable=self.unreadable)
+        ids = list(map(_record_id, page))
+        self.counts.add(count)
+        self.records.update(zip(ids, page))
+        self.ids.update(ids)
+        if len(self.unreadable) != unreadable or not first or first[0] not in ids:
+            return False
+        j = ids.index(first[0])
+        self.arrived = ids[:j]
+        return ids[j:] == first[:len(ids) - j]
+
+    def _ends(self, offsets: list[int]) -> bool:
+        """Whether the last page of the chain reaches the end of the list (as its fetch saw it)."""
+        last = offsets[-1]
+        return last + len(self.pages[last]) >= self.page_counts[last]
+
     def order(self) -> list[Any]:
-        """Every id in the order the pages served them, or [] when that order is not known for sure."""
-        pages = self.pages
-        if pages is None or self.passes != 1 or len(self.counts) != 1 or self.unreadable:
+        """Every id in the order the pages served them, or [] when that order is not known for sure:
+        the pages, linked from the head to the end, hold each record seen exactly once."""
+        chain = self._chain()
+        if self.passes != 1 or chain is None or chain[1] or not self._ends(chain[0]):
             return []
-        ids = [rid for offset in sorted(pages) for rid in pages[offset]]
-        return ids if len(ids) == len(self.ids) == min(self.counts) else []
+        offsets = chain[0]
+        ids = [*self.arrived, *self.pages[offsets[0]]]
+        for a, b in pairwise(offsets):
+            j = _link(self.pages[a], self.pages[b])
+            assert j is not None
+            ids.extend(self.pages[b][j + 1:])
+        return ids if len(ids) == len(self.ids) == len(set(ids)) else []
 
     async def one_pass(self, start_count: int) -> None:
         """Fetch pages until every offset below the largest count seen has been fetched."""
         pager = self.pager
-        limit, reach = pager._limit, pager._reach()
+        reach = pager._reach()
         fetched: set[int] = set()
         self.end = None
         self.passes += 1
         count = max(start_count, 1)
         for _ in range(2 + pager.MAX_GROWTH_ROUNDS):
-            todo = [o for o in range(0, min(count, reach), limit) if o not in fetched]
+            todo = [o for o in pager._offsets(count) if o not in fetched]
             if not todo:
                 return
             if self.counts:
@@ -289,14 +369,14 @@ class _Walk(Generic[R]):
             pager._check_count(count, 0, self.deadline)
         raise Incomplete(f"the list kept growing while it was listed (count {max(self.counts)})")
 
-    async def _fetch_all(self, offsets: list[int]) -> None:
+    async def _fetch_all(self, offsets: list[int], ends: bool = True) -> None:
         """Fetch these pages, as many at once as the area has request slots; past the offset of a short
-        page (the list ends before its count says) none is asked."""
+        page (the list ends before its count says) none is asked (with `ends`)."""
         it = iter(offsets)
 
         async def worker() -> None:
             for offset in it:
-                if self.end is None or offset <= self.end:
+                if not ends or self.end is None or offset <= self.end:
                     await self._fetch(offset)
 
         await together(worker() for _ in range(min(self.pager._slots, len(offsets))))
@@ -322,10 +402,22 @@ class _Walk(Generic[R]):
             self.end = offset if self.end is None else min(self.end, offset)  # a short page: the list ends
         # A record on two pages (the list shifted between them): the later page is the fresher.
         page_ids = list(map(_record_id, page))
-        if self.pages is not None:
-            self.pages[offset] = page_ids
+        self.pages[offset], self.page_counts[offset] = page_ids, count
         self.records.update(zip(page_ids, page))
         self.ids.update(page_ids)
+
+
+def _link(a: list[Any], b: list[Any]) -> int | None:
+    """Where in page `b` the record that ends page `a` (the page before it) is, when the two link: `b`
+    holds it, and what `b` holds before it is what `a` holds before it (nothing between them fell
+    out, or came in, while they were fetched); None when they do not link."""
+    if not a or not b:
+        return None
+    try:
+        j = b.index(a[-1])
+    except ValueError:
+        return None
+    return j if b[:j] == a[len(a) - 1 - j:len(a) - 1] else None
 
 
 class PagedLister(Pager[Any]):

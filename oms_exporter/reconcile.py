@@ -622,3 +622,18 @@ def view_of(tasks: Iterable[Task], scope: Scope, now: float) -> View:
     live = {tid: t for s in LIVE_STATES for tid, t in by_state.get(s, {}).items()}
     finished = {s: by_state.get(s, {}) for s in scope.finished}
     return View(live, finished, {s: _sums(View(), s, by_state.get(s, {})) for s in scope.states}, now)
+
+
+def seed_of(rnd: Round, scope: Scope, now: float) -> View:
+    """The view a round that listed the finished states in full leaves when its counts did not add up
+    (tasks moved while it listed, as they do while a large account is listed for long): never served,
+    but checked by the rounds after it as a served view is. A task it listed in two states is also
+    taken as live, so that the next round follows it to where it is (and out of where it is not);
+    an order is kept where it lists exactly the state's tasks."""
+    twice = _listed_twice(rnd.pages)
+    live = {tid: t for s in scope.live for tid, t in rnd.pages.get(s, {}).items()}
+    for found in rnd.pages.values():
+        live.update((tid, t) for tid, t in found.items() if tid in twice and tid not in live)
+    finished = {s: dict(rnd.pages.get(s, {})) for s in scope.finished}
+    order = {key: o for key, o in rnd.orders.items() if key[0] in finished and _holds(o, finished[key[0]], key[1])}
+    return View(live, finished, {s: _sums(View(), s, rnd.pages.get(s, {})) for s in scope.states}, now, order)

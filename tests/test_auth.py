@@ -163,15 +163,16 @@ async def test_iam_401_renews_once_for_many_concurrent_requests(
 
 async def test_iam_token_renewed_on_401_and_request_retried(
         sim: StandIn, oms: TestServer, exporter: Exporter) -> None:
-    # The full listing: its 25 pages go out at once from the second scrape on.
+    # The full listing: its 31 pages (10 records each, two shared by neighbours) go out at once from
+    # the second scrape on.
     client = await exporter([target_for(oms, **MODES["iam"](oms))], page_limit=10, listing="full")
     samples = await scrape(client)
     assert value(samples, "oms_up", project_id=PROJECT) == 1 and sim.iam_logins == 1
     revoke_all_tokens(sim)
-    samples = await scrape(client)  # all 25 pages at once (the count is known): one renewal
+    samples = await scrape(client)  # all 31 pages at once (the count is known): one renewal
     assert value(samples, "oms_up", project_id=PROJECT) == 1
     assert sim.iam_logins == 2
-    assert sim.auth_failures == 27  # the 25 pages, the task-group page, the sync-task page: each refused once
+    assert sim.auth_failures == 33  # the 31 pages, the task-group page, the sync-task page: each refused once
     assert auth_errors(samples) == 0
 
 
@@ -263,22 +264,22 @@ async def test_failing_burst_counts_once_and_then_one_request_probes(
     client = await exporter([target_for(oms, ak="ROTATEDAK", sk="old-sk")], page_limit=10, listing="full")
     assert value(await scrape(client), "oms_up", project_id=PROJECT) == 1
     sim.credentials["ROTATEDAK"] = Credential("new-sk")
-    # The next listing sends its 25 pages at once (the count is known): all are refused ...
+    # The next listing sends its 31 pages at once (the count is known): all are refused ...
     samples = await scrape(client)
     assert value(samples, "oms_up", project_id=PROJECT) == 0 and auth_errors(samples) == 1
-    assert sim.auth_failures == 27  # with the task-group and sync-task pages
+    assert sim.auth_failures == 33  # with the task-group and sync-task pages
     # ... but count as one failure: the pause is the first one (30 s), not 2**26 times it.
     clock.advance(30.1)
     sent = len(sim.calls)
     samples = await scrape(client)
     assert auth_errors(samples) == 2
     # After a failure, one request (of any API area) tries the credentials before the others may go.
-    assert len(sim.calls) - sent == 1 and sim.auth_failures == 28
+    assert len(sim.calls) - sent == 1 and sim.auth_failures == 34
     sim.credentials["ROTATEDAK"] = Credential("old-sk")  # rotated back
     clock.advance(60.1)
     samples = await scrape(client)
     assert value(samples, "oms_up", project_id=PROJECT) == 1
-    assert sim.auth_failures == 28
+    assert sim.auth_failures == 34
 
 
 async def test_client_raises_auth_failed_during_backoff(sim: StandIn, oms: TestServer, http: Http,

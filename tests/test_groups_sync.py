@@ -413,7 +413,7 @@ async def test_a_failing_group_api_leaves_tasks_and_sync_tasks_served(sim: Stand
 async def test_a_group_page_failing_mid_listing_serves_no_group(sim: StandIn, exporter: Exporter) -> None:
     for i in range(250):
         sim.put_group(PROJECT, {"group_id": f"g{i:04d}"})
-    sim.inject(status=500, times=100, api="taskgroups", match=lambda r: r.query.get("offset") == "200")
+    sim.inject(status=500, times=100, api="taskgroups", match=lambda r: r.query.get("offset") == "196")
     s = await scrape(await exporter())
     assert value(s, "oms_collector_success", project_id=PROJECT, collector="task_groups") == 0
     assert not any(n.startswith("oms_task_group") for n in names(s))

@@ -31,7 +31,7 @@ async def test_pages_with_limit_100_and_uses_count(sim, exporter):
     sim.add_project(PROJECT, make_tasks(1000, seed=5, first_id=1000))  # 1,250 tasks in all
     s = await scrape(await exporter(finished_task_max_age=0))
     assert len(values(s, "oms_task_info")) == 1250
-    assert _offsets(sim) == list(range(0, 1300, 100))
+    assert _offsets(sim) == list(range(0, 1248, 98))  # pages overlap by two records
     assert all("limit=100" in qs for _, qs in sim.requests)
 
 
@@ -44,7 +44,7 @@ async def test_second_scrape_starts_every_page_at_once_from_last_count(sim, expo
     await scrape(client)
     # 3 pages, all in flight together: one round trip, not two.
     assert sim.api_peak_in_flight["tasks"] == 3
-    assert _offsets(sim) == [0, 100, 200]
+    assert _offsets(sim) == [0, 98, 196]
 
 
 async def test_requests_in_flight_are_bounded(sim, exporter):
@@ -65,7 +65,7 @@ async def test_tasks_created_during_listing_are_not_lost_or_doubled(sim, exporte
     # so the first item of a page repeats the last of the previous one, and the oldest
     # tasks move past the count the first page announced.
     sim.add_project(PROJECT, make_tasks(50, seed=9, first_id=251))  # 300 tasks: every page is full
-    created = iter(range(5000, 5010))
+    created = iter(range(5000, 5100))
 
     def create_some(request):
         if request.query.get("offset") != "0":
@@ -131,7 +131,7 @@ async def test_a_task_deleted_mid_listing_does_not_hide_a_live_one(sim, exporter
     deleted = []
 
     def delete_newest(request):
-        if request.query.get("offset") == "100" and not deleted:
+        if request.query.get("offset") == "98" and not deleted:
             newest = max(sim.projects[PROJECT])
             sim.remove_task(PROJECT, newest)
             deleted.append(newest)
@@ -144,6 +144,26 @@ async def test_a_task_deleted_mid_listing_does_not_hide_a_live_one(sim, exporter
     live = set(sim.projects[PROJECT])
     assert live <= ids, f"live tasks missing: {sorted(live - ids)}"
     assert value(s, "oms_up", project_id=PROJECT) == 1
+
+
+async def test_a_list_that_shifts_mid_listing_reads_again_only_around_the_shift(sim, exporter):
+    """Pages overlap: a deletion between two pages' fetches shifts the list, and only the head is
+    read again (the count changed: what came first), not every page (issue 24)."""
+    sim.add_project(PROJECT, make_tasks(1000, seed=5, first_id=1000))  # 1,250 tasks: 13 pages
+    deleted = []
+
+    def delete_one(request):
+        if request.query.get("offset") == "588" and not deleted:
+            deleted.append(sorted(sim.projects[PROJECT], reverse=True)[300])  # on a page already read
+            sim.remove_task(PROJECT, deleted[0])
+
+    client = await exporter(max_concurrency=1, finished_task_max_age=0, listing="full")
+    sim.on_list = delete_one
+    s = await scrape(client)
+    sim.on_list = None
+    ids = {int(dict(lab)["task_id"]) for lab in values(s, "oms_task_info")}
+    assert set(sim.projects[PROJECT]) <= ids and value(s, "oms_up", project_id=PROJECT) == 1
+    assert 13 < len(sim.requests) <= 13 + 4, sim.requests  # not 26: no second pass
 
 
 async def test_per_status_listing_that_misses_tasks_is_incomplete(sim, oms, exporter):
@@ -266,7 +286,7 @@ async def test_a_stray_400_past_the_first_page_is_not_taken_for_an_offset_cap(si
     client = await exporter(per_task_series=False)
     assert value(await scrape(client), "oms_up", project_id=PROJECT) == 1
     sim.inject(json_fault(400, {"error_code": "OMS.0064", "error_msg": "Invalid request parameters."},
-                          times=1, match=lambda r: r.query.get("offset") == "200"))
+                          times=1, match=lambda r: r.query.get("offset") == "196"))
     with caplog.at_level(logging.INFO):
         s = await scrape(client)
         assert value(s, "oms_up", project_id=PROJECT) == 0
@@ -295,7 +315,7 @@ async def test_an_unannounced_offset_cap_is_learned_and_survived(sim, exporter, 
     if listing == "liveness":
         assert learned == []
         return
-    assert len(learned) == 1 and learned[0].learned_max_offset == 10_000
+    assert len(learned) == 1 and learned[0].learned_max_offset == 9_996
     # From then on: one unfiltered page for the count, then per status, never beyond the cap.
     unfiltered = [qs for _, qs in sim.requests if "status=" not in qs]
     assert unfiltered == ["limit=100&offset=0"]

@@ -605,8 +605,18 @@ def test_a_listing_in_full_records_the_order_its_pages_served_only_when_sure() -
     try:
         assert listed() == (25, list(range(25, 0, -1)))  # the stand-in lists newest first
         # A task created after the first pages were answered: the count changed while paging, the
-        # pages were read again, and which order the list had is not sure.
-        assert listed(lambda: sim.put_task(PID, make_task(rng, 26, 0, status=5)), *[lambda: None] * 3) == (26, [])
+        # first page was read again (pages overlap, so the others link to it): the
+        # order is that of the list as it is now.
+        assert listed(lambda: sim.put_task(PID, make_task(rng, 26, 0, status=5)), *[lambda: None] * 3) == (
+            26, list(range(26, 0, -1)))
+        # A task created before every request: the pages never link, every page is read a second
+        # time, and which order the list had is not sure.
+        created = iter(range(27, 200))
+        n, order = listed(*[lambda: sim.put_task(PID, make_task(rng, next(created), 0, status=5))] * 12)
+        assert n > 26 and order == []
+        for tid in range(27, 200):
+            if tid in sim.projects[PID]:
+                sim.remove_task(PID, tid)
         assert listed() == (26, list(range(26, 0, -1)))
         sim.reorder_old(PID, seed=1)  # recorded, not assumed: whatever order OMS serves
         n, order = listed()
