@@ -67,7 +67,7 @@ class LiveLister(TaskLister):
         rounds, seeded = 0, False
         while True:
             rounds += 1
-            last = rounds > (self.SEEDED_ROUNDS if seeded else 1)
+            last = rounds >= (self.SEEDED_ROUNDS if seeded else 2)
             rnd = Round()
             first = self._scope(taken_at, last)
             await self._first(rnd, first, deadline)

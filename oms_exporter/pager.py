@@ -7,9 +7,11 @@ paging shifts while records are created or deleted, so records are keyed by id a
 a growing `count` adds are fetched. Neighbouring pages overlap by two records (a page of
 `limit` every `limit - 2` offsets): where the next page holds the record that ends one page,
 and before it what that page holds before it, nothing fell between them, whatever moved
-while they were fetched (records created before them, or one deleted). A pair that
-does not link so (the list shifted between their fetches) is fetched again, and only where
-that does not settle it is every page fetched a second time. Offsets go up to the documented
+while they were fetched (records created before them, or one deleted). Below a pair that
+does not link so (the list shifted between their fetches), pages are read again in runs that
+double; when the count changed the head is read again until what began the list is found.
+Only where that does not settle it is every page fetched a second time, and pages that still
+do not link while the count stayed are no list (`incomplete`). Offsets go up to the documented
 maximum; an API edition that caps them lower (one caps them at
 10,000) answers 400, and the pager learns that cap. A count beyond what `offset` can reach
 raises `Unreachable`: the tasks then list per status; any other area fails as `incomplete`.
@@ -70,7 +72,7 @@ class Pager(Generic[R]):
 
     MAX_GROWTH_ROUNDS = 3  # extra rounds for pages that records created mid-listing push out
     OVERLAP = 2  # records two neighbouring pages share
-    MAX_RELINKS = 3  # rounds of fetching again the pages around links that do not hold, before a second pass
+    MAX_RELINKS = 5  # rounds of reading again the pages below links that do not hold (1, 2, 4... pages)
 
     def __init__(self, ctx: Context, parser: RecordParser[R]) -> None:
         self._client = ctx.client
@@ -184,7 +186,11 @@ class Pager(Generic[R]):
         if n > limit or n > max(count - offset, 0):
             raise Incomplete(f"{self.API} answered {n} records at offset {offset} for limit {limit}, "
                              f"with a count of {count}")
+        self._check_filter(query, records)
         return records, count
+
+    def _check_filter(self, query: Query, records: list[R]) -> None:
+        """Incomplete when a page holds records its filter does not match (the area's records say)."""
 
     def _learn_offset_cap(self, answered: set[int], refused: list[int], count: int) -> None:
         """OMS answered 400 to offsets `refused` and 200 to `answered`: learn its cap, or fail the listing.
@@ -237,10 +243,13 @@ class Pager(Generic[R]):
             # A second pass catches it unless the list shifts at the same place again.
             log.debug("list changed while listing, listing again",
                       extra={"target": self.target.name, "api": self.API, "counts": sorted(walk.counts)})
+            counts = set(walk.counts)
             await walk.one_pass(max(walk.counts))
-            if settled is not None and not await walk.relink():
-                raise Incomplete(f"{self.API}: pages that do not link to their neighbours, read twice (the list "
-                                 "kept shifting, or its pages are not offsets of one list)")
+            if await walk.relink() is False and walk.counts == counts and len(counts) == 1:
+                # The list did not change, yet its pages do not link: they are not offsets of one list
+                # (a list that keeps shifting is served as before: its distinct records checked below).
+                raise Incomplete(f"{self.API}: pages that do not link to their neighbours, read twice while "
+                                 f"the count stayed {max(counts)}")
         # Every page fetched: the distinct records must account for the count (its smallest
         # value: records deleted meanwhile lower it). Pages that repeat records while `count`
         # says there are more are a listing that missed records, not a complete one.
@@ -306,24 +315,43 @@ class _Walk(Generic[R]):
             if not broken:
                 return self._ends(offsets) and (len(self.counts) == 1 or await self._rehead())
             if attempt < self.pager.MAX_RELINKS:
-                await self._fetch_all(sorted({o for a in broken for o in (a, a + self.pager._stride)}), ends=False)
+                # A deletion before pages read earlier shifts every page after it: read again a run
+                # below each broken link that doubles each round, until it reaches before the change.
+                stride = self.pager._stride
+                run = 2 ** attempt
+                await self._fetch_all(sorted({o for a in broken for o in range(max(a - (run - 1) * stride, 0),
+                                                                              a + 2 * stride, stride)}), ends=False)
         return False
 
     async def _rehead(self) -> bool:
-        """Read the first page again: whether what the list's first page held is still there, after the
-        records that came before it meanwhile (`arrived`, kept before the chain)."""
-        first = self.pages[0]
-        unreadable = len(self.unreadable)
-        page, count = await self.pager._page(self.query, 0, self.deadline, unreadable=self.unreadable)
-        ids = list(map(_record_id, page))
-        self.counts.add(count)
-        self.records.update(zip(ids, page))
-        self.ids.update(ids)
-        if len(self.unreadable) != unreadable or not first or first[0] not in ids:
+        """Read the head again, page after page until the record that began the list is found: whether what
+        the first page held is still there, after the records that came before it meanwhile (`arrived`, kept
+        before the chain). At most as many pages as the count grew by, and a few."""
+        pager, first = self.pager, self.pages[0]
+        if not first:
             return False
-        j = ids.index(first[0])
-        self.arrived = ids[:j]
-        return ids[j:] == first[:len(ids) - j]
+        grew = max(self.counts) - min(self.counts)
+        ids: list[Any] = []
+        prev: list[Any] = []
+        for k in range(grew // pager._stride + 2):
+            unreadable = len(self.unreadable)
+            page, count = await pager._page(self.query, k * pager._stride, self.deadline, unreadable=self.unreadable)
+            self.counts.add(count)
+            self.records.update(zip(map(_record_id, page), page))
+            more = list(map(_record_id, page))
+            self.ids.update(more)
+            j = _link(prev, more) if k else -1
+            if len(self.unreadable) != unreadable or j is None:
+                return False
+            ids.extend(more[j + 1:])
+            prev = more
+            if first[0] in ids:
+                j = ids.index(first[0])
+                self.arrived = ids[:j]
+                return ids[j:j + len(first)] == first[:len(ids) - j]
+            if len(more) < pager._limit:
+                return False
+        return False
 
     def _ends(self, offsets: list[int]) -> bool:
         """Whether the last page of the chain reaches the end of the list (as its fetch saw it)."""

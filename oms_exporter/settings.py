@@ -571,7 +571,8 @@ class Options(BaseModel):
         "pages than the time left can fetch, fails that collector at once as `bad_payload`",
         flag="oms.max-records")
     page_limit: Annotated[int, Field(ge=1, le=100)] = setting(
-        100, "records per list page: tasks, task groups, sync tasks (1..100)", flag="oms.page-limit")
+        100, "records per list page: tasks, task groups, sync tasks (1..100); neighbouring pages share two "
+        "records, so a page holds `limit - 2` new ones (small limits cost many more requests)", flag="oms.page-limit")
     # The scrape budget when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds header,
     # and the margin kept back from the header's value so that the answer arrives in time.
     scrape_timeout: Annotated[Duration, Field(gt=0)] = setting(

@@ -84,6 +84,16 @@ class TaskLister(Pager[Task]):
         """Tasks per state and the per-state sums of a complete listing's tasks."""
         return task_totals(tasks)
 
+    def _check_filter(self, query: Query, records: list[Task]) -> None:
+        """A page of `status=S` (or `group_id=G`) holds tasks in state S (of group G) only: one that does
+        not is no page of that list (a listing checked by its counts only would serve it)."""
+        status, group = query
+        odd = next((t for t in records if status is not None and t.status != status
+                    or group is not None and t.group_id != group), None)
+        if odd is not None:
+            raise Incomplete(f"{self.API} listed task {odd.id} (status {odd.status}, group {odd.group_id}) "
+                             f"for status={status} group_id={group}")
+
     async def _collect(self, deadline: float, taken_at: float) -> dict[int, Task]:
         """Every task of the target by id (or an OmsError), in a listing started at Unix time `taken_at`."""
         raise NotImplementedError

@@ -166,6 +166,48 @@ async def test_a_list_that_shifts_mid_listing_reads_again_only_around_the_shift(
     assert 13 < len(sim.requests) <= 13 + 4, sim.requests  # not 26: no second pass
 
 
+async def test_steady_creation_at_the_head_reads_the_head_again_not_every_page(sim, exporter):
+    """A task group creating tasks while a long list is paged (20 per request, more than a page a pass):
+    the head is read again, page after page, until what began the list is found (from a review)."""
+    sim.add_project(PROJECT, make_tasks(1000, seed=5, first_id=1000))  # 1,250 tasks
+    created = iter(range(50_000, 50_600))
+
+    def create(request):
+        for tid in [next(created, None) for _ in range(20)]:
+            if tid is not None:
+                sim.put_task(PROJECT, make_task(__import__("random").Random(tid), tid, 0, status=1))
+
+    client = await exporter(max_concurrency=1, finished_task_max_age=0, listing="full")
+    sim.on_list = create
+    s = await scrape(client)
+    sim.on_list = None
+    ids = {int(dict(lab)["task_id"]) for lab in values(s, "oms_task_info")}
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert {tid for tid in sim.projects[PROJECT] if tid < 50_000} <= ids
+
+
+async def test_two_deletions_behind_the_pages_read_are_relinked(sim, exporter):
+    """Two tasks deleted at once on a page read long before: every later page shifts by two, more than
+    two neighbours share. The pages below the broken link are read again in runs that double (1, 2, 4)
+    until they reach before the deletions: fewer requests than a second pass (from a review)."""
+    sim.add_project(PROJECT, make_tasks(1000, seed=5, first_id=1000))  # 1,250 tasks: 13 pages
+    deleted = []
+
+    def delete_two(request):
+        if request.query.get("offset") == "686" and not deleted:
+            deleted.extend(sorted(sim.projects[PROJECT], reverse=True)[100:102])  # on the second page
+            for tid in deleted:
+                sim.remove_task(PROJECT, tid)
+
+    client = await exporter(max_concurrency=1, finished_task_max_age=0, listing="full")
+    sim.on_list = delete_two
+    s = await scrape(client)
+    sim.on_list = None
+    ids = {int(dict(lab)["task_id"]) for lab in values(s, "oms_task_info")}
+    assert value(s, "oms_up", project_id=PROJECT) == 1 and set(sim.projects[PROJECT]) <= ids
+    assert len(sim.requests) < 2 * 13, sim.requests
+
+
 async def test_per_status_listing_that_misses_tasks_is_incomplete(sim, oms, exporter):
     sim.max_offset = 100
     sim.patch_task(PROJECT, 10, status=None)  # matches no status filter

@@ -609,11 +609,17 @@ def test_a_listing_in_full_records_the_order_its_pages_served_only_when_sure() -
         # order is that of the list as it is now.
         assert listed(lambda: sim.put_task(PID, make_task(rng, 26, 0, status=5)), *[lambda: None] * 3) == (
             26, list(range(26, 0, -1)))
-        # A task created before every request: the pages never link, every page is read a second
-        # time, and which order the list had is not sure.
+        # A task created before every request: the head is read again until the first record the list
+        # had is found; what came before it is the head of the order.
         created = iter(range(27, 200))
         n, order = listed(*[lambda: sim.put_task(PID, make_task(rng, next(created), 0, status=5))] * 12)
-        assert n > 26 and order == []
+        assert n > 26 and order == sorted(sim.projects[PID], reverse=True)
+        # An OMS that reorders its list before every request: the pages never link, every page is read
+        # a second time, and still they do not while the count stays: no list that offsets page through.
+        seeds = iter(range(10_000))
+        with pytest.raises(Incomplete, match="do not link"):
+            listed(*[lambda: sim.reorder_old(PID, seed=next(seeds))] * 5000)
+        sim.reorder = None
         for tid in range(27, 200):
             if tid in sim.projects[PID]:
                 sim.remove_task(PID, tid)
