@@ -42,7 +42,7 @@ from oms_exporter.reconcile import (
     seed_of,
     view_of,
 )
-from oms_exporter.tasklister import TaskLister
+from oms_exporter.tasklister import FilterIgnored, TaskLister
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,9 @@ class LiveLister(TaskLister):
     async def _listed(self, rnd: Round, key: Key, into: dict[int, Task], deadline: float) -> int:
         """A state (and group) in full into `into`, its order kept in `rnd` when sure; its count."""
         order: array[int] = array("q")
-        n = await self._whole(key, into, deadline, order)
+        # A task entering the state while it is listed came from a live state (followed: the counts and
+        # ShowTask place it) or is new (at the head, read again): no second pass for it.
+        n = await self._whole(key, into, deadline, order, followed=True)
         if order or not n:  # (tasks deleted and created while it was listed: not n long, but sure)
             rnd.orders[key] = order
         return n
@@ -159,10 +161,10 @@ class LiveLister(TaskLister):
         try:
             rnd.counts[key] = await self._listed(rnd, key, rnd.pages[key[0]], deadline)
             rnd.whole.add(key[0])
-        except RequestRejected as exc:
-            if key[0] != RETRYING or exc.status != 400:
+        except (RequestRejected, FilterIgnored) as exc:
+            if key[0] != RETRYING or isinstance(exc, RequestRejected) and exc.status != 400:
                 raise
-            self._refuse_status6()
+            self._refuse_status6()  # refused, or ignored (every task answered): not a filter OMS has
 
     async def _head(self, rnd: Round, key: Key, offset: int, deadline: float) -> None:
         """One page of a finished state from its head (the first: with its count)."""
@@ -187,8 +189,8 @@ class LiveLister(TaskLister):
         s, g = key
         try:
             _, n = await self._page(key, 0, deadline, limit=1)
-        except RequestRejected as exc:
-            if s != RETRYING or exc.status != 400:
+        except (RequestRejected, FilterIgnored) as exc:
+            if s != RETRYING or isinstance(exc, RequestRejected) and exc.status != 400:
                 raise
             self._refuse_status6()
             return

@@ -9,7 +9,8 @@ a growing `count` adds are fetched. Neighbouring pages overlap by two records (a
 and before it what that page holds before it, nothing fell between them, whatever moved
 while they were fetched (records created before them, or one deleted). Below a pair that
 does not link so (the list shifted between their fetches), pages are read again in runs that
-double; when the count changed the head is read again until what began the list is found.
+double (no more than a pass costs); when the count changed the head is read again until what
+began the list is found, and the distinct records must make up the count.
 Only where that does not settle it is every page fetched a second time, and pages that still
 do not link while the count stayed are no list (`incomplete`). Offsets go up to the documented
 maximum; an API edition that caps them lower (one caps them at
@@ -223,18 +224,20 @@ class Pager(Generic[R]):
                              f"{left:.1f}s left can fetch ({fit:.0f} at {self._pace * 1000:.0f} ms a page)")
 
     async def _page_through(self, query: Query, records: dict[Any, R], deadline: float,
-                            order: array[int] | None = None) -> int:
+                            order: array[int] | None = None, followed: bool = False) -> int:
         """Put every record `query` matches into `records`; the query's count (the largest seen).
 
         With `order`, the records' ids are appended to it in the order the pages served them, when
-        that order is known: one pass over pages of one count, each whole and readable, no id twice
-        (`order` is left as it was otherwise). Raises Unreachable when the count is beyond what
-        offsets reach.
+        that order is known: pages linked from the head to the end, each whole and readable, no id
+        twice (`order` is left as it was otherwise). `followed`: the caller finds the records that
+        entered the list behind the pages read by other means (listing by liveness follows the tasks
+        that leave the live states), so the distinct records need not add up to the count after the
+        head is read again. Raises Unreachable when the count is beyond what offsets reach.
         """
         last = self._last_count.get(query, 0)
         # Start the pages the previous listing had together with the first one (only the first
         # when they were beyond reach: its count is all this listing needs before splitting).
-        walk = _Walk(self, query, records, deadline)
+        walk = _Walk(self, query, records, deadline, followed)
         await walk.one_pass(last if last <= self._reach() else 0)
         settled = await walk.relink()
         if not settled:
@@ -245,7 +248,8 @@ class Pager(Generic[R]):
                       extra={"target": self.target.name, "api": self.API, "counts": sorted(walk.counts)})
             counts = set(walk.counts)
             await walk.one_pass(max(walk.counts))
-            if await walk.relink() is False and walk.counts == counts and len(counts) == 1:
+            if len(counts) == 1 and walk.counts == counts and await walk.relink() is False \
+                    and walk.counts == counts:
                 # The list did not change, yet its pages do not link: they are not offsets of one list
                 # (a list that keeps shifting is served as before: its distinct records checked below).
                 raise Incomplete(f"{self.API}: pages that do not link to their neighbours, read twice while "
@@ -269,8 +273,10 @@ class Pager(Generic[R]):
 class _Walk(Generic[R]):
     """The pages of one query of one listing: what they said, page by page and pass by pass."""
 
-    def __init__(self, pager: Pager[R], query: Query, records: dict[Any, R], deadline: float) -> None:
+    def __init__(self, pager: Pager[R], query: Query, records: dict[Any, R], deadline: float,
+                 followed: bool = False) -> None:
         self.pager, self.query, self.records, self.deadline = pager, query, records, deadline
+        self.followed = followed  # records entering the list behind the pages read are found by the caller
         self.pages: dict[int, list[Any]] = {}  # offset -> the ids of its page (its latest fetch) in the order served
         self.page_counts: dict[int, int] = {}  # offset -> the count its latest fetch said
         self.arrived: list[Any] = []  # records that came before the first page while the others were read
@@ -307,6 +313,7 @@ class _Walk(Generic[R]):
         first page when the count changed: whether every page now links to the next from the head to
         the end of the list, and what came at the head meanwhile is read. Pages that cannot be linked:
         True when the count stayed the same (the rule without links), None when it did not."""
+        spent = 0
         for attempt in range(self.pager.MAX_RELINKS + 1):
             chain = self._chain()
             if chain is None:
@@ -319,8 +326,12 @@ class _Walk(Generic[R]):
                 # below each broken link that doubles each round, until it reaches before the change.
                 stride = self.pager._stride
                 run = 2 ** attempt
-                await self._fetch_all(sorted({o for a in broken for o in range(max(a - (run - 1) * stride, 0),
-                                                                              a + 2 * stride, stride)}), ends=False)
+                again = sorted({o for a in broken for o in range(max(a - (run - 1) * stride, 0),
+                                                                 a + 2 * stride, stride)})
+                spent += len(again)
+                if spent > len(offsets):  # no cheaper than a second pass: leave it to that
+                    return False
+                await self._fetch_all(again, ends=False)
         return False
 
     async def _rehead(self) -> bool:
@@ -345,10 +356,15 @@ class _Walk(Generic[R]):
                 return False
             ids.extend(more[j + 1:])
             prev = more
+            if not k:
+                live = count  # every record the list held when its head was read again
             if first[0] in ids:
                 j = ids.index(first[0])
                 self.arrived = ids[:j]
-                return ids[j:j + len(first)] == first[:len(ids) - j]
+                # Records that came in behind the pages read (a task entering a state's list at its
+                # place, not the head) leave fewer distinct records than the list holds: not linked.
+                return (ids[j:j + len(first)] == first[:len(ids) - j]
+                        and (self.followed or len(self.ids) + len(self.unreadable) >= live))
             if len(more) < pager._limit:
                 return False
         return False

@@ -34,6 +34,10 @@ from oms_exporter.pager import Pager, Query, Unreachable, together
 log = logging.getLogger(__name__)
 
 
+class FilterIgnored(Incomplete):
+    """A page of `status=S` / `group_id=G` holding a task of another state / group."""
+
+
 class TaskLister(Pager[Task]):
     """Lists one target's tasks: the two listing modes share this, and each `run` makes a `Listing`.
 
@@ -91,7 +95,7 @@ class TaskLister(Pager[Task]):
         odd = next((t for t in records if status is not None and t.status != status
                     or group is not None and t.group_id != group), None)
         if odd is not None:
-            raise Incomplete(f"{self.API} listed task {odd.id} (status {odd.status}, group {odd.group_id}) "
+            raise FilterIgnored(f"{self.API} listed task {odd.id} (status {odd.status}, group {odd.group_id}) "
                              f"for status={status} group_id={group}")
 
     async def _collect(self, deadline: float, taken_at: float) -> dict[int, Task]:
@@ -104,11 +108,11 @@ class TaskLister(Pager[Task]):
         return list(itertools.product(statuses, groups))
 
     async def _whole(self, query: Query, into: dict[int, Task], deadline: float,
-                     order: array[int] | None = None) -> int:
+                     order: array[int] | None = None, followed: bool = False) -> int:
         """Every task of one state (and group) into `into`; its count. With `order`: the ids in the order
-        served, appended when that order is known (see `Pager._page_through`)."""
+        served, appended when that order is known; `followed`: see `Pager._page_through`."""
         try:
-            return await self._page_through(query, into, deadline, order)
+            return await self._page_through(query, into, deadline, order, followed)
         except Unreachable as exc:
             raise Incomplete(f"{exc.count} tasks in state {STATUS_NAMES.get(query[0] or 0, query[0])} "
                              f"(group_id={query[1]}), but offset paging reaches only {self._reach()} "

@@ -208,6 +208,50 @@ async def test_two_deletions_behind_the_pages_read_are_relinked(sim, exporter):
     assert len(sim.requests) < 2 * 13, sim.requests
 
 
+async def test_a_task_entering_a_status_list_behind_the_pages_read_is_found(sim, oms, exporter):
+    """statuses=[5], the full listing: a task finishing mid-listing enters the succeeded list at its place
+    by id (not at the head), on a page already read. The count grew and the head did not: the distinct
+    tasks do not add up to it, so every page is read a second time (from a review)."""
+    rng = __import__("random").Random(1)
+    x = 10_850  # at offset 149 of the succeeded list once it finished: a page read before
+    for tid in range(10_000, 11_000):
+        sim.put_task(PROJECT, make_task(rng, tid, 0, status=2 if tid == x else 5))
+    moved = []
+
+    def finish(request):
+        if request.query.get("status") == "5" and int(request.query.get("offset", 0)) >= 300 and not moved:
+            sim.patch_task(PROJECT, x, status=5)
+            moved.append(x)
+
+    client = await exporter(targets=[target_for(oms, statuses=[5])], listing="full", max_concurrency=1,
+                            finished_task_max_age=0)
+    sim.on_list = finish
+    s = await scrape(client)
+    sim.on_list = None
+    assert moved and value(s, "oms_up", project_id=PROJECT) == 1
+    assert x in {int(dict(lab)["task_id"]) for lab in values(s, "oms_task_info")}
+
+
+async def test_tasks_deleted_before_every_request_cost_no_more_than_two_passes_and_more(sim, exporter):
+    """Two tasks deleted before every request: links break all the time; reading runs again stops once
+    it would cost more than a second pass (from a review: 439 requests for 51 pages, then 149)."""
+    sim.add_project(PROJECT, make_tasks(4750, seed=5, first_id=1000))  # 5,000 tasks: 52 pages
+    rng = __import__("random").Random(7)
+
+    def delete_two(request):
+        for _ in range(2):
+            ids = sorted(sim.projects[PROJECT])
+            sim.remove_task(PROJECT, rng.choice(ids[: len(ids) - 50]))  # not among the newest
+
+    client = await exporter(max_concurrency=1, finished_task_max_age=0, listing="full", per_task_series=False)
+    sim.on_list = delete_two
+    s = await scrape(client)
+    sim.on_list = None
+    assert len(sim.requests) <= 3 * 52 + 10, len(sim.requests)
+    if value(s, "oms_up", project_id=PROJECT) == 1:
+        assert sum(values(s, "oms_tasks").values()) >= len(sim.projects[PROJECT])
+
+
 async def test_per_status_listing_that_misses_tasks_is_incomplete(sim, oms, exporter):
     sim.max_offset = 100
     sim.patch_task(PROJECT, 10, status=None)  # matches no status filter

@@ -744,3 +744,20 @@ async def test_a_listing_in_full_while_tasks_move_is_checked_not_listed_again(
     assert any("checking what was listed in full" in r.getMessage() for r in caplog.records)
     assert value(s, "oms_up", project_id=PROJECT) == 1
     await scrape_exact(client, account)
+
+
+async def test_an_oms_that_ignores_the_status_6_filter_is_learnt_as_refusing_it(
+        account: StandIn, exporter: Exporter) -> None:
+    """The reference's filter table leaves out 6: an OMS may ignore `status=6` (answer every task) instead
+    of refusing it with 400. A page of status=6 holding other states is taken as that refusal, not as a
+    listing that fails for good (from a review)."""
+    plain = account.tasks_page
+
+    def tasks_page(pid: str, offset: int, limit: int, status: int | None = None, group_id: str | None = None) -> Any:
+        return plain(pid, offset, limit, None if status == 6 else status, group_id)
+
+    account.tasks_page = tasks_page  # type: ignore[method-assign]
+    client = await exporter(finished_task_max_age=0)
+    for _ in range(2):
+        s = await scrape(client)
+        assert value(s, "oms_up", project_id=PROJECT) == 1
