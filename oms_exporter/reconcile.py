@@ -51,7 +51,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from itertools import filterfalse, pairwise
+from itertools import filterfalse, islice, pairwise
 from operator import itemgetter
 from typing import NamedTuple, TypeAlias
 
@@ -225,6 +225,13 @@ def _finished_step(view: View, rnd: Round, scope: Scope, where: dict[int, int], 
     unexplained = [s for s in partial if _kept_count(view, s, where, rnd) != _count(rnd, scope, s)]
     if unexplained:
         return _locate_all(view, rnd, scope, where, tasks, unexplained)
+    # A count explained by the arrivals read is only as good as the order they were read in: where the
+    # first pages do not hold what the kept order, moved by them, says, OMS did not serve the state
+    # newest first, an arrival may lie beyond the pages read and hide a deletion: list it in full.
+    contradicted = [s for s in partial
+                    if any(_head_contradicts(view, rnd, scope, k, where, tasks) for k in scope.keys(s))]
+    if contradicted:
+        return Fetch(whole=frozenset(contradicted), fallbacks=tuple((s, "contradicted") for s in contradicted))
     # The tasks a state listed again lost unseen: one may have gone to another finished state
     # (restarted, finished again), whose count the arrival hid a deletion from.
     vanished: set[int] = set()
@@ -473,6 +480,24 @@ def _members(served: Tasks, g: str | None) -> int:
 def _holds(order: Order, served: Tasks, g: str | None) -> bool:
     """Whether `order` lists exactly the served tasks of group `g` (None: all)."""
     return len(order) == _members(served, g) and all(map(served.__contains__, order))
+
+
+def _head_contradicts(view: View, rnd: Round, scope: Scope, key: Key, where: dict[int, int],
+                      tasks: dict[int, Task]) -> bool:
+    """Whether the first pages read of a finished list hold, at some offset, another task than its kept
+    order (without the tasks that went, with the arrivals where they were read) puts there."""
+    order = view.order.get(key)
+    reach = rnd.heads.get(key, 0) * scope.limit
+    if order is None or not reach or key in rnd.unsure:
+        return False
+    kept = view.finished.get(key[0], {})
+    gone = _gone(kept, key, where, tasks, rnd)
+    arrivals = _arrivals(kept, key, where, tasks)
+    at = {k: tid for k, tid in rnd.at.get(key, {}).items() if k < reach}
+    moved = list(islice(filterfalse(gone.__contains__, order), reach))  # the head is all it compares
+    for k, tid in sorted((k, tid) for k, tid in at.items() if tid in arrivals):
+        moved.insert(k, tid)
+    return any(k >= len(moved) or moved[k] != tid for k, tid in at.items())
 
 
 def _moved_order(view: View, rnd: Round, key: Key, where: dict[int, int], tasks: dict[int, Task]) -> Order | None:

@@ -213,7 +213,9 @@ async def test_unreachable_api_is_network_without_a_traceback(
         endpoint: Callable[[], str]) -> None:
     url = endpoint()
     client = await exporter(targets=[target_for(oms).model_copy(update={"endpoint": url})])
-    s, _ = await timed_scrape(client)
+    # 10 s, not 2: the test clock moves by each sleeper's wait in turn, so the three areas' jittered
+    # backoffs (up to 0.6 s each) add up on it, and in 1.5 s the last retry of one sometimes did not fit.
+    s, _ = await timed_scrape(client, timeout=10.0)
     assert_down(s, "network")
     assert errors(s, "network") == 1  # one failed listing, though each of its three areas failed
     assert requests(s, "network") == 3 * (OmsClient.RETRIES + 1)  # tasks, task groups, sync tasks

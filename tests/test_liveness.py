@@ -412,16 +412,18 @@ async def test_a_stand_in_that_reorders_makes_the_state_listed_again_and_the_scr
     tidy.remove_task(PROJECT, succeeded(tidy)[len(succeeded(tidy)) // 2])
     with caplog.at_level(logging.DEBUG, logger="oms_exporter.liveness"):
         s = await scrape_exact_lean(client, tidy)
-    assert fallbacks(s) == {**dict.fromkeys(FALLBACK_REASONS, 0), "contradicted": 1}
+    # Both finished states: OMS reordered every old task, so the first pages of the failed state do not
+    # hold what its kept order says either (an arrival there could hide a deletion).
+    assert fallbacks(s) == {**dict.fromkeys(FALLBACK_REASONS, 0), "contradicted": 2}
     assert "limit=100&offset=980&status=5" in requests(tidy)  # listed in full
     assert [r.__dict__.get("reason") for r in caplog.records if "instead of probing" in r.getMessage()] == [
-        "contradicted"]
+        "contradicted", "contradicted"]
     # The next deletion is placed in the order OMS lists now.
     gone = succeeded(tidy)[:3]
     for tid in gone:
         tidy.remove_task(PROJECT, tid)
     s = await scrape_exact_lean(client, tidy)
-    assert fallbacks(s)["contradicted"] == 1 and len(requests(tidy)) < 40
+    assert fallbacks(s)["contradicted"] == 2 and len(requests(tidy)) < 40
 
 
 async def test_the_full_listing_mode_is_still_there(account: StandIn, exporter: Exporter) -> None:
