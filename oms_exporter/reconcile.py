@@ -497,7 +497,12 @@ def _head_contradicts(view: View, rnd: Round, scope: Scope, key: Key, where: dic
     moved = list(islice(filterfalse(gone.__contains__, order), reach))  # the head is all it compares
     for k, tid in sorted((k, tid) for k, tid in at.items() if tid in arrivals):
         moved.insert(k, tid)
-    return any(k >= len(moved) or moved[k] != tid for k, tid in at.items())
+    if any(k >= len(moved) or moved[k] != tid for k, tid in at.items()):
+        return True
+    # Newest first, a task the view never had (created since) comes before every task it kept.
+    first_kept = min((k for k, tid in at.items() if tid not in arrivals), default=reach)
+    return any(k > first_kept and tid in arrivals and tid not in view.live
+               and all(tid not in f for f in view.finished.values()) for k, tid in at.items())
 
 
 def _moved_order(view: View, rnd: Round, key: Key, where: dict[int, int], tasks: dict[int, Task]) -> Order | None:

@@ -630,3 +630,44 @@ def test_a_listing_in_full_records_the_order_its_pages_served_only_when_sure() -
         assert order == [x["id"] for o in range(0, 26, 4) for x in sim.tasks_page(PID, o, 4, 5)["tasks"]]
     finally:
         loop.close()
+
+
+def test_a_new_task_read_after_a_kept_one_hides_no_deletion() -> None:
+    """OMS no longer lists newest first: a task created since (1000) is read on the first page after a
+    kept one (40), another (1001) lies deep, and 20 was deleted. The count is explained and every kept
+    task read is where the kept order says, but a new task after a kept one says the order is not
+    newest first: the state is listed in full (from a review)."""
+    now5 = [i for i in KEPT if i != 20]
+    now5.insert(1, 1000)
+    now5.insert(30, 1001)
+    view = ordered_view()
+    rnd = probing_round(view, now5)
+    d, _, _ = settle(view, rnd, now5)
+    assert isinstance(d, Fetch) and d.whole == {5}
+
+
+def test_a_reordering_oms_with_a_new_task_deep_is_listed_again_through_the_lister() -> None:
+    """The same through the lister and the stand-in: 20 kept first as before, then a new one (22), the
+    old ones, and another new one (21) deep, while 5 was deleted: served exact (from a review)."""
+    sim = StandIn(clock=lambda: NOW)
+    sim.add_project(PID)
+    rng = random.Random(3)
+    for tid in range(1, 21):
+        sim.put_task(PID, make_task(rng, tid, 0, status=5))
+    target = Target(name="m", project_id=PID, region="cn-north-4", auth_token="t")
+    lister = MemoryLister(sim, target, Options(page_limit=2))
+    loop = asyncio.new_event_loop()
+    try:
+        def run() -> Any:
+            return loop.run_until_complete(lister.run(Clock().monotonic() + 60))
+
+        run()
+        run()  # the first lists in full (the order kept), the second from the view
+        sim.put_task(PID, make_task(rng, 21, 0, status=5))
+        sim.put_task(PID, make_task(rng, 22, 0, status=5))
+        sim.remove_task(PID, 5)
+        sim.reorder = lambda ids: [i for i in (20, 22, *range(19, 10, -1), 21, *range(10, 0, -1)) if i in ids]
+        part = run()
+        assert sorted(x.id for x in part.records) == sorted(sim.projects[PID]), part.fallbacks
+    finally:
+        loop.close()
