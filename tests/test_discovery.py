@@ -540,6 +540,14 @@ async def test_refused_discovery_credentials_back_off_as_a_targets_do(
     assert account.iam_calls == calls
     clock.advance(8.0)  # past it: asked again, refused again, and the next pause is 60 s
     await wait_until(lambda: account.iam_calls == calls + 1, "the refresh after the pause")
+    # Let IAM's answer reach the exporter before the clock moves on: moved past the request's timeout
+    # while the answer is on its way, the refresh fails as a timeout instead (and no auth pause follows).
+    for _ in range(1000):
+        if value(await metrics(client), "oms_discovery_errors_total", discovery="default", reason="auth") == 2:
+            break
+        await asyncio.sleep(0.001)
+    else:
+        raise AssertionError("the second refusal was not counted")
     clock.advance(31.0)
     await clock.quiet()
     assert account.iam_calls == calls + 1
