@@ -586,14 +586,19 @@ def test_old_deletions_cost_the_last_page_and_a_showtask_each_and_a_reordering_a
         machine.teardown()
 
 
-def test_a_listing_in_full_records_the_order_its_pages_served_only_when_sure() -> None:
+def _succeeded_lister(n: int, limit: int) -> tuple[StandIn, MemoryLister, random.Random]:
+    """A stand-in with tasks 1..n succeeded (newest first), and a lister of it with pages of `limit`."""
     sim = StandIn(clock=lambda: NOW)
     sim.add_project(PID)
     rng = random.Random(3)
-    for tid in range(1, 26):
+    for tid in range(1, n + 1):
         sim.put_task(PID, make_task(rng, tid, 0, status=5))
     target = Target(name="m", project_id=PID, region="cn-north-4", auth_token="t")
-    lister = MemoryLister(sim, target, Options(page_limit=4))
+    return sim, MemoryLister(sim, target, Options(page_limit=limit)), rng
+
+
+def test_a_listing_in_full_records_the_order_its_pages_served_only_when_sure() -> None:
+    sim, lister, rng = _succeeded_lister(25, limit=4)
     loop = asyncio.new_event_loop()
 
     def listed(*during: Any) -> tuple[int, list[int]]:
@@ -649,13 +654,7 @@ def test_a_new_task_read_after_a_kept_one_hides_no_deletion() -> None:
 def test_a_reordering_oms_with_a_new_task_deep_is_listed_again_through_the_lister() -> None:
     """The same through the lister and the stand-in: 20 kept first as before, then a new one (22), the
     old ones, and another new one (21) deep, while 5 was deleted: served exact (from a review)."""
-    sim = StandIn(clock=lambda: NOW)
-    sim.add_project(PID)
-    rng = random.Random(3)
-    for tid in range(1, 21):
-        sim.put_task(PID, make_task(rng, tid, 0, status=5))
-    target = Target(name="m", project_id=PID, region="cn-north-4", auth_token="t")
-    lister = MemoryLister(sim, target, Options(page_limit=2))
+    sim, lister, rng = _succeeded_lister(20, limit=2)
     loop = asyncio.new_event_loop()
     try:
         def run() -> Any:
