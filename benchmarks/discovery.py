@@ -22,7 +22,6 @@ import asyncio
 import gzip
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,17 +90,6 @@ def role_exporter(args: argparse.Namespace) -> None:
     scrape._serve(app)
 
 
-def _spawn(role: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, __file__, "--role", role, *extra], stdout=subprocess.PIPE, text=True,
-                            env=scrape._env(scrape.ROOT))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY "):
-        proc.kill()
-        raise SystemExit(f"{role} did not start: {line!r}")
-    return proc, int(line.split()[1])
-
-
 def _check(body: bytes, truth: dict[str, int]) -> list[str]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -158,11 +146,12 @@ async def _measure(args: argparse.Namespace, sim_port: int, exp_port: int, exp_p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    sim, sim_port = _spawn("standin", "--projects", str(args.projects), "--tasks", str(args.tasks),
-                           "--latency-ms", str(args.latency_ms), "--live-share", str(args.live_share))
+    sim, sim_port = scrape._spawn("standin", "--projects", str(args.projects), "--tasks", str(args.tasks),
+                                  "--latency-ms", str(args.latency_ms), "--live-share", str(args.live_share),
+                                  script=Path(__file__))
     try:
-        exp, exp_port = _spawn("exporter", "--endpoint", f"http://127.0.0.1:{sim_port}",
-                               "--max-concurrency", str(args.max_concurrency))
+        exp, exp_port = scrape._spawn("exporter", "--endpoint", f"http://127.0.0.1:{sim_port}",
+                                      "--max-concurrency", str(args.max_concurrency), script=Path(__file__))
         try:
             return asyncio.run(_measure(args, sim_port, exp_port, exp.pid))
         finally:

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,19 +28,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scrape  # noqa: E402  (this directory's benchmark: roles, Prometheus' headers, /proc readers)
-
-
-def _spawn(role: str, root: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    """A role of benchmarks/scrape.py, from `root`'s checkout (its exporter is that checkout's)."""
-    script = root / "benchmarks" / "scrape.py"
-    proc = subprocess.Popen([sys.executable, str(script), "--role", role, *extra], stdout=subprocess.PIPE,
-                            text=True, env=scrape._env(root))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY "):
-        proc.kill()
-        raise SystemExit(f"{role} from {root} did not start: {line!r}")
-    return proc, int(line.split()[1])
 
 
 def _gauge(text: str, name: str) -> float | None:
@@ -111,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
 
     common = ["--tasks", str(args.tasks), "--latency-ms", str(args.latency_ms), "--live-share", str(args.live_share),
               "--account", "real"]
-    sim, sim_port = _spawn("standin", scrape.ROOT, *common)  # one stand-in, whatever exporter
+    sim, sim_port = scrape._spawn("standin", *common)  # one stand-in, whatever exporter
     try:
         exporter_args = [*common, "--endpoint", f"http://127.0.0.1:{sim_port}", "--listing", "liveness",
                          "--max-concurrency", str(Options().max_concurrency),
                          "--finished-task-max-age", str(Options().finished_task_max_age)]
-        exp, exp_port = _spawn("exporter", args.root, *exporter_args)
+        exp, exp_port = scrape._spawn("exporter", *exporter_args, root=args.root)
         try:
             print(f"{args.tasks:,} tasks ({args.live_share:.0%} live), {args.latency_ms:g} ms per call, scrapes "
                   f"every {args.interval:g} s with a {args.timeout:g} s timeout, exporter from {args.root}")

@@ -190,11 +190,13 @@ def _env(root: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _spawn(role: str, *extra: str, root: Path = ROOT) -> tuple[subprocess.Popen[str], int]:
-    """Start a role of `root`'s copy of this script (another checkout, for compare.py).
+def _spawn(role: str, *extra: str, root: Path = ROOT, script: Path | None = None) -> tuple[subprocess.Popen[str], int]:
+    """Start a role of `root`'s copy of this script (another checkout, for compare.py), or of another
+    benchmark `script` with the same roles; its port, once it says READY.
 
     `root` goes first on the path."""
-    proc = subprocess.Popen([sys.executable, str(root / "benchmarks" / "scrape.py"), "--role", role, *extra],
+    script = script or root / "benchmarks" / "scrape.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--role", role, *extra],
                             stdout=subprocess.PIPE, text=True, env=_env(root))
     assert proc.stdout is not None
     line = proc.stdout.readline()
