@@ -402,6 +402,35 @@ def clean_env(**extra: str) -> dict[str, str]:
 EXPORTER = (sys.executable, "-m", "oms_exporter")
 
 
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`oms_exporter.cli.main(argv)` in this process: (its exit code, stdout, stderr)."""
+    from oms_exporter.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_config_error(argv: list[str], env: dict[str, str], yaml_text: str | None, monkeypatch: pytest.MonkeyPatch,
+                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """`--check-config` with these flags, variables and YAML file (None: none) refuses them as a bad setting
+    must: exit code 2 and one line on stderr, `oms-exporter: error: ...`, which it returns."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if yaml_text is not None:
+        f = tmp_path / "c.yml"
+        f.write_text(yaml_text)
+        argv = [*argv, "--config.file", str(f)]
+    code, _, err = run_main([*argv, "--check-config"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("oms-exporter: error: "), err
+    return lines[0]
+
+
 def run_exporter_once(*args: str, env: dict[str, str] | None = None, timeout: float = 30,
                       cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m oms_exporter ARGS` run to its exit (`--check-config`, a refused setting), in `clean_env()`."""

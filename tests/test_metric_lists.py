@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from oms_exporter import exposition
 from oms_exporter.catalog import ALWAYS_SERVED, FAMILIES, families, select
-from oms_exporter.cli import main
 from oms_exporter.collector import SnapshotCollector
 from oms_exporter.grafana_uses import USES
 from oms_exporter.metrics import SelfMetrics
@@ -36,8 +35,10 @@ from tests.conftest import (
     TOKEN,
     Exporter,
     ManualClock,
+    check_config_error,
     load_module,
     run_exporter_once,
+    run_main,
     scrape,
     target_for,
     value,
@@ -196,13 +197,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_main
 
 
 @pytest.mark.parametrize("argv, env, yaml_text, expected", [
@@ -221,16 +216,8 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def test_a_bad_list_is_one_line_and_exit_code_2(argv: list[str], env: dict[str, str], yaml_text: str | None,
                                                 expected: str, clean_env: pytest.MonkeyPatch, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    for k, v in env.items():
-        clean_env.setenv(k, v)
-    if yaml_text is not None:
-        f = tmp_path / "c.yml"
-        f.write_text(yaml_text)
-        argv = [*argv, "--config.file", str(f)]
-    code, _, err = run([*argv, "--check-config"], capsys)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("oms-exporter: error: ") and expected in lines[0], err
+    line = check_config_error(argv, env, yaml_text, clean_env, tmp_path, capsys)
+    assert expected in line, line
 
 
 @pytest.mark.slow  # the program as a process

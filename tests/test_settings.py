@@ -5,9 +5,8 @@ import textwrap
 
 import pytest
 
-from oms_exporter.cli import main
 from oms_exporter.settings import SettingsError, load, parse_duration
-from tests.conftest import free_port, run_exporter_once
+from tests.conftest import check_config_error, free_port, run_exporter_once, run_main
 
 GOOD_ENV = {"OMS_PROJECT_ID": "p1", "OMS_REGION": "cn-north-4", "OMS_AUTH_TOKEN": "tok"}
 
@@ -19,13 +18,7 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(k)
 
 
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_main
 
 
 def test_env_project_defaults(monkeypatch, capsys):
@@ -99,17 +92,8 @@ def test_yaml_targets(tmp_path, capsys):
      "cannot read /nonexistent"),
 ])
 def test_bad_settings_one_line_exit_2(argv, env, yaml_text, expected, monkeypatch, tmp_path, capsys):
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    if yaml_text is not None:
-        f = tmp_path / "c.yml"
-        f.write_text(yaml_text)
-        argv = [*argv, "--config.file", str(f)]
-    code, out, err = run([*argv, "--check-config"], capsys)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("oms-exporter: error: ") and expected in lines[0], lines[0]
+    line = check_config_error(argv, env, yaml_text, monkeypatch, tmp_path, capsys)
+    assert expected in line, line
 
 
 def test_several_bad_settings_one_line_each(monkeypatch, capsys):
