@@ -7,8 +7,10 @@ parser hands back the same object for an unchanged record), so an encode is most
 ready lines, family by family. Two things ride on that cache because `benchmarks/compare.py`
 shows each saves more than a tenth of a scrape's CPU (figures in docs/performance.md): a
 changed record renders again only the families whose inputs changed, and a gzip answer
-compresses again only the runs of CHUNK lines that changed (each run's compressed form is
-kept beside it, and reused while the run holds the same lines).
+compresses again only the runs (about CHUNK records' lines of one family) that changed. And
+one thing rides on it for memory: a run no line of which changed is kept compressed only
+(`_Run`), so the cache weighs what the gzip body weighs, not the text (74 MB to 10 MB at
+100,000 tasks).
 
 `collector.SnapshotCollector` is the reference (tests only); the tests prove this module's output
 identical to prometheus_client's text (0.0.4 and 1.0.0) and OpenMetrics encoders for every
@@ -21,9 +23,11 @@ import asyncio
 import re
 import struct
 import threading
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, compress
+from itertools import accumulate, chain, compress
 from math import copysign
 from operator import attrgetter, is_not
 from typing import Any
@@ -40,7 +44,7 @@ from oms_exporter.metrics import Family, Kind, SelfMetrics
 from oms_exporter.snapshot import SeriesPolicy
 
 Encoder = Callable[[CollectorRegistry], bytes]
-CHUNK = 2000  # lines of one family compressed together (and reused together)
+CHUNK = 2000  # records whose lines in one family are kept, compressed and reused together (runs hold up to twice that)
 ESCAPINGS = ("allow-utf-8", "underscores", "dots", "values")
 
 
@@ -296,34 +300,123 @@ def _getter(fields: list[str]) -> Callable[[Any], tuple[Any, ...]]:
 
 # --- the one cache: each record's lines, kept while the record is the same object ----------------
 
+def _deflate(text: bytes, level: int) -> bytes:
+    """`text` as a raw DEFLATE stream from a fresh compressor, ended on a full flush: such streams
+    concatenate into one (a gzip member of many runs)."""
+    z = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
+    return z.compress(text) + z.flush(isal_zlib.Z_FULL_FLUSH)
+
+
 class _Segment:
-    """A run of lines compressed as a raw DEFLATE stream that ends on a full flush, with its CRC-32
-    and length: such segments, each from a fresh compressor, concatenate into one DEFLATE stream."""
+    """Loose text between runs (headers, project families), compressed for one gzip answer."""
 
-    __slots__ = ("crc", "data", "lines", "size")
+    __slots__ = ("crc", "data", "size")
 
-    def __init__(self, text: bytes, level: int, lines: tuple[bytes, ...] = ()) -> None:
-        z = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
-        self.data = z.compress(text) + z.flush(isal_zlib.Z_FULL_FLUSH)
-        self.crc, self.size, self.lines = isal_zlib.crc32(text), len(text), lines
+    def __init__(self, text: bytes, level: int) -> None:
+        self.data, self.crc, self.size = _deflate(text, level), isal_zlib.crc32(text), len(text)
+
+
+class _Run:
+    """The lines of some records in one family (b"" for a record with none), in one of three forms:
+    whole (a tuple, one part per record: what an encode writes, and keeps while the run changes
+    from one encode to the next, as live tasks' runs do), text (one bytes, with each record's
+    length in it) or frozen (that text compressed only, about a fifteenth of it). A run's lines
+    never change: an encode that changes a line makes a new run and shares the unchanged runs
+    with the entry before. Once a gzip answer needed it, a run keeps its text compressed
+    (`data`, with its CRC-32 and size: a segment of the gzip member), and a run an encode did
+    not change is frozen: a gzip answer reuses `data` as it is, a text answer or a change
+    inflates it. Freezing happens in place, sets what the other forms need before it drops
+    them, so threads read a run freely."""
+
+    __slots__ = ("_lines", "_text", "crc", "data", "lengths", "size")
+
+    def __init__(self, lines: tuple[bytes, ...] | None, text: bytes | None = None,
+                 lengths: array[int] | None = None) -> None:
+        self._lines, self._text, self.lengths = lines, text, lengths
+        self.data: bytes | None = None
+        self.crc = self.size = 0
+
+    def __len__(self) -> int:
+        lines = self._lines
+        return len(lines) if lines is not None else len(self.lengths)  # type: ignore[arg-type]
+
+    def text(self) -> bytes:
+        lines, text = self._lines, self._text
+        if lines is not None:
+            return b"".join(lines)
+        if text is None:  # frozen
+            text = isal_zlib.decompressobj(-isal_zlib.MAX_WBITS).decompress(self.data)
+        return text
+
+    def lines(self) -> list[bytes]:
+        lines = self._lines
+        if lines is not None:
+            return list(lines)
+        text, ends = self.text(), list(accumulate(self.lengths))  # type: ignore[arg-type]
+        return list(map(text.__getitem__, map(slice, [0, *ends], ends)))
+
+    def segment(self, level: int) -> _Run:
+        """The run as a segment of a gzip member: compressed once, kept."""
+        if self.data is None:
+            text = self.text()
+            self.crc, self.size = isal_zlib.crc32(text), len(text)
+            self.data = _deflate(text, level)  # last: a run with `data` has its CRC and size too
+        return self
+
+    def freeze(self, level: int) -> None:
+        lines = self._lines  # read once: another thread may be freezing this run too
+        self.segment(level)
+        if lines is not None and self.lengths is None:
+            self.lengths = array("I", map(len, lines))
+        self._lines = self._text = None
+
+    def extended(self, n: int) -> _Run:
+        """This run with `n` records of no lines after its own (the same text, compressed or not)."""
+        # Read in the order freeze() lets go (lines, text), then data, which comes with its CRC and size.
+        lines, text = self._lines, self._text
+        if lines is not None:
+            return _Run((*lines, *(b"",) * n))
+        data = self.data
+        run = _Run(None, text, self.lengths + array("I", bytes(4 * n)))  # type: ignore[operator]
+        if data is not None:
+            run.crc, run.size, run.data = self.crc, self.size, data
+        return run
+
+    def edited(self, edit: dict[int, bytes]) -> _Run:
+        """A new run of these lines with the parts of some records (index: part) replaced: whole,
+        unless a few records change in a run that is not (its text is cut, not split)."""
+        if self._lines is not None or len(edit) * 8 > len(self):
+            lines = self.lines()
+            for j, line in edit.items():
+                lines[j] = line
+            return _Run(tuple(lines))
+        text, lengths = self.text(), array("I", self.lengths)  # type: ignore[arg-type]
+        out: list[bytes] = []
+        cut = at = done = 0  # copied up to `cut`; record `done` starts at `at`
+        for j in sorted(edit):
+            at += sum(lengths[done:j])
+            out += (text[cut:at], edit[j])
+            cut = at = at + lengths[j]
+            lengths[j], done = len(edit[j]), j + 1
+        out.append(text[cut:])
+        return _Run(None, b"".join(out), lengths)
 
 
 class _Lines:
-    """One project's records of one area, rendered in one style: cols[f][c][j] is family f's line of
-    records[c * CHUNK + j] (b"" for none). Runs of CHUNK lines are tuples, never changed once built:
-    an encode makes new tuples for the runs it changes and shares the others with the entry
-    before, so threads read entries freely, and an unchanged run is the same object from one
-    encode to the next. `segments` keeps the compressed form of each run, (family, run) -> segment."""
+    """One project's records of one area, rendered in one style: cols[f][c] is the run of family f's
+    lines of the records from starts[c] to starts[c + 1] (runs of at most 2 * CHUNK records, the
+    same in every family). An encode makes new runs where lines change and shares the others
+    with the entry before, so an unchanged run is the same object from one encode to the next."""
 
-    __slots__ = ("cols", "ids", "records", "segments")
+    __slots__ = ("cols", "ids", "records", "starts")
 
-    def __init__(self, ids: tuple[object, ...], records: tuple[Any, ...], cols: list[list[tuple[bytes, ...]]],
-                 segments: dict[tuple[int, int], _Segment]) -> None:
-        self.ids, self.records, self.cols, self.segments = ids, records, cols, segments
+    def __init__(self, ids: tuple[object, ...], records: tuple[Any, ...], cols: list[list[_Run]],
+                 starts: Sequence[int]) -> None:
+        self.ids, self.records, self.cols, self.starts = ids, records, cols, starts
 
 
-def _runs(lines: Sequence[bytes]) -> list[tuple[bytes, ...]]:
-    return [tuple(lines[i:i + CHUNK]) for i in range(0, len(lines), CHUNK)]
+def _runs(lines: Sequence[bytes]) -> list[_Run]:
+    return [_Run(tuple(lines[i:i + CHUNK])) for i in range(0, len(lines), CHUNK)]
 
 
 class RecordLines:
@@ -340,9 +433,13 @@ class RecordLines:
         self._renderers: dict[tuple[Style, Kind, tuple[Family, ...]], _KindRenderer] = {}
         self._lock = threading.Lock()
 
-    def lines(self, tp: _Templates, families: tuple[Family, ...], pid: str, area: Area, records: Sequence[Any]
-              ) -> tuple[_Lines, int]:
-        """The lines of `records` (in id order) in the style of `tp`, and how many records were rendered."""
+    def lines(self, tp: _Templates, families: tuple[Family, ...], pid: str, area: Area, records: Sequence[Any],
+              level: int | None = None) -> tuple[_Lines, int]:
+        """The lines of `records` (in id order) in the style of `tp`, and how many records were rendered.
+
+        `level`: this encode answers in gzip at that level, so every run it does not change is
+        frozen (runs that change from one encode to the next, those of live tasks, stay whole).
+        """
         key = (tp.key, pid, area.name)
         with self._lock:
             last = self._entries.get(key)
@@ -351,22 +448,32 @@ class RecordLines:
                 renderer = self._renderers[(tp.style, area.kind, families)] = _KindRenderer(tp, area.kind, families)
         new = tuple(records)
         ids = tuple(map(_id_of, new))
-        base, cols = _aligned(last, ids, len(renderer.families))
+        base, cols, starts = _aligned(last, ids, len(renderer.families))
         pid_e = escape_value(pid)
         rendered = 0
-        writing: dict[tuple[int, int], list[bytes]] = {}  # (family, run) -> its lines being written
+        hot: set[tuple[int, int]] = set()  # runs a record seen before changed in: they change again soon
+        writing: dict[int, dict[int, bytes]] = {}  # one run's edits: family -> {index in the run: lines}
+        ends = (*starts[1:], len(new))
+        c = 0  # the run being written: runs before it are done, and written at once (a first
+        # encode holds one run's lines beside the cache, not the whole body's)
         for i in compress(range(len(new)), map(is_not, new, base)):
+            if i >= ends[c]:
+                _write(cols, c, writing, hot, level)
+                c = bisect_right(ends, i, c)
             changes = renderer.render(new[i], base[i], pid_e)
             rendered += bool(changes)  # an equal record in a new object changes nothing
-            c, j = divmod(i, CHUNK)
+            j = i - starts[c]
             for f, line in changes.items():
-                run = writing.get((f, c))
-                if run is None:
-                    run = writing[(f, c)] = list(cols[f][c])
-                run[j] = line
-        for (f, c), run in writing.items():
-            cols[f][c] = tuple(run)
-        entry = _Lines(ids, new, cols, last.segments if last is not None else {})
+                writing.setdefault(f, {})[j] = line
+                if base[i] is not None:
+                    hot.add((f, c))
+        _write(cols, c, writing, hot, level)
+        if level is not None:
+            for f, col in enumerate(cols):
+                for c, run in enumerate(col):
+                    if (f, c) not in hot:
+                        run.freeze(level)
+        entry = _Lines(ids, new, cols, starts)
         with self._lock:
             self._entries.pop(key, None)
             self._entries[key] = entry  # the newest last
@@ -377,47 +484,129 @@ class RecordLines:
         return entry, rendered
 
 
-def _aligned(last: _Lines | None, ids: tuple[object, ...], n_families: int
-             ) -> tuple[Sequence[Any], list[list[tuple[bytes, ...]]]]:
+def _write(cols: list[list[_Run]], c: int, writing: dict[int, dict[int, bytes]], hot: set[tuple[int, int]],
+           level: int | None) -> None:
+    """Run c of each family with its edits, frozen at once unless hot (emptying `writing`)."""
+    for f, edit in writing.items():
+        run = cols[f][c] = cols[f][c].edited(edit)
+        if level is not None and (f, c) not in hot:
+            run.freeze(level)
+    writing.clear()
+
+
+_Aligned = tuple[Sequence[Any], list[list[_Run]], list[int]]
+
+
+def _aligned(last: _Lines | None, ids: tuple[object, ...], n_families: int) -> _Aligned:
     """The last records and runs of lines moved to where the records of `ids` are now (None and b""
-    for new ones)."""
-    if last is None:
-        return (None,) * len(ids), [_runs((b"",) * len(ids)) for _ in range(n_families)]
+    for new ones), and where each run starts. In the same order as before (records gone, new
+    ones anywhere), a run keeps its object unless its records changed: a task deleted or aged
+    out writes one run again, not every run after it."""
+    if last is None or not last.ids:
+        empty = _runs((b"",) * len(ids))
+        return (None,) * len(ids), [list(empty) for _ in range(n_families)], list(range(0, len(ids), CHUNK))
     m = len(last.ids)
     if ids == last.ids:  # the same records in the same order: the common case, every run shared
-        return last.records, [list(c) for c in last.cols]
+        return last.records, [list(c) for c in last.cols], list(last.starts)
     if len(ids) > m and ids[:m] == last.ids:  # new records after the known ones (task ids grow)
-        full = m // CHUNK  # the full runs are shared; a last, partial one is extended
-        return (last.records + (None,) * (len(ids) - m),
-                [c[:full] + _runs((*chain.from_iterable(c[full:]), *(b"",) * (len(ids) - m))) for c in last.cols])
+        return _appended(last, len(ids) - m)
     index = {rid: i for i, rid in enumerate(last.ids)}
-    where = [index.get(rid, len(last.ids)) for rid in ids]  # past the end: a new record
+    where = [index.get(rid, -1) for rid in ids]  # -1: a new record
     records = list(map((*last.records, None).__getitem__, where))
-    return records, [_runs(list(map((*chain.from_iterable(c), b"").__getitem__, where))) for c in last.cols]
+    kept = [o for o in where if o >= 0]
+    if kept and kept == sorted(kept):
+        plan = _plan(last, where, kept)
+        starts = _starts(plan)
+        if len(starts) <= 2 * (len(ids) // CHUNK + 1):  # else too many short runs: written anew
+            return records, [[*chain.from_iterable(step(col, where) for step in plan)] for col in last.cols], starts
+    lines = [(*chain.from_iterable(r.lines() for r in col), b"") for col in last.cols]
+    return records, [_runs(list(map(col.__getitem__, where))) for col in lines], list(range(0, len(ids), CHUNK))
+
+
+def _appended(last: _Lines, n: int) -> _Aligned:
+    """`last` with n new records after its own: the last run extended up to CHUNK records, then new runs."""
+    m, start = len(last.ids), last.starts[-1]
+    room = min(n, max(0, CHUNK - (m - start)))
+    fresh = _runs((b"",) * (n - room))
+    return ((*last.records, *(None,) * n),
+            [[*c[:-1], c[-1].extended(room) if room else c[-1], *fresh] for c in last.cols],
+            [*last.starts, *range(m + room, m + n, CHUNK)])
+
+
+class _Step:
+    """What one run of the last entry becomes: itself, itself with new records after its own, or
+    written again from its kept lines (in runs of CHUNK when it grew past 2 * CHUNK)."""
+
+    __slots__ = ("begin", "end", "k", "kind", "old", "start")
+
+    def __init__(self, kind: str, k: int, begin: int, end: int, start: int, old: int) -> None:
+        # run k of the last entry (`old` records from `start`) is the records of positions begin..end
+        self.kind, self.k, self.begin, self.end, self.start, self.old = kind, k, begin, end, start, old
+
+    def sizes(self) -> list[int]:
+        """The number of records of each run the step makes."""
+        n = self.end - self.begin
+        if self.kind == "extend":
+            room = min(n - self.old, max(0, CHUNK - self.old))
+            return [self.old + room, *_chunks(n - self.old - room)]
+        return [n] if n <= 2 * CHUNK else _chunks(n)
+
+    def __call__(self, col: list[_Run], where: list[int]) -> list[_Run]:
+        run = col[self.k]
+        if self.kind == "keep":
+            return [run]
+        if self.kind == "extend":
+            first, *more = self.sizes()
+            return [run.extended(first - self.old) if first > self.old else run, *_runs((b"",) * sum(more))]
+        lines = (*run.lines(), b"")
+        block = [lines[o - self.start] if o >= 0 else b"" for o in where[self.begin:self.end]]
+        return [_Run(tuple(block))] if len(block) <= 2 * CHUNK else _runs(block)
+
+
+def _plan(last: _Lines, where: list[int], kept: list[int]) -> list[_Step]:
+    """The steps from the last entry's runs to the new ones, the kept records being in the same
+    order: a run's block of positions runs from its first kept record (position 0 for the first)
+    to the next block's; new records belong to the run of the kept record before them."""
+    at = list(compress(range(len(where)), map((-1).__lt__, where)))  # the position of each kept record
+    ends = (*last.starts[1:], len(last.ids))
+    blocks = []
+    for k, (start, end) in enumerate(zip(last.starts, ends)):
+        a, b = bisect_left(kept, start), bisect_left(kept, end)
+        if a < b:
+            blocks.append((k, start, end, a, b))
+    plan = []
+    for n, (k, start, end, a, b) in enumerate(blocks):
+        begin = 0 if n == 0 else at[a]
+        stop = blocks[n + 1][3] if n + 1 < len(blocks) else None
+        finish = at[stop] if stop is not None else len(where)
+        whole = b - a == end - start  # every record of the run is still there
+        if whole and finish - begin == end - start:
+            kind = "keep"
+        elif whole and at[a] == begin and at[b - 1] == begin + (b - a) - 1:
+            kind = "extend"
+        else:
+            kind = "write"
+        plan.append(_Step(kind, k, begin, finish, start, end - start))
+    return plan
+
+
+def _chunks(n: int) -> list[int]:
+    return [min(CHUNK, n - i) for i in range(0, n, CHUNK)]
+
+
+def _starts(plan: list[_Step]) -> list[int]:
+    """Where each run of the plan's steps starts."""
+    out: list[int] = []
+    for step in plan:
+        out += accumulate(step.sizes()[:-1], initial=step.begin)
+    return out
 
 
 # --- the body ------------------------------------------------------------------------------------
 
-class _Run:
-    """CHUNK lines of one family of one project: a piece of the body, with its compressed form kept."""
-
-    __slots__ = ("key", "lines", "segments")
-
-    def __init__(self, lines: tuple[bytes, ...], segments: dict[tuple[int, int], _Segment],
-                 key: tuple[int, int]) -> None:
-        self.lines, self.segments, self.key = lines, segments, key
-
-    def segment(self, level: int) -> _Segment:
-        """The run compressed: the last encode's segment when it holds the same lines."""
-        old = self.segments.get(self.key)
-        if old is not None and (old.lines is self.lines or old.lines == self.lines):
-            return old
-        seg = self.segments[self.key] = _Segment(b"".join(self.lines), level, self.lines)
-        return seg
-
-
 def _entries(listings: Sequence[Listing], policy: SeriesPolicy, tp: _Templates, cache: RecordLines,
-             areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None) -> dict[Kind, list[_Lines]]:
+             areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None, level: int | None
+             ) -> dict[Kind, list[_Lines]]:
     """The rendered lines of each listing's records, by kind. An area none of whose families is in
     `table` (the metric lists dropped them all) is not even looked at: its records cost nothing."""
     entries: dict[Kind, list[_Lines]] = {area.kind: [] for area in areas}
@@ -429,7 +618,7 @@ def _entries(listings: Sequence[Listing], policy: SeriesPolicy, tp: _Templates, 
             records = policy.records(lst, area.name)
             if records is None:  # a failed listing exports nothing, and keeps the cached lines
                 continue
-            entry, rendered = cache.lines(tp, table, lst.target.project_id, area, records)
+            entry, rendered = cache.lines(tp, table, lst.target.project_id, area, records, level)
             entries[area.kind].append(entry)
             if stats is not None:
                 stats.encoded_records.labels(area.kind.name, "rendered").inc(rendered)
@@ -438,12 +627,12 @@ def _entries(listings: Sequence[Listing], policy: SeriesPolicy, tp: _Templates, 
 
 
 def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cache: RecordLines,
-            areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None = None
-            ) -> Iterator[bytes | _Run]:
+            areas: Sequence[Area], table: tuple[Family, ...], stats: SelfMetrics | None = None,
+            level: int | None = None) -> Iterator[bytes | _Run]:
     """The OMS families of the body in order (`table`: families(areas), or those of them the metric lists
-    keep): bytes, and runs of record lines."""
+    keep): bytes, and runs of record lines (`level`: for a gzip answer at that level)."""
     tp = templates(style, table)
-    entries = _entries(listings, policy, tp, cache, areas, table, stats)
+    entries = _entries(listings, policy, tp, cache, areas, table, stats, level)
     for family in table:
         yield tp.header[family.name]
         if family.kind is None:  # a project family: a few lines, written afresh each time
@@ -454,13 +643,7 @@ def _pieces(listings: Sequence[Listing], policy: SeriesPolicy, style: Style, cac
             continue
         f = tp.column[family.name]
         for entry in entries[family.kind]:
-            for c, run in enumerate(entry.cols[f]):
-                yield _Run(run, entry.segments, (f, c))
-    for kind_entries in entries.values():  # compressed runs past the end of a shorter list
-        for entry in kind_entries:
-            runs = -(-len(entry.ids) // CHUNK)
-            for key in [k for k in list(entry.segments) if k[1] >= runs]:
-                entry.segments.pop(key, None)
+            yield from entry.cols[f]
 
 
 def _text(pieces: Iterable[bytes | _Run]) -> Iterator[bytes]:
@@ -468,7 +651,7 @@ def _text(pieces: Iterable[bytes | _Run]) -> Iterator[bytes]:
         if type(piece) is bytes:
             yield piece
         else:
-            yield b"".join(piece.lines)  # type: ignore[union-attr]
+            yield piece.text()  # type: ignore[union-attr]
 
 
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
@@ -476,13 +659,14 @@ _DEFLATE_END = b"\x03\x00"  # an empty final block (fixed Huffman codes)
 
 
 def gzip_body(pieces: Iterable[bytes | _Run], level: int) -> bytes:
-    """One gzip member of the pieces' text; unchanged runs reuse their last segment."""
+    """One gzip member of the pieces' text; runs are compressed once, and reused so."""
     out = [_GZIP_HEADER]
     crc = size = 0
     loose: list[bytes] = []  # small pieces between runs, compressed together
 
-    def add(seg: _Segment) -> None:
+    def add(seg: _Segment | _Run) -> None:
         nonlocal crc, size
+        assert seg.data is not None  # a run's segment() compressed it
         out.append(seg.data)
         crc = isal_zlib.crc32_combine(crc, seg.crc, seg.size)
         size += seg.size
@@ -556,7 +740,8 @@ class Renderer:
         # The exporter's own metrics last, so that what they count includes this encode.
         tail = (lambda: encoder(self._stats.registry)) if with_self else (
             lambda: b"# EOF\n" if style.openmetrics else b"")
-        pieces = _with_tail(_pieces(listings, policy, style, self.lines, self._areas, table, self._stats), tail)
+        level = self.GZIP_LEVEL if gzip_ok else None
+        pieces = _with_tail(_pieces(listings, policy, style, self.lines, self._areas, table, self._stats, level), tail)
         return gzip_body(pieces, self.GZIP_LEVEL) if gzip_ok else b"".join(_text(pieces))
 
 
