@@ -341,16 +341,43 @@ parse_group = parser(TaskGroup)
 parse_sync = parser(SyncTask)
 
 
+class BareTask(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A finished task as a listing keeps it once it gets no series any more: its id, state, group,
+    end and the fields summed per state (the per-state sums, the listing's decisions and its
+    counts read nothing else). It reads as a Task: every other Task field is a class attribute
+    holding that field's default, so it costs nothing per task (0.12 KB of struct instead of
+    0.24; an account keeps hundreds of thousands of these between scrapes)."""
+
+    id: int
+    status: int | None
+    group_id: str
+    total_size: Num | None
+    complete_size: Num | None
+    real_size: Num | None
+    total_num: Num | None
+    successful_num: Num | None
+    failed_num: Num | None
+    skipped_num: Num | None
+    migrate_speed: Num | None
+    ended_ms: float
+    clipped: bool
+
+
+_EMPTY = Task(id=0)
+for _name in Task.__struct_fields__:
+    if _name not in BareTask.__struct_fields__:
+        setattr(BareTask, _name, True if _name == "bare" else getattr(_EMPTY, _name))
+
+
 def bare(task: Task) -> Task:
-    """`task` as a listing keeps a finished task that gets no series any more: its id, state, group,
-    end and the fields summed per state, nothing else (~0.6 KB instead of ~1.4 KB: an account
-    keeps hundreds of thousands of these between scrapes)."""
-    kept = Task(id=task.id, status=task.status, group_id=sys.intern(task.group_id or ""),
-                **{name: getattr(task, name) for name in TOTAL_FIELDS})
-    force_setattr(kept, "ended_ms", task.ended_ms)
-    force_setattr(kept, "clipped", task.clipped)
-    force_setattr(kept, "bare", True)
-    return kept
+    """`task` kept bare (BareTask), read as a Task. Equal integers among its sums are kept as one
+    object (a succeeded task's completed size is its size, its objects succeeded its objects)."""
+    ints: dict[int, int] = {}
+    sums = {name: ints.setdefault(v, v) if type(v) is int else v
+            for name, v in zip(TOTAL_FIELDS, map(getattr, repeat(task), TOTAL_FIELDS))}
+    kept = BareTask(id=task.id, status=task.status, group_id=sys.intern(task.group_id or ""),
+                    ended_ms=task.ended_ms, clipped=task.clipped, **sums)
+    return cast(Task, kept)
 
 
 # --- the per-state sums of tasks ---------------------------------------------------------------
