@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, compress
 from math import copysign
-from operator import attrgetter, is_not
+from operator import attrgetter, is_not, lt
 from typing import Any
 
 from isal import isal_zlib
@@ -318,9 +318,10 @@ class _Segment:
 
 class _Run:
     """The lines of some records in one family (b"" for a record with none), in one of three forms:
-    whole (a tuple, one part per record: what an encode writes, and keeps while the run changes
-    from one encode to the next, as live tasks' runs do), text (one bytes, with each record's
-    length in it) or frozen (that text compressed only, about a fifteenth of it). A run's lines
+    whole (a tuple, one part per record: what an encode writes), text (one bytes, with each
+    record's length in it: a few records changed in a frozen run) or frozen (that text
+    compressed only, about a fifteenth of it). Runs that change from one encode to the next
+    (live tasks') stay uncompressed, whole or text. A run's lines
     never change: an encode that changes a line makes a new run and shares the unchanged runs
     with the entry before. Once a gzip answer needed it, a run keeps its text compressed
     (`data`, with its CRC-32 and size: a segment of the gzip member), and a run an encode did
@@ -377,7 +378,7 @@ class _Run:
         if lines is not None:
             return _Run((*lines, *(b"",) * n))
         data = self.data
-        run = _Run(None, text, self.lengths + array("I", bytes(4 * n)))  # type: ignore[operator]
+        run = _Run(None, text, self.lengths + array("I", [0]) * n)  # type: ignore[operator]
         if data is not None:
             run.crc, run.size, run.data = self.crc, self.size, data
         return run
@@ -438,7 +439,7 @@ class RecordLines:
         """The lines of `records` (in id order) in the style of `tp`, and how many records were rendered.
 
         `level`: this encode answers in gzip at that level, so every run it does not change is
-        frozen (runs that change from one encode to the next, those of live tasks, stay whole).
+        frozen (runs that change from one encode to the next, those of live tasks, stay uncompressed).
         """
         key = (tp.key, pid, area.name)
         with self._lock:
@@ -448,7 +449,7 @@ class RecordLines:
                 renderer = self._renderers[(tp.style, area.kind, families)] = _KindRenderer(tp, area.kind, families)
         new = tuple(records)
         ids = tuple(map(_id_of, new))
-        base, cols, starts = _aligned(last, ids, len(renderer.families))
+        base, cols, starts = _aligned(last, ids, len(renderer.families), level)
         pid_e = escape_value(pid)
         rendered = 0
         hot: set[tuple[int, int]] = set()  # runs a record seen before changed in: they change again soon
@@ -497,7 +498,7 @@ def _write(cols: list[list[_Run]], c: int, writing: dict[int, dict[int, bytes]],
 _Aligned = tuple[Sequence[Any], list[list[_Run]], list[int]]
 
 
-def _aligned(last: _Lines | None, ids: tuple[object, ...], n_families: int) -> _Aligned:
+def _aligned(last: _Lines | None, ids: tuple[object, ...], n_families: int, level: int | None) -> _Aligned:
     """The last records and runs of lines moved to where the records of `ids` are now (None and b""
     for new ones), and where each run starts. In the same order as before (records gone, new
     ones anywhere), a run keeps its object unless its records changed: a task deleted or aged
@@ -514,13 +515,25 @@ def _aligned(last: _Lines | None, ids: tuple[object, ...], n_families: int) -> _
     where = [index.get(rid, -1) for rid in ids]  # -1: a new record
     records = list(map((*last.records, None).__getitem__, where))
     kept = [o for o in where if o >= 0]
-    if kept and kept == sorted(kept):
+    if not kept:  # nothing left of the last entry: as a first encode
+        return _aligned(None, ids, n_families, level)
+    if all(map(lt, kept, kept[1:])):  # the kept records in the same order (strictly: no id twice)
         plan = _plan(last, where, kept)
         starts = _starts(plan)
         if len(starts) <= 2 * (len(ids) // CHUNK + 1):  # else too many short runs: written anew
             return records, [[*chain.from_iterable(step(col, where) for step in plan)] for col in last.cols], starts
-    lines = [(*chain.from_iterable(r.lines() for r in col), b"") for col in last.cols]
-    return records, [_runs(list(map(col.__getitem__, where))) for col in lines], list(range(0, len(ids), CHUNK))
+    return records, [_rewritten(col, where, level) for col in last.cols], list(range(0, len(ids), CHUNK))
+
+
+def _rewritten(col: list[_Run], where: list[int], level: int | None) -> list[_Run]:
+    """One family's runs written anew, each record's lines at its new place (-1: a new record),
+    frozen at once for a gzip answer: one family's lines at a time beside the cache, not the body's."""
+    lines = (*chain.from_iterable(r.lines() for r in col), b"")
+    runs = _runs(list(map(lines.__getitem__, where)))
+    if level is not None:
+        for run in runs:
+            run.freeze(level)
+    return runs
 
 
 def _appended(last: _Lines, n: int) -> _Aligned:

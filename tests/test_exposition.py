@@ -470,9 +470,10 @@ def test_concurrent_encodes_of_one_project_in_threads(monkeypatch: pytest.Monkey
 
 
 def test_cached_lines_are_left_alone_by_the_garbage_collector() -> None:
-    """Lines are bytes, id lists tuples of ints, record lists tuples of gc=False records: after one
-    collection the cyclic collector tracks none of them but the column lists, whatever the
-    encode did (first encode, changes, growth, removals); the output stays the reference's."""
+    """Lines are bytes (or tuples of bytes), id lists tuples of ints, record lists tuples of gc=False
+    records: after one collection the cyclic collector tracks none of them but the column lists
+    and their runs, whatever the encode did (first encode, changes, growth, removals); the
+    output stays the reference's."""
     policy, cache = SeriesPolicy(finished_task_max_age=0), x.RecordLines()
     tasks = [task(i, progress=i / 9000) for i in range(1, 211)]
     grown = [*tasks, task(250)]
@@ -483,6 +484,7 @@ def test_cached_lines_are_left_alone_by_the_garbage_collector() -> None:
         gc.collect()
         entry = next(iter(cache._entries.values()))
         assert not gc.is_tracked(entry.ids) and not gc.is_tracked(entry.records)
+        assert not any(gc.is_tracked(run._lines) for col in entry.cols for run in col if run._lines is not None)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -537,6 +539,23 @@ def test_listings_in_id_order_with_tasks_gone_and_new_anywhere(pool: list[Task],
                     for run, a in zip(col, entry.starts)}
             assert all(held[id(run)] == ids for run, ids in kept.items() if id(run) in held)
             kept = {run: entry.ids[a:a + len(run)] for col in entry.cols for run, a in zip(col, entry.starts)}
+
+
+@pytest.mark.parametrize("chunk", [3, 2000])
+@pytest.mark.parametrize("then", [["g1", "g1", "g3"], ["g4", "g5"], []], ids=["an id twice", "none kept", "none"])
+def test_records_an_entry_cannot_keep_its_runs_for(monkeypatch: pytest.MonkeyPatch, chunk: int,
+                                                   then: list[str]) -> None:
+    """A list holding an id twice (no lister makes one, but encode() takes any) is no list in the same
+    order, and one with nothing of the last is as a first: each body is still the reference's."""
+    monkeypatch.setattr(x, "CHUNK", chunk)
+    renderer, policy = x.Renderer(stats()), SeriesPolicy()
+    style, _, encoder = x.negotiate(ACCEPTS[0])
+    made = {name: group(id=name, status=2, total_num=int(name[1:])) for name in ("g1", "g2", "g3", "g4", "g5")}
+    for names in (["g1", "g2", "g3"], then):
+        lsts = [listing(target(), [task(1)], groups=[made[n] for n in names])]
+        for gzip_ok in (True, False):
+            body = renderer._encode(lsts, policy, False, style, encoder, gzip_ok)
+            assert (gzip.decompress(body) if gzip_ok else body) == reference(lsts, policy, ACCEPTS[0])
 
 
 def test_runs_an_encode_did_not_change_keep_their_compressed_text_only(monkeypatch: pytest.MonkeyPatch) -> None:
