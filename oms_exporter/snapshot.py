@@ -14,8 +14,9 @@ import asyncio
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import compress
 from operator import attrgetter, ge
 from typing import Any, Protocol
@@ -89,6 +90,11 @@ class Project:
     def __init__(self, target: Target, listers: dict[str, AreaLister], clock: Clock, budget: float = 0.0) -> None:
         self.target, self.listers, self.clock, self.budget = target, listers, clock, budget
         self._running: dict[str, asyncio.Task[Part]] = {}  # area -> its run, until a listing takes its result
+        # Told of an area whose run went on past its scrape's deadline and is now whole, as a
+        # listing of that area alone (the others `timeout`): the encoder renders it before the next
+        # scrape comes for it, so that scrape does not render a first listing of 1,000,000 tasks.
+        self.on_whole: Callable[[Listing], None] | None = None
+        self._watched: set[str] = set()  # the areas whose background run on_whole waits for
 
     @property
     def in_progress(self) -> bool:
@@ -111,6 +117,9 @@ class Project:
             kind = TaskPart if i == 0 else Part
             if not run.done():
                 parts[name] = kind(error=_CONTINUING)
+                if name not in self._watched:
+                    self._watched.add(name)
+                    run.add_done_callback(partial(self._ended, name))
                 continue
             del self._running[name]  # taken: the next listing of this area starts afresh
             if run.cancelled():  # the target is going away
@@ -122,6 +131,17 @@ class Project:
             else:
                 parts[name] = run.result()
         return Listing(self.target, taken_at, parts, in_progress=self.in_progress)
+
+    def _ended(self, name: str, run: asyncio.Task[Part]) -> None:
+        """A background run ended: when it is whole and not taken yet, tell on_whole."""
+        self._watched.discard(name)
+        if self.on_whole is None or self._running.get(name) is not run or run.cancelled() or run.exception():
+            return
+        part = run.result()
+        if part.error is None:
+            parts = {n: part if n == name else (TaskPart if i == 0 else Part)(error=_CONTINUING)
+                     for i, n in enumerate(self.listers)}
+            self.on_whole(Listing(self.target, self.clock.time(), parts, in_progress=self.in_progress))
 
     def _run(self, name: str, lister: AreaLister, deadline: float) -> asyncio.Task[Part]:
         """The area's run going on in the background, or a new one. A background run that failed is
@@ -174,6 +194,7 @@ class Snapshots:
         self._last: dict[str, tuple[float, Listing]] = {}  # target name -> (monotonic time, last listing)
         # (target, collector, what) -> (the state last warned of, monotonic time): no warning every scrape.
         self._reported: dict[tuple[str, str, str], tuple[object, float]] = {}
+        self.on_whole: Callable[[Listing], None] | None = None  # see Project.on_whole
 
     def set_projects(self, projects: dict[str, Project]) -> None:
         """Serve these projects from now on; the listings of those gone (or replaced) are cancelled,
@@ -186,7 +207,13 @@ class Snapshots:
                 entry[0].cancel()
             before.cancel()
             self._last.pop(name, None)
+        for project in projects.values():
+            project.on_whole = self._whole
         self._projects = projects
+
+    def _whole(self, listing: Listing) -> None:
+        if self.on_whole is not None and self._projects.get(listing.target.name) is not None:
+            self.on_whole(listing)
 
     async def get(self, names: Sequence[str], deadline: float) -> list[Listing]:
         """Listings of the named targets, each finished or failed by `deadline` (`Clock.monotonic()` time)."""

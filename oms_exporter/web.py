@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 from aiohttp import web
 from prometheus_client.exposition import gzip_accepted
@@ -24,8 +25,10 @@ from oms_exporter import __version__
 from oms_exporter.area import Area
 from oms_exporter.catalog import AREAS
 from oms_exporter.clock import Clock
+from oms_exporter.errors import Timeout
 from oms_exporter.exposition import Renderer
 from oms_exporter.generation import Generation
+from oms_exporter.listing import Listing
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Settings, Target
 from oms_exporter.snapshot import SeriesPolicy, Snapshots
@@ -85,12 +88,19 @@ def make_app(settings: Settings, *, stats: SelfMetrics | None = None, clock: Clo
 async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE]
     live.generation = Generation(live.settings, app[STATS], app[CLOCK], live.areas)
+    _render_ahead(app, live.generation)
     await live.generation.start()
     yield
     for task in list(live.retiring):
         task.cancel()
     await asyncio.gather(*live.retiring, return_exceptions=True)
     await live.generation.aclose(drain=False)  # the server has waited for the requests in flight
+    await app[RENDERER].aclose()
+
+
+def _render_ahead(app: web.Application, gen: Generation) -> None:
+    """A listing that goes whole in the background is rendered before a scrape comes for it."""
+    gen.snapshots.on_whole = partial(app[RENDERER].warm, policy=app[POLICY], table=gen.table)
 
 
 async def reload(app: web.Application, settings: Settings) -> None:
@@ -102,6 +112,7 @@ async def reload(app: web.Application, settings: Settings) -> None:
     live, stats = app[LIVE], app[STATS]
     old = live.generation
     new = Generation(settings, stats, app[CLOCK], live.areas)
+    _render_ahead(app, new)
     await new.start(old)
     live.settings, live.generation = settings, new
     if old is None:
@@ -147,11 +158,16 @@ def _deadline(request: web.Request, settings: Settings) -> float:
 
 async def _respond(request: web.Request, gen: Generation, names: Sequence[str],
                    with_self: bool) -> web.StreamResponse:
+    with request.app[RENDERER].serving():  # renders ahead wait until no scrape is in flight
+        return await _answer(request, gen, names, with_self)
+
+
+async def _answer(request: web.Request, gen: Generation, names: Sequence[str],
+                  with_self: bool) -> web.StreamResponse:
     app = request.app
-    listings = await gen.snapshots.get(names, _deadline(request, gen.settings))
-    body, content_type, zipped = await app[RENDERER].render(
-        listings, app[POLICY], gen.table, with_self, request.headers.get("Accept", ""),
-        gzip_accepted(request.headers.get("Accept-Encoding", "")))
+    deadline = _deadline(request, gen.settings)
+    listings = await gen.snapshots.get(names, deadline)
+    body, content_type, zipped = await _rendered(app, gen, listings, with_self, request, deadline)
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     resp.content_length = len(body)
     if zipped:
@@ -176,6 +192,32 @@ async def _respond(request: web.Request, gen: Generation, names: Sequence[str],
             "peer": request.remote, "path": request.path, "sent_bytes": sent, "body_bytes": len(body),
             "error": type(exc).__name__})
     return resp
+
+
+_LATE = Timeout("listed, but not yet rendered at the scrape's deadline: the next scrape serves it")
+
+
+async def _rendered(app: web.Application, gen: Generation, listings: list[Listing], with_self: bool,
+                    request: web.Request, deadline: float) -> tuple[bytes, str, bool]:
+    """The body of `listings`, by `deadline`. A render still running then (the first of a listing of
+    hundreds of thousands of tasks that became whole just before) goes on and fills the cache the
+    next scrape reads; this scrape answers in time, serving its listings that were up as `timeout`."""
+    render = partial(app[RENDERER].render, policy=app[POLICY], table=gen.table, with_self=with_self,
+                     accept=request.headers.get("Accept", ""),
+                     gzip_ok=gzip_accepted(request.headers.get("Accept-Encoding", "")))
+    try:
+        async with app[CLOCK].timeout_at(deadline):
+            return await render(listings)
+    except TimeoutError:
+        late = []
+        for lst in listings:
+            if lst.up:
+                app[STATS].listing_failed(lst.target.project_id, "timeout")
+                lst = Listing.failed(lst.target, lst.taken_at, list(lst.parts), _LATE, in_progress=lst.in_progress)
+            late.append(lst)
+        log.info("a render went past the scrape's deadline: it goes on for the next scrape",
+                 extra={"targets": [lst.target.name for lst in listings]})
+        return await render(late)
 
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:

@@ -7,12 +7,14 @@ test lets them go; the test moves the clock past a scrape's deadline instead of 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
-from oms_exporter.web import LIVE
-from tests.conftest import PROJECT, ManualClock, scrape, value, wait_until
+from oms_exporter.web import LIVE, RENDERER, STATS
+from tests.conftest import PROJECT, ManualClock, scrape, value, values, wait_until
 from tests.standin import StandIn
 
 SHORT = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}  # 1.5 s after the offset: shorter than a request's 5 s
@@ -48,6 +50,62 @@ async def test_a_listing_cut_by_the_deadline_goes_on_and_the_next_scrape_serves_
     assert len(sim.calls) == sent  # served what the background listing found, as soon as it was whole
     s = await scrape(client)  # and the next one lists again (by liveness: what is live)
     assert value(s, "oms_up", project_id=PROJECT) == 1 and len(sim.calls) > sent
+
+
+async def test_a_listing_whole_in_the_background_is_rendered_before_the_next_scrape(
+        sim: StandIn, exporter: Any, clock: ManualClock) -> None:
+    """The next scrape serves it without rendering its tasks itself (at 1,000,000 tasks that took
+    longer than a scrape's timeout)."""
+    client = await exporter()
+    sim.gate = asyncio.Event()
+    await _cut(client, clock, sim)
+    registry = client.server.app[STATS].registry
+
+    def rendered() -> float:
+        return registry.get_sample_value("oms_exporter_encoded_records_total",
+                                         {"kind": "task", "result": "rendered"}) or 0.0
+
+    before = rendered()
+    renderer = client.server.app[RENDERER]
+    with renderer.serving():  # a scrape in flight (of another target, say): the render ahead waits for its answer
+        sim.gate.set()
+        await wait_until(lambda: renderer._warming, "the background listing whole, its render ahead waiting")
+        for _ in range(20):
+            await asyncio.sleep(0)  # turns of the loop, not time
+        assert rendered() == before
+    await wait_until(lambda: rendered() > before, "the background listing rendered with no scrape in flight")
+    ahead = rendered()
+    s = await scrape(client)
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert sum(v for (name, _), v in s.items() if name == "oms_tasks") == 250
+    assert values(s, "oms_task_info") and rendered() == ahead  # served from the lines rendered ahead
+
+
+async def test_a_render_past_the_deadline_answers_in_time_and_the_next_scrape_serves_it(
+        sim: StandIn, exporter: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing whole just before the deadline whose render is not done by then: the scrape answers
+    at its deadline (`timeout`, not a late body), the render goes on, and the next scrape is up."""
+    client = await exporter()
+    renderer = client.server.app[RENDERER]
+    release, encode = threading.Event(), renderer._encode
+
+    def slow(listings: Any, *args: Any, **kwargs: Any) -> bytes:
+        if any(lst.up for lst in listings):
+            release.wait(30)  # the render of a first listing of a million tasks
+        return encode(listings, *args, **kwargs)
+
+    monkeypatch.setattr(renderer, "_encode", slow)
+    pending = asyncio.ensure_future(scrape(client, **SHORT))
+    await wait_until(lambda: renderer._inflight, "the listing whole, its render running")
+    clock.advance(1.6)  # past the scrape's deadline (1.5 s after the offset)
+    s = await pending
+    assert value(s, "oms_up", project_id=PROJECT) == 0
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
+    assert not values(s, "oms_task_info")
+    release.set()
+    s = await scrape(client)
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert sum(v for (name, _), v in s.items() if name == "oms_tasks") == 250
 
 
 async def test_a_scrape_joins_the_listing_going_on_instead_of_starting_one(
