@@ -11,8 +11,8 @@ for 7 days). The driver scrapes like Prometheus every `--interval` seconds with 
 header and prints, per scrape: `oms_up`, the scrape's time, the requests it cost OMS, whether
 a listing goes on in the background, whether the scrape was exact (every task's state and
 `oms_tasks` per state against the stand-in), and the exporter's peak RSS so far. Then the
-first listing's time: from the start to the end of the first whole listing (its
-`oms_scrape_duration_seconds`, served by the first scrape that is up).
+first scrape that is up: when it ended (seconds from the start), and the
+`oms_scrape_duration_seconds` it served.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if first is None:
         print(f"  never up in {len(rows)} scrapes")
     else:
-        print(f"  first up: scrape {first['scrape']}; the listing it served took {first['listing_seconds']:.1f} s")
+        print(f"  first up: scrape {first['scrape']}, {first['at'] + first['seconds']:.1f} s after the start; "
+              f"the listing it served took {first['listing_seconds']:.1f} s")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
