@@ -27,6 +27,7 @@ import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate, chain, compress
@@ -737,6 +738,7 @@ class Renderer:
         self._inflight: dict[tuple[object, ...], tuple[Sequence[Listing], asyncio.Future[bytes]]] = {}
         self._format: tuple[Style, int | None] | None = None  # the last encode's style and gzip level
         self._warming: set[asyncio.Task[None]] = set()  # renders ahead
+        self._pool: ThreadPoolExecutor | None = None  # their thread
         self._serving = 0  # scrapes in flight
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -755,31 +757,41 @@ class Renderer:
             if not self._serving:
                 self._quiet.set()
 
-    def warm(self, listing: Listing, policy: SeriesPolicy, table: tuple[Family, ...]) -> None:
+    def warm(self, listing: Listing, policy: SeriesPolicy, table: tuple[Family, ...],
+             served: Callable[[Listing], bool] = lambda _: True) -> None:
         """Render a listing that became whole with no scrape waiting for it (a first listing that
         outlived its scrape), in a worker thread and in the format of the last encode, once no
         scrape is in flight: the scrape that serves it finds its lines ready instead of rendering
-        every exported record itself (~10 s at 1,000,000 tasks, past a scrape's timeout)."""
+        every exported record itself (~10 s at 1,000,000 tasks, past a scrape's timeout). One at a
+        time, in a thread of its own (the scrapes' renders keep the shared pool); `served` tells
+        whether the target is still served when its turn comes."""
         if self._format is None:
             return
-        task = asyncio.get_running_loop().create_task(self._ahead(listing, policy, table))
+        task = asyncio.get_running_loop().create_task(self._ahead(listing, policy, table, served))
         self._warming.add(task)
         task.add_done_callback(self._warmed)
 
-    async def _ahead(self, listing: Listing, policy: SeriesPolicy, table: tuple[Family, ...]) -> None:
+    async def _ahead(self, listing: Listing, policy: SeriesPolicy, table: tuple[Family, ...],
+                     served: Callable[[Listing], bool]) -> None:
         try:
             await asyncio.wait_for(self._quiet.wait(), self.QUIET_WAIT)
         except TimeoutError:
             pass  # scrapes all the time (many /probe targets): render anyway
+        if not served(listing):
+            return
         style, level = self._format or (_PLAIN, None)
-        await asyncio.get_running_loop().run_in_executor(None, self._warm, listing, policy, style, level, table)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oms-render-ahead")
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._warm, listing, policy, style, level, table)
 
     async def aclose(self) -> None:
-        """Cancel the renders ahead that wait (at shutdown)."""
+        """Cancel the renders ahead (at shutdown)."""
         tasks = list(self._warming)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _warm(self, listing: Listing, policy: SeriesPolicy, style: Style, level: int | None,
               table: tuple[Family, ...]) -> None:

@@ -212,8 +212,14 @@ class Snapshots:
         self._projects = projects
 
     def _whole(self, listing: Listing) -> None:
-        if self.on_whole is not None and self._projects.get(listing.target.name) is not None:
+        # A scrape waiting for this target takes the listing and renders it itself.
+        if self.on_whole is not None and self.serves(listing) and listing.target.name not in self._inflight:
             self.on_whole(listing)
+
+    def serves(self, listing: Listing) -> bool:
+        """Whether the target of `listing` is still served (not gone by a reload or discovery)."""
+        project = self._projects.get(listing.target.name)
+        return project is not None and project.target == listing.target
 
     async def get(self, names: Sequence[str], deadline: float) -> list[Listing]:
         """Listings of the named targets, each finished or failed by `deadline` (`Clock.monotonic()` time)."""

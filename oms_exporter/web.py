@@ -28,7 +28,7 @@ from oms_exporter.clock import Clock
 from oms_exporter.errors import Timeout
 from oms_exporter.exposition import Renderer
 from oms_exporter.generation import Generation
-from oms_exporter.listing import Listing
+from oms_exporter.listing import Listing, Part, TaskPart
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Settings, Target
 from oms_exporter.snapshot import SeriesPolicy, Snapshots
@@ -100,7 +100,8 @@ async def _oms_clients(app: web.Application) -> AsyncIterator[None]:
 
 def _render_ahead(app: web.Application, gen: Generation) -> None:
     """A listing that goes whole in the background is rendered before a scrape comes for it."""
-    gen.snapshots.on_whole = partial(app[RENDERER].warm, policy=app[POLICY], table=gen.table)
+    gen.snapshots.on_whole = partial(app[RENDERER].warm, policy=app[POLICY], table=gen.table,
+                                     served=gen.snapshots.serves)
 
 
 async def reload(app: web.Application, settings: Settings) -> None:
@@ -158,16 +159,14 @@ def _deadline(request: web.Request, settings: Settings) -> float:
 
 async def _respond(request: web.Request, gen: Generation, names: Sequence[str],
                    with_self: bool) -> web.StreamResponse:
-    with request.app[RENDERER].serving():  # renders ahead wait until no scrape is in flight
-        return await _answer(request, gen, names, with_self)
-
-
-async def _answer(request: web.Request, gen: Generation, names: Sequence[str],
-                  with_self: bool) -> web.StreamResponse:
     app = request.app
-    deadline = _deadline(request, gen.settings)
-    listings = await gen.snapshots.get(names, deadline)
-    body, content_type, zipped = await _rendered(app, gen, listings, with_self, request, deadline)
+    with app[RENDERER].serving():  # renders ahead wait while a scrape lists and renders (not while it sends)
+        deadline = _deadline(request, gen.settings)
+        listings = await gen.snapshots.get(names, deadline)
+        # The render may use most of --oms.timeout-offset, kept for it and the sending: listings
+        # stop just before `deadline`, so a project still listing would leave the render nothing.
+        end = deadline + 0.6 * gen.settings.options.timeout_offset
+        body, content_type, zipped = await _rendered(app, gen, listings, with_self, request, end)
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     resp.content_length = len(body)
     if zipped:
@@ -209,15 +208,22 @@ async def _rendered(app: web.Application, gen: Generation, listings: list[Listin
         async with app[CLOCK].timeout_at(deadline):
             return await render(listings)
     except TimeoutError:
-        late = []
-        for lst in listings:
-            if lst.up:
-                app[STATS].listing_failed(lst.target.project_id, "timeout")
-                lst = Listing.failed(lst.target, lst.taken_at, list(lst.parts), _LATE, in_progress=lst.in_progress)
-            late.append(lst)
         log.info("a render went past the scrape's deadline: it goes on for the next scrape",
                  extra={"targets": [lst.target.name for lst in listings]})
-        return await render(late)
+        return await render([_late(app[STATS], lst) for lst in listings])
+
+
+def _late(stats: SelfMetrics, lst: Listing) -> Listing:
+    """`lst` with its whole areas served as `timeout` (those that failed keep their reason), that
+    reason counted unless the listing counted it already."""
+    whole = [name for name, part in lst.parts.items() if part.error is None]
+    if not whole:
+        return lst
+    if not any(isinstance(part.error, Timeout) for part in lst.parts.values()):
+        stats.listing_failed(lst.target.project_id, "timeout")
+    parts = {name: (TaskPart if i == 0 else Part)(error=_LATE) if name in whole else part
+             for i, (name, part) in enumerate(lst.parts.items())}
+    return Listing(lst.target, lst.taken_at, parts, in_progress=lst.in_progress)
 
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from oms_exporter.simulator import add_groups_and_syncs
 from oms_exporter.web import LIVE, RENDERER, STATS
 from tests.conftest import PROJECT, ManualClock, scrape, value, values, wait_until
 from tests.standin import StandIn
@@ -184,3 +186,52 @@ async def test_a_target_gone_on_reload_cancels_its_background_listing(
     await reload(app, Settings(options=Options(), targets=[]))
     await wait_until(lambda: all(r.done() for r in runs), "the background runs cancelled")
     assert all(r.cancelled() for r in runs)
+
+
+async def test_an_area_listing_to_the_deadline_leaves_the_render_its_time(
+        sim: StandIn, exporter: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task groups still listing at the deadline: the listing returns just before it, and the render
+    (0.3 s here, a steady one at 300,000 tasks takes more) still has the timeout offset's time: the
+    tasks are served up, and the groups' timeout is counted once."""
+    add_groups_and_syncs(sim, PROJECT)
+    release = asyncio.Event()
+    sim.on_list = lambda r: release.wait() if "/taskgroups" in r.path else None
+    client = await exporter()
+    renderer = client.server.app[RENDERER]
+    encode = renderer._encode
+
+    def slow(listings: Any, *args: Any, **kwargs: Any) -> bytes:
+        if any(lst.up for lst in listings):
+            time.sleep(0.3)
+        return encode(listings, *args, **kwargs)
+
+    monkeypatch.setattr(renderer, "_encode", slow)
+    pending = asyncio.ensure_future(scrape(client, **SHORT))
+    await wait_until(lambda: sim.api_in_flight["taskgroups"] and clock.deadlines(), "the groups held")
+    runs = client.server.app[LIVE].generation.snapshots._projects["main"]._running
+    await wait_until(lambda: runs["tasks"].done() and runs["sync_tasks"].done(), "the tasks listed")
+    clock.advance(1.45)  # to the listing's deadline (SETTLE before the scrape's)
+    s = await pending
+    release.set()
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    assert value(s, "oms_scrape_errors_total", project_id=PROJECT, reason="timeout") == 1
+
+
+async def test_a_run_a_waiting_scrape_takes_is_not_rendered_ahead(
+        sim: StandIn, exporter: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background run ends while a scrape waits for it: that scrape renders it; no render ahead."""
+    client = await exporter()
+    sim.gate = asyncio.Event()
+    await _cut(client, clock, sim)
+    renderer = client.server.app[RENDERER]
+    ahead: list[Any] = []
+    warm = renderer._warm
+    monkeypatch.setattr(renderer, "_warm", lambda lst, *args: (ahead.append(lst), warm(lst, *args))[1])
+    pending = asyncio.ensure_future(scrape(client))  # joins the background run
+    await wait_until(lambda: clock.deadlines(), "the second scrape waiting for the run")
+    sim.gate.set()
+    s = await pending
+    assert value(s, "oms_up", project_id=PROJECT) == 1
+    await wait_until(lambda: not renderer._warming, "no render ahead pending")
+    assert not ahead
+
