@@ -314,6 +314,7 @@ async def test_two_replicas_serving_one_project_count_it_once(
         await wait_for("both projects scraped, one of them by two exporters, with rates and recorded totals",
                        lambda: prom.has(f"count(oms_up{{{twice}}} == 1) == 2 and count(oms_up{{{once}}} == 1) == 1 "
                                         f"and count(rate(oms_api_requests_total{{{twice}, code='200'}}[1m]) > 0) == 2 "
+                                        f"and count(rate(oms_api_requests_total{{{once}, code='200'}}[1m]) > 0) == 1 "
                                         f"and on () project_id:oms_tasks_size_bytes:sum{{{twice}}}"), deadline,
                        processes)
 
