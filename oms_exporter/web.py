@@ -200,7 +200,7 @@ async def _rendered(app: web.Application, gen: Generation, listings: list[Listin
                     request: web.Request, deadline: float) -> tuple[bytes, str, bool]:
     """The body of `listings`, by `deadline`. A render still running then (the first of a listing of
     hundreds of thousands of tasks that became whole just before) goes on and fills the cache the
-    next scrape reads; this scrape answers in time, serving its listings that were up as `timeout`."""
+    next scrape reads; this scrape answers in time, serving the areas that were whole as `timeout`."""
     render = partial(app[RENDERER].render, policy=app[POLICY], table=gen.table, with_self=with_self,
                      accept=request.headers.get("Accept", ""),
                      gzip_ok=gzip_accepted(request.headers.get("Accept-Encoding", "")))
