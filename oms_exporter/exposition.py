@@ -553,11 +553,9 @@ def _rewritten(col: list[_Run], where: list[int], level: int | None) -> list[_Ru
 def _appended(last: _Lines, n: int) -> _Aligned:
     """`last` with n new records after its own: the last run extended up to CHUNK records, then new runs."""
     m, start = len(last.ids), last.starts[-1]
-    room = min(n, max(0, CHUNK - (m - start)))
-    fresh = _runs((b"",) * (n - room))
-    return ((*last.records, *(None,) * n),
-            [[*c[:-1], c[-1].extended(room) if room else c[-1], *fresh] for c in last.cols],
-            [*last.starts, *range(m + room, m + n, CHUNK)])
+    step = _Step("extend", len(last.starts) - 1, start, m + n, start, m - start)
+    cols = [[*c[:-1], *step(c, [])] for c in last.cols]
+    return (*last.records, *(None,) * n), cols, [*last.starts[:-1], *_starts([step])]
 
 
 class _Step:
