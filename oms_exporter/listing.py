@@ -114,8 +114,12 @@ class Listing:
     def failed(cls, target: Target, taken_at: float, areas: Sequence[str], error: OmsError,
                in_progress: bool = False) -> Listing:
         """A listing in which every area failed with `error`."""
-        return cls(target, taken_at, {name: (TaskPart if i == 0 else Part)(error=error)
-                                      for i, name in enumerate(areas)}, in_progress)
+        return cls(target, taken_at, {name: failed_part(i, error) for i, name in enumerate(areas)}, in_progress)
+
+
+def failed_part(index: int, error: OmsError) -> Part:
+    """The part of the area at `index` of a listing (0: the tasks') that failed with `error`."""
+    return (TaskPart if index == 0 else Part)(error=error)
 
 
 def complete_tasks(tasks: Sequence[Task], **fields: Any) -> TaskPart:

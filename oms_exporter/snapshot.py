@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from oms_exporter.area import AreaLister
 from oms_exporter.clock import Clock
 from oms_exporter.errors import InternalError, OmsError, Timeout
-from oms_exporter.listing import Listing, Part, TaskPart
+from oms_exporter.listing import Listing, Part, failed_part
 from oms_exporter.model import FAILED, SUCCEEDED, Task
 from oms_exporter.settings import Target
 
@@ -114,9 +114,8 @@ class Project:
             pass
         parts: dict[str, Part] = {}
         for i, (name, run) in enumerate(runs.items()):
-            kind = TaskPart if i == 0 else Part
             if not run.done():
-                parts[name] = kind(error=_CONTINUING)
+                parts[name] = failed_part(i, _CONTINUING)
                 if name not in self._watched:
                     self._watched.add(name)
                     run.add_done_callback(partial(self._ended, name))
@@ -127,7 +126,7 @@ class Project:
             exc = run.exception()
             if exc is not None:
                 _unexpected(exc, self.target.name, name)
-                parts[name] = kind(error=_INTERNAL)
+                parts[name] = failed_part(i, _INTERNAL)
             else:
                 parts[name] = run.result()
         return Listing(self.target, taken_at, parts, in_progress=self.in_progress)
@@ -139,8 +138,7 @@ class Project:
             return
         part = run.result()
         if part.error is None:
-            parts = {n: part if n == name else (TaskPart if i == 0 else Part)(error=_CONTINUING)
-                     for i, n in enumerate(self.listers)}
+            parts = {n: part if n == name else failed_part(i, _CONTINUING) for i, n in enumerate(self.listers)}
             self.on_whole(Listing(self.target, self.clock.time(), parts, in_progress=self.in_progress))
 
     def _run(self, name: str, lister: AreaLister, deadline: float) -> asyncio.Task[Part]:

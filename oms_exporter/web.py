@@ -28,7 +28,7 @@ from oms_exporter.clock import Clock
 from oms_exporter.errors import Timeout
 from oms_exporter.exposition import Renderer
 from oms_exporter.generation import Generation
-from oms_exporter.listing import Listing, Part, TaskPart
+from oms_exporter.listing import Listing, failed_part
 from oms_exporter.metrics import SelfMetrics
 from oms_exporter.settings import Settings, Target
 from oms_exporter.snapshot import SeriesPolicy, Snapshots
@@ -221,8 +221,7 @@ def _late(stats: SelfMetrics, lst: Listing) -> Listing:
         return lst
     if not any(isinstance(part.error, Timeout) for part in lst.parts.values()):
         stats.listing_failed(lst.target.project_id, "timeout")
-    parts = {name: (TaskPart if i == 0 else Part)(error=_LATE) if name in whole else part
-             for i, (name, part) in enumerate(lst.parts.items())}
+    parts = {name: failed_part(i, _LATE) if name in whole else part for i, (name, part) in enumerate(lst.parts.items())}
     return Listing(lst.target, lst.taken_at, parts, in_progress=lst.in_progress)
 
 
